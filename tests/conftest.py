@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from services.common.models import package_dir
+
 TIME_UNIT = float(os.environ.get("SPEECHGW_TEST_TIME_UNIT", "1.0"))
-CLIPS = Path(__import__("pytest_audioeval").__file__).parent / "samples" / "audio"
+CLIPS = package_dir("pytest_audioeval") / "samples" / "audio"
 
 
 def seconds(n: float) -> float:

@@ -131,10 +131,15 @@ async def run_until_signalled(runner: ServiceRunner,
 
 
 def run_main(coro_factory: Callable[[], Awaitable[None]]) -> None:
-    """asyncio.run with uvloop when it is installed."""
+    """asyncio.run with uvloop when it is installed. `coro_factory` is called inside the running
+    loop, so objects it builds (grpc.aio servers, channels) bind to that loop."""
+
+    async def _main() -> None:
+        await coro_factory()
+
     try:
         import uvloop
-
-        uvloop.run(coro_factory())  # type: ignore[arg-type]
     except ImportError:
-        asyncio.run(coro_factory())  # type: ignore[arg-type]
+        asyncio.run(_main())
+    else:
+        uvloop.run(_main())

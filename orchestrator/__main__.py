@@ -1,0 +1,20 @@
+"""`python -m orchestrator` / `speechgw-gateway`: run the gateway from the environment (SPEC §5)."""
+
+from __future__ import annotations
+
+import os
+
+from orchestrator.config import GatewayConfig
+from orchestrator.gateway import serve_forever
+from services.common.logs import setup_logging
+from services.common.server import run_main
+
+
+def main() -> None:
+    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    config = GatewayConfig.from_env(os.environ)
+    run_main(lambda: serve_forever(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The gateway's configuration: one frozen dataclass, read from the environment in one place (SPEC §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from orchestrator.session import SessionConfig
+from services.common.envconf import ConfigError, env_bool, env_float, env_int, env_str
+
+
+@dataclass(frozen=True)
+class StageAddrs:
+    """host:port of each gRPC stage; empty means the stage is not configured."""
+
+    vad: str = ""
+    denoise: str = ""
+    lid: str = ""
+    asr: str = ""
+    compress: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_sessions: int = 1000
+    # Hard cap of the WebSocket library: a larger message is refused by the library itself
+    # (close 1009 with no error event). Messages between the session's max_frame_bytes and this
+    # get a `frame_too_large` error event first.
+    ws_max_message_bytes: int = 1024 * 1024
+    session: SessionConfig = field(default_factory=SessionConfig)
+    stages: StageAddrs = field(default_factory=StageAddrs)
+    enable_vad: bool = True
+    enable_denoise: bool = True
+    enable_compress: bool = True
+    vad_batch_ms: int = 100
+    compress_batch_ms: int = 1000
+    stage_backlog_s: float = 10.0
+    stage_timeout_s: float = 15.0
+    stage_connect_timeout_s: float = 2.0
+    tick_s: float = 0.25
+    drain_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise ConfigError("MAX_SESSIONS must be at least 1")
+        if self.session.max_frame_bytes > self.ws_max_message_bytes:
+            raise ConfigError("MAX_FRAME_BYTES must not exceed WS_MAX_MESSAGE_BYTES")
+        if self.vad_batch_ms % self.session.frame_ms or self.compress_batch_ms % self.session.frame_ms:
+            raise ConfigError("stage batch sizes must be multiples of the 20 ms frame")
+
+    @property
+    def active_stages(self) -> tuple[str, ...]:
+        """Stages each session waits for, in the logical order of SPEC §1."""
+        wanted = [
+            ("vad", self.enable_vad and bool(self.stages.vad)),
+            ("compress", self.enable_compress and bool(self.stages.compress)),
+        ]
+        return tuple(name for name, on in wanted if on)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewayConfig:
+        session = SessionConfig(
+            max_frame_bytes=env_int(env, "MAX_FRAME_BYTES", SessionConfig.max_frame_bytes),
+            flush_idle_s=env_float(env, "FLUSH_IDLE_SEC", SessionConfig.flush_idle_s),
+            start_timeout_s=env_float(env, "START_TIMEOUT_SEC", SessionConfig.start_timeout_s),
+            max_session_s=env_float(env, "MAX_SESSION_SEC", SessionConfig.max_session_s),
+            partial_interval_ms=env_int(env, "PARTIAL_INTERVAL_MS", SessionConfig.partial_interval_ms),
+        )
+        stages = StageAddrs(
+            vad=env_str(env, "VAD_ADDR", ""),
+            denoise=env_str(env, "DENOISE_ADDR", ""),
+            lid=env_str(env, "LID_ADDR", ""),
+            asr=env_str(env, "ASR_ADDR", ""),
+            compress=env_str(env, "COMPRESS_ADDR", ""),
+        )
+        base = cls(
+            host=env_str(env, "GATEWAY_HOST", cls.host),
+            port=env_int(env, "GATEWAY_PORT", cls.port),
+            max_sessions=env_int(env, "MAX_SESSIONS", cls.max_sessions),
+            ws_max_message_bytes=env_int(env, "WS_MAX_MESSAGE_BYTES", cls.ws_max_message_bytes),
+            session=session,
+            stages=stages,
+            enable_vad=env_bool(env, "ENABLE_VAD", cls.enable_vad),
+            enable_denoise=env_bool(env, "ENABLE_DENOISE", cls.enable_denoise),
+            enable_compress=env_bool(env, "ENABLE_COMPRESS", cls.enable_compress),
+            vad_batch_ms=env_int(env, "VAD_BATCH_MS", cls.vad_batch_ms),
+            compress_batch_ms=env_int(env, "COMPRESS_BATCH_MS", cls.compress_batch_ms),
+            stage_backlog_s=env_float(env, "STAGE_BACKLOG_SEC", cls.stage_backlog_s),
+            stage_timeout_s=env_float(env, "STAGE_TIMEOUT_SEC", cls.stage_timeout_s),
+            drain_grace_s=env_float(env, "DRAIN_GRACE_SEC", cls.drain_grace_s),
+        )
+        return base.with_session_stages()
+
+    def with_session_stages(self) -> GatewayConfig:
+        """The session waits for exactly the stages this gateway runs."""
+        from dataclasses import replace
+
+        return replace(self, session=replace(self.session, stages=self.active_stages))

@@ -1,0 +1,169 @@
+"""Drives one Session over one WebSocket: the thin I/O adapter around the sans-I/O core.
+
+One task group per session (STYLE §6): a writer task, one task per stage, and the reader in the
+handler's own task. Nothing outlives the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from orchestrator import metrics
+from orchestrator.protocol import SAMPLE_RATE
+from orchestrator.reframer import BYTES_PER_SAMPLE
+from orchestrator.session import Session, State
+from orchestrator.stage_events import StageDone, StageEvent, StageFailed
+from orchestrator.stages.base import Stage, StageContext, StageFeed
+
+log = logging.getLogger(__name__)
+_CLOSE = object()
+
+
+class SessionDriver:
+    def __init__(self, session: Session, ws: ServerConnection, stages: Sequence[Stage],
+                 stage_backlog_s: float, stage_timeout_s: float) -> None:
+        self.session = session
+        self.ws = ws
+        self._stages = [s for s in stages if s.name in session.config.stages]
+        self._backlog_bytes = int(stage_backlog_s * SAMPLE_RATE * BYTES_PER_SAMPLE)
+        self._stage_timeout_s = stage_timeout_s
+        self._out: asyncio.Queue[Any] = asyncio.Queue()
+        self._feeds: dict[str, StageFeed] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._feeds_closed = False
+        self._close_queued = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self.closed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Read client messages until the session closes or the client goes away."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            tg.create_task(self._write_loop())
+            self.pump()
+            try:
+                async for message in self.ws:
+                    now = time.monotonic()
+                    if isinstance(message, str):
+                        self.session.receive_text(message, now)
+                    else:
+                        metrics.INGRESS_BYTES.inc(len(message))
+                        self.session.receive_binary(message, now)
+                    self.pump()
+                    if self.session.state is State.CLOSED:
+                        break
+            except ConnectionClosed:
+                pass
+            self.session.receive_disconnect(time.monotonic())
+            self.pump()
+            await self.closed.wait()
+            for task in self._tasks.values():
+                task.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+    def tick(self, now: float) -> None:
+        self.session.tick(now)
+        self.pump()
+
+    def pump(self) -> None:
+        """Move everything the session produced to where it goes."""
+        s = self.session
+        if s.start is not None and self._tg is not None and not self._tasks and not self._feeds_closed:
+            self._start_stages()
+        blocks = s.audio_to_stages()
+        if blocks:
+            for feed in self._feeds.values():
+                for block in blocks:
+                    feed.put(block)
+            for name in [n for n, feed in self._feeds.items() if feed.overflowed]:
+                self._fail_stage(name, "fell behind the audio by more than the backlog limit")
+        if s.audio_ended and not self._feeds_closed:
+            self._feeds_closed = True
+            for feed in self._feeds.values():
+                feed.close()
+            if s.pending_stages:
+                self._expiry = asyncio.get_running_loop().call_later(self._stage_timeout_s,
+                                                                    self._expire_stages)
+        for event in s.events_to_send():
+            metrics.EGRESS_EVENTS.labels(event["type"]).inc()
+            if event["type"] == "error":
+                metrics.ERRORS.labels(event["code"]).inc()
+            self._out.put_nowait(json.dumps(event, ensure_ascii=False))
+        if s.close is not None and not self._close_queued:
+            self._close_queued = True
+            self._out.put_nowait(_CLOSE)
+
+    def report(self, event: StageEvent) -> None:
+        if isinstance(event, StageFailed):
+            metrics.STAGE_FAILURES.labels(event.stage).inc()
+            feed = self._feeds.pop(event.stage, None)
+            if feed is not None:
+                feed.close()
+        self.session.stage_event(event, time.monotonic())
+        self.pump()
+
+    def _start_stages(self) -> None:
+        assert self._tg is not None and self.session.start is not None and self.session.flow_id
+        for stage in self._stages:
+            feed = StageFeed(self._backlog_bytes)
+            self._feeds[stage.name] = feed
+            ctx = StageContext(self.session.flow_id, self.session.start, feed, self.report)
+            self._tasks[stage.name] = self._tg.create_task(self._run_stage(stage, ctx))
+
+    async def _run_stage(self, stage: Stage, ctx: StageContext) -> None:
+        try:
+            await stage.run(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("stage failed", extra={"flowId": ctx.flow_id, "stage": stage.name,
+                                               "err_code": type(exc).__name__})
+            self.report(StageFailed(stage.name, _describe(exc)))
+            return
+        self.report(StageDone(stage.name))
+
+    def _fail_stage(self, name: str, why: str) -> None:
+        task = self._tasks.get(name)
+        if task is not None:
+            task.cancel()
+        self.report(StageFailed(name, why))
+
+    def _expire_stages(self) -> None:
+        for name in sorted(self.session.pending_stages):
+            self._fail_stage(name, f"no answer within {self._stage_timeout_s:g} s of the end of audio")
+
+    async def _write_loop(self) -> None:
+        gone = False
+        while True:
+            item = await self._out.get()
+            if item is _CLOSE:
+                break
+            if gone:
+                continue
+            try:
+                await self.ws.send(item)
+            except ConnectionClosed:
+                gone = True
+        code, reason = self.session.close or (1000, "end")
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.close(int(code), reason)
+        self.closed.set()
+
+
+def _describe(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,171 @@
+"""The WebSocket gateway: `/ws/stream` plus `/healthz`, `/readyz`, `/metrics` on one port (SPEC §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from http import HTTPStatus
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from orchestrator import metrics
+from orchestrator.config import GatewayConfig
+from orchestrator.driver import SessionDriver
+from orchestrator.protocol import ErrorCode
+from orchestrator.session import Session
+from orchestrator.stages.base import Stage
+from orchestrator.stages.compress import CompressStage
+from orchestrator.stages.vad import VadStage
+from services.common.server import GRPC_OPTIONS
+
+log = logging.getLogger(__name__)
+WS_PATH = "/ws/stream"
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.drivers: set[SessionDriver] = set()
+        self.draining = False
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stages: list[Stage] = []
+        self._stage_health: dict[str, bool] = {}
+        self._server: Server | None = None
+        self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        cfg = self.config
+        for name in cfg.active_stages:
+            addr = getattr(cfg.stages, name)
+            self._channels[name] = grpc.aio.insecure_channel(addr, options=GRPC_OPTIONS)
+            self._stage_health[name] = False
+        if "vad" in self._channels:
+            self._stages.append(VadStage(self._channels["vad"], cfg.vad_batch_ms))
+        if "compress" in self._channels:
+            self._stages.append(CompressStage(self._channels["compress"], cfg.compress_batch_ms))
+        self._server = await serve(
+            self._handle, cfg.host, cfg.port,
+            process_request=self._http,
+            max_size=cfg.ws_max_message_bytes,
+            compression=None,  # PCM does not deflate; compression would only burn CPU
+            max_queue=64,
+        )
+        self._background.append(asyncio.create_task(self._sweep()))
+        self._background.append(asyncio.create_task(self._watch_stage_health()))
+        log.info("gateway listening", extra={"stage": "gateway", "event": f"listening:{self.port}"})
+
+    async def drain(self) -> None:
+        """Shutdown as an API (STYLE §6): not ready, refuse new sessions, let open ones finish."""
+        self.draining = True
+        deadline = time.monotonic() + self.config.drain_grace_s
+        while self.drivers and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await self.stop()
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for channel in self._channels.values():
+            await channel.close()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        now = time.monotonic()
+        session = Session(self.config.session, now, uuid.uuid4().hex)
+        if self.draining:
+            session.refuse(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
+        elif len(self.drivers) >= self.config.max_sessions:
+            session.refuse(ErrorCode.TOO_MANY_SESSIONS,
+                           f"the gateway holds its maximum of {self.config.max_sessions} sessions")
+        driver = SessionDriver(session, ws, self._stages, self.config.stage_backlog_s,
+                               self.config.stage_timeout_s)
+        self.drivers.add(driver)
+        metrics.ACTIVE_SESSIONS.set(len(self.drivers))
+        try:
+            await driver.run()
+        except Exception:
+            log.exception("session crashed", extra={"flowId": session.flow_id, "stage": "gateway",
+                                                     "err_code": "internal_error"})
+            with contextlib.suppress(Exception):
+                await ws.close(1011, "internal error")
+        finally:
+            self.drivers.discard(driver)
+            metrics.ACTIVE_SESSIONS.set(len(self.drivers))
+            reason = session.end_reason or (session.close[1] if session.close else "unknown")
+            metrics.SESSIONS.labels(reason).inc()
+            log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway",
+                                              "event": reason})
+
+    async def _sweep(self) -> None:
+        """One timer for all sessions: idle flush, start timeout, length cap."""
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            now = time.monotonic()
+            for driver in list(self.drivers):
+                driver.tick(now)
+
+    async def _watch_stage_health(self) -> None:
+        while True:
+            for name, channel in self._channels.items():
+                stub = health_pb2_grpc.HealthStub(channel)
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(),
+                                             timeout=self.config.stage_connect_timeout_s)
+                    self._stage_health[name] = reply.status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.aio.AioRpcError:
+                    self._stage_health[name] = False
+            await asyncio.sleep(2.0)
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == WS_PATH:
+            return None
+        if path == "/healthz":
+            return _response(HTTPStatus.OK, b'{"status":"ok"}\n', "application/json")
+        if path == "/readyz":
+            ready = not self.draining and all(self._stage_health.values())
+            body = ('{"ready":%s,"draining":%s,"stages":{%s}}\n' % (
+                str(ready).lower(), str(self.draining).lower(),
+                ",".join(f'"{k}":{str(v).lower()}' for k, v in sorted(self._stage_health.items()))))
+            return _response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body.encode(),
+                             "application/json")
+        if path == "/metrics":
+            return _response(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
+        return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Connection", "close")])
+    return Response(status.value, status.phrase, headers, body)
+
+
+async def serve_forever(config: GatewayConfig) -> None:
+    gateway = Gateway(config)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    from services.common.server import announce
+
+    announce("gateway", config.host, 0, gateway.port)
+    await stop.wait()
+    await gateway.drain()

@@ -1,0 +1,19 @@
+"""The gateway's Prometheus metrics; names are part of the contract (SPEC §7)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 2000, 5000, 10000)
+
+ACTIVE_SESSIONS = Gauge("orchestrator_active_sessions", "WebSocket sessions open on this gateway")
+INGRESS_BYTES = Counter("ingress_bytes_total", "Audio bytes received from clients")
+EGRESS_EVENTS = Counter("egress_events_total", "Events sent to clients", ["type"])
+SESSIONS = Counter("orchestrator_sessions_total", "Sessions ended, by end reason", ["reason"])
+ERRORS = Counter("orchestrator_errors_total", "Error events sent, by code", ["code"])
+STAGE_FAILURES = Counter("orchestrator_stage_failures_total", "Stage calls that failed", ["stage"])
+VAD_LATENCY = Histogram("vad_latency_ms", "Send of the audio to the VAD boundary answer (gateway view)",
+                        buckets=LATENCY_BUCKETS_MS)
+COMPRESS_LATENCY = Histogram("compress_latency_ms", "End of audio to record_url (gateway view)",
+                             buckets=LATENCY_BUCKETS_MS)
+STAGE_LATENCY = {"vad": VAD_LATENCY, "compress": COMPRESS_LATENCY}

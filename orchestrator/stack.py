@@ -1,0 +1,128 @@
+"""`speechgw-stack`: the whole stack on localhost, every service its own process (README, `make run`).
+
+    speechgw-stack run            # foreground; Ctrl-C stops everything
+    speechgw-stack demo [FILE]    # start, stream a sample clip in real time, print events, stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.launcher import RunningService, launch
+
+DEFAULT_SERVICES = ("vad", "compress")
+ADDR_ENV = {"vad": "VAD_ADDR", "denoise": "DENOISE_ADDR", "lid": "LID_ADDR", "asr": "ASR_ADDR",
+            "compress": "COMPRESS_ADDR"}
+
+
+def sample_clip() -> Path:
+    from services.common.models import package_dir
+
+    return package_dir("pytest_audioeval") / "samples" / "audio" / "en" / "quick_brown_fox.wav"
+
+
+@dataclass
+class Stack:
+    """The services and the gateway as real processes on loopback, on free ports by default."""
+
+    services: Sequence[str] = DEFAULT_SERVICES
+    env: Mapping[str, str] = field(default_factory=dict)
+    gateway_port: int = 0
+    echo: bool = False
+    running: dict[str, RunningService] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        gw = self.running["gateway"]
+        return f"ws://{gw.host}:{gw.http_port}/ws/stream"
+
+    @property
+    def http_base(self) -> str:
+        return self.running["gateway"].http_base
+
+    def start(self, timeout_s: float = 120.0) -> Stack:
+        try:
+            gw_env = dict(self.env)
+            for name in self.services:
+                svc = launch(name, env=self.env, timeout_s=timeout_s, echo_stdout=self.echo)
+                self.running[name] = svc
+                gw_env[ADDR_ENV[name]] = svc.grpc_addr
+            gw_env["GATEWAY_PORT"] = str(self.gateway_port)
+            self.running["gateway"] = launch("gateway", [sys.executable, "-m", "orchestrator"], env=gw_env,
+                                             timeout_s=timeout_s, echo_stdout=self.echo)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Gateway first (it drains), then the services; each SIGTERM with grace, SIGKILL last."""
+        for name in ["gateway", *reversed(list(self.services))]:
+            svc = self.running.pop(name, None)
+            if svc is not None:
+                svc.stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _services_from_env() -> tuple[str, ...]:
+    raw = os.environ.get("STACK_SERVICES", "")
+    return tuple(s for s in raw.split(",") if s) or DEFAULT_SERVICES
+
+
+def cmd_run(port: int) -> int:
+    stack = Stack(_services_from_env(), env={}, gateway_port=port, echo=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with stack:
+        print(f"stack up: {stack.url}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+        stop.wait()
+    return 0
+
+
+def cmd_demo(clip: Path, speed: float) -> int:
+    from orchestrator.client import load_wav, stream_pcm
+
+    env = {"LOG_LEVEL": "WARNING"}
+    with Stack(_services_from_env(), env=env) as stack:
+        print(f"# stack up at {stack.url}; streaming {clip.name} at {speed:g}x real time", file=sys.stderr)
+        result = asyncio.run(stream_pcm(stack.url, load_wav(clip), speed=speed,
+                                        start={"flowId": "demo-" + clip.stem,
+                                               "return": ["lid", "asr", "record_url", "metrics", "vad"]},
+                                        on_event=lambda e: print(json.dumps(e, ensure_ascii=False), flush=True)))
+    finals = " ".join(e["text"].strip() for e in result.of_type("asr_final"))
+    if finals:
+        print(f"# transcript: {finals}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="speechgw-stack")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the stack in the foreground")
+    run.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")))
+    demo = sub.add_parser("demo", help="stream a sample clip through the stack and print the events")
+    demo.add_argument("clip", nargs="?", type=Path, default=None)
+    demo.add_argument("--speed", type=float, default=1.0)
+    args = p.parse_args(argv)
+    if args.cmd == "run":
+        return cmd_run(args.port)
+    return cmd_demo(args.clip or sample_clip(), args.speed)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Archive adapter: the session's PCM to `compress.v1.Compress/Archive`, `record_url` back (SPEC §4)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from orchestrator.stage_events import RecordReady, StageLatency
+from orchestrator.stages.base import StageContext, batched_frames
+from proto import common_pb2, compress_pb2_grpc
+
+
+class CompressStage:
+    name = "compress"
+
+    def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
+        self._stub = compress_pb2_grpc.CompressStub(channel)
+        self._batch_ms = batch_ms
+
+    async def run(self, ctx: StageContext) -> None:
+        ended_at = time.monotonic()
+
+        async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
+            nonlocal ended_at
+            async for frame in batched_frames(ctx, self._batch_ms):
+                if frame.last:
+                    ended_at = time.monotonic()
+                yield frame
+
+        result = await self._stub.Archive(requests())
+        ctx.report(StageLatency(self.name, (time.monotonic() - ended_at) * 1000))
+        ctx.report(RecordReady(result.record_url, result.duration_s, result.bytes, result.codec,
+                               result.status or "stored"))

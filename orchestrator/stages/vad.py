@@ -1,0 +1,40 @@
+"""VAD adapter: PCM batches to `vad.v1.Vad/Stream`, speech boundaries back (SPEC §1, §3)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from orchestrator.stage_events import SpeechBoundary, StageLatency
+from orchestrator.stages.base import StageContext, batched_frames
+from proto import common_pb2, vad_pb2_grpc
+
+
+class VadStage:
+    name = "vad"
+
+    def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
+        self._stub = vad_pb2_grpc.VadStub(channel)
+        self._batch_ms = batch_ms
+
+    async def run(self, ctx: StageContext) -> None:
+        sent_at: dict[int, float] = {}
+
+        async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
+            async for frame in batched_frames(ctx, self._batch_ms):
+                sent_at[frame.seq] = time.monotonic()
+                yield frame
+
+        call = self._stub.Stream(requests())
+        async for out in call:
+            if out.activity in (common_pb2.SPEECH_START, common_pb2.SPEECH_END):
+                kind = "start" if out.activity == common_pb2.SPEECH_START else "end"
+                ctx.report(SpeechBoundary(kind, out.pts))
+                sent = sent_at.get(out.seq)
+                if sent is not None:
+                    ctx.report(StageLatency(self.name, (time.monotonic() - sent) * 1000))
+            if out.last:
+                break
+        call.cancel()

@@ -1,0 +1,183 @@
+"""ASR engines behind one small interface (issue 3 item 2). All methods block: call them from an
+executor, never from the event loop (STYLE §7).
+
+- `Engine.transcribe(pcm)` decodes a whole clip (warm-up, benchmarks).
+- `Engine.open_stream()` gives an `EngineStream` for one utterance: `accept()` more audio, `partial()`
+  text so far, `finish()` the final result. Whisper re-decodes the buffered utterance; pocketsphinx
+  decodes incrementally, so its `partial()` is cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.asr.config import AsrConfig
+from services.common import models
+
+
+@dataclass(frozen=True)
+class Result:
+    text: str
+    lang: str
+
+
+class EngineStream(Protocol):
+    def accept(self, pcm: np.ndarray) -> None: ...
+    def partial(self) -> str: ...
+    def finish(self) -> Result: ...
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    name: str
+    model: str  # metrics/log label
+    supports_hotwords: bool
+
+    def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result: ...
+    def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream: ...
+
+
+def float_to_pcm16(pcm: np.ndarray) -> bytes:
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+class WhisperEngine:
+    """faster-whisper (CTranslate2, int8) on a non-streaming Whisper model."""
+
+    name = "whisper"
+    supports_hotwords = True
+
+    def __init__(self, model_dir: Path, label: str, default_lang: str, cpu_threads: int = 1,
+                 workers: int = 1, beam_size: int = 1) -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        self.model = label
+        self._whisper = WhisperModel(str(model_dir), device="cpu", compute_type="int8",
+                                     cpu_threads=cpu_threads, num_workers=workers)
+        self._multilingual = bool(self._whisper.model.is_multilingual)
+        self._languages = frozenset(_LANGUAGE_CODES)
+        self._default_lang = default_lang
+        self._beam_size = beam_size
+
+    def _language(self, lang: str) -> str | None:
+        if not self._multilingual:
+            return "en"
+        code = (lang or self._default_lang).split("-")[0].lower()
+        return code if code in self._languages else None  # None: the model detects it
+
+    def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        segments, info = self._whisper.transcribe(
+            pcm, language=self._language(lang), beam_size=self._beam_size, temperature=0.0,
+            without_timestamps=True, condition_on_previous_text=False, vad_filter=False,
+            hotwords=", ".join(hotwords) if hotwords else None)
+        text = " ".join(seg.text.strip() for seg in segments).strip()
+        return Result(text, info.language)
+
+    def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream:
+        return _BufferedStream(self, lang, hotwords)
+
+
+class _BufferedStream:
+    """Streaming on a non-streaming model: keep the utterance, re-decode it for partials."""
+
+    def __init__(self, engine: WhisperEngine, lang: str, hotwords: tuple[str, ...]) -> None:
+        self._engine, self._lang, self._hotwords = engine, lang, hotwords
+        self._chunks: list[np.ndarray] = []
+
+    def accept(self, pcm: np.ndarray) -> None:
+        self._chunks.append(pcm)
+
+    def _audio(self) -> np.ndarray:
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+
+    def partial(self) -> str:
+        return self._engine.transcribe(self._audio(), self._lang, self._hotwords).text
+
+    def finish(self) -> Result:
+        return self._engine.transcribe(self._audio(), self._lang, self._hotwords)
+
+    def close(self) -> None:
+        self._chunks.clear()
+
+
+class SphinxEngine:
+    """pocketsphinx with its bundled en-us model: a true incremental decoder. Decoders (one per open
+    utterance) are pooled: creating one loads the model (~0.3 s). Hotwords are not supported: its
+    keyphrase search replaces the language model instead of biasing it."""
+
+    name = "sphinx"
+    model = "sphinx-en-us"
+    supports_hotwords = False
+
+    def __init__(self) -> None:
+        self._pool: list[Any] = []
+        self._lock = threading.Lock()
+        self._release(self._acquire())  # load once now
+
+    def _acquire(self) -> Any:
+        with self._lock:
+            if self._pool:
+                return self._pool.pop()
+        from pocketsphinx import Decoder
+
+        return Decoder(samprate=16000, loglevel="FATAL")
+
+    def _release(self, decoder: Any) -> None:
+        with self._lock:
+            self._pool.append(decoder)
+
+    def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        stream = self.open_stream(lang, hotwords)
+        stream.accept(pcm)
+        return stream.finish()
+
+    def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream:
+        return _SphinxStream(self)
+
+
+class _SphinxStream:
+    def __init__(self, engine: SphinxEngine) -> None:
+        self._engine = engine
+        self._decoder: Any = engine._acquire()
+        self._decoder.start_utt()
+        self._in_utt = True
+
+    def accept(self, pcm: np.ndarray) -> None:
+        if pcm.size:
+            self._decoder.process_raw(float_to_pcm16(pcm), False, False)
+
+    def partial(self) -> str:
+        hyp = self._decoder.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
+    def finish(self) -> Result:
+        self._decoder.end_utt()
+        self._in_utt = False
+        text = self.partial()
+        self.close()
+        return Result(text, "en")
+
+    def close(self) -> None:
+        """Give the decoder back to the pool (idempotent)."""
+        if self._decoder is None:
+            return
+        if self._in_utt:
+            self._decoder.end_utt()
+            self._in_utt = False
+        decoder, self._decoder = self._decoder, None
+        self._engine._release(decoder)
+
+
+def build_engine(config: AsrConfig) -> Engine:
+    """The engine this process serves, from installed model packages only (SPEC §9)."""
+    if config.engine == "sphinx":
+        return SphinxEngine()
+    model_dir = models.whisper_tiny_en_dir() if config.model == "tiny.en" else models.whisper_base_dir()
+    return WhisperEngine(model_dir, config.model_label, config.lang, config.cpu_threads,
+                         config.decode_workers, config.beam_size)

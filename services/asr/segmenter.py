@@ -1,0 +1,166 @@
+"""Cuts the session timeline into utterances, sans-I/O (SPEC §4).
+
+Audio arrives in timeline order (after the reorder window); `Endpoint` frames from the orchestrator's
+VAD open and close utterances at a `pts` in ns. An endpoint ahead of the audio waits for the audio.
+An utterance longer than `max_utterance_ms` is cut there and continues as a new one. Until the first
+endpoint the stream counts as speech from its first sample (a client without VAD still gets text);
+the first SPEECH_START moves that implicit utterance's start to its pts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A closed utterance: float32 audio in [-1, 1] covering [start_ns, end_ns)."""
+
+    index: int
+    start_ns: int
+    end_ns: int
+    pcm: np.ndarray
+    forced: bool = False  # cut by max length or flush rather than SPEECH_END
+
+    @property
+    def ts(self) -> tuple[float, float]:
+        return self.start_ns / NS_PER_S, self.end_ns / NS_PER_S
+
+
+@dataclass(frozen=True)
+class OpenUtterance:
+    index: int
+    start_ns: int
+    end_ns: int
+    pcm: np.ndarray
+
+
+@dataclass
+class UtteranceSegmenter:
+    sample_rate: int = 16_000
+    max_utterance_ms: int = 25_000
+    preroll_ms: int = 2_000
+    _store: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    _n: int = 0  # samples of _store in use; _store grows by doubling (appends are amortised O(1))
+    _buf_start_ns: int | None = None
+    _open_start_ns: int | None = None
+    _implicit: bool = False
+    _seen_endpoint: bool = False
+    _index: int = 0
+    _pending: deque[tuple[bool, int]] = field(default_factory=deque)  # (is_start, pts_ns)
+
+    @property
+    def cursor_ns(self) -> int | None:
+        """End of the audio received so far."""
+        if self._buf_start_ns is None:
+            return None
+        return self._buf_start_ns + self._samples_to_ns(self._n)
+
+    @property
+    def open(self) -> OpenUtterance | None:
+        """The utterance in progress with its audio so far (for partials)."""
+        if self._open_start_ns is None or self._buf_start_ns is None:
+            return None
+        cursor = self.cursor_ns
+        assert cursor is not None
+        return OpenUtterance(self._index, self._open_start_ns, cursor, self._store[: self._n])
+
+    def push_audio(self, start_ns: int, pcm: np.ndarray) -> list[Utterance]:
+        """Append audio starting at `start_ns` (contiguous with what came before)."""
+        if self._buf_start_ns is None:
+            self._buf_start_ns = start_ns
+            if not self._seen_endpoint:
+                self._open_start_ns, self._implicit = start_ns, True
+        need = self._n + pcm.size
+        if need > self._store.size:
+            grown = np.empty(max(need, 2 * self._store.size, self.sample_rate), np.float32)
+            grown[: self._n] = self._store[: self._n]
+            self._store = grown
+        self._store[self._n : need] = pcm
+        self._n = need
+        return self._advance(flush=False)
+
+    def push_endpoint(self, is_start: bool, pts_ns: int) -> list[Utterance]:
+        self._seen_endpoint = True
+        if self._pending and pts_ns < self._pending[-1][1]:
+            pts_ns = self._pending[-1][1]  # keep the endpoints monotonic on the timeline
+        self._pending.append((is_start, pts_ns))
+        return self._advance(flush=False)
+
+    def flush(self) -> list[Utterance]:
+        """End of stream: apply every endpoint, close the open utterance at the end of the audio."""
+        return self._advance(flush=True)
+
+    def _advance(self, flush: bool) -> list[Utterance]:
+        out: list[Utterance] = []
+        cursor = self.cursor_ns
+        if cursor is None:
+            if flush:
+                self._pending.clear()
+            return out
+        max_ns = self.max_utterance_ms * 1_000_000
+        while True:
+            limit = cursor
+            if self._pending and (self._pending[0][1] <= cursor or flush):
+                limit = min(cursor, self._pending[0][1])
+            if self._open_start_ns is not None and self._open_start_ns + max_ns < limit:
+                cut = self._open_start_ns + max_ns
+                out.append(self._close(cut, forced=True))
+                self._open(cut)
+                continue
+            if not self._pending or (self._pending[0][1] > cursor and not flush):
+                break
+            is_start, pts = self._pending.popleft()
+            pts = min(pts, cursor)
+            if is_start:
+                if self._implicit:
+                    self._implicit = False
+                    self._index += 1  # the implicit utterance is dropped, not finalised
+                    self._open(pts)
+                elif self._open_start_ns is None:
+                    self._open(pts)
+            elif self._open_start_ns is not None:
+                self._implicit = False
+                out.append(self._close(max(pts, self._open_start_ns), forced=False))
+        if flush and self._open_start_ns is not None:
+            out.append(self._close(cursor, forced=True))
+        if self._open_start_ns is None:
+            self._trim(cursor - self.preroll_ms * 1_000_000)
+        return out
+
+    def _open(self, start_ns: int) -> None:
+        assert self._buf_start_ns is not None
+        start_ns = max(start_ns, self._buf_start_ns)
+        self._trim(start_ns)
+        self._open_start_ns = start_ns
+
+    def _close(self, end_ns: int, forced: bool) -> Utterance:
+        assert self._open_start_ns is not None and self._buf_start_ns is not None
+        start = self._open_start_ns
+        n = self._ns_to_samples(end_ns - self._buf_start_ns)
+        first = self._ns_to_samples(start - self._buf_start_ns)
+        utt = Utterance(self._index, start, end_ns, self._store[first:n].copy(), forced)
+        self._index += 1
+        self._open_start_ns = None
+        self._implicit = False
+        return utt
+
+    def _trim(self, keep_from_ns: int) -> None:
+        assert self._buf_start_ns is not None
+        drop = self._ns_to_samples(keep_from_ns - self._buf_start_ns)
+        if drop > 0:
+            drop = min(drop, self._n)
+            self._store = self._store[drop:]  # a view: old samples are freed on the next growth
+            self._n -= drop
+            self._buf_start_ns += self._samples_to_ns(drop)
+
+    def _samples_to_ns(self, n: int) -> int:
+        return n * NS_PER_S // self.sample_rate
+
+    def _ns_to_samples(self, ns: int) -> int:
+        return ns * self.sample_rate // NS_PER_S

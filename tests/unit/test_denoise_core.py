@@ -1,0 +1,154 @@
+"""Denoise core (sans-I/O): framing, timeline, length contract, validation, delay (SPEC §3, §4)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from services.common.envconf import ConfigError
+from services.denoise.config import DenoiseConfig
+from services.denoise.core import NS_PER_S, DenoiseStream, FrameIn, FrameOut, InvalidAudio
+
+pytestmark = pytest.mark.unit
+
+
+class FakeDelayEngine:
+    """Engine twin: an identity 'denoiser' with `delay_samples` of leading zeros that releases its
+    output only in blocks, like an STFT engine does."""
+
+    name = "fake"
+
+    def __init__(self, delay_samples: int = 100, block: int = 256) -> None:
+        self.delay_samples = delay_samples
+        self._block = block
+        self._buf = np.zeros(delay_samples, dtype=np.float32)
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        self._buf = np.concatenate((self._buf, samples))
+        whole = (self._buf.size // self._block) * self._block
+        out, self._buf = self._buf[:whole], self._buf[whole:]
+        return out
+
+    def flush(self) -> np.ndarray:
+        out, self._buf = self._buf, np.zeros(self.delay_samples, dtype=np.float32)
+        return out
+
+
+def frame(pcm: bytes, *, seq: int = 0, pts: int = 0, sr: int = 16_000, channels: int = 1,
+          flow: str = "f1", last: bool = False) -> FrameIn:
+    return FrameIn(flow, seq, sr, channels, pts, pcm, last)
+
+
+def run_stream(stream: DenoiseStream, pcm: bytes, sizes: list[int], seq: int = 0,
+               pts: int = 0) -> list[FrameOut]:
+    out: list[FrameOut] = []
+    pos = 0
+    for size in sizes:
+        f = frame(pcm[pos:pos + size], seq=seq, pts=pts)
+        stream.validate(f)
+        out += stream.push(f)
+        pos += size
+    assert pos == len(pcm)
+    return out + stream.finish()
+
+
+def random_sizes(total_bytes: int, rng: random.Random) -> list[int]:
+    sizes = []
+    left = total_bytes
+    while left:
+        size = min(left, 2 * rng.randint(0, 1500))  # even sizes, empty messages included
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def random_pcm(n_samples: int, seed: int = 1) -> bytes:
+    rng = np.random.default_rng(seed)
+    return rng.integers(-8000, 8000, n_samples, dtype=np.int16).astype("<i2").tobytes()
+
+
+def check_timeline(outs: list[FrameOut], n_samples: int, base_seq: int, base_pts: int) -> None:
+    assert outs[-1].last and outs[-1].pcm == b"" and outs[-1].ns == 0
+    assert sum(o.last for o in outs) == 1
+    start = 0
+    for o in outs[:-1]:
+        assert o.flow_id == "f1"
+        assert o.pts_ns == base_pts + start * NS_PER_S // 16_000
+        assert o.seq == base_seq + start // 320
+        assert o.ns == len(o.pcm) // 2 * NS_PER_S // 16_000
+        assert o.ns < 2**31  # AudioFrame.ns is int32
+        start += len(o.pcm) // 2
+    assert start == n_samples
+    assert outs[-1].pts_ns == base_pts + n_samples * NS_PER_S // 16_000
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fake_engine_output_equals_input_for_random_splits(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, 20_000)
+    pcm = random_pcm(n, seed)
+    stream = DenoiseStream(FakeDelayEngine(delay_samples=rng.randint(0, 700)))
+    outs = run_stream(stream, pcm, random_sizes(len(pcm), rng), seq=7, pts=3 * NS_PER_S)
+    check_timeline(outs, n, base_seq=7, base_pts=3 * NS_PER_S)
+    # The engine's delay is removed: an identity engine gives the input back sample for sample.
+    assert b"".join(o.pcm for o in outs) == pcm
+
+
+def test_whole_frames_while_streaming_and_remainder_at_the_end() -> None:
+    stream = DenoiseStream(FakeDelayEngine(delay_samples=0, block=1))
+    pcm = random_pcm(1000)
+    outs = run_stream(stream, pcm, [330 * 2, 670 * 2])
+    assert [len(o.pcm) // 2 for o in outs] == [320, 640, 40, 0]
+
+
+def test_long_message_is_split_below_the_int32_ns_limit() -> None:
+    stream = DenoiseStream(FakeDelayEngine(delay_samples=0, block=1))
+    pcm = random_pcm(16_000 * 5)
+    outs = run_stream(stream, pcm, [len(pcm)])
+    assert max(o.ns for o in outs) <= NS_PER_S
+    check_timeline(outs, 16_000 * 5, 0, 0)
+
+
+def test_empty_stream_ends_with_last_only() -> None:
+    stream = DenoiseStream(FakeDelayEngine())
+    outs = stream.finish()
+    assert len(outs) == 1 and outs[0].last and outs[0].pcm == b""
+    assert stream.finish() == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (frame(b"\0\0", sr=8000), "sr=8000"),
+        (frame(b"\0\0", channels=2), "channels=2"),
+        (frame(b"\0\0\0"), "odd byte count"),
+    ],
+)
+def test_invalid_frames_are_rejected(bad: FrameIn, needle: str) -> None:
+    stream = DenoiseStream(FakeDelayEngine())
+    with pytest.raises(InvalidAudio, match=needle):
+        stream.validate(bad)
+
+
+def test_flow_id_change_and_frames_after_finish_are_rejected() -> None:
+    stream = DenoiseStream(FakeDelayEngine())
+    stream.validate(frame(b"\0\0", flow="a"))
+    with pytest.raises(InvalidAudio, match="flow_id changed"):
+        stream.validate(frame(b"\0\0", flow="b"))
+    stream.finish()
+    with pytest.raises(InvalidAudio, match="after the end"):
+        stream.validate(frame(b"\0\0", flow="a"))
+
+
+def test_config_defaults_and_errors() -> None:
+    config = DenoiseConfig.from_env({})
+    assert (config.engine, config.num_threads, config.frame_samples) == ("gtcrn", 1, 320)
+    assert DenoiseConfig.from_env({"DENOISE_ENGINE": "RNNoise"}).engine == "rnnoise"
+    with pytest.raises(ConfigError, match="DENOISE_ENGINE"):
+        DenoiseConfig.from_env({"DENOISE_ENGINE": "speex"})
+    with pytest.raises(ConfigError, match="QUALITY"):
+        DenoiseConfig.from_env({"DENOISE_RNNOISE_RESAMPLE_QUALITY": "best"})
+    with pytest.raises(ConfigError):
+        DenoiseConfig.from_env({"DENOISE_WORKERS": "0"})
