@@ -116,7 +116,8 @@ class SessionDriver:
     def _start_stages(self) -> None:
         assert self._tg is not None and self.session.start is not None and self.session.flow_id
         for stage in self._stages:
-            feed = StageFeed(self._backlog_bytes)
+            batch = SAMPLE_RATE * stage.batch_ms // 1000 * BYTES_PER_SAMPLE
+            feed = StageFeed(batch, self._backlog_bytes)
             self._feeds[stage.name] = feed
             ctx = StageContext(self.session.flow_id, self.session.start, feed, self.report)
             self._tasks[stage.name] = self._tg.create_task(self._run_stage(stage, ctx))

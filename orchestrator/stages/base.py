@@ -16,15 +16,21 @@ NS_PER_SAMPLE = 1_000_000_000 // SAMPLE_RATE
 
 
 class StageFeed:
-    """The session's audio for one stage: an unbounded queue with a watched backlog.
+    """The session's audio for one stage, already cut into the stage's message size.
 
-    The backlog is bounded in audio seconds (STAGE_BACKLOG_SEC): a stage that falls that far
-    behind is failed rather than let memory grow (SPEC §4 backpressure).
+    Blocks are gathered until `batch_bytes` and only then queued, so a stage's task wakes once per
+    message it sends, not once per client chunk (the capacity benchmark shows why). The backlog
+    is bounded in audio seconds (STAGE_BACKLOG_SEC): a stage that falls that far behind is failed
+    rather than let memory grow (SPEC §4 backpressure).
     """
 
-    def __init__(self, max_backlog_bytes: int) -> None:
+    def __init__(self, batch_bytes: int, max_backlog_bytes: int) -> None:
         self._queue: asyncio.Queue[AudioBlock | None] = asyncio.Queue()
+        self._batch = batch_bytes
         self._max = max_backlog_bytes
+        self._buf = bytearray()
+        self._seq = 0
+        self._pts = 0
         self.backlog_bytes = 0
         self.closed = False
         self.overflowed = False
@@ -32,15 +38,25 @@ class StageFeed:
     def put(self, block: AudioBlock) -> None:
         if self.closed:
             return
+        if not self._buf:
+            self._seq, self._pts = block.seq, block.pts_ns
+        self._buf += block.pcm
         self.backlog_bytes += len(block.pcm)
         if self.backlog_bytes > self._max:
             self.overflowed = True
-        self._queue.put_nowait(block)
+        if len(self._buf) >= self._batch:
+            self._push()
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self._buf:
+                self._push()
             self._queue.put_nowait(None)
+
+    def _push(self) -> None:
+        self._queue.put_nowait(AudioBlock(self._seq, self._pts, bytes(self._buf)))
+        self._buf.clear()
 
     async def blocks(self) -> AsyncIterator[AudioBlock]:
         while True:
@@ -61,26 +77,24 @@ class StageContext:
 
 class Stage(Protocol):
     name: str
+    batch_ms: int  # audio per message on this stage's link
 
     async def run(self, ctx: StageContext) -> None:
         """Consume ctx.feed until it ends, report results; return when the stage has answered
         everything (the driver then reports StageDone). Raise to fail the stage."""
 
 
-async def batched_frames(ctx: StageContext, batch_ms: int) -> AsyncIterator[common_pb2.AudioFrame]:
-    """Group the session's blocks into AudioFrames of about `batch_ms`; the last one has `last`."""
-    target = SAMPLE_RATE * batch_ms // 1000 * BYTES_PER_SAMPLE
-    buf = bytearray()
-    seq = 0
-    pts = 0
+async def frames(ctx: StageContext) -> AsyncIterator[common_pb2.AudioFrame]:
+    """The feed's blocks as AudioFrames; the last one carries `last` (empty if no audio came)."""
+    held: AudioBlock | None = None
     async for block in ctx.feed.blocks():
-        if not buf:
-            seq, pts = block.seq, block.pts_ns
-        buf += block.pcm
-        if len(buf) >= target:
-            yield make_frame(ctx.flow_id, seq, pts, bytes(buf), last=False)
-            buf.clear()
-    yield make_frame(ctx.flow_id, seq, pts, bytes(buf), last=True)
+        if held is not None:
+            yield make_frame(ctx.flow_id, held.seq, held.pts_ns, held.pcm, last=False)
+        held = block
+    if held is None:
+        yield make_frame(ctx.flow_id, 0, 0, b"", last=True)
+    else:
+        yield make_frame(ctx.flow_id, held.seq, held.pts_ns, held.pcm, last=True)
 
 
 def make_frame(flow_id: str, seq: int, pts: int, pcm: bytes, last: bool) -> common_pb2.AudioFrame:

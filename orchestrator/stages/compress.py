@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from orchestrator.stage_events import RecordReady, StageLatency
-from orchestrator.stages.base import StageContext, batched_frames
+from orchestrator.stages.base import StageContext, frames
 from proto import common_pb2, compress_pb2_grpc
 
 
@@ -17,14 +17,14 @@ class CompressStage:
 
     def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
         self._stub = compress_pb2_grpc.CompressStub(channel)
-        self._batch_ms = batch_ms
+        self.batch_ms = batch_ms
 
     async def run(self, ctx: StageContext) -> None:
         ended_at = time.monotonic()
 
         async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
             nonlocal ended_at
-            async for frame in batched_frames(ctx, self._batch_ms):
+            async for frame in frames(ctx):
                 if frame.last:
                     ended_at = time.monotonic()
                 yield frame

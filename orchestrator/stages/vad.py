@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from orchestrator.stage_events import SpeechBoundary, StageLatency
-from orchestrator.stages.base import StageContext, batched_frames
+from orchestrator.stages.base import StageContext, frames
 from proto import common_pb2, vad_pb2_grpc
 
 
@@ -17,13 +17,13 @@ class VadStage:
 
     def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
         self._stub = vad_pb2_grpc.VadStub(channel)
-        self._batch_ms = batch_ms
+        self.batch_ms = batch_ms
 
     async def run(self, ctx: StageContext) -> None:
         sent_at: dict[int, float] = {}
 
         async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
-            async for frame in batched_frames(ctx, self._batch_ms):
+            async for frame in frames(ctx):
                 sent_at[frame.seq] = time.monotonic()
                 yield frame
 

@@ -1,0 +1,144 @@
+"""Capacity benchmark (make bench): N concurrent real-time sessions through the real gateway.
+
+The downstream services are the load-test fakes of tests/fakes.py (named as such), each its own
+process, so the figures are the gateway's own cost. Load comes from separate client processes
+sending 20 ms PCM chunks at real-time pace. Printed per N: the gateway's CPU seconds per
+session-second of audio, its RSS, the achieved send rate, and event lag (flush -> end, and
+ack after start). Quote medians; the machine is shared.
+
+    python -m tests.perf.bench_capacity [--sessions 100,200,500] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+import psutil
+
+from services.common.launcher import launch
+
+CHUNK = 640  # 20 ms of PCM16 at 16 kHz
+
+
+async def _one_session(url: str, seconds: float, start_at: float, out: list[dict[str, float]]) -> None:
+    from websockets.asyncio.client import connect
+
+    pcm = (b"\x10\x00\xf0\xff" * (CHUNK // 4))
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    async with connect(url, compression=None, open_timeout=60, max_size=2**22) as ws:
+        t_start = time.monotonic()
+        await ws.send(json.dumps({"type": "start", "return": ["record_url", "metrics", "vad"]}))
+        ack = json.loads(await ws.recv())
+        ack_ms = (time.monotonic() - t_start) * 1000
+        if ack.get("type") != "ack":
+            out.append({"error": 1.0})
+            return
+        t0 = time.monotonic()
+        n = int(seconds * 50)
+        late = 0.0
+        for i in range(n):
+            delay = t0 + i * 0.02 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                late = max(late, -delay)
+            await ws.send(pcm)
+        t_flush = time.monotonic()
+        await ws.send('{"type":"flush"}')
+        end_ms = float("nan")
+        async for raw in ws:
+            if json.loads(raw).get("type") == "end":
+                end_ms = (time.monotonic() - t_flush) * 1000
+        out.append({"ack_ms": ack_ms, "end_ms": end_ms, "late_ms": late * 1000})
+
+
+def _client_proc(url: str, n: int, seconds: float, ramp_s: float, q: mp.Queue) -> None:  # type: ignore[type-arg]
+    async def run() -> list[dict[str, float]]:
+        out: list[dict[str, float]] = []
+        t = time.monotonic() + 0.5
+        await asyncio.gather(*[_one_session(url, seconds, t + ramp_s * i / max(1, n), out) for i in range(n)],
+                             return_exceptions=True)
+        return out
+
+    try:
+        import uvloop
+
+        q.put(uvloop.run(run()))
+    except ImportError:
+        q.put(asyncio.run(run()))
+
+
+def run_level(url: str, gw_pid: int, sessions: int, seconds: float, procs: int) -> dict[str, float]:
+    gw = psutil.Process(gw_pid)
+    ramp_s = min(5.0, seconds / 4)
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    per = [sessions // procs + (1 if i < sessions % procs else 0) for i in range(procs)]
+    workers = [mp.Process(target=_client_proc, args=(url, n, seconds, ramp_s, q)) for n in per if n]
+    cpu0 = gw.cpu_times()
+    t0 = time.monotonic()
+    peak_rss = 0
+    for w in workers:
+        w.start()
+    results: list[dict[str, float]] = []
+    pending = len(workers)
+    while pending:
+        peak_rss = max(peak_rss, gw.memory_info().rss)
+        try:
+            results += q.get(timeout=0.5)
+            pending -= 1
+        except Exception:
+            continue
+    for w in workers:
+        w.join()
+    wall = time.monotonic() - t0
+    cpu1 = gw.cpu_times()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    ok = [r for r in results if "end_ms" in r]
+    audio_s = len(ok) * seconds
+    return {
+        "sessions": sessions,
+        "completed": len(ok),
+        "gateway_cpu_s_per_session_s": cpu / audio_s if audio_s else float("nan"),
+        "gateway_cores_busy": cpu / wall,
+        "gateway_peak_rss_mb": peak_rss / 2**20,
+        "ack_ms_p50": statistics.median(r["ack_ms"] for r in ok) if ok else float("nan"),
+        "end_lag_ms_p50": statistics.median(r["end_ms"] for r in ok) if ok else float("nan"),
+        "end_lag_ms_p95": statistics.quantiles([r["end_ms"] for r in ok], n=20)[-1] if len(ok) > 1 else float("nan"),
+        "client_late_ms_max_p50": statistics.median(r["late_ms"] for r in ok) if ok else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sessions", default="100,200,500")
+    p.add_argument("--seconds", type=float, default=20.0, help="audio seconds per session")
+    p.add_argument("--client-procs", type=int, default=2)
+    args = p.parse_args(argv)
+    fakes = [launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING"})
+             for k in ("vad", "compress")]
+    gw = launch("gateway", [sys.executable, "-m", "orchestrator"],
+                env={"VAD_ADDR": fakes[0].grpc_addr, "COMPRESS_ADDR": fakes[1].grpc_addr,
+                     "GATEWAY_PORT": "0", "LOG_LEVEL": "WARNING", "MAX_SESSIONS": "2000"})
+    url = f"ws://127.0.0.1:{gw.http_port}/ws/stream"
+    print(f"# capacity: gateway + fake VAD/compress, {args.seconds:g} s real-time audio per session, "
+          f"{os.cpu_count()} cores", flush=True)
+    try:
+        for n in (int(x) for x in args.sessions.split(",")):
+            row = run_level(url, gw.proc.pid, n, args.seconds, args.client_procs)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    finally:
+        gw.stop()
+        for f in fakes:
+            f.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
