@@ -71,8 +71,10 @@ async def stream_pcm(
     collect events until the server closes."""
     result = StreamResult()
     chunk = SAMPLE_RATE * chunk_ms // 1000 * 2
-    msg = {"type": "start", "audio": {"codec": "pcm_s16le", "sr": SAMPLE_RATE, "channels": 1,
-                                      "chunk_ms": chunk_ms}}
+    msg = {
+        "type": "start",
+        "audio": {"codec": "pcm_s16le", "sr": SAMPLE_RATE, "channels": 1, "chunk_ms": chunk_ms},
+    }
     msg.update(start or {})
     async with connect(url, max_size=2**22, compression=None, open_timeout=open_timeout_s) as ws:
 
@@ -98,7 +100,7 @@ async def stream_pcm(
                     delay = due - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                await ws.send(pcm[off:off + chunk])
+                await ws.send(pcm[off : off + chunk])
             if flush:
                 await ws.send(json.dumps({"type": "flush"}))
         except ConnectionClosed:
@@ -128,8 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
     p.add_argument("--chunk-ms", type=int, default=20)
     p.add_argument("--flow-id", default=None)
-    p.add_argument("--return", dest="families", default=None,
-                   help="comma list of event families: lid,asr,record_url,metrics,vad")
+    p.add_argument(
+        "--return",
+        dest="families",
+        default=None,
+        help="comma list of event families: lid,asr,record_url,metrics,vad",
+    )
     p.add_argument("--lang", default="auto", help="hints.user_lang_pref")
     p.add_argument("--domain", default="default")
     p.add_argument("--token", default=None)
@@ -149,8 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show(event: dict[str, Any]) -> None:
         print(json.dumps(event, ensure_ascii=False), flush=True)
 
-    result = asyncio.run(stream_pcm(args.url, pcm, start=start, chunk_ms=args.chunk_ms, speed=args.speed,
-                                    on_event=show))
+    result = asyncio.run(
+        stream_pcm(args.url, pcm, start=start, chunk_ms=args.chunk_ms, speed=args.speed, on_event=show)
+    )
     if args.srt:
         _write_srt(result.of_type("asr_final"), args.srt)
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from orchestrator.opus_link import OpusLinkConfig
 from orchestrator.session import SessionConfig
 from services.common.envconf import ConfigError, env_bool, env_float, env_int, env_str
 
@@ -31,7 +32,11 @@ class GatewayConfig:
     ws_max_message_bytes: int = 1024 * 1024
     session: SessionConfig = field(default_factory=SessionConfig)
     stages: StageAddrs = field(default_factory=StageAddrs)
+    asr_link: OpusLinkConfig = field(default_factory=OpusLinkConfig)
+    asr_link_batch_ms: int = 20
+    opus_threads: int = 2
     enable_vad: bool = True
+    enable_asr: bool = True
     enable_denoise: bool = True
     enable_compress: bool = True
     vad_batch_ms: int = 100
@@ -47,7 +52,8 @@ class GatewayConfig:
             raise ConfigError("MAX_SESSIONS must be at least 1")
         if self.session.max_frame_bytes > self.ws_max_message_bytes:
             raise ConfigError("MAX_FRAME_BYTES must not exceed WS_MAX_MESSAGE_BYTES")
-        if self.vad_batch_ms % self.session.frame_ms or self.compress_batch_ms % self.session.frame_ms:
+        batches = (self.vad_batch_ms, self.compress_batch_ms, self.asr_link_batch_ms)
+        if any(b <= 0 or b % self.session.frame_ms for b in batches):
             raise ConfigError("stage batch sizes must be multiples of the 20 ms frame")
 
     @property
@@ -55,6 +61,7 @@ class GatewayConfig:
         """Stages each session waits for, in the logical order of SPEC §1."""
         wanted = [
             ("vad", self.enable_vad and bool(self.stages.vad)),
+            ("asr", self.enable_asr and bool(self.stages.asr)),
             ("compress", self.enable_compress and bool(self.stages.compress)),
         ]
         return tuple(name for name, on in wanted if on)
@@ -82,7 +89,18 @@ class GatewayConfig:
             ws_max_message_bytes=env_int(env, "WS_MAX_MESSAGE_BYTES", cls.ws_max_message_bytes),
             session=session,
             stages=stages,
+            asr_link=OpusLinkConfig(
+                codec=env_str(env, "ASR_LINK_CODEC", OpusLinkConfig.codec),
+                bitrate=env_int(env, "ASR_LINK_BITRATE", OpusLinkConfig.bitrate),
+                frame_ms=env_int(env, "ASR_LINK_FRAME_MS", OpusLinkConfig.frame_ms),
+                vbr=env_bool(env, "ASR_LINK_VBR", OpusLinkConfig.vbr),
+                complexity=env_int(env, "ASR_LINK_COMPLEXITY", OpusLinkConfig.complexity),
+                fault_after_frames=env_int(env, "OPUS_FAULT_AFTER_FRAMES", 0),
+            ),
+            asr_link_batch_ms=env_int(env, "ASR_LINK_BATCH_MS", cls.asr_link_batch_ms),
+            opus_threads=env_int(env, "OPUS_THREADS", cls.opus_threads),
             enable_vad=env_bool(env, "ENABLE_VAD", cls.enable_vad),
+            enable_asr=env_bool(env, "ENABLE_ASR", cls.enable_asr),
             enable_denoise=env_bool(env, "ENABLE_DENOISE", cls.enable_denoise),
             enable_compress=env_bool(env, "ENABLE_COMPRESS", cls.enable_compress),
             vad_batch_ms=env_int(env, "VAD_BATCH_MS", cls.vad_batch_ms),

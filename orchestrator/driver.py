@@ -21,7 +21,7 @@ from orchestrator import metrics
 from orchestrator.protocol import SAMPLE_RATE
 from orchestrator.reframer import BYTES_PER_SAMPLE
 from orchestrator.session import Session, State
-from orchestrator.stage_events import StageDone, StageEvent, StageFailed
+from orchestrator.stage_events import SpeechBoundary, StageDone, StageEvent, StageFailed, StageLatency
 from orchestrator.stages.base import Stage, StageContext, StageFeed
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,14 @@ _CLOSE = object()
 
 
 class SessionDriver:
-    def __init__(self, session: Session, ws: ServerConnection, stages: Sequence[Stage],
-                 stage_backlog_s: float, stage_timeout_s: float) -> None:
+    def __init__(
+        self,
+        session: Session,
+        ws: ServerConnection,
+        stages: Sequence[Stage],
+        stage_backlog_s: float,
+        stage_timeout_s: float,
+    ) -> None:
         self.session = session
         self.ws = ws
         self._stages = [s for s in stages if s.name in session.config.stages]
@@ -39,6 +45,8 @@ class SessionDriver:
         self._out: asyncio.Queue[Any] = asyncio.Queue()
         self._feeds: dict[str, StageFeed] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._contexts: list[StageContext] = []
+        self._partial_timer: asyncio.TimerHandle | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._feeds_closed = False
         self._close_queued = False
@@ -69,8 +77,9 @@ class SessionDriver:
             await self.closed.wait()
             for task in self._tasks.values():
                 task.cancel()
-        if self._expiry is not None:
-            self._expiry.cancel()
+        for timer in (self._expiry, self._partial_timer):
+            if timer is not None:
+                timer.cancel()
 
     def tick(self, now: float) -> None:
         self.session.tick(now)
@@ -93,25 +102,43 @@ class SessionDriver:
             for feed in self._feeds.values():
                 feed.close()
             if s.pending_stages:
-                self._expiry = asyncio.get_running_loop().call_later(self._stage_timeout_s,
-                                                                    self._expire_stages)
+                self._expiry = asyncio.get_running_loop().call_later(
+                    self._stage_timeout_s, self._expire_stages
+                )
         for event in s.events_to_send():
             metrics.EGRESS_EVENTS.labels(event["type"]).inc()
             if event["type"] == "error":
                 metrics.ERRORS.labels(event["code"]).inc()
             self._out.put_nowait(json.dumps(event, ensure_ascii=False))
+        due = s.partial_due_at
+        if due is not None and self._partial_timer is None:
+            self._partial_timer = asyncio.get_running_loop().call_later(
+                max(0.0, due - time.monotonic()), self._release_partial
+            )
         if s.close is not None and not self._close_queued:
             self._close_queued = True
             self._out.put_nowait(_CLOSE)
 
     def report(self, event: StageEvent) -> None:
-        if isinstance(event, StageFailed):
+        if isinstance(event, SpeechBoundary):
+            for ctx in self._contexts:
+                if ctx.on_boundary is not None:
+                    ctx.on_boundary(event)
+        elif isinstance(event, StageLatency):
+            histogram = metrics.STAGE_LATENCY.get(event.stage)
+            if histogram is not None:
+                histogram.observe(event.ms)
+        elif isinstance(event, StageFailed):
             metrics.STAGE_FAILURES.labels(event.stage).inc()
             feed = self._feeds.pop(event.stage, None)
             if feed is not None:
                 feed.close()
         self.session.stage_event(event, time.monotonic())
         self.pump()
+
+    def _release_partial(self) -> None:
+        self._partial_timer = None
+        self.tick(time.monotonic())
 
     def _start_stages(self) -> None:
         assert self._tg is not None and self.session.start is not None and self.session.flow_id
@@ -120,6 +147,7 @@ class SessionDriver:
             feed = StageFeed(batch, self._backlog_bytes)
             self._feeds[stage.name] = feed
             ctx = StageContext(self.session.flow_id, self.session.start, feed, self.report)
+            self._contexts.append(ctx)
             self._tasks[stage.name] = self._tg.create_task(self._run_stage(stage, ctx))
 
     async def _run_stage(self, stage: Stage, ctx: StageContext) -> None:
@@ -128,8 +156,10 @@ class SessionDriver:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("stage failed", extra={"flowId": ctx.flow_id, "stage": stage.name,
-                                               "err_code": type(exc).__name__})
+            log.warning(
+                "stage failed",
+                extra={"flowId": ctx.flow_id, "stage": stage.name, "err_code": type(exc).__name__},
+            )
             self.report(StageFailed(stage.name, _describe(exc)))
             return
         self.report(StageDone(stage.name))

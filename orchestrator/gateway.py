@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
 import grpc
@@ -22,6 +23,7 @@ from orchestrator.config import GatewayConfig
 from orchestrator.driver import SessionDriver
 from orchestrator.protocol import ErrorCode
 from orchestrator.session import Session
+from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
 from orchestrator.stages.compress import CompressStage
 from orchestrator.stages.vad import VadStage
@@ -41,6 +43,8 @@ class Gateway:
         self._stage_health: dict[str, bool] = {}
         self._server: Server | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._opus_pool: ThreadPoolExecutor | None = None
+        self._all_closed = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -55,10 +59,24 @@ class Gateway:
             self._stage_health[name] = False
         if "vad" in self._channels:
             self._stages.append(VadStage(self._channels["vad"], cfg.vad_batch_ms))
+        if "asr" in self._channels:
+            # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
+            self._opus_pool = ThreadPoolExecutor(cfg.opus_threads, thread_name_prefix="opus")
+            self._stages.append(
+                AsrStage(
+                    self._channels["asr"],
+                    cfg.asr_link,
+                    cfg.asr_link_batch_ms,
+                    self._opus_pool,
+                    cfg.session.partial_interval_ms,
+                )
+            )
         if "compress" in self._channels:
             self._stages.append(CompressStage(self._channels["compress"], cfg.compress_batch_ms))
         self._server = await serve(
-            self._handle, cfg.host, cfg.port,
+            self._handle,
+            cfg.host,
+            cfg.port,
             process_request=self._http,
             max_size=cfg.ws_max_message_bytes,
             compression=None,  # PCM does not deflate; compression would only burn CPU
@@ -71,9 +89,9 @@ class Gateway:
     async def drain(self) -> None:
         """Shutdown as an API (STYLE §6): not ready, refuse new sessions, let open ones finish."""
         self.draining = True
-        deadline = time.monotonic() + self.config.drain_grace_s
-        while self.drivers and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        if self.drivers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), self.config.drain_grace_s)
         await self.stop()
 
     async def stop(self) -> None:
@@ -84,6 +102,8 @@ class Gateway:
             await self._server.wait_closed()
         for channel in self._channels.values():
             await channel.close()
+        if self._opus_pool is not None:
+            self._opus_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
@@ -91,26 +111,32 @@ class Gateway:
         if self.draining:
             session.refuse(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
         elif len(self.drivers) >= self.config.max_sessions:
-            session.refuse(ErrorCode.TOO_MANY_SESSIONS,
-                           f"the gateway holds its maximum of {self.config.max_sessions} sessions")
-        driver = SessionDriver(session, ws, self._stages, self.config.stage_backlog_s,
-                               self.config.stage_timeout_s)
+            session.refuse(
+                ErrorCode.TOO_MANY_SESSIONS,
+                f"the gateway holds its maximum of {self.config.max_sessions} sessions",
+            )
+        driver = SessionDriver(
+            session, ws, self._stages, self.config.stage_backlog_s, self.config.stage_timeout_s
+        )
         self.drivers.add(driver)
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
         try:
             await driver.run()
         except Exception:
-            log.exception("session crashed", extra={"flowId": session.flow_id, "stage": "gateway",
-                                                     "err_code": "internal_error"})
+            log.exception(
+                "session crashed",
+                extra={"flowId": session.flow_id, "stage": "gateway", "err_code": "internal_error"},
+            )
             with contextlib.suppress(Exception):
                 await ws.close(1011, "internal error")
         finally:
             self.drivers.discard(driver)
+            if self.draining and not self.drivers:
+                self._all_closed.set()
             metrics.ACTIVE_SESSIONS.set(len(self.drivers))
             reason = session.end_reason or (session.close[1] if session.close else "unknown")
             metrics.SESSIONS.labels(reason).inc()
-            log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway",
-                                              "event": reason})
+            log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
 
     async def _sweep(self) -> None:
         """One timer for all sessions: idle flush, start timeout, length cap."""
@@ -125,8 +151,9 @@ class Gateway:
             for name, channel in self._channels.items():
                 stub = health_pb2_grpc.HealthStub(channel)
                 try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(),
-                                             timeout=self.config.stage_connect_timeout_s)
+                    reply = await stub.Check(
+                        health_pb2.HealthCheckRequest(), timeout=self.config.stage_connect_timeout_s
+                    )
                     self._stage_health[name] = reply.status == health_pb2.HealthCheckResponse.SERVING
                 except grpc.aio.AioRpcError:
                     self._stage_health[name] = False
@@ -140,19 +167,23 @@ class Gateway:
             return _response(HTTPStatus.OK, b'{"status":"ok"}\n', "application/json")
         if path == "/readyz":
             ready = not self.draining and all(self._stage_health.values())
-            body = ('{"ready":%s,"draining":%s,"stages":{%s}}\n' % (
-                str(ready).lower(), str(self.draining).lower(),
-                ",".join(f'"{k}":{str(v).lower()}' for k, v in sorted(self._stage_health.items()))))
-            return _response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body.encode(),
-                             "application/json")
+            body = '{{"ready":{},"draining":{},"stages":{{{}}}}}\n'.format(
+                str(ready).lower(),
+                str(self.draining).lower(),
+                ",".join(f'"{k}":{str(v).lower()}' for k, v in sorted(self._stage_health.items())),
+            )
+            return _response(
+                HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json"
+            )
         if path == "/metrics":
             return _response(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Connection", "close")])
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")]
+    )
     return Response(status.value, status.phrase, headers, body)
 
 

@@ -12,8 +12,20 @@ EGRESS_EVENTS = Counter("egress_events_total", "Events sent to clients", ["type"
 SESSIONS = Counter("orchestrator_sessions_total", "Sessions ended, by end reason", ["reason"])
 ERRORS = Counter("orchestrator_errors_total", "Error events sent, by code", ["code"])
 STAGE_FAILURES = Counter("orchestrator_stage_failures_total", "Stage calls that failed", ["stage"])
-VAD_LATENCY = Histogram("vad_latency_ms", "Send of the audio to the VAD boundary answer (gateway view)",
-                        buckets=LATENCY_BUCKETS_MS)
-COMPRESS_LATENCY = Histogram("compress_latency_ms", "End of audio to record_url (gateway view)",
-                             buckets=LATENCY_BUCKETS_MS)
-STAGE_LATENCY = {"vad": VAD_LATENCY, "compress": COMPRESS_LATENCY}
+VAD_LATENCY = Histogram(
+    "vad_latency_ms",
+    "Send of the audio to the VAD boundary answer (gateway view)",
+    buckets=LATENCY_BUCKETS_MS,
+)
+COMPRESS_LATENCY = Histogram(
+    "compress_latency_ms", "End of audio to record_url (gateway view)", buckets=LATENCY_BUCKETS_MS
+)
+ASR_LATENCY = Histogram(
+    "asr_latency_ms",
+    "Send of an utterance's last packet to its final (gateway view)",
+    buckets=LATENCY_BUCKETS_MS,
+)
+PCM_TO_OPUS_FAIL = Counter("pcm_to_opus_fail_total", "Sessions whose Opus encoder failed (PCM fallback)")
+ASR_LINK_BYTES = Counter("asr_link_bytes_total", "Bytes sent on the ASR link, by codec", ["codec"])
+ASR_LINK_SESSIONS = Counter("asr_link_sessions_total", "ASR link streams opened, by codec", ["codec"])
+STAGE_LATENCY = {"vad": VAD_LATENCY, "compress": COMPRESS_LATENCY, "asr": ASR_LATENCY}

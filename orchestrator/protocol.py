@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 FLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -32,7 +32,7 @@ class Close(int, Enum):
     TRY_AGAIN_LATER = 1013
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """Machine-readable `error.code` values and the close code each fatal one leads to."""
 
     INVALID_JSON = "invalid_json"
@@ -113,7 +113,9 @@ def parse_control(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"control frame is not valid JSON: {exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "control frame must be a JSON object with a string 'type'")
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "control frame must be a JSON object with a string 'type'"
+        )
     return msg
 
 
@@ -121,38 +123,43 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default
     value = obj.get(key, default)
     if value is None:
         return default
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise ProtocolError(ErrorCode.INVALID_START, f"start.{key} has the wrong type")
     return value
 
 
 def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
     """Validate a `start` frame (SPEC §2); `new_flow_id` is used when the client gives none."""
-    flow_id = msg.get("flowId", None)
+    flow_id = msg.get("flowId")
     if flow_id is None or flow_id == "":
         flow_id = new_flow_id
     if not isinstance(flow_id, str) or not FLOW_ID_RE.match(flow_id):
-        raise ProtocolError(ErrorCode.INVALID_FLOW_ID,
-                            "flowId must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+        raise ProtocolError(ErrorCode.INVALID_FLOW_ID, "flowId must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     audio = _field(msg, "audio", dict, {})
     codec = _field(audio, "codec", str, CODEC)
     if codec != CODEC:
-        raise ProtocolError(ErrorCode.UNSUPPORTED_CODEC, f"audio.codec {codec!r} is not supported; use {CODEC!r}")
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_CODEC, f"audio.codec {codec!r} is not supported; use {CODEC!r}"
+        )
     sr = _field(audio, "sr", int, SAMPLE_RATE)
     if sr != SAMPLE_RATE:
-        raise ProtocolError(ErrorCode.UNSUPPORTED_SAMPLE_RATE,
-                            f"audio.sr {sr} is not supported; resample to {SAMPLE_RATE}")
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_SAMPLE_RATE, f"audio.sr {sr} is not supported; resample to {SAMPLE_RATE}"
+        )
     channels = _field(audio, "channels", int, CHANNELS)
     if channels != CHANNELS:
-        raise ProtocolError(ErrorCode.UNSUPPORTED_CHANNELS, f"audio.channels {channels} is not supported; send mono")
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_CHANNELS, f"audio.channels {channels} is not supported; send mono"
+        )
     chunk_ms = _field(audio, "chunk_ms", int, 20)
     if not 1 <= chunk_ms <= 10_000:
         raise ProtocolError(ErrorCode.INVALID_START, "audio.chunk_ms must be between 1 and 10000")
     ret = _field(msg, "return", list, list(DEFAULT_RETURN))
     unknown = [r for r in ret if r not in EVENT_FAMILIES]
     if unknown:
-        raise ProtocolError(ErrorCode.INVALID_START,
-                            f"return has unknown families {unknown}; known: {list(EVENT_FAMILIES)}")
+        raise ProtocolError(
+            ErrorCode.INVALID_START, f"return has unknown families {unknown}; known: {list(EVENT_FAMILIES)}"
+        )
     hints = _field(msg, "hints", dict, {})
     hotwords = _field(hints, "hotwords", list, [])
     if not all(isinstance(h, str) for h in hotwords):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from orchestrator.protocol import (
@@ -57,7 +57,7 @@ FAMILY_OF = {
 }
 
 
-class State(str, Enum):
+class State(StrEnum):
     AWAITING_START = "awaiting_start"
     STREAMING = "streaming"
     DRAINING = "draining"  # audio ended; waiting for the stages' last answers
@@ -107,6 +107,9 @@ class Session:
         self._fatal: tuple[ErrorCode, str] | None = None
         self._speech_open_at: float | None = None
         self._figures = _Figures()
+        # PartialThrottle (SPEC §2): at most one asr_partial per interval, the newest text wins.
+        self._last_partial_at: float | None = None
+        self._pending_partial: Transcript | None = None
 
     # ----- inputs from the client -----
 
@@ -114,8 +117,10 @@ class Session:
         if self.state in (State.DRAINING, State.CLOSED):
             return
         if len(text) > self.config.max_frame_bytes:
-            self._fail(ErrorCode.FRAME_TOO_LARGE,
-                       f"control frame of {len(text)} bytes exceeds {self.config.max_frame_bytes}")
+            self._fail(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"control frame of {len(text)} bytes exceeds {self.config.max_frame_bytes}",
+            )
             return
         try:
             msg = parse_control(text)
@@ -136,12 +141,17 @@ class Session:
             return
         if self.state is State.DRAINING:
             if self.end_reason == "flush":
-                self._emit(error_event(self.flow_id, ErrorCode.AUDIO_AFTER_FLUSH,
-                                       "audio after flush is ignored", fatal=False))
+                self._emit(
+                    error_event(
+                        self.flow_id, ErrorCode.AUDIO_AFTER_FLUSH, "audio after flush is ignored", fatal=False
+                    )
+                )
             return
         if len(data) > self.config.max_frame_bytes:
-            self._fail(ErrorCode.FRAME_TOO_LARGE,
-                       f"binary frame of {len(data)} bytes exceeds {self.config.max_frame_bytes}")
+            self._fail(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"binary frame of {len(data)} bytes exceeds {self.config.max_frame_bytes}",
+            )
             return
         if self.state is State.AWAITING_START:
             self._fail(ErrorCode.AUDIO_BEFORE_START, "binary audio before the start frame")
@@ -161,15 +171,17 @@ class Session:
             self._finish(Close.NORMAL, "disconnect")
 
     def tick(self, now: float) -> None:
-        """Timers: start timeout, idle flush (FLUSH_IDLE_SEC), session length cap."""
+        """Timers: held partial, start timeout, idle flush (FLUSH_IDLE_SEC), session length cap."""
+        due = self.partial_due_at
+        if due is not None and now >= due and self._pending_partial is not None:
+            self._send_partial(self._pending_partial, now)
         if self.state is State.AWAITING_START and now - self._opened_at >= self.config.start_timeout_s:
             self._fail(ErrorCode.START_TIMEOUT, f"no start frame within {self.config.start_timeout_s:g} s")
         elif self.state is State.STREAMING:
             if now - self._last_audio_at >= self.config.flush_idle_s:
                 self._end_audio("idle")
             elif now - self._started_at >= self.config.max_session_s:
-                self._fail(ErrorCode.SESSION_TOO_LONG,
-                           f"session exceeds {self.config.max_session_s:g} s")
+                self._fail(ErrorCode.SESSION_TOO_LONG, f"session exceeds {self.config.max_session_s:g} s")
 
     def refuse(self, code: ErrorCode, message: str) -> None:
         """Refuse the connection before anything else (capacity, draining)."""
@@ -183,14 +195,23 @@ class Session:
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
         elif isinstance(event, RecordReady):
-            self._emit({"type": "record_url", "flowId": self.flow_id, "url": event.url,
-                        "duration_s": round(event.duration_s, 3), "bytes": event.bytes,
-                        "codec": event.codec, "status": event.status})
+            self._emit(
+                {
+                    "type": "record_url",
+                    "flowId": self.flow_id,
+                    "url": event.url,
+                    "duration_s": round(event.duration_s, 3),
+                    "bytes": event.bytes,
+                    "codec": event.codec,
+                    "status": event.status,
+                }
+            )
         elif isinstance(event, LangDetected):
-            self._emit({"type": "lid", "flowId": self.flow_id, "lang": event.lang,
-                        "score": round(event.score, 4)})
+            self._emit(
+                {"type": "lid", "flowId": self.flow_id, "lang": event.lang, "score": round(event.score, 4)}
+            )
         elif isinstance(event, Transcript):
-            self._emit(event.to_event(self.flow_id))
+            self._on_transcript(event, now)
         elif isinstance(event, StageLatency):
             self._figures.latencies_ms.setdefault(event.stage, []).append(event.ms)
         elif isinstance(event, StageFailed):
@@ -209,6 +230,13 @@ class Session:
     def audio_to_stages(self) -> list[AudioBlock]:
         out, self._audio = self._audio, []
         return out
+
+    @property
+    def partial_due_at(self) -> float | None:
+        """When the held partial may go out, if one is held."""
+        if self._pending_partial is None or self._last_partial_at is None:
+            return None
+        return self._last_partial_at + self.config.partial_interval_ms / 1000.0
 
     @property
     def audio_ended(self) -> bool:
@@ -232,16 +260,43 @@ class Session:
         self.pending_stages = set(self.config.stages)
         self._started_at = now
         self._last_audio_at = now
-        self._emit({
-            "type": "ack",
-            "flowId": self.flow_id,
-            "audio": {"codec": CODEC, "sr": SAMPLE_RATE, "channels": CHANNELS,
-                      "chunk_ms": self.start.chunk_ms, "frame_ms": self.config.frame_ms},
-            "return": sorted(self.start.returns),
-            "limits": {"max_frame_bytes": self.config.max_frame_bytes,
-                       "flush_idle_s": self.config.flush_idle_s,
-                       "partial_interval_ms": self.config.partial_interval_ms},
-        })
+        self._emit(
+            {
+                "type": "ack",
+                "flowId": self.flow_id,
+                "audio": {
+                    "codec": CODEC,
+                    "sr": SAMPLE_RATE,
+                    "channels": CHANNELS,
+                    "chunk_ms": self.start.chunk_ms,
+                    "frame_ms": self.config.frame_ms,
+                },
+                "return": sorted(self.start.returns),
+                "limits": {
+                    "max_frame_bytes": self.config.max_frame_bytes,
+                    "flush_idle_s": self.config.flush_idle_s,
+                    "partial_interval_ms": self.config.partial_interval_ms,
+                },
+            }
+        )
+
+    def _on_transcript(self, event: Transcript, now: float) -> None:
+        if event.final:
+            self._pending_partial = None  # the final supersedes it
+            self._emit(event.to_event(self.flow_id))
+            return
+        if (
+            self._last_partial_at is None
+            or now - self._last_partial_at >= self.config.partial_interval_ms / 1000
+        ):
+            self._send_partial(event, now)
+        else:
+            self._pending_partial = event
+
+    def _send_partial(self, event: Transcript, now: float) -> None:
+        self._pending_partial = None
+        self._last_partial_at = now
+        self._emit(event.to_event(self.flow_id))
 
     def _on_boundary(self, event: SpeechBoundary) -> None:
         ts = event.pts_ns / 1e9
@@ -251,8 +306,9 @@ class Session:
             self._figures.speech_s += max(0.0, ts - self._speech_open_at)
             self._figures.segments += 1
             self._speech_open_at = None
-        self._emit({"type": "vad", "flowId": self.flow_id, "event": f"speech_{event.kind}",
-                    "ts": round(ts, 3)})
+        self._emit(
+            {"type": "vad", "flowId": self.flow_id, "event": f"speech_{event.kind}", "ts": round(ts, 3)}
+        )
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         self._emit(error_event(self.flow_id, code, message, fatal=True))
@@ -270,9 +326,14 @@ class Session:
         if block is not None:
             self._audio.append(block)
         if odd:
-            self._emit(error_event(self.flow_id, ErrorCode.ODD_BYTE_COUNT,
-                                   "the stream ended on half a sample; the odd byte was dropped",
-                                   fatal=False))
+            self._emit(
+                error_event(
+                    self.flow_id,
+                    ErrorCode.ODD_BYTE_COUNT,
+                    "the stream ended on half a sample; the odd byte was dropped",
+                    fatal=False,
+                )
+            )
         self.state = State.DRAINING
         self._maybe_finish()
 
@@ -283,9 +344,16 @@ class Session:
     def _maybe_finish(self) -> None:
         if self.state is not State.DRAINING or self.pending_stages:
             return
+        self._pending_partial = None
         self._emit(self._metrics_event())
-        self._emit({"type": "end", "flowId": self.flow_id, "reason": self.end_reason,
-                    "audio_s": round(self.audio_s, 3)})
+        self._emit(
+            {
+                "type": "end",
+                "flowId": self.flow_id,
+                "reason": self.end_reason,
+                "audio_s": round(self.audio_s, 3),
+            }
+        )
         if self._fatal is not None:
             self._finish(FATAL_CLOSE[self._fatal[0]], self._fatal[0].value)
         else:
@@ -298,8 +366,11 @@ class Session:
     def _metrics_event(self) -> dict[str, Any]:
         stages = {}
         for stage, values in sorted(self._figures.latencies_ms.items()):
-            stages[stage] = {"count": len(values), "latency_ms_p50": round(statistics.median(values), 2),
-                             "latency_ms_max": round(max(values), 2)}
+            stages[stage] = {
+                "count": len(values),
+                "latency_ms_p50": round(statistics.median(values), 2),
+                "latency_ms_max": round(max(values), 2),
+            }
         return {
             "type": "metrics",
             "flowId": self.flow_id,

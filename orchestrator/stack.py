@@ -1,7 +1,7 @@
 """`speechgw-stack`: the whole stack on localhost, every service its own process (README, `make run`).
 
-    speechgw-stack run            # foreground; Ctrl-C stops everything
-    speechgw-stack demo [FILE]    # start, stream a sample clip in real time, print events, stop
+speechgw-stack run            # foreground; Ctrl-C stops everything
+speechgw-stack demo [FILE]    # start, stream a sample clip in real time, print events, stop
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ from pathlib import Path
 from services.common.launcher import RunningService, launch
 
 DEFAULT_SERVICES = ("vad", "compress")
-ADDR_ENV = {"vad": "VAD_ADDR", "denoise": "DENOISE_ADDR", "lid": "LID_ADDR", "asr": "ASR_ADDR",
-            "compress": "COMPRESS_ADDR"}
+ADDR_ENV = {
+    "vad": "VAD_ADDR",
+    "denoise": "DENOISE_ADDR",
+    "lid": "LID_ADDR",
+    "asr": "ASR_ADDR",
+    "compress": "COMPRESS_ADDR",
+}
 
 
 def sample_clip() -> Path:
@@ -57,8 +62,13 @@ class Stack:
                 self.running[name] = svc
                 gw_env[ADDR_ENV[name]] = svc.grpc_addr
             gw_env["GATEWAY_PORT"] = str(self.gateway_port)
-            self.running["gateway"] = launch("gateway", [sys.executable, "-m", "orchestrator"], env=gw_env,
-                                             timeout_s=timeout_s, echo_stdout=self.echo)
+            self.running["gateway"] = launch(
+                "gateway",
+                [sys.executable, "-m", "orchestrator"],
+                env=gw_env,
+                timeout_s=timeout_s,
+                echo_stdout=self.echo,
+            )
         except BaseException:
             self.stop()
             raise
@@ -100,10 +110,18 @@ def cmd_demo(clip: Path, speed: float) -> int:
     env = {"LOG_LEVEL": "WARNING"}
     with Stack(_services_from_env(), env=env) as stack:
         print(f"# stack up at {stack.url}; streaming {clip.name} at {speed:g}x real time", file=sys.stderr)
-        result = asyncio.run(stream_pcm(stack.url, load_wav(clip), speed=speed,
-                                        start={"flowId": "demo-" + clip.stem,
-                                               "return": ["lid", "asr", "record_url", "metrics", "vad"]},
-                                        on_event=lambda e: print(json.dumps(e, ensure_ascii=False), flush=True)))
+        result = asyncio.run(
+            stream_pcm(
+                stack.url,
+                load_wav(clip),
+                speed=speed,
+                start={
+                    "flowId": "demo-" + clip.stem,
+                    "return": ["lid", "asr", "record_url", "metrics", "vad"],
+                },
+                on_event=lambda e: print(json.dumps(e, ensure_ascii=False), flush=True),
+            )
+        )
     finals = " ".join(e["text"].strip() for e in result.of_type("asr_final"))
     if finals:
         print(f"# transcript: {finals}", file=sys.stderr)

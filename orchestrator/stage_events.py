@@ -37,7 +37,7 @@ class Transcript:
     text: str
     start_s: float
     end_s: float
-    lang: str
+    lang: str = ""
 
     def to_event(self, flow_id: str | None) -> dict[str, Any]:
         event: dict[str, Any] = {

@@ -34,12 +34,20 @@ class Start(_message.Message):
     def __init__(self, flow_id: _Optional[str] = ..., codec: _Optional[str] = ..., sr: _Optional[int] = ..., channels: _Optional[int] = ..., frame_ms: _Optional[int] = ..., bitrate: _Optional[int] = ..., vbr: _Optional[bool] = ..., lang_hint: _Optional[str] = ..., domain: _Optional[str] = ..., hotwords: _Optional[_Iterable[str]] = ..., partial_interval_ms: _Optional[int] = ...) -> None: ...
 
 class OpusPacket(_message.Message):
-    __slots__ = ("data", "seq")
+    __slots__ = ("data", "seq", "pcm")
     DATA_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    PCM_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     seq: int
-    def __init__(self, data: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+    pcm: bool
+    def __init__(self, data: _Optional[bytes] = ..., seq: _Optional[int] = ..., pcm: _Optional[bool] = ...) -> None: ...
+
+class OpusBatch(_message.Message):
+    __slots__ = ("packets",)
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    packets: _containers.RepeatedCompositeFieldContainer[OpusPacket]
+    def __init__(self, packets: _Optional[_Iterable[_Union[OpusPacket, _Mapping]]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("kind", "pts")
@@ -58,14 +66,16 @@ class Endpoint(_message.Message):
     def __init__(self, kind: _Optional[_Union[Endpoint.Kind, str]] = ..., pts: _Optional[int] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
-    __slots__ = ("start", "opus", "endpoint")
+    __slots__ = ("start", "opus", "endpoint", "batch")
     START_FIELD_NUMBER: _ClassVar[int]
     OPUS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     start: Start
     opus: OpusPacket
     endpoint: Endpoint
-    def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., opus: _Optional[_Union[OpusPacket, _Mapping]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
+    batch: OpusBatch
+    def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., opus: _Optional[_Union[OpusPacket, _Mapping]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., batch: _Optional[_Union[OpusBatch, _Mapping]] = ...) -> None: ...
 
 class AsrEvent(_message.Message):
     __slots__ = ("type", "flow_id", "text", "ts", "lang", "model", "code")

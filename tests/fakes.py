@@ -19,8 +19,9 @@ from services.common.server import ServerConfig, ServiceRunner, run_main, run_un
 class FakeVad(vad_pb2_grpc.VadServicer):
     """Says speech starts at the first message and ends at the last; answers `last`."""
 
-    async def Stream(self, request_iterator: AsyncIterator[common_pb2.AudioFrame],
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[common_pb2.AudioFrame]:
+    async def Stream(
+        self, request_iterator: AsyncIterator[common_pb2.AudioFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.AudioFrame]:
         first = True
         end = 0
         flow = ""
@@ -28,8 +29,9 @@ class FakeVad(vad_pb2_grpc.VadServicer):
             flow = frame.flow_id
             if first and frame.pcm:
                 first = False
-                yield common_pb2.AudioFrame(flow_id=flow, seq=frame.seq, pts=frame.pts,
-                                            activity=common_pb2.SPEECH_START)
+                yield common_pb2.AudioFrame(
+                    flow_id=flow, seq=frame.seq, pts=frame.pts, activity=common_pb2.SPEECH_START
+                )
             end = frame.pts + frame.ns
             if frame.last:
                 break
@@ -41,15 +43,21 @@ class FakeVad(vad_pb2_grpc.VadServicer):
 class FakeCompress(compress_pb2_grpc.CompressServicer):
     """Counts the audio and answers a URL; stores nothing."""
 
-    async def Archive(self, request_iterator: AsyncIterator[common_pb2.AudioFrame],
-                      context: grpc.aio.ServicerContext) -> compress_pb2.ArchiveResult:
+    async def Archive(
+        self, request_iterator: AsyncIterator[common_pb2.AudioFrame], context: grpc.aio.ServicerContext
+    ) -> compress_pb2.ArchiveResult:
         flow, samples = "", 0
         async for frame in request_iterator:
             flow = frame.flow_id
             samples += len(frame.pcm) // 2
-        return compress_pb2.ArchiveResult(flow_id=flow, record_url=f"http://fake.invalid/records/{flow}.ogg",
-                                          key=f"records/{flow}.ogg", duration_s=samples / 16000,
-                                          codec="none", status="stored")
+        return compress_pb2.ArchiveResult(
+            flow_id=flow,
+            record_url=f"http://fake.invalid/records/{flow}.ogg",
+            key=f"records/{flow}.ogg",
+            duration_s=samples / 16000,
+            codec="none",
+            status="stored",
+        )
 
 
 def main(kind: str) -> None:

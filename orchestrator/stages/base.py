@@ -9,7 +9,7 @@ from typing import Protocol
 
 from orchestrator.protocol import CHANNELS, SAMPLE_RATE, StartRequest
 from orchestrator.reframer import BYTES_PER_SAMPLE, AudioBlock
-from orchestrator.stage_events import StageEvent
+from orchestrator.stage_events import SpeechBoundary, StageEvent
 from proto import common_pb2
 
 NS_PER_SAMPLE = 1_000_000_000 // SAMPLE_RATE
@@ -73,6 +73,8 @@ class StageContext:
     start: StartRequest
     feed: StageFeed
     report: Callable[[StageEvent], None]
+    # Set by a stage that wants the VAD's speech boundaries (the ASR link's endpoints).
+    on_boundary: Callable[[SpeechBoundary], None] | None = None
 
 
 class Stage(Protocol):
@@ -99,6 +101,12 @@ async def frames(ctx: StageContext) -> AsyncIterator[common_pb2.AudioFrame]:
 
 def make_frame(flow_id: str, seq: int, pts: int, pcm: bytes, last: bool) -> common_pb2.AudioFrame:
     return common_pb2.AudioFrame(
-        flow_id=flow_id, seq=seq, sr=SAMPLE_RATE, channels=CHANNELS,
-        ns=len(pcm) // BYTES_PER_SAMPLE * NS_PER_SAMPLE, pts=pts, pcm=pcm, last=last,
+        flow_id=flow_id,
+        seq=seq,
+        sr=SAMPLE_RATE,
+        channels=CHANNELS,
+        ns=len(pcm) // BYTES_PER_SAMPLE * NS_PER_SAMPLE,
+        pts=pts,
+        pcm=pcm,
+        last=last,
     )

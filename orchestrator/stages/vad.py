@@ -30,8 +30,8 @@ class VadStage:
         call = self._stub.Stream(requests())
         async for out in call:
             if out.activity in (common_pb2.SPEECH_START, common_pb2.SPEECH_END):
-                kind = "start" if out.activity == common_pb2.SPEECH_START else "end"
-                ctx.report(SpeechBoundary(kind, out.pts))
+                start = out.activity == common_pb2.SPEECH_START
+                ctx.report(SpeechBoundary("start" if start else "end", out.pts))
                 sent = sent_at.get(out.seq)
                 if sent is not None:
                     ctx.report(StageLatency(self.name, (time.monotonic() - sent) * 1000))

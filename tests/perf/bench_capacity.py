@@ -30,7 +30,7 @@ CHUNK = 640  # 20 ms of PCM16 at 16 kHz
 async def _one_session(url: str, seconds: float, start_at: float, out: list[dict[str, float]]) -> None:
     from websockets.asyncio.client import connect
 
-    pcm = (b"\x10\x00\xf0\xff" * (CHUNK // 4))
+    pcm = b"\x10\x00\xf0\xff" * (CHUNK // 4)
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     async with connect(url, compression=None, open_timeout=60, max_size=2**22) as ws:
         t_start = time.monotonic()
@@ -63,8 +63,10 @@ def _client_proc(url: str, n: int, seconds: float, ramp_s: float, q: mp.Queue) -
     async def run() -> list[dict[str, float]]:
         out: list[dict[str, float]] = []
         t = time.monotonic() + 0.5
-        await asyncio.gather(*[_one_session(url, seconds, t + ramp_s * i / max(1, n), out) for i in range(n)],
-                             return_exceptions=True)
+        await asyncio.gather(
+            *[_one_session(url, seconds, t + ramp_s * i / max(1, n), out) for i in range(n)],
+            return_exceptions=True,
+        )
         return out
 
     try:
@@ -110,7 +112,9 @@ def run_level(url: str, gw_pid: int, sessions: int, seconds: float, procs: int) 
         "gateway_peak_rss_mb": peak_rss / 2**20,
         "ack_ms_p50": statistics.median(r["ack_ms"] for r in ok) if ok else float("nan"),
         "end_lag_ms_p50": statistics.median(r["end_ms"] for r in ok) if ok else float("nan"),
-        "end_lag_ms_p95": statistics.quantiles([r["end_ms"] for r in ok], n=20)[-1] if len(ok) > 1 else float("nan"),
+        "end_lag_ms_p95": statistics.quantiles([r["end_ms"] for r in ok], n=20)[-1]
+        if len(ok) > 1
+        else float("nan"),
         "client_late_ms_max_p50": statistics.median(r["late_ms"] for r in ok) if ok else float("nan"),
     }
 
@@ -121,18 +125,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="audio seconds per session")
     p.add_argument("--client-procs", type=int, default=2)
     args = p.parse_args(argv)
-    fakes = [launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING"})
-             for k in ("vad", "compress")]
-    gw = launch("gateway", [sys.executable, "-m", "orchestrator"],
-                env={"VAD_ADDR": fakes[0].grpc_addr, "COMPRESS_ADDR": fakes[1].grpc_addr,
-                     "GATEWAY_PORT": "0", "LOG_LEVEL": "WARNING", "MAX_SESSIONS": "2000"})
+    fakes = [
+        launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING"})
+        for k in ("vad", "compress")
+    ]
+    gw = launch(
+        "gateway",
+        [sys.executable, "-m", "orchestrator"],
+        env={
+            "VAD_ADDR": fakes[0].grpc_addr,
+            "COMPRESS_ADDR": fakes[1].grpc_addr,
+            "GATEWAY_PORT": "0",
+            "LOG_LEVEL": "WARNING",
+            "MAX_SESSIONS": "2000",
+        },
+    )
     url = f"ws://127.0.0.1:{gw.http_port}/ws/stream"
-    print(f"# capacity: gateway + fake VAD/compress, {args.seconds:g} s real-time audio per session, "
-          f"{os.cpu_count()} cores", flush=True)
+    print(
+        f"# capacity: gateway + fake VAD/compress, {args.seconds:g} s real-time audio per session, "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
     try:
         for n in (int(x) for x in args.sessions.split(",")):
             row = run_level(url, gw.proc.pid, n, args.seconds, args.client_procs)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            print(
+                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                flush=True,
+            )
     finally:
         gw.stop()
         for f in fakes:

@@ -1,10 +1,18 @@
+import itertools
 import json
 
 import pytest
 
 from orchestrator.protocol import Close, ErrorCode
 from orchestrator.session import Session, SessionConfig, State
-from orchestrator.stage_events import RecordReady, SpeechBoundary, StageDone, StageFailed, StageLatency
+from orchestrator.stage_events import (
+    RecordReady,
+    SpeechBoundary,
+    StageDone,
+    StageFailed,
+    StageLatency,
+    Transcript,
+)
 
 pytestmark = pytest.mark.unit
 CFG = SessionConfig(stages=("vad", "compress"))
@@ -12,8 +20,12 @@ FRAME = b"\x00\x01" * 320
 
 
 def start_msg(**over: object) -> str:
-    msg = {"type": "start", "flowId": "f1", "audio": {"codec": "pcm_s16le", "sr": 16000, "channels": 1},
-           "return": ["record_url", "metrics", "vad"]}
+    msg = {
+        "type": "start",
+        "flowId": "f1",
+        "audio": {"codec": "pcm_s16le", "sr": 16000, "channels": 1},
+        "return": ["record_url", "metrics", "vad"],
+    }
     msg.update(over)
     return json.dumps(msg)
 
@@ -37,7 +49,13 @@ def test_ack_first_then_audio_then_end_last() -> None:
     s = started()
     ack = s.events_to_send()
     assert types(ack) == ["ack"]
-    assert ack[0]["audio"] == {"codec": "pcm_s16le", "sr": 16000, "channels": 1, "chunk_ms": 20, "frame_ms": 20}
+    assert ack[0]["audio"] == {
+        "codec": "pcm_s16le",
+        "sr": 16000,
+        "channels": 1,
+        "chunk_ms": 20,
+        "frame_ms": 20,
+    }
     s.receive_binary(FRAME * 3, 0.1)
     blocks = s.audio_to_stages()
     assert len(blocks) == 1 and len(blocks[0].pcm) == 3 * 640
@@ -195,3 +213,46 @@ def test_refusal_before_anything() -> None:
     s.refuse(ErrorCode.TOO_MANY_SESSIONS, "full")
     assert s.events_to_send()[0]["code"] == "too_many_sessions"
     assert s.close == (Close.TRY_AGAIN_LATER, "too_many_sessions")
+
+
+def test_partials_throttled_newest_wins_and_final_supersedes() -> None:
+    s = Session(SessionConfig(partial_interval_ms=250, stages=("asr",)), 0.0, "gen")
+    s.receive_text(start_msg(**{"return": ["asr"]}), 0.0)
+    s.events_to_send()
+
+    def partial(text: str, t: float) -> None:
+        s.stage_event(Transcript(False, text, 0.0, t), t)
+
+    partial("a", 1.00)
+    partial("ab", 1.10)
+    partial("abc", 1.20)
+    assert [e["text"] for e in s.events_to_send()] == ["a"]
+    assert s.partial_due_at == pytest.approx(1.25)
+    s.tick(1.24)
+    assert s.events_to_send() == []
+    s.tick(1.25)
+    assert [e["text"] for e in s.events_to_send()] == ["abc"]
+    assert s.partial_due_at is None
+    partial("abcd", 1.30)  # held: within the interval
+    s.stage_event(Transcript(True, "abcde", 0.0, 1.3, "en"), 1.31)
+    s.tick(2.0)
+    events = s.events_to_send()
+    assert types(events) == ["asr_final"] and events[0]["lang"] == "en" and events[0]["ts"] == [0.0, 1.3]
+
+
+def test_partials_never_closer_than_interval_property() -> None:
+    import random
+
+    rng = random.Random(7)
+    s = Session(SessionConfig(partial_interval_ms=250, stages=("asr",)), 0.0, "gen")
+    s.receive_text(start_msg(**{"return": ["asr"]}), 0.0)
+    s.events_to_send()
+    sent_at = []
+    t = 0.0
+    for i in range(500):
+        t += rng.uniform(0.0, 0.2)
+        s.tick(t)
+        s.stage_event(Transcript(False, str(i), 0.0, t), t)
+        sent_at += [t for e in s.events_to_send() if e["type"] == "asr_partial"]
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+    assert len(sent_at) > 10 and min(gaps) >= 0.25 - 1e-9

@@ -1,0 +1,131 @@
+"""ASR adapter: the only Opus link (SPEC §1, §3). PCM -> Opus packets (in an executor) and VAD
+endpoints go to `asr.v1.Recognize/Stream`; partials and finals come back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+
+import grpc
+
+from orchestrator import metrics
+from orchestrator.opus_link import OpusLink, OpusLinkConfig
+from orchestrator.protocol import CHANNELS, SAMPLE_RATE
+from orchestrator.stage_events import SpeechBoundary, StageLatency, Transcript
+from orchestrator.stages.base import StageContext
+from proto import asr_pb2, asr_pb2_grpc
+
+log = logging.getLogger(__name__)
+_SENT_MEMORY = 512  # packets whose send time is kept for latency figures
+
+
+class AsrError(RuntimeError):
+    """The ASR service answered an `error` event."""
+
+
+class AsrStage:
+    name = "asr"
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        link: OpusLinkConfig,
+        batch_ms: int,
+        executor: Executor | None,
+        partial_interval_ms: int,
+    ) -> None:
+        self._stub = asr_pb2_grpc.RecognizeStub(channel)
+        self._link = link
+        self.batch_ms = batch_ms
+        self._executor = executor
+        self._partial_interval_ms = partial_interval_ms
+
+    def _start_frame(self, ctx: StageContext, codec: str) -> asr_pb2.ClientFrame:
+        lang = ctx.start.lang_pref if ctx.start.lang_pref != "auto" else ""
+        return asr_pb2.ClientFrame(
+            start=asr_pb2.Start(
+                flow_id=ctx.flow_id,
+                codec=codec,
+                sr=SAMPLE_RATE,
+                channels=CHANNELS,
+                frame_ms=self._link.frame_ms,
+                bitrate=self._link.bitrate,
+                vbr=self._link.vbr,
+                lang_hint=lang,
+                domain=ctx.start.domain,
+                hotwords=list(ctx.start.hotwords),
+                partial_interval_ms=self._partial_interval_ms,
+            )
+        )
+
+    async def run(self, ctx: StageContext) -> None:
+        loop = asyncio.get_running_loop()
+        link = OpusLink(self._link)
+        metrics.ASR_LINK_SESSIONS.labels(link.codec).inc()
+        log.info("asr link open", extra={"flowId": ctx.flow_id, "stage": "asr", "asr_link_codec": link.codec})
+        out: asyncio.Queue[asr_pb2.ClientFrame | None] = asyncio.Queue()
+        out.put_nowait(self._start_frame(ctx, link.start_codec))
+        sent_at: OrderedDict[int, float] = OrderedDict()
+
+        def on_boundary(b: SpeechBoundary) -> None:
+            kind = asr_pb2.Endpoint.SPEECH_START if b.kind == "start" else asr_pb2.Endpoint.SPEECH_END
+            out.put_nowait(asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=kind, pts=b.pts_ns)))
+
+        async def produce() -> None:
+            async for block in ctx.feed.blocks():
+                packets, failed = await loop.run_in_executor(
+                    self._executor, link.encode, block.pcm, block.seq
+                )
+                if failed:
+                    metrics.PCM_TO_OPUS_FAIL.inc()
+                    log.warning(
+                        "opus encoder failed; PCM passthrough from here",
+                        extra={
+                            "flowId": ctx.flow_id,
+                            "stage": "asr",
+                            "asr_link_codec": "pcm",
+                            "seq": block.seq,
+                            "err_code": link.failed_reason,
+                        },
+                    )
+                now = time.monotonic()
+                for p in packets:
+                    sent_at[p.seq] = now
+                    metrics.ASR_LINK_BYTES.labels(
+                        "pcm" if p.pcm or link.start_codec == "pcm" else "opus"
+                    ).inc(len(p.data))
+                while len(sent_at) > _SENT_MEMORY:
+                    sent_at.popitem(last=False)
+                if len(packets) == 1:
+                    out.put_nowait(asr_pb2.ClientFrame(opus=packets[0]))
+                else:
+                    out.put_nowait(asr_pb2.ClientFrame(batch=asr_pb2.OpusBatch(packets=packets)))
+            out.put_nowait(None)
+
+        async def requests() -> AsyncIterator[asr_pb2.ClientFrame]:
+            while (item := await out.get()) is not None:
+                yield item
+
+        ctx.on_boundary = on_boundary
+        producer = asyncio.create_task(produce())
+        call = self._stub.Stream(requests())
+        try:
+            async for ev in call:
+                if ev.type in ("partial", "final"):
+                    start_s, end_s = ([*list(ev.ts), 0.0, 0.0])[:2]
+                    ctx.report(Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang))
+                    sent = sent_at.get(int(end_s * 1000) // self._link.frame_ms - 1)
+                    if ev.type == "final" and sent is not None:
+                        ctx.report(StageLatency(self.name, (time.monotonic() - sent) * 1000))
+                elif ev.type == "error":
+                    raise AsrError(f"{ev.code or 'asr_error'}: {ev.text}")
+                elif ev.type == "end":
+                    break
+        finally:
+            ctx.on_boundary = None
+            producer.cancel()
+            call.cancel()
