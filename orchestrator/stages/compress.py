@@ -21,13 +21,21 @@ class CompressStage:
 
     async def run(self, ctx: StageContext) -> None:
         ended_at = time.monotonic()
+        audio = frames(ctx)
+        first = await anext(audio)
+        if first.last and not first.pcm:
+            return  # the session accepted no audio: there is nothing to archive
 
         async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
             nonlocal ended_at
-            async for frame in frames(ctx):
+            frame = first
+            while True:
                 if frame.last:
                     ended_at = time.monotonic()
                 yield frame
+                if frame.last:
+                    return
+                frame = await anext(audio)
 
         result = await self._stub.Archive(requests())
         ctx.report(StageLatency(self.name, (time.monotonic() - ended_at) * 1000))

@@ -29,6 +29,7 @@ class RunningService:
     grpc_port: int
     http_port: int
     _lines: queue.Queue[bytes] = field(repr=False, default_factory=queue.Queue)
+    _pump: threading.Thread | None = field(repr=False, default=None)
 
     @property
     def grpc_addr(self) -> str:
@@ -47,12 +48,21 @@ class RunningService:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._release()
         return self.proc.returncode
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._release()
+
+    def _release(self) -> None:
+        """Join the stdout pump and close the pipe (no ResourceWarning after a stop)."""
+        if self._pump is not None:
+            self._pump.join(5.0)
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
 
 
 def _pump(stream: object, lines: queue.Queue[bytes], echo: bool) -> None:
@@ -72,14 +82,22 @@ def launch(name: str, args: Sequence[str] | None = None, env: Mapping[str, str] 
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE)
     lines: queue.Queue[bytes] = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines, echo_stdout), daemon=True).start()
+    pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo_stdout), daemon=True)
+    pump.start()
     deadline = time.monotonic() + timeout_s
     while True:
         remaining = deadline - time.monotonic()
         if proc.poll() is not None and lines.empty():
+            pump.join(5.0)
+            if proc.stdout is not None:
+                proc.stdout.close()
             raise LaunchError(f"{name} exited with {proc.returncode} before it was ready")
         if remaining <= 0:
             proc.kill()
+            proc.wait()
+            pump.join(5.0)
+            if proc.stdout is not None:
+                proc.stdout.close()
             raise LaunchError(f"{name} was not ready within {timeout_s:.0f} s")
         try:
             raw = lines.get(timeout=min(remaining, 0.2))
@@ -91,4 +109,4 @@ def launch(name: str, args: Sequence[str] | None = None, env: Mapping[str, str] 
             continue
         if isinstance(msg, dict) and msg.get("event") == "listening":
             return RunningService(name, proc, msg["host"], int(msg["grpc_port"]), int(msg["http_port"]),
-                                  lines)
+                                  lines, pump)

@@ -13,6 +13,7 @@ from orchestrator.stage_events import (
     StageLatency,
     Transcript,
 )
+from tests.schemas import check_event
 
 pytestmark = pytest.mark.unit
 CFG = SessionConfig(stages=("vad", "compress"))
@@ -37,6 +38,8 @@ def started(cfg: SessionConfig = CFG) -> Session:
 
 
 def types(events: list[dict]) -> list[str]:
+    for e in events:
+        check_event(e)  # every event the core makes matches its published schema
     return [e["type"] for e in events]
 
 
