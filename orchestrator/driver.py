@@ -18,8 +18,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from orchestrator import metrics
+from orchestrator.audio_paths import AudioPaths
 from orchestrator.protocol import SAMPLE_RATE
-from orchestrator.reframer import BYTES_PER_SAMPLE
+from orchestrator.reframer import BYTES_PER_SAMPLE, AudioBlock
 from orchestrator.session import Session, State
 from orchestrator.stage_events import SpeechBoundary, StageDone, StageEvent, StageFailed, StageLatency
 from orchestrator.stages.base import Stage, StageContext, StageFeed
@@ -43,7 +44,7 @@ class SessionDriver:
         self._backlog_bytes = int(stage_backlog_s * SAMPLE_RATE * BYTES_PER_SAMPLE)
         self._stage_timeout_s = stage_timeout_s
         self._out: asyncio.Queue[Any] = asyncio.Queue()
-        self._feeds: dict[str, StageFeed] = {}
+        self._paths = AudioPaths(SAMPLE_RATE)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._contexts: list[StageContext] = []
         self._partial_timer: asyncio.TimerHandle | None = None
@@ -92,15 +93,12 @@ class SessionDriver:
             self._start_stages()
         blocks = s.audio_to_stages()
         if blocks:
-            for feed in self._feeds.values():
-                for block in blocks:
-                    feed.put(block)
-            for name in [n for n, feed in self._feeds.items() if feed.overflowed]:
-                self._fail_stage(name, "fell behind the audio by more than the backlog limit")
+            for block in blocks:
+                self._paths.push(block)
+            self._check_backlog()
         if s.audio_ended and not self._feeds_closed:
             self._feeds_closed = True
-            for feed in self._feeds.values():
-                feed.close()
+            self._paths.end_of_audio()
             if s.pending_stages:
                 self._expiry = asyncio.get_running_loop().call_later(
                     self._stage_timeout_s, self._expire_stages
@@ -130,11 +128,20 @@ class SessionDriver:
                 histogram.observe(event.ms)
         elif isinstance(event, StageFailed):
             metrics.STAGE_FAILURES.labels(event.stage).inc()
-            feed = self._feeds.pop(event.stage, None)
-            if feed is not None:
-                feed.close()
+            self._paths.remove(event.stage)
+        elif isinstance(event, StageDone) and event.stage == "denoise":
+            self._paths.denoise_done()
         self.session.stage_event(event, time.monotonic())
         self.pump()
+
+    def _clean_audio(self, block: AudioBlock) -> None:
+        self._paths.clean_audio(block)
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        for name, feed in list(self._paths.feeds().items()):
+            if feed.overflowed and name in self.session.pending_stages:
+                self._fail_stage(name, "fell behind the audio by more than the backlog limit")
 
     def _release_partial(self) -> None:
         self._partial_timer = None
@@ -145,8 +152,12 @@ class SessionDriver:
         for stage in self._stages:
             batch = SAMPLE_RATE * stage.batch_ms // 1000 * BYTES_PER_SAMPLE
             feed = StageFeed(batch, self._backlog_bytes)
-            self._feeds[stage.name] = feed
-            ctx = StageContext(self.session.flow_id, self.session.start, feed, self.report)
+            if stage.source == "transform":
+                self._paths.denoise = feed
+            else:
+                getattr(self._paths, stage.source)[stage.name] = feed
+            ctx = StageContext(self.session.flow_id, self.session.start, feed, self.report,
+                               emit_audio=self._clean_audio)
             self._contexts.append(ctx)
             self._tasks[stage.name] = self._tg.create_task(self._run_stage(stage, ctx))
 

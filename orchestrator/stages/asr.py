@@ -29,6 +29,7 @@ class AsrError(RuntimeError):
 
 class AsrStage:
     name = "asr"
+    source = "clean"
 
     def __init__(
         self,

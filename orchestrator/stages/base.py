@@ -73,6 +73,8 @@ class StageContext:
     start: StartRequest
     feed: StageFeed
     report: Callable[[StageEvent], None]
+    # Where a transform stage (denoise) sends the audio it produces.
+    emit_audio: Callable[[AudioBlock], None] | None = None
     # Set by a stage that wants the VAD's speech boundaries (the ASR link's endpoints).
     on_boundary: Callable[[SpeechBoundary], None] | None = None
 
@@ -80,6 +82,9 @@ class StageContext:
 class Stage(Protocol):
     name: str
     batch_ms: int  # audio per message on this stage's link
+    # "raw": the client's audio (VAD); "clean": after denoise (archive, LID, ASR);
+    # "transform": produces the clean audio (denoise), through ctx.emit_audio.
+    source: str
 
     async def run(self, ctx: StageContext) -> None:
         """Consume ctx.feed until it ends, report results; return when the stage has answered

@@ -14,6 +14,7 @@ from proto import common_pb2, compress_pb2_grpc
 
 class CompressStage:
     name = "compress"
+    source = "clean"
 
     def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
         self._stub = compress_pb2_grpc.CompressStub(channel)

@@ -14,6 +14,7 @@ from proto import common_pb2, vad_pb2_grpc
 
 class VadStage:
     name = "vad"
+    source = "raw"
 
     def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
         self._stub = vad_pb2_grpc.VadStub(channel)

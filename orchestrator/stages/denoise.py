@@ -1,0 +1,43 @@
+"""Denoise adapter: raw PCM to `denoise.v1.Denoise/Stream`, clean PCM back on the same timeline;
+the clean audio feeds the archive, LID and ASR (SPEC §1)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from orchestrator.reframer import AudioBlock
+from orchestrator.stage_events import StageLatency
+from orchestrator.stages.base import StageContext, frames
+from proto import common_pb2, denoise_pb2_grpc
+
+
+class DenoiseStage:
+    name = "denoise"
+    source = "transform"
+
+    def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
+        self._stub = denoise_pb2_grpc.DenoiseStub(channel)
+        self.batch_ms = batch_ms
+
+    async def run(self, ctx: StageContext) -> None:
+        assert ctx.emit_audio is not None
+        sent_at: dict[int, float] = {}
+
+        async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
+            async for frame in frames(ctx):
+                sent_at[frame.pts] = time.monotonic()
+                yield frame
+
+        call = self._stub.Stream(requests())
+        async for out in call:
+            if out.pcm:
+                ctx.emit_audio(AudioBlock(out.seq, out.pts, out.pcm))
+                sent = sent_at.pop(out.pts, None)
+                if sent is not None:
+                    ctx.report(StageLatency(self.name, (time.monotonic() - sent) * 1000))
+            if out.last:
+                break
+        call.cancel()

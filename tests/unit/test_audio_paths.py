@@ -1,0 +1,74 @@
+import asyncio
+
+import pytest
+
+from orchestrator.audio_paths import AudioPaths
+from orchestrator.reframer import AudioBlock
+from orchestrator.stages.base import StageFeed
+
+pytestmark = pytest.mark.unit
+FRAME = 640  # bytes of 20 ms
+
+
+def block(seq: int, n_frames: int = 1, fill: int = 1) -> AudioBlock:
+    return AudioBlock(seq, seq * 20_000_000, bytes([fill]) * FRAME * n_frames)
+
+
+def drain(feed: StageFeed) -> bytes:
+    async def go() -> bytes:
+        return b"".join([b.pcm async for b in feed.blocks()])
+
+    return asyncio.run(go())
+
+
+def make(denoise: bool) -> tuple[AudioPaths, StageFeed, StageFeed, StageFeed | None]:
+    paths = AudioPaths(16000)
+    raw, clean = StageFeed(FRAME, 10**9), StageFeed(FRAME, 10**9)
+    paths.raw["vad"] = raw
+    paths.clean["asr"] = clean
+    dn = StageFeed(FRAME, 10**9) if denoise else None
+    paths.denoise = dn
+    return paths, raw, clean, dn
+
+
+def test_without_denoise_clean_is_raw() -> None:
+    paths, raw, clean, _ = make(denoise=False)
+    for i in range(3):
+        paths.push(block(i))
+    paths.end_of_audio()
+    assert drain(raw) == drain(clean) == b"\x01" * FRAME * 3
+
+
+def test_with_denoise_clean_stages_get_the_denoised_audio() -> None:
+    paths, raw, clean, dn = make(denoise=True)
+    assert dn is not None
+    for i in range(3):
+        paths.push(block(i))
+    paths.end_of_audio()
+    assert drain(dn) == b"\x01" * FRAME * 3
+    for i in range(3):
+        paths.clean_audio(block(i, fill=9))
+    paths.denoise_done()
+    assert drain(clean) == b"\x09" * FRAME * 3
+    assert drain(raw) == b"\x01" * FRAME * 3
+
+
+def test_denoise_failure_replays_what_it_had_not_returned() -> None:
+    paths, _, clean, _ = make(denoise=True)
+    for i in range(4):
+        paths.push(block(i))
+    paths.clean_audio(AudioBlock(0, 0, b"\x09" * (FRAME + 100)))  # 1 frame + 50 samples came back
+    paths.remove("denoise")
+    paths.push(block(4, fill=2))
+    paths.end_of_audio()
+    got = drain(clean)
+    # denoised part, then the raw remainder from the exact sample, then live raw audio
+    assert got == b"\x09" * (FRAME + 100) + b"\x01" * (3 * FRAME - 100) + b"\x02" * FRAME
+
+
+def test_denoise_failure_after_end_of_audio_closes_clean_feeds() -> None:
+    paths, _, clean, _ = make(denoise=True)
+    paths.push(block(0))
+    paths.end_of_audio()
+    paths.remove("denoise")
+    assert drain(clean) == b"\x01" * FRAME
