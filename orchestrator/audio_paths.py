@@ -90,8 +90,7 @@ class AudioPaths:
             if skip * BYTES_PER_SAMPLE >= len(block.pcm):
                 continue
             pts = (start + skip) * NS_PER_S // self._sr
-            self._put_clean(AudioBlock(block.seq + skip // (self._sr // 50), pts,
-                                       block.pcm[skip * BYTES_PER_SAMPLE:]))
+            self._put_clean(AudioBlock(block.seq + skip // (self._sr // 50), pts, block.pcm[skip * BYTES_PER_SAMPLE :]))
         self._unreturned.clear()
 
     def _put_clean(self, block: AudioBlock) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from orchestrator.jobs import JobsConfig
 from orchestrator.opus_link import OpusLinkConfig
+from orchestrator.routing import RoutingTable
 from orchestrator.session import SessionConfig
+from orchestrator.transcribe import TranscribeConfig
 from services.common.envconf import ConfigError, env_bool, env_float, env_int, env_str
 
 
@@ -34,12 +37,23 @@ class GatewayConfig:
     stages: StageAddrs = field(default_factory=StageAddrs)
     asr_link: OpusLinkConfig = field(default_factory=OpusLinkConfig)
     asr_link_batch_ms: int = 20
+    asr_open_timeout_s: float = 3.0
+    # ROUTING_FILE (TOML, docs/routing.md) maps (language, domain) to ASR pools; without it,
+    # ASR_ADDR (comma-separated) is one pool.
+    routing_file: str = ""
+    lid_first_n_s: float = 3.0
+    lid_batch_ms: int = 100
+    lid_timeout_s: float = 15.0
+    enable_lid: bool = True
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)
     opus_threads: int = 2
     enable_vad: bool = True
     enable_asr: bool = True
     enable_denoise: bool = True
     enable_compress: bool = True
     vad_batch_ms: int = 100
+    denoise_batch_ms: int = 40
     compress_batch_ms: int = 1000
     stage_backlog_s: float = 10.0
     stage_timeout_s: float = 15.0
@@ -52,7 +66,13 @@ class GatewayConfig:
             raise ConfigError("MAX_SESSIONS must be at least 1")
         if self.session.max_frame_bytes > self.ws_max_message_bytes:
             raise ConfigError("MAX_FRAME_BYTES must not exceed WS_MAX_MESSAGE_BYTES")
-        batches = (self.vad_batch_ms, self.compress_batch_ms, self.asr_link_batch_ms)
+        batches = (
+            self.vad_batch_ms,
+            self.denoise_batch_ms,
+            self.compress_batch_ms,
+            self.asr_link_batch_ms,
+            self.lid_batch_ms,
+        )
         if any(b <= 0 or b % self.session.frame_ms for b in batches):
             raise ConfigError("stage batch sizes must be multiples of the 20 ms frame")
 
@@ -61,10 +81,18 @@ class GatewayConfig:
         """Stages each session waits for, in the logical order of SPEC §1."""
         wanted = [
             ("vad", self.enable_vad and bool(self.stages.vad)),
-            ("asr", self.enable_asr and bool(self.stages.asr)),
+            ("denoise", self.enable_denoise and bool(self.stages.denoise)),
+            ("lid", self.enable_lid and bool(self.stages.lid)),
+            ("asr", self.enable_asr and bool(self.stages.asr or self.routing_file)),
             ("compress", self.enable_compress and bool(self.stages.compress)),
         ]
         return tuple(name for name, on in wanted if on)
+
+    def routing_table(self) -> RoutingTable:
+        if self.routing_file:
+            return RoutingTable.load(self.routing_file)
+        addrs = tuple(a.strip() for a in self.stages.asr.split(",") if a.strip())
+        return RoutingTable.single_pool(addrs)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewayConfig:
@@ -98,12 +126,21 @@ class GatewayConfig:
                 fault_after_frames=env_int(env, "OPUS_FAULT_AFTER_FRAMES", 0),
             ),
             asr_link_batch_ms=env_int(env, "ASR_LINK_BATCH_MS", cls.asr_link_batch_ms),
+            asr_open_timeout_s=env_float(env, "ASR_OPEN_TIMEOUT_SEC", cls.asr_open_timeout_s),
+            routing_file=env_str(env, "ROUTING_FILE", cls.routing_file),
+            lid_first_n_s=env_float(env, "LID_FIRST_N_SECONDS", cls.lid_first_n_s),
+            lid_batch_ms=env_int(env, "LID_BATCH_MS", cls.lid_batch_ms),
+            lid_timeout_s=env_float(env, "LID_TIMEOUT_SEC", cls.lid_timeout_s),
+            enable_lid=env_bool(env, "ENABLE_LID", cls.enable_lid),
+            jobs=JobsConfig.from_env(env),
+            transcribe=TranscribeConfig.from_env(env),
             opus_threads=env_int(env, "OPUS_THREADS", cls.opus_threads),
             enable_vad=env_bool(env, "ENABLE_VAD", cls.enable_vad),
             enable_asr=env_bool(env, "ENABLE_ASR", cls.enable_asr),
             enable_denoise=env_bool(env, "ENABLE_DENOISE", cls.enable_denoise),
             enable_compress=env_bool(env, "ENABLE_COMPRESS", cls.enable_compress),
             vad_batch_ms=env_int(env, "VAD_BATCH_MS", cls.vad_batch_ms),
+            denoise_batch_ms=env_int(env, "DENOISE_BATCH_MS", cls.denoise_batch_ms),
             compress_batch_ms=env_int(env, "COMPRESS_BATCH_MS", cls.compress_batch_ms),
             stage_backlog_s=env_float(env, "STAGE_BACKLOG_SEC", cls.stage_backlog_s),
             stage_timeout_s=env_float(env, "STAGE_TIMEOUT_SEC", cls.stage_timeout_s),
@@ -115,4 +152,5 @@ class GatewayConfig:
         """The session waits for exactly the stages this gateway runs."""
         from dataclasses import replace
 
-        return replace(self, session=replace(self.session, stages=self.active_stages))
+        stages = self.active_stages
+        return replace(self, session=replace(self.session, stages=stages, deferred_transcripts="asr" in stages))

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -22,7 +22,14 @@ from orchestrator.audio_paths import AudioPaths
 from orchestrator.protocol import SAMPLE_RATE
 from orchestrator.reframer import BYTES_PER_SAMPLE, AudioBlock
 from orchestrator.session import Session, State
-from orchestrator.stage_events import SpeechBoundary, StageDone, StageEvent, StageFailed, StageLatency
+from orchestrator.stage_events import (
+    LangDetected,
+    SpeechBoundary,
+    StageDone,
+    StageEvent,
+    StageFailed,
+    StageLatency,
+)
 from orchestrator.stages.base import Stage, StageContext, StageFeed
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,7 @@ class SessionDriver:
         stages: Sequence[Stage],
         stage_backlog_s: float,
         stage_timeout_s: float,
+        route: Callable[[str, str], str] | None = None,
     ) -> None:
         self.session = session
         self.ws = ws
@@ -48,6 +56,8 @@ class SessionDriver:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._contexts: list[StageContext] = []
         self._partial_timer: asyncio.TimerHandle | None = None
+        self._route = route
+        self._language: asyncio.Future[str] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._feeds_closed = False
         self._close_queued = False
@@ -100,9 +110,7 @@ class SessionDriver:
             self._feeds_closed = True
             self._paths.end_of_audio()
             if s.pending_stages:
-                self._expiry = asyncio.get_running_loop().call_later(
-                    self._stage_timeout_s, self._expire_stages
-                )
+                self._expiry = asyncio.get_running_loop().call_later(self._stage_timeout_s, self._expire_stages)
         for event in s.events_to_send():
             metrics.EGRESS_EVENTS.labels(event["type"]).inc()
             if event["type"] == "error":
@@ -118,6 +126,10 @@ class SessionDriver:
             self._out.put_nowait(_CLOSE)
 
     def report(self, event: StageEvent) -> None:
+        if isinstance(event, LangDetected) and event.source == "lid":
+            event = self._decide_language(event.lang, event.score, "lid") or event
+        if isinstance(event, (StageFailed, StageDone)) and event.stage == "lid":
+            self._decide_language("", 0.0, "lid")  # no answer: the default route
         if isinstance(event, SpeechBoundary):
             for ctx in self._contexts:
                 if ctx.on_boundary is not None:
@@ -129,8 +141,11 @@ class SessionDriver:
         elif isinstance(event, StageFailed):
             metrics.STAGE_FAILURES.labels(event.stage).inc()
             self._paths.remove(event.stage)
-        elif isinstance(event, StageDone) and event.stage == "denoise":
-            self._paths.denoise_done()
+        elif isinstance(event, StageDone):
+            if event.stage == "denoise":
+                self._paths.denoise_done()
+            else:
+                self._paths.remove(event.stage)  # e.g. LID after its answer: stop feeding it
         self.session.stage_event(event, time.monotonic())
         self.pump()
 
@@ -147,17 +162,46 @@ class SessionDriver:
         self._partial_timer = None
         self.tick(time.monotonic())
 
+    def _decide_language(self, lang: str, score: float, source: str) -> LangDetected | None:
+        """Settle the session's language once; the ASR stage waits on it to pick its pool."""
+        if self._language is None or self._language.done():
+            return None
+        self._language.set_result(lang)
+        if not lang:
+            return None
+        assert self.session.start is not None
+        pool = self._route(lang, self.session.start.domain) if self._route else ""
+        return LangDetected(lang, score, source, pool)
+
     def _start_stages(self) -> None:
         assert self._tg is not None and self.session.start is not None and self.session.flow_id
-        for stage in self._stages:
+        self._language = asyncio.get_running_loop().create_future()
+        stages = self._stages
+        pref = self.session.start.lang_pref
+        if pref not in ("", "auto"):
+            # hints.user_lang_pref overrides LID for routing (SPEC §2): LID is not asked at all.
+            stages = [s for s in stages if s.name != "lid"]
+            hinted = self._decide_language(pref, 1.0, "hint")
+            if hinted is not None:
+                self.session.stage_event(hinted, time.monotonic())
+            self.session.stage_event(StageDone("lid"), time.monotonic())
+        elif not any(stage.name == "lid" for stage in stages):
+            self._decide_language("", 0.0, "lid")
+        for stage in stages:
             batch = SAMPLE_RATE * stage.batch_ms // 1000 * BYTES_PER_SAMPLE
             feed = StageFeed(batch, self._backlog_bytes)
             if stage.source == "transform":
                 self._paths.denoise = feed
             else:
                 getattr(self._paths, stage.source)[stage.name] = feed
-            ctx = StageContext(self.session.flow_id, self.session.start, feed, self.report,
-                               emit_audio=self._clean_audio)
+            ctx = StageContext(
+                self.session.flow_id,
+                self.session.start,
+                feed,
+                self.report,
+                emit_audio=self._clean_audio,
+                language=self._language,
+            )
             self._contexts.append(ctx)
             self._tasks[stage.name] = self._tg.create_task(self._run_stage(stage, ctx))
 

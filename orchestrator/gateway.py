@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,12 +24,17 @@ from websockets.http11 import Request, Response
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig
 from orchestrator.driver import SessionDriver
-from orchestrator.protocol import ErrorCode
+from orchestrator.jobs import AsyncJobStore, Job, JobRunner, transcript_response
+from orchestrator.pool import PoolSet
+from orchestrator.protocol import FLOW_ID_RE, ErrorCode
 from orchestrator.session import Session
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
 from orchestrator.stages.compress import CompressStage
+from orchestrator.stages.denoise import DenoiseStage
+from orchestrator.stages.lid import LidStage
 from orchestrator.stages.vad import VadStage
+from orchestrator.transcribe import transcribe_recording
 from services.common.server import GRPC_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,9 @@ class Gateway:
         self._server: Server | None = None
         self._background: list[asyncio.Task[None]] = []
         self._opus_pool: ThreadPoolExecutor | None = None
+        self.pools: PoolSet | None = None
+        self.jobs: JobRunner | None = None
+        self._job_store: AsyncJobStore | None = None
         self._all_closed = asyncio.Event()
 
     @property
@@ -54,23 +65,33 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         for name in cfg.active_stages:
+            if name == "asr":
+                continue  # ASR members live in pools, with their own health and breakers
             addr = getattr(cfg.stages, name)
             self._channels[name] = grpc.aio.insecure_channel(addr, options=GRPC_OPTIONS)
             self._stage_health[name] = False
         if "vad" in self._channels:
             self._stages.append(VadStage(self._channels["vad"], cfg.vad_batch_ms))
-        if "asr" in self._channels:
+        if "denoise" in self._channels:
+            self._stages.append(DenoiseStage(self._channels["denoise"], cfg.denoise_batch_ms))
+        if "lid" in self._channels:
+            self._stages.append(LidStage(self._channels["lid"], cfg.lid_batch_ms, cfg.lid_first_n_s, cfg.lid_timeout_s))
+        if "asr" in cfg.active_stages:
+            self.pools = PoolSet(cfg.routing_table())
+            self.pools.start_health_watch()
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
             self._opus_pool = ThreadPoolExecutor(cfg.opus_threads, thread_name_prefix="opus")
             self._stages.append(
                 AsrStage(
-                    self._channels["asr"],
+                    self.pools,
                     cfg.asr_link,
                     cfg.asr_link_batch_ms,
                     self._opus_pool,
                     cfg.session.partial_interval_ms,
+                    cfg.asr_open_timeout_s,
                 )
             )
+            await self._start_jobs()
         if "compress" in self._channels:
             self._stages.append(CompressStage(self._channels["compress"], cfg.compress_batch_ms))
         self._server = await serve(
@@ -102,6 +123,12 @@ class Gateway:
             await self._server.wait_closed()
         for channel in self._channels.values():
             await channel.close()
+        if self.jobs is not None:
+            await self.jobs.stop()
+        if self._job_store is not None:
+            await self._job_store.close()
+        if self.pools is not None:
+            await self.pools.close()
         if self._opus_pool is not None:
             self._opus_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -115,8 +142,9 @@ class Gateway:
                 ErrorCode.TOO_MANY_SESSIONS,
                 f"the gateway holds its maximum of {self.config.max_sessions} sessions",
             )
+        route = self.pools.table.route if self.pools is not None else None
         driver = SessionDriver(
-            session, ws, self._stages, self.config.stage_backlog_s, self.config.stage_timeout_s
+            session, ws, self._stages, self.config.stage_backlog_s, self.config.stage_timeout_s, route
         )
         self.drivers.add(driver)
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
@@ -134,9 +162,39 @@ class Gateway:
             if self.draining and not self.drivers:
                 self._all_closed.set()
             metrics.ACTIVE_SESSIONS.set(len(self.drivers))
+            if session.needs_deferred_transcript and self.jobs is not None and session.record_url:
+                assert session.flow_id and session.start
+                await self.jobs.enqueue(session.flow_id, session.record_url, session.lang, session.start.domain)
             reason = session.end_reason or (session.close[1] if session.close else "unknown")
             metrics.SESSIONS.labels(reason).inc()
             log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
+
+    async def _start_jobs(self) -> None:
+        """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""
+        cfg = self.config
+        Path(cfg.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
+        self._job_store = await AsyncJobStore.open(cfg.jobs.db_path)
+        self.jobs = JobRunner(self._job_store, self._transcribe_job, cfg.jobs, self._asr_capacity)
+        self.jobs.start()
+
+    async def _transcribe_job(self, job: Job) -> list[dict[str, Any]]:
+        assert self.pools is not None
+        member = self.pools.route(job.lang, job.domain).pick(time.monotonic())
+        if member is None:
+            raise RuntimeError("no ASR member can take the job now")
+        with member.lease():
+            return await transcribe_recording(
+                job.record_url,
+                member.addr,
+                job.lang,
+                job.domain,
+                flow_id=job.flow_id,
+                config=self.config.transcribe,
+            )
+
+    async def _asr_capacity(self) -> bool:
+        now = time.monotonic()
+        return self.pools is not None and any(p.pick(now) is not None for p in self.pools.pools.values())
 
     async def _sweep(self) -> None:
         """One timer for all sessions: idle flush, start timeout, length cap."""
@@ -159,18 +217,23 @@ class Gateway:
                     self._stage_health[name] = False
             await asyncio.sleep(2.0)
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == WS_PATH:
             return None
+        if path.startswith("/v1/flows/") and path.endswith("/transcript"):
+            return await self._transcript(path[len("/v1/flows/") : -len("/transcript")])
         if path == "/healthz":
             return _response(HTTPStatus.OK, b'{"status":"ok"}\n', "application/json")
         if path == "/readyz":
-            ready = not self.draining and all(self._stage_health.values())
+            health = dict(self._stage_health)
+            if self.pools is not None:
+                health["asr"] = any(m.healthy for m in self.pools.members())
+            ready = not self.draining and all(health.values())
             body = '{{"ready":{},"draining":{},"stages":{{{}}}}}\n'.format(
                 str(ready).lower(),
                 str(self.draining).lower(),
-                ",".join(f'"{k}":{str(v).lower()}' for k, v in sorted(self._stage_health.items())),
+                ",".join(f'"{k}":{str(v).lower()}' for k, v in sorted(health.items())),
             )
             return _response(
                 HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json"
@@ -179,11 +242,15 @@ class Gateway:
             return _response(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
+    async def _transcript(self, flow_id: str) -> Response:
+        """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session."""
+        job = await self._job_store.get(flow_id) if self._job_store is not None and FLOW_ID_RE.match(flow_id) else None
+        status, body = transcript_response(flow_id, job)
+        return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
+
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")]
-    )
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")])
     return Response(status.value, status.phrase, headers, body)
 
 

@@ -28,9 +28,16 @@ ASR_LATENCY = Histogram(
 PCM_TO_OPUS_FAIL = Counter("pcm_to_opus_fail_total", "Sessions whose Opus encoder failed (PCM fallback)")
 ASR_LINK_BYTES = Counter("asr_link_bytes_total", "Bytes sent on the ASR link, by codec", ["codec"])
 ASR_LINK_SESSIONS = Counter("asr_link_sessions_total", "ASR link streams opened, by codec", ["codec"])
-DN_LATENCY = Histogram("dn_latency_ms", "Send of audio to its denoised return (gateway view)",
-                       buckets=LATENCY_BUCKETS_MS)
-LID_LATENCY = Histogram("lid_latency_ms", "First audio sent to the LID answer (gateway view)",
-                        buckets=LATENCY_BUCKETS_MS)
-STAGE_LATENCY = {"vad": VAD_LATENCY, "denoise": DN_LATENCY, "lid": LID_LATENCY, "compress": COMPRESS_LATENCY,
-                 "asr": ASR_LATENCY}
+DN_LATENCY = Histogram(
+    "dn_latency_ms", "Send of audio to its denoised return (gateway view)", buckets=LATENCY_BUCKETS_MS
+)
+LID_LATENCY = Histogram(
+    "lid_latency_ms", "First audio sent to the LID answer (gateway view)", buckets=LATENCY_BUCKETS_MS
+)
+STAGE_LATENCY = {
+    "vad": VAD_LATENCY,
+    "denoise": DN_LATENCY,
+    "lid": LID_LATENCY,
+    "compress": COMPRESS_LATENCY,
+    "asr": ASR_LATENCY,
+}

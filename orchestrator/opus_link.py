@@ -85,9 +85,7 @@ class OpusLink:
                     self._frames += 1
                     if self.config.fault_after_frames and self._frames > self.config.fault_after_frames:
                         raise opuslib.OpusError(-3)  # OPUS_INTERNAL_ERROR, injected
-                    packets.append(
-                        asr_pb2.OpusPacket(data=self._encoder.encode(frame, len(frame) // 2), seq=seq)
-                    )
+                    packets.append(asr_pb2.OpusPacket(data=self._encoder.encode(frame, len(frame) // 2), seq=seq))
                     continue
                 except Exception as exc:
                     self._fall_back(exc)

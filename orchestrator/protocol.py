@@ -113,9 +113,7 @@ def parse_control(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"control frame is not valid JSON: {exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, "control frame must be a JSON object with a string 'type'"
-        )
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "control frame must be a JSON object with a string 'type'")
     return msg
 
 
@@ -138,9 +136,7 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
     audio = _field(msg, "audio", dict, {})
     codec = _field(audio, "codec", str, CODEC)
     if codec != CODEC:
-        raise ProtocolError(
-            ErrorCode.UNSUPPORTED_CODEC, f"audio.codec {codec!r} is not supported; use {CODEC!r}"
-        )
+        raise ProtocolError(ErrorCode.UNSUPPORTED_CODEC, f"audio.codec {codec!r} is not supported; use {CODEC!r}")
     sr = _field(audio, "sr", int, SAMPLE_RATE)
     if sr != SAMPLE_RATE:
         raise ProtocolError(
@@ -148,9 +144,7 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
         )
     channels = _field(audio, "channels", int, CHANNELS)
     if channels != CHANNELS:
-        raise ProtocolError(
-            ErrorCode.UNSUPPORTED_CHANNELS, f"audio.channels {channels} is not supported; send mono"
-        )
+        raise ProtocolError(ErrorCode.UNSUPPORTED_CHANNELS, f"audio.channels {channels} is not supported; send mono")
     chunk_ms = _field(audio, "chunk_ms", int, 20)
     if not 1 <= chunk_ms <= 10_000:
         raise ProtocolError(ErrorCode.INVALID_START, "audio.chunk_ms must be between 1 and 10000")

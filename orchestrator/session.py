@@ -75,6 +75,8 @@ class SessionConfig:
     max_session_s: float = 4 * 3600.0
     partial_interval_ms: int = 250
     stages: tuple[str, ...] = ("vad", "compress")
+    # A session whose ASR is unavailable goes on as record-only and is transcribed later.
+    deferred_transcripts: bool = False
 
 
 @dataclass
@@ -97,6 +99,9 @@ class Session:
         self.end_reason: str | None = None
         self.close: tuple[Close, str] | None = None
         self.pending_stages: set[str] = set()
+        self.failed_stages: set[str] = set()
+        self.record_url: str | None = None
+        self.lang = ""
         self._new_flow_id = new_flow_id
         self._opened_at = now
         self._started_at = now
@@ -142,9 +147,7 @@ class Session:
         if self.state is State.DRAINING:
             if self.end_reason == "flush":
                 self._emit(
-                    error_event(
-                        self.flow_id, ErrorCode.AUDIO_AFTER_FLUSH, "audio after flush is ignored", fatal=False
-                    )
+                    error_event(self.flow_id, ErrorCode.AUDIO_AFTER_FLUSH, "audio after flush is ignored", fatal=False)
                 )
             return
         if len(data) > self.config.max_frame_bytes:
@@ -195,6 +198,7 @@ class Session:
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
         elif isinstance(event, RecordReady):
+            self.record_url = event.url
             self._emit(
                 {
                     "type": "record_url",
@@ -207,16 +211,20 @@ class Session:
                 }
             )
         elif isinstance(event, LangDetected):
-            self._emit(
-                {"type": "lid", "flowId": self.flow_id, "lang": event.lang, "score": round(event.score, 4)}
-            )
+            self._emit({"type": "lid", "flowId": self.flow_id, "lang": event.lang, "score": round(event.score, 4)})
         elif isinstance(event, Transcript):
             self._on_transcript(event, now)
         elif isinstance(event, StageLatency):
             self._figures.latencies_ms.setdefault(event.stage, []).append(event.ms)
         elif isinstance(event, StageFailed):
+            self.failed_stages.add(event.stage)
             code = UNAVAILABLE_CODE.get(event.stage, ErrorCode.INTERNAL_ERROR)
-            self._emit(error_event(self.flow_id, code, f"{event.stage}: {event.message}", fatal=False))
+            error = error_event(self.flow_id, code, f"{event.stage}: {event.message}", fatal=False)
+            if event.stage == "asr" and self.config.deferred_transcripts:
+                # Record-only mode (SPEC §4): the archive goes on; the transcript comes later.
+                error["mode"] = "record_only"
+                error["transcript_path"] = f"/v1/flows/{self.flow_id}/transcript"
+            self._emit(error)
             self._stage_over(event.stage)
         elif isinstance(event, StageDone):
             self._stage_over(event.stage)
@@ -241,6 +249,11 @@ class Session:
     @property
     def audio_ended(self) -> bool:
         return self.state in (State.DRAINING, State.CLOSED) and self.start is not None
+
+    @property
+    def needs_deferred_transcript(self) -> bool:
+        """The ASR failed for this session but its audio was archived: transcribe it later."""
+        return self.config.deferred_transcripts and "asr" in self.failed_stages and self.record_url is not None
 
     @property
     def audio_s(self) -> float:
@@ -285,10 +298,7 @@ class Session:
             self._pending_partial = None  # the final supersedes it
             self._emit(event.to_event(self.flow_id))
             return
-        if (
-            self._last_partial_at is None
-            or now - self._last_partial_at >= self.config.partial_interval_ms / 1000
-        ):
+        if self._last_partial_at is None or now - self._last_partial_at >= self.config.partial_interval_ms / 1000:
             self._send_partial(event, now)
         else:
             self._pending_partial = event
@@ -306,9 +316,7 @@ class Session:
             self._figures.speech_s += max(0.0, ts - self._speech_open_at)
             self._figures.segments += 1
             self._speech_open_at = None
-        self._emit(
-            {"type": "vad", "flowId": self.flow_id, "event": f"speech_{event.kind}", "ts": round(ts, 3)}
-        )
+        self._emit({"type": "vad", "flowId": self.flow_id, "event": f"speech_{event.kind}", "ts": round(ts, 3)})
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         self._emit(error_event(self.flow_id, code, message, fatal=True))

@@ -27,6 +27,8 @@ class RecordReady:
 class LangDetected:
     lang: str
     score: float
+    source: str = "lid"  # "lid": the LID service; "hint": the client's user_lang_pref
+    pool: str = ""  # the ASR pool the language routes to
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import grpc
 
 from orchestrator import metrics
 from orchestrator.opus_link import OpusLink, OpusLinkConfig
+from orchestrator.pool import Member, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.protocol import CHANNELS, SAMPLE_RATE
 from orchestrator.stage_events import SpeechBoundary, StageLatency, Transcript
 from orchestrator.stages.base import StageContext
@@ -27,26 +28,31 @@ class AsrError(RuntimeError):
     """The ASR service answered an `error` event."""
 
 
+class AsrUnavailable(RuntimeError):
+    """No member of the routed pool could take the session (busy, down, breaker open)."""
+
+
 class AsrStage:
     name = "asr"
     source = "clean"
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        pools: PoolSet,
         link: OpusLinkConfig,
         batch_ms: int,
         executor: Executor | None,
         partial_interval_ms: int,
+        open_timeout_s: float,
     ) -> None:
-        self._stub = asr_pb2_grpc.RecognizeStub(channel)
+        self._pools = pools
         self._link = link
         self.batch_ms = batch_ms
         self._executor = executor
         self._partial_interval_ms = partial_interval_ms
+        self._open_timeout_s = open_timeout_s
 
-    def _start_frame(self, ctx: StageContext, codec: str) -> asr_pb2.ClientFrame:
-        lang = ctx.start.lang_pref if ctx.start.lang_pref != "auto" else ""
+    def _start_frame(self, ctx: StageContext, codec: str, lang: str) -> asr_pb2.ClientFrame:
         return asr_pb2.ClientFrame(
             start=asr_pb2.Start(
                 flow_id=ctx.flow_id,
@@ -64,12 +70,61 @@ class AsrStage:
         )
 
     async def run(self, ctx: StageContext) -> None:
-        loop = asyncio.get_running_loop()
+        # Audio waits in the feed until the language is known (SPEC §4: LID answers early), so the
+        # chosen pool hears the session from its first sample.
+        lang = await ctx.language if ctx.language is not None else ""
+        pool = self._pools.route(lang, ctx.start.domain)
         link = OpusLink(self._link)
-        metrics.ASR_LINK_SESSIONS.labels(link.codec).inc()
-        log.info("asr link open", extra={"flowId": ctx.flow_id, "stage": "asr", "asr_link_codec": link.codec})
         out: asyncio.Queue[asr_pb2.ClientFrame | None] = asyncio.Queue()
-        out.put_nowait(self._start_frame(ctx, link.start_codec))
+
+        async def open_on(member: Member) -> grpc.aio.StreamStreamCall:
+            nonlocal out
+            out = asyncio.Queue()
+            out.put_nowait(self._start_frame(ctx, link.start_codec, lang))
+            call = asr_pb2_grpc.RecognizeStub(member.channel).Stream(_drain(out))
+            try:
+                first = await asyncio.wait_for(call.read(), self._open_timeout_s)
+            except BaseException:
+                call.cancel()
+                raise
+            if first is grpc.aio.EOF:
+                await call  # raises the RPC's error status
+                raise AsrError("asr_closed: the ASR closed the stream before admitting it")
+            if first.type == "error":
+                call.cancel()
+                raise AsrError(f"{first.code or 'asr_error'}: {first.text}")
+            return call
+
+        try:
+            lease = await open_with_retries(pool, open_on, time.monotonic, self._pools.table.max_attempts)
+        except PoolExhausted as exc:
+            raise AsrUnavailable(f"record-only: {exc}") from None
+        metrics.ASR_LINK_SESSIONS.labels(link.codec).inc()
+        log.info(
+            "asr link open",
+            extra={
+                "flowId": ctx.flow_id,
+                "stage": "asr",
+                "asr_link_codec": link.codec,
+                "lang": lang,
+                "model": f"{pool.name}@{lease.member.addr}",
+            },
+        )
+        with lease:
+            try:
+                await self._stream(ctx, link, out, lease.value)
+            except grpc.aio.AioRpcError as exc:
+                lease.member.record_failure(time.monotonic(), exc.code().name)
+                raise
+
+    async def _stream(
+        self,
+        ctx: StageContext,
+        link: OpusLink,
+        out: asyncio.Queue[asr_pb2.ClientFrame | None],
+        call: grpc.aio.StreamStreamCall,
+    ) -> None:
+        loop = asyncio.get_running_loop()
         sent_at: OrderedDict[int, float] = OrderedDict()
 
         def on_boundary(b: SpeechBoundary) -> None:
@@ -78,9 +133,7 @@ class AsrStage:
 
         async def produce() -> None:
             async for block in ctx.feed.blocks():
-                packets, failed = await loop.run_in_executor(
-                    self._executor, link.encode, block.pcm, block.seq
-                )
+                packets, failed = await loop.run_in_executor(self._executor, link.encode, block.pcm, block.seq)
                 if failed:
                     metrics.PCM_TO_OPUS_FAIL.inc()
                     log.warning(
@@ -96,9 +149,8 @@ class AsrStage:
                 now = time.monotonic()
                 for p in packets:
                     sent_at[p.seq] = now
-                    metrics.ASR_LINK_BYTES.labels(
-                        "pcm" if p.pcm or link.start_codec == "pcm" else "opus"
-                    ).inc(len(p.data))
+                    codec = "pcm" if p.pcm or link.start_codec == "pcm" else "opus"
+                    metrics.ASR_LINK_BYTES.labels(codec).inc(len(p.data))
                 while len(sent_at) > _SENT_MEMORY:
                     sent_at.popitem(last=False)
                 if len(packets) == 1:
@@ -107,17 +159,12 @@ class AsrStage:
                     out.put_nowait(asr_pb2.ClientFrame(batch=asr_pb2.OpusBatch(packets=packets)))
             out.put_nowait(None)
 
-        async def requests() -> AsyncIterator[asr_pb2.ClientFrame]:
-            while (item := await out.get()) is not None:
-                yield item
-
         ctx.on_boundary = on_boundary
         producer = asyncio.create_task(produce())
-        call = self._stub.Stream(requests())
         try:
-            async for ev in call:
+            while (ev := await call.read()) is not grpc.aio.EOF:
                 if ev.type in ("partial", "final"):
-                    start_s, end_s = ([*list(ev.ts), 0.0, 0.0])[:2]
+                    start_s, end_s = [*ev.ts, 0.0, 0.0][:2]
                     ctx.report(Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang))
                     sent = sent_at.get(int(end_s * 1000) // self._link.frame_ms - 1)
                     if ev.type == "final" and sent is not None:
@@ -126,7 +173,14 @@ class AsrStage:
                     raise AsrError(f"{ev.code or 'asr_error'}: {ev.text}")
                 elif ev.type == "end":
                     break
+            else:
+                await call  # EOF without `end`: surface the status
         finally:
             ctx.on_boundary = None
             producer.cancel()
             call.cancel()
+
+
+async def _drain(out: asyncio.Queue[asr_pb2.ClientFrame | None]) -> AsyncIterator[asr_pb2.ClientFrame]:
+    while (item := await out.get()) is not None:
+        yield item

@@ -75,6 +75,8 @@ class StageContext:
     report: Callable[[StageEvent], None]
     # Where a transform stage (denoise) sends the audio it produces.
     emit_audio: Callable[[AudioBlock], None] | None = None
+    # The session's language once known (hint, LID answer, or "" for the default route).
+    language: asyncio.Future[str] | None = None
     # Set by a stage that wants the VAD's speech boundaries (the ASR link's endpoints).
     on_boundary: Callable[[SpeechBoundary], None] | None = None
 

@@ -41,7 +41,5 @@ class CompressStage:
         result = await self._stub.Archive(requests())
         ctx.report(StageLatency(self.name, (time.monotonic() - ended_at) * 1000))
         ctx.report(
-            RecordReady(
-                result.record_url, result.duration_s, result.bytes, result.codec, result.status or "stored"
-            )
+            RecordReady(result.record_url, result.duration_s, result.bytes, result.codec, result.status or "stored")
         )

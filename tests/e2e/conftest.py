@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from orchestrator.stack import Stack
+from orchestrator.stack import ADDR_ENV, Stack
+from services.common.launcher import launch
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +28,18 @@ def counting_pcm(clips: Path) -> bytes:
     from orchestrator.client import load_wav
 
     return load_wav(clips / "en" / "counting.wav")
+
+
+@contextmanager
+def extra_gateway(stack: Stack, **env: str) -> Iterator[str]:
+    """A second gateway process on the same services with other settings; yields its WS URL."""
+    full = {"GATEWAY_PORT": "0", "LOG_LEVEL": "INFO"}
+    for name, svc in stack.running.items():
+        if name in ADDR_ENV:
+            full[ADDR_ENV[name]] = svc.grpc_addr
+    full.update(env)
+    gw = launch("gateway-extra", [sys.executable, "-m", "orchestrator"], env=full)
+    try:
+        yield f"ws://127.0.0.1:{gw.http_port}/ws/stream"
+    finally:
+        gw.stop()

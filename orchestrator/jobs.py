@@ -1,0 +1,552 @@
+"""Deferred transcription of record-only sessions (SPEC §4 "ASR busy or down -> record only, transcribe
+later"; issue 4 items 3 and 4).
+
+- `JobStore`: one sqlite table (WAL), one row per flowId, durable across restarts. Blocking; the
+  gateway uses it through `AsyncJobStore`, which runs every call on one dedicated thread.
+- `JobRunner`: an asyncio task that transcribes due jobs, at most `concurrency` at once, while an
+  injected `capacity_available()` says the ASR can take them; failures retry with exponential backoff
+  up to `max_attempts`, then the job is `failed` with its last error (never retried forever).
+- `to_srt`, `transcript_view`, `transcript_response`: the body of `GET /v1/flows/{flowId}/transcript`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client import Counter, Gauge
+
+from orchestrator.protocol import FLOW_ID_RE
+from services.common.envconf import ConfigError, env_float, env_int, env_str
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+STATUSES = ("pending", "running", "done", "failed")
+MAX_ERROR_CHARS = 500
+
+JOB_OUTCOMES = Counter("transcribe_jobs_total", "Deferred transcription attempts, by outcome", ["outcome"])
+JOBS_INFLIGHT = Gauge("transcribe_jobs_inflight", "Deferred transcription jobs running now")
+
+
+class PermanentJobError(Exception):
+    """Raised by a `transcribe` coroutine when retrying cannot help (unreadable recording, refused
+    input): the job is marked failed at once."""
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """The job store and runner. Backoff before attempt n+1: min(cap, base * factor**(n-1)), less up
+    to `backoff_jitter` of itself (seeded, so a test can predict it)."""
+
+    db_path: str = "var/jobs.sqlite"
+    concurrency: int = 1
+    max_attempts: int = 5
+    backoff_base_s: float = 10.0
+    backoff_factor: float = 3.0
+    backoff_cap_s: float = 900.0
+    backoff_jitter: float = 0.1
+    jitter_seed: int | None = None
+    capacity_poll_s: float = 5.0
+    attempt_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.max_attempts < 1:
+            raise ConfigError("JOBS_CONCURRENCY and JOBS_MAX_ATTEMPTS must be >= 1")
+        if self.backoff_base_s < 0 or self.backoff_factor < 1 or self.backoff_cap_s < self.backoff_base_s:
+            raise ConfigError("backoff needs base >= 0, factor >= 1, cap >= base")
+        if not 0 <= self.backoff_jitter < 1:
+            raise ConfigError("JOBS_BACKOFF_JITTER must be in [0, 1)")
+        if self.capacity_poll_s <= 0 or self.attempt_timeout_s <= 0:
+            raise ConfigError("JOBS_CAPACITY_POLL_SEC and JOBS_ATTEMPT_TIMEOUT_SEC must be > 0")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> JobsConfig:
+        seed = env_str(env, "JOBS_JITTER_SEED", "")
+        return cls(
+            db_path=env_str(env, "JOBS_DB", cls.db_path),
+            concurrency=env_int(env, "JOBS_CONCURRENCY", cls.concurrency),
+            max_attempts=env_int(env, "JOBS_MAX_ATTEMPTS", cls.max_attempts),
+            backoff_base_s=env_float(env, "JOBS_BACKOFF_BASE_SEC", cls.backoff_base_s),
+            backoff_factor=env_float(env, "JOBS_BACKOFF_FACTOR", cls.backoff_factor),
+            backoff_cap_s=env_float(env, "JOBS_BACKOFF_CAP_SEC", cls.backoff_cap_s),
+            backoff_jitter=env_float(env, "JOBS_BACKOFF_JITTER", cls.backoff_jitter),
+            jitter_seed=env_int(env, "JOBS_JITTER_SEED", 0) if seed else None,
+            capacity_poll_s=env_float(env, "JOBS_CAPACITY_POLL_SEC", cls.capacity_poll_s),
+            attempt_timeout_s=env_float(env, "JOBS_ATTEMPT_TIMEOUT_SEC", cls.attempt_timeout_s),
+        )
+
+
+class Backoff:
+    """Delay before the next attempt, after `attempts` failed ones (pure apart from the seeded rng)."""
+
+    def __init__(self, config: JobsConfig) -> None:
+        self._cfg = config
+        self._rng = random.Random(config.jitter_seed)
+
+    def delay_s(self, attempts: int) -> float:
+        c = self._cfg
+        delay = min(c.backoff_cap_s, c.backoff_base_s * c.backoff_factor ** max(0, attempts - 1))
+        return delay * (1.0 - c.backoff_jitter * self._rng.random())
+
+
+@dataclass(frozen=True)
+class Job:
+    flow_id: str
+    record_url: str
+    lang: str
+    domain: str
+    status: str
+    attempts: int
+    next_attempt_at: float  # wall-clock epoch seconds (jobs outlive the process)
+    last_error: str
+    result: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def finals(self) -> list[dict[str, Any]]:
+        return list((self.result or {}).get("finals", []))
+
+    @property
+    def srt(self) -> str:
+        return str((self.result or {}).get("srt", ""))
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  flow_id TEXT PRIMARY KEY,
+  record_url TEXT NOT NULL,
+  lang TEXT NOT NULL DEFAULT '',
+  domain TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at REAL NOT NULL,
+  last_error TEXT NOT NULL DEFAULT '',
+  result TEXT,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, next_attempt_at);
+"""
+_COLUMNS = (
+    "flow_id, record_url, lang, domain, status, attempts, next_attempt_at, last_error, result, created_at, updated_at"
+)
+
+
+def _row_to_job(row: tuple[Any, ...]) -> Job:
+    fields = list(row)
+    fields[8] = json.loads(fields[8]) if fields[8] else None
+    return Job(*fields)
+
+
+class JobStore:
+    """The durable job table. Blocking calls; every write is one autocommitted statement. Opening it
+    puts jobs a crash left `running` back to `pending` (their started attempt still counts, so a job
+    that crashes the process cannot loop forever). One store file per gateway process."""
+
+    def __init__(self, path: str | Path, now: float | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False: the async facade opens it on one thread and uses it on another;
+        # the lock (and the facade's single thread) serialise all use.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a queued job survives power loss too
+            self._db.executescript(_SCHEMA)
+        self.recovered = self._recover(time.time() if now is None else now)
+
+    def _recover(self, now: float) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET status='pending', next_attempt_at=?, updated_at=?, "
+                "last_error=CASE WHEN last_error='' THEN 'interrupted by a restart' ELSE last_error END "
+                "WHERE status='running'",
+                (now, now),
+            )
+        if cur.rowcount:
+            log.warning(
+                "jobs left running by a crash are pending again: %d",
+                cur.rowcount,
+                extra={"stage": "jobs", "event": "recovered"},
+            )
+        return cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> Job | None:
+        with self._lock:
+            row = self._db.execute(sql, args).fetchone()
+        return _row_to_job(row) if row else None
+
+    def get(self, flow_id: str) -> Job | None:
+        return self._one(f"SELECT {_COLUMNS} FROM jobs WHERE flow_id=?", (flow_id,))
+
+    def enqueue(self, flow_id: str, record_url: str, lang: str, domain: str, now: float) -> tuple[Job, bool]:
+        """Queue a job, idempotent by flowId: an existing job (whatever its state) is returned as is.
+        Returns (job, created)."""
+        with self._lock:
+            cur = self._db.execute(
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, 'pending', 0, ?, '', NULL, ?, ?) "
+                "ON CONFLICT(flow_id) DO NOTHING",
+                (flow_id, record_url, lang, domain, now, now, now),
+            )
+        job = self.get(flow_id)
+        assert job is not None
+        return job, cur.rowcount == 1
+
+    def due(self, now: float, limit: int) -> list[Job]:
+        """Pending jobs whose time has come, the longest-due first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status='pending' AND next_attempt_at<=? "
+                "ORDER BY next_attempt_at, created_at, flow_id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def next_due_at(self) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE status='pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def _update(self, sql: str, args: tuple[Any, ...], flow_id: str) -> Job | None:
+        with self._lock:
+            cur = self._db.execute(sql, args)
+        return self.get(flow_id) if cur.rowcount == 1 else None
+
+    def claim(self, flow_id: str, now: float) -> Job | None:
+        """pending -> running, counting one attempt; None if it was not pending."""
+        return self._update(
+            "UPDATE jobs SET status='running', attempts=attempts+1, updated_at=? WHERE flow_id=? AND status='pending'",
+            (now, flow_id),
+            flow_id,
+        )
+
+    def complete(self, flow_id: str, result: dict[str, Any], now: float) -> Job | None:
+        return self._update(
+            "UPDATE jobs SET status='done', result=?, last_error='', updated_at=? WHERE flow_id=? AND status='running'",
+            (json.dumps(result, ensure_ascii=False), now, flow_id),
+            flow_id,
+        )
+
+    def retry(self, flow_id: str, error: str, next_attempt_at: float, now: float) -> Job | None:
+        return self._update(
+            "UPDATE jobs SET status='pending', last_error=?, next_attempt_at=?, updated_at=? "
+            "WHERE flow_id=? AND status='running'",
+            (error[:MAX_ERROR_CHARS], next_attempt_at, now, flow_id),
+            flow_id,
+        )
+
+    def fail(self, flow_id: str, error: str, now: float) -> Job | None:
+        return self._update(
+            "UPDATE jobs SET status='failed', last_error=?, updated_at=? "
+            "WHERE flow_id=? AND status IN ('pending', 'running')",
+            (error[:MAX_ERROR_CHARS], now, flow_id),
+            flow_id,
+        )
+
+    def release_running(self, now: float) -> int:
+        """running -> pending without counting the attempt (a graceful shutdown interrupted them)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET status='pending', attempts=MAX(attempts-1, 0), next_attempt_at=?, "
+                "updated_at=? WHERE status='running'",
+                (now, now),
+            )
+        return cur.rowcount
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        found = dict(rows)
+        return {s: int(found.get(s, 0)) for s in STATUSES}
+
+
+class AsyncJobStore:
+    """`JobStore` for the event loop: every call runs on one dedicated thread (sqlite work, and an
+    fsync per write, never block the loop). Time comes from `now_fn` (wall clock by default)."""
+
+    def __init__(self, store: JobStore, executor: ThreadPoolExecutor, now_fn: Callable[[], float] = time.time) -> None:
+        self.store, self._executor, self.now_fn = store, executor, now_fn
+
+    @classmethod
+    async def open(cls, path: str | Path, now_fn: Callable[[], float] = time.time) -> AsyncJobStore:
+        executor = ThreadPoolExecutor(1, thread_name_prefix="jobs-db")
+        loop = asyncio.get_running_loop()
+        try:
+            store = await loop.run_in_executor(executor, JobStore, path, now_fn())
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(store, executor, now_fn)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def close(self) -> None:
+        await self._run(self.store.close)
+        self._executor.shutdown(wait=True)
+
+    async def get(self, flow_id: str) -> Job | None:
+        return await self._run(self.store.get, flow_id)
+
+    async def enqueue(self, flow_id: str, record_url: str, lang: str = "", domain: str = "") -> tuple[Job, bool]:
+        return await self._run(self.store.enqueue, flow_id, record_url, lang, domain, self.now_fn())
+
+    async def due(self, limit: int, now: float | None = None) -> list[Job]:
+        return await self._run(self.store.due, self.now_fn() if now is None else now, limit)
+
+    async def next_due_at(self) -> float | None:
+        return await self._run(self.store.next_due_at)
+
+    async def claim(self, flow_id: str) -> Job | None:
+        return await self._run(self.store.claim, flow_id, self.now_fn())
+
+    async def complete(self, flow_id: str, result: dict[str, Any]) -> Job | None:
+        return await self._run(self.store.complete, flow_id, result, self.now_fn())
+
+    async def retry(self, flow_id: str, error: str, next_attempt_at: float) -> Job | None:
+        return await self._run(self.store.retry, flow_id, error, next_attempt_at, self.now_fn())
+
+    async def fail(self, flow_id: str, error: str) -> Job | None:
+        return await self._run(self.store.fail, flow_id, error, self.now_fn())
+
+    async def release_running(self) -> int:
+        return await self._run(self.store.release_running, self.now_fn())
+
+    async def counts(self) -> dict[str, int]:
+        return await self._run(self.store.counts)
+
+
+Transcribe = Callable[[Job], Awaitable[list[dict[str, Any]]]]
+CapacityCheck = Callable[[], Awaitable[bool]]
+
+
+class JobRunner:
+    """Runs due jobs until stopped. It sleeps on an event (set by `enqueue`, `wake` and finished
+    attempts) or until the next job is due; while `capacity_available()` is false it re-checks every
+    `capacity_poll_s` (or on `wake`)."""
+
+    def __init__(
+        self,
+        store: AsyncJobStore,
+        transcribe: Transcribe,
+        config: JobsConfig,
+        capacity_available: CapacityCheck | None = None,
+    ) -> None:
+        self.store, self._transcribe, self.config = store, transcribe, config
+        self._capacity = capacity_available
+        self._backoff = Backoff(config)
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self.checked_at: float | None = None  # store time of the last completed look for due jobs
+
+    @property
+    def inflight(self) -> frozenset[str]:
+        return frozenset(self._inflight)
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._run(), name="job-runner")
+
+    def wake(self) -> None:
+        """Re-evaluate now (a job was queued, capacity may have returned, the clock moved)."""
+        self._wake.set()
+
+    async def enqueue(self, flow_id: str, record_url: str, lang: str = "", domain: str = "") -> Job:
+        job, created = await self.store.enqueue(flow_id, record_url, lang, domain)
+        if created:
+            log.info("transcription queued", extra={"flowId": flow_id, "stage": "jobs", "event": "queued"})
+        self.wake()
+        return job
+
+    async def stop(self) -> None:
+        """Cancel the loop and in-flight attempts; their jobs go back to pending, attempt not counted
+        (every `running` row belongs to this process: one store file per gateway). Call it before
+        closing the store."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.release_running()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                delay = await self._dispatch()
+            except Exception:  # a store error must not end the runner; try again later
+                log.exception("job dispatch failed", extra={"stage": "jobs", "err_code": "jobs_store"})
+                delay = self.config.capacity_poll_s
+            if delay is None:
+                await self._wake.wait()
+            elif delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _dispatch(self) -> float | None:
+        """Start what is due; return how long to sleep (None: until woken)."""
+        free = self.config.concurrency - len(self._inflight)
+        if free <= 0:
+            return None  # a finishing attempt wakes the loop
+        started = False
+        now = self.store.now_fn()
+        for job in await self.store.due(free, now):
+            if job.attempts >= self.config.max_attempts:  # its last attempt was cut by a crash
+                await self._give_up(job, job.last_error or "interrupted")
+                started = True
+                continue
+            if self._capacity is not None and not await self._capacity():
+                return self.config.capacity_poll_s
+            claimed = await self.store.claim(job.flow_id)
+            if claimed is not None:
+                self._inflight[job.flow_id] = asyncio.create_task(self._attempt(claimed))
+                JOBS_INFLIGHT.set(len(self._inflight))
+                started = True
+        self.checked_at = now
+        if started:
+            return 0.0
+        next_at = await self.store.next_due_at()
+        return None if next_at is None else max(0.0, next_at - now)
+
+    async def _attempt(self, job: Job) -> None:
+        extra = {"flowId": job.flow_id, "stage": "jobs", "lang": job.lang}
+        t0 = time.monotonic()
+        try:
+            try:
+                raw = await asyncio.wait_for(self._transcribe(job), self.config.attempt_timeout_s)
+                finals = normalise_finals(raw)
+            except Exception as exc:
+                await self._after_failure(job, exc)
+                return
+            await self.store.complete(job.flow_id, {"finals": finals, "srt": to_srt(finals)})
+            JOB_OUTCOMES.labels("done").inc()
+            log.info(
+                "transcription done: %d finals",
+                len(finals),
+                extra={**extra, "event": "done", "latency_ms": round((time.monotonic() - t0) * 1000)},
+            )
+        except Exception:  # the store failed; the job stays running and is recovered at the next start
+            log.exception("job bookkeeping failed", extra={**extra, "err_code": "jobs_store"})
+        finally:
+            self._inflight.pop(job.flow_id, None)
+            JOBS_INFLIGHT.set(len(self._inflight))
+            self._wake.set()
+
+    async def _after_failure(self, job: Job, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, PermanentJobError) or job.attempts >= self.config.max_attempts:
+            await self._give_up(job, error)
+            return
+        delay = self._backoff.delay_s(job.attempts)
+        await self.store.retry(job.flow_id, error, self.store.now_fn() + delay)
+        JOB_OUTCOMES.labels("retry").inc()
+        log.warning(
+            "transcription attempt %d failed, retry in %.1f s: %s",
+            job.attempts,
+            delay,
+            error,
+            extra={"flowId": job.flow_id, "stage": "jobs", "err_code": "transcribe_failed"},
+        )
+
+    async def _give_up(self, job: Job, error: str) -> None:
+        await self.store.fail(job.flow_id, error)
+        JOB_OUTCOMES.labels("failed").inc()
+        log.error(
+            "transcription failed after %d attempts: %s",
+            job.attempts,
+            error,
+            extra={"flowId": job.flow_id, "stage": "jobs", "err_code": "transcribe_failed"},
+        )
+
+
+def normalise_finals(finals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep {text, ts:[start, end], lang} of each final with text; raises ValueError on a bad shape."""
+    out = []
+    for f in finals:
+        text = str(f["text"]).strip()
+        start, end = (float(x) for x in f["ts"])
+        if text:
+            out.append(
+                {
+                    "text": text,
+                    "ts": [round(start, 3), round(max(start, end), 3)],
+                    "lang": str(f.get("lang", "")),
+                }
+            )
+    return out
+
+
+def _srt_stamp(t: float) -> str:
+    ms = max(0, round(t * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def to_srt(finals: list[dict[str, Any]]) -> str:
+    """SubRip text of the finals, numbered from 1; finals without text are skipped."""
+    blocks: list[str] = []
+    for f in finals:
+        text = str(f["text"]).strip()
+        if not text:
+            continue
+        start, end = (float(x) for x in f["ts"])
+        blocks.append(f"{len(blocks) + 1}\n{_srt_stamp(start)} --> {_srt_stamp(max(start, end))}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def transcript_view(job: Job) -> dict[str, Any]:
+    """The 200 body of `GET /v1/flows/{flowId}/transcript` (docs/transcripts.md)."""
+    return {
+        "flowId": job.flow_id,
+        "status": job.status,
+        "attempts": job.attempts,
+        "finals": job.finals if job.status == "done" else [],
+        "srt": job.srt if job.status == "done" else "",
+        "error": job.last_error or None,
+        "updated_at": _iso(job.updated_at),
+        "next_attempt_at": _iso(job.next_attempt_at) if job.status == "pending" else None,
+    }
+
+
+def transcript_response(flow_id: str, job: Job | None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body): 200 with the view, 400 for a malformed flowId, 404 when unknown."""
+    if not FLOW_ID_RE.match(flow_id):
+        return 400, {
+            "flowId": flow_id,
+            "code": "invalid_flow_id",
+            "message": "flowId must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        }
+    if job is None:
+        return 404, {
+            "flowId": flow_id,
+            "code": "transcript_not_found",
+            "message": "no deferred transcription is known for this flowId",
+        }
+    return 200, transcript_view(job)
