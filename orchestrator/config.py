@@ -50,7 +50,8 @@ class GatewayConfig:
     opus_threads: int = 2
     enable_vad: bool = True
     enable_asr: bool = True
-    enable_denoise: bool = True
+    # Off by default: both denoise engines double Whisper's WER on noisy clips (docs/services/denoise.md).
+    enable_denoise: bool = False
     enable_compress: bool = True
     vad_batch_ms: int = 100
     denoise_batch_ms: int = 40

@@ -212,7 +212,7 @@ class SessionDriver:
             raise
         except Exception as exc:
             log.warning(
-                "stage failed",
+                "stage failed", exc_info=exc,
                 extra={"flowId": ctx.flow_id, "stage": stage.name, "err_code": type(exc).__name__},
             )
             self.report(StageFailed(stage.name, _describe(exc)))

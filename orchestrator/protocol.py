@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
-FLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+FLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 EVENT_FAMILIES = ("lid", "asr", "record_url", "metrics", "vad")
 DEFAULT_RETURN = ("lid", "asr", "record_url", "metrics")
 CODEC = "pcm_s16le"

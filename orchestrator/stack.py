@@ -12,20 +12,28 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.launcher import RunningService, launch
 
-DEFAULT_SERVICES = ("vad", "compress")
+# Two ASR pools with different models (SPEC §4): English on Whisper tiny.en, the rest on the
+# multilingual Whisper base; LID picks between them.
+DEFAULT_SERVICES = ("vad", "lid", "asr.en", "asr.multi", "compress")
 ADDR_ENV = {
     "vad": "VAD_ADDR",
     "denoise": "DENOISE_ADDR",
     "lid": "LID_ADDR",
     "asr": "ASR_ADDR",
     "compress": "COMPRESS_ADDR",
+}
+POOL_ENV = {
+    "en": {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_LANG": "en"},
+    "multi": {"ASR_ENGINE": "whisper", "ASR_MODEL": "base"},
 }
 
 
@@ -35,15 +43,30 @@ def sample_clip() -> Path:
     return package_dir("pytest_audioeval") / "samples" / "audio" / "en" / "quick_brown_fox.wav"
 
 
+def routing_toml(pools: Mapping[str, list[str]]) -> str:
+    """The local stack's routing table: English to `en`, everything else to `multi`."""
+    default = "multi" if "multi" in pools else next(iter(pools))
+    lines = [f'default_pool = "{default}"', ""]
+    for name, addrs in pools.items():
+        lines += [f"[pools.{name}]", "addrs = [" + ", ".join(f'"{a}"' for a in addrs) + "]", ""]
+    if "en" in pools:
+        lines += ["[[routes]]", 'lang = "en"', 'domain = "*"', 'pool = "en"', ""]
+    return "\n".join(lines)
+
+
 @dataclass
 class Stack:
-    """The services and the gateway as real processes on loopback, on free ports by default."""
+    """The services and the gateway as real processes on loopback, on free ports by default.
+
+    `services` names `vad`, `denoise`, `lid`, `compress`, `asr` (one pool at ASR_ADDR) or `asr.<pool>`
+    (one process per pool; a routing file is written for the gateway)."""
 
     services: Sequence[str] = DEFAULT_SERVICES
     env: Mapping[str, str] = field(default_factory=dict)
     gateway_port: int = 0
     echo: bool = False
     running: dict[str, RunningService] = field(default_factory=dict)
+    workdir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -54,13 +77,44 @@ class Stack:
     def http_base(self) -> str:
         return self.running["gateway"].http_base
 
-    def start(self, timeout_s: float = 120.0) -> Stack:
+    def gateway_env(self) -> dict[str, str]:
+        """The environment that points a gateway at these services."""
+        env = dict(self.env)
+        pools: dict[str, list[str]] = {}
+        for name, svc in self.running.items():
+            if name.startswith("asr."):
+                pools.setdefault(name.split(".", 1)[1], []).append(svc.grpc_addr)
+            elif name in ADDR_ENV:
+                env[ADDR_ENV[name]] = svc.grpc_addr
+        if pools:
+            workdir = self.workdir or Path(tempfile.mkdtemp(prefix="speechgw-stack-"))
+            self.workdir = workdir
+            routing = workdir / "routing.toml"
+            routing.write_text(routing_toml(pools))
+            env["ROUTING_FILE"] = str(routing)
+        return env
+
+    def start(self, timeout_s: float = 180.0) -> Stack:
+        def one(name: str) -> RunningService:
+            module, _, pool = name.partition(".")
+            env = {**self.env, **POOL_ENV.get(pool, {})} if module == "asr" else dict(self.env)
+            return launch(
+                name, [sys.executable, "-m", f"services.{module}"], env=env, timeout_s=timeout_s, echo_stdout=self.echo
+            )
+
         try:
-            gw_env = dict(self.env)
-            for name in self.services:
-                svc = launch(name, env=self.env, timeout_s=timeout_s, echo_stdout=self.echo)
-                self.running[name] = svc
-                gw_env[ADDR_ENV[name]] = svc.grpc_addr
+            # Start the services side by side: model warm-ups overlap.
+            with ThreadPoolExecutor(len(self.services) or 1) as pool:
+                futures = {name: pool.submit(one, name) for name in self.services}
+                errors = []
+                for name, future in futures.items():
+                    try:
+                        self.running[name] = future.result()
+                    except Exception as exc:
+                        errors.append(exc)
+                if errors:
+                    raise errors[0]
+            gw_env = self.gateway_env()
             gw_env["GATEWAY_PORT"] = str(self.gateway_port)
             self.running["gateway"] = launch(
                 "gateway",

@@ -81,7 +81,7 @@ class AsrStage:
             nonlocal out
             out = asyncio.Queue()
             out.put_nowait(self._start_frame(ctx, link.start_codec, lang))
-            call = asr_pb2_grpc.RecognizeStub(member.channel).Stream(_drain(out))
+            call = asr_pb2_grpc.RecognizeStub(member.channel()).Stream(_drain(out))
             try:
                 first = await asyncio.wait_for(call.read(), self._open_timeout_s)
             except BaseException:
@@ -92,6 +92,9 @@ class AsrStage:
                 raise AsrError("asr_closed: the ASR closed the stream before admitting it")
             if first.type == "error":
                 call.cancel()
+                if first.code == "busy":  # the refusal; its status may arrive as INTERNAL (grpc#36066)
+                    raise grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
+                                               grpc.aio.Metadata(), first.text)
                 raise AsrError(f"{first.code or 'asr_error'}: {first.text}")
             return call
 

@@ -1,1 +1,1 @@
-"""ASR service: `asr.v1.Recognize/Stream`, Opus (or PCM) packets in, partial/final transcripts out (SPEC §3, §4)."""
+"""ASR service: `asr.v1.Recognize/Stream`, Opus or PCM packets in, transcripts out (SPEC §3, §4)."""

@@ -1,5 +1,6 @@
 """Turns released slots back into PCM frames: Opus with libopus PLC/FEC for lost packets, or PCM16
-passthrough (the fallback link, SPEC §4) with silence for lost packets."""
+passthrough (the fallback link, SPEC §4) with silence for lost packets. An Opus stream may switch to
+PCM packets (`OpusPacket.pcm`) when the sender's encoder fails; a loss after that is silence too."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class FrameDecoder:
     def __post_init__(self) -> None:
         self.frame_samples = self.sample_rate * self.frame_ms // 1000
         self._opus: opuslib.Decoder | None = None
+        self._pcm_mode = False  # the last packet of an Opus stream was PCM (sender fell back)
         if self.codec == "opus":
             if self.frame_ms not in OPUS_FRAME_MS:
                 raise BadPacket(f"frame_ms {self.frame_ms} is not an Opus frame size {OPUS_FRAME_MS}")
@@ -37,17 +39,21 @@ class FrameDecoder:
         elif self.codec != "pcm":
             raise BadPacket(f"codec {self.codec!r} is not 'opus' or 'pcm'")
 
-    def check(self, data: bytes) -> None:
+    def check(self, data: bytes, pcm: bool = False) -> None:
         """Reject a packet on arrival, before it enters the reorder window."""
-        if self.codec == "pcm":
+        if self.codec == "pcm" or pcm:
             if len(data) % 2 or len(data) > 2 * self.frame_samples:
-                raise BadPacket(f"PCM packet of {len(data)} bytes: expected an even count "
-                                f"<= {2 * self.frame_samples} ({self.frame_ms} ms PCM16)")
+                raise BadPacket(
+                    f"PCM packet of {len(data)} bytes: expected an even count "
+                    f"<= {2 * self.frame_samples} ({self.frame_ms} ms PCM16)"
+                )
         elif not data or len(data) > MAX_OPUS_PACKET_BYTES:
             raise BadPacket(f"Opus packet of {len(data)} bytes (expected 1..{MAX_OPUS_PACKET_BYTES})")
 
     def decode(self, slot: Slot) -> np.ndarray:
-        if self._opus is None:
+        if slot.data is not None:
+            self._pcm_mode = slot.pcm
+        if self._opus is None or self._pcm_mode:
             return self._pcm(slot)
         return self._opus_decode(self._opus, slot)
 

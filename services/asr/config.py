@@ -26,7 +26,7 @@ class AsrConfig:
     queue_timeout_ms: int = 10_000
     partial_interval_ms: int = 250  # used when Start.partial_interval_ms is 0 (SPEC §5)
     min_partial_interval_ms: int = 50
-    min_partial_audio_ms: int = 300
+    min_partial_audio_ms: int = 300  # whisper; an incremental engine (sphinx) defaults to 60
     reorder_window_packets: int = 3
     max_gap_packets: int = 250
     max_utterance_ms: int = 25_000
@@ -37,8 +37,16 @@ class AsrConfig:
             raise ConfigError(f"ASR_ENGINE={self.engine!r}: expected one of {', '.join(ENGINES)}")
         if self.engine == "whisper" and self.model not in WHISPER_MODELS:
             raise ConfigError(f"ASR_MODEL={self.model!r}: expected one of {', '.join(WHISPER_MODELS)}")
-        for name in ("cpu_threads", "decode_workers", "beam_size", "max_sessions", "reorder_window_packets",
-                     "max_gap_packets", "max_utterance_ms", "partial_interval_ms"):
+        for name in (
+            "cpu_threads",
+            "decode_workers",
+            "beam_size",
+            "max_sessions",
+            "reorder_window_packets",
+            "max_gap_packets",
+            "max_utterance_ms",
+            "partial_interval_ms",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("queue", "queue_timeout_ms", "min_partial_audio_ms", "preroll_ms"):
@@ -65,7 +73,9 @@ class AsrConfig:
             queue_timeout_ms=env_int(env, "ASR_QUEUE_TIMEOUT_MS", cls.queue_timeout_ms),
             partial_interval_ms=env_int(env, "PARTIAL_INTERVAL_MS", cls.partial_interval_ms),
             min_partial_interval_ms=env_int(env, "ASR_MIN_PARTIAL_INTERVAL_MS", cls.min_partial_interval_ms),
-            min_partial_audio_ms=env_int(env, "ASR_MIN_PARTIAL_AUDIO_MS", cls.min_partial_audio_ms),
+            min_partial_audio_ms=env_int(
+                env, "ASR_MIN_PARTIAL_AUDIO_MS", cls.min_partial_audio_ms if engine == "whisper" else 60
+            ),
             reorder_window_packets=env_int(env, "ASR_REORDER_WINDOW", cls.reorder_window_packets),
             max_gap_packets=env_int(env, "ASR_MAX_GAP_PACKETS", cls.max_gap_packets),
             max_utterance_ms=env_int(env, "ASR_MAX_UTTERANCE_MS", cls.max_utterance_ms),

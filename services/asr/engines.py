@@ -37,6 +37,7 @@ class Engine(Protocol):
     name: str
     model: str  # metrics/log label
     supports_hotwords: bool
+    incremental: bool  # streams decode as audio comes (finals reuse the stream), else re-decode
 
     def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result: ...
     def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream: ...
@@ -51,15 +52,24 @@ class WhisperEngine:
 
     name = "whisper"
     supports_hotwords = True
+    incremental = False
 
-    def __init__(self, model_dir: Path, label: str, default_lang: str, cpu_threads: int = 1,
-                 workers: int = 1, beam_size: int = 1) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        label: str,
+        default_lang: str,
+        cpu_threads: int = 1,
+        workers: int = 1,
+        beam_size: int = 1,
+    ) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES
 
         self.model = label
-        self._whisper = WhisperModel(str(model_dir), device="cpu", compute_type="int8",
-                                     cpu_threads=cpu_threads, num_workers=workers)
+        self._whisper = WhisperModel(
+            str(model_dir), device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=workers
+        )
         self._multilingual = bool(self._whisper.model.is_multilingual)
         self._languages = frozenset(_LANGUAGE_CODES)
         self._default_lang = default_lang
@@ -73,9 +83,15 @@ class WhisperEngine:
 
     def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
         segments, info = self._whisper.transcribe(
-            pcm, language=self._language(lang), beam_size=self._beam_size, temperature=0.0,
-            without_timestamps=True, condition_on_previous_text=False, vad_filter=False,
-            hotwords=", ".join(hotwords) if hotwords else None)
+            pcm,
+            language=self._language(lang),
+            beam_size=self._beam_size,
+            temperature=0.0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            hotwords=", ".join(hotwords) if hotwords else None,
+        )
         text = " ".join(seg.text.strip() for seg in segments).strip()
         return Result(text, info.language)
 
@@ -114,11 +130,14 @@ class SphinxEngine:
     name = "sphinx"
     model = "sphinx-en-us"
     supports_hotwords = False
+    incremental = True
 
     def __init__(self) -> None:
         self._pool: list[Any] = []
         self._lock = threading.Lock()
-        self._release(self._acquire())  # load once now
+        first = self._acquire()  # load once now
+        self._initial_cmn: str = first.get_cmn()
+        self._release(first)
 
     def _acquire(self) -> Any:
         with self._lock:
@@ -145,6 +164,10 @@ class _SphinxStream:
     def __init__(self, engine: SphinxEngine) -> None:
         self._engine = engine
         self._decoder: Any = engine._acquire()
+        # Pooled decoders adapt their cepstral mean; start each utterance from the model's own so
+        # one session's audio never shifts another's result.
+        self._decoder.set_cmn(engine._initial_cmn)
+        self._decoder.start_stream()
         self._decoder.start_utt()
         self._in_utt = True
 
@@ -179,5 +202,11 @@ def build_engine(config: AsrConfig) -> Engine:
     if config.engine == "sphinx":
         return SphinxEngine()
     model_dir = models.whisper_tiny_en_dir() if config.model == "tiny.en" else models.whisper_base_dir()
-    return WhisperEngine(model_dir, config.model_label, config.lang, config.cpu_threads,
-                         config.decode_workers, config.beam_size)
+    return WhisperEngine(
+        model_dir,
+        config.model_label,
+        config.lang,
+        config.cpu_threads,
+        config.decode_workers,
+        config.beam_size,
+    )

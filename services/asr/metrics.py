@@ -5,20 +5,29 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 ASR_RTF = Histogram(
-    "asr_rtf", "Decode time / audio duration of one decode", ["engine", "model", "kind"],
-    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0))
+    "asr_rtf",
+    "Decode time / audio duration of one decode",
+    ["engine", "model", "kind"],
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
+)
 ASR_LATENCY_MS = Histogram(
-    "asr_latency_ms", "From the end of an event's audio reaching the service to the event sent",
+    "asr_latency_ms",
+    "From the end of an event's audio reaching the service to the event sent",
     ["engine", "model", "type"],
-    buckets=(5, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 2000, 5000, 10000))
+    buckets=(5, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 2000, 5000, 10000),
+)
 ASR_INFLIGHT = Gauge("asr_inflight_sessions", "Streams holding a session slot", ["engine", "model"])
 ASR_QUEUED = Gauge("asr_queued_sessions", "Streams waiting for a session slot", ["engine", "model"])
 ASR_REFUSED = Counter("asr_refused_total", "Streams refused with RESOURCE_EXHAUSTED", ["engine", "model"])
 ASR_EVENTS = Counter("asr_events_total", "Events sent", ["engine", "model", "type"])
 ASR_PARTIALS_SKIPPED = Counter(
-    "asr_partials_skipped_total", "Partial decodes skipped because the decoders were busy",
-    ["engine", "model"])
+    "asr_partials_skipped_total",
+    "Partial decodes skipped because the decoders were busy",
+    ["engine", "model"],
+)
 ASR_PACKETS = Counter(
-    "asr_packets_total", "Packets by outcome (decoded, concealed, late, duplicate, corrupt)",
-    ["codec", "outcome"])
+    "asr_packets_total",
+    "Packets by outcome (decoded, concealed, late, duplicate, corrupt)",
+    ["codec", "outcome"],
+)
 ASR_STREAM_ERRORS = Counter("asr_stream_errors_total", "Streams ended with an error status", ["code"])

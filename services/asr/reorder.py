@@ -18,11 +18,13 @@ class GapTooLarge(ValueError):
 @dataclass(frozen=True)
 class Slot:
     """One frame of the timeline, in order. `data` is None for a lost packet; `next_data` is the
-    packet after it when already here (its Opus in-band FEC may carry the lost frame)."""
+    packet after it when already here (its Opus in-band FEC may carry the lost frame). `pcm` marks a
+    PCM16 packet inside an Opus stream (the sender's encoder failed, SPEC §4)."""
 
     seq: int
     data: bytes | None
     next_data: bytes | None = None
+    pcm: bool = False
 
     @property
     def lost(self) -> bool:
@@ -45,7 +47,7 @@ class PacketReorderBuffer:
     max_gap_packets: int = 250
     stats: ReorderStats = field(default_factory=ReorderStats)
     _next_seq: int | None = None
-    _pending: dict[int, bytes] = field(default_factory=dict)
+    _pending: dict[int, tuple[bytes, bool]] = field(default_factory=dict)  # seq -> (data, pcm)
     _recent: deque[int] = field(default_factory=lambda: deque(maxlen=64))
 
     @property
@@ -53,7 +55,7 @@ class PacketReorderBuffer:
         """The seq of the next slot to be released (None before the first packet)."""
         return self._next_seq
 
-    def push(self, seq: int, data: bytes) -> list[Slot]:
+    def push(self, seq: int, data: bytes, pcm: bool = False) -> list[Slot]:
         if self._next_seq is None:
             self._next_seq = seq  # the first packet fixes the start of the stream
         if seq < self._next_seq:
@@ -66,9 +68,10 @@ class PacketReorderBuffer:
             self.stats.duplicate += 1
             return []
         if seq - self._next_seq > self.max_gap_packets:
-            raise GapTooLarge(f"seq {seq} is {seq - self._next_seq} packets ahead of {self._next_seq} "
-                              f"(limit {self.max_gap_packets})")
-        self._pending[seq] = data
+            raise GapTooLarge(
+                f"seq {seq} is {seq - self._next_seq} packets ahead of {self._next_seq} (limit {self.max_gap_packets})"
+            )
+        self._pending[seq] = (data, pcm)
         return self._drain(force=False)
 
     def flush(self) -> list[Slot]:
@@ -81,15 +84,16 @@ class PacketReorderBuffer:
         while self._pending:
             seq = self._next_seq
             assert seq is not None
-            data = self._pending.pop(seq, None)
-            if data is not None:
-                out.append(Slot(seq, data))
+            held = self._pending.pop(seq, None)
+            if held is not None:
+                out.append(Slot(seq, held[0], pcm=held[1]))
+                self._recent.append(seq)
             elif force or max(self._pending) - seq >= self.window_packets:
-                out.append(Slot(seq, None, self._pending.get(seq + 1)))
+                after = self._pending.get(seq + 1)
+                out.append(Slot(seq, None, after[0] if after and not after[1] else None))
                 self.stats.concealed += 1
             else:
                 break
-            self._recent.append(seq)
             self._next_seq = seq + 1
             self.stats.released += 1
         return out

@@ -83,14 +83,14 @@ class Admission:
             self.active += 1
             return
         if self.waiting >= self.queue:
-            raise Busy(f"{self.active} sessions active, {self.waiting} queued (limits "
-                       f"{self.max_sessions}/{self.queue})")
+            raise Busy(
+                f"{self.active} sessions active, {self.waiting} queued (limits {self.max_sessions}/{self.queue})"
+            )
         cond = self._condition()
         self.waiting += 1
         try:
             async with cond:
-                await asyncio.wait_for(cond.wait_for(lambda: self.active < self.max_sessions),
-                                       self.queue_timeout_s)
+                await asyncio.wait_for(cond.wait_for(lambda: self.active < self.max_sessions), self.queue_timeout_s)
                 self.active += 1
         except TimeoutError:
             raise Busy(f"no session slot within {self.queue_timeout_s:.1f} s") from None

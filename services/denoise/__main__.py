@@ -13,11 +13,12 @@ import grpc
 import numpy as np
 
 from proto import denoise_pb2_grpc
-from services.common.envconf import current_env
+from services.common.envconf import ConfigError, current_env
 from services.common.logs import setup_logging
+from services.common.models import ModelMissing
 from services.common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from services.denoise.config import DenoiseConfig
-from services.denoise.engines import SAMPLE_RATE, make_engine, probe_gtcrn
+from services.denoise.engines import SAMPLE_RATE, EngineUnavailable, make_engine, probe_gtcrn
 from services.denoise.prepare import ensure_gtcrn_onnx
 from services.denoise.servicer import DenoiseServicer, EnginePool
 
@@ -46,14 +47,14 @@ async def main() -> None:
     model: Path | None = None
     if config.engine == "gtcrn":
         model = (
-            Path(config.gtcrn_model)
-            if config.gtcrn_model
-            else await loop.run_in_executor(executor, ensure_gtcrn_onnx)
+            Path(config.gtcrn_model) if config.gtcrn_model else await loop.run_in_executor(executor, ensure_gtcrn_onnx)
         )
         await loop.run_in_executor(executor, probe_gtcrn, model, config.probe_timeout_s)
     factory = partial(make_engine, config.engine, model, config.num_threads, config.rnnoise_resample_quality)
     pool = EnginePool(factory, config.idle_engines)
-    servicer = DenoiseServicer(pool, executor, config.engine, config.frame_samples, config.max_streams)
+    servicer = DenoiseServicer(
+        pool, executor, config.engine, config.frame_samples, config.max_streams, config.max_flows_per_stream
+    )
 
     def add(server: grpc.aio.Server) -> None:
         denoise_pb2_grpc.add_DenoiseServicer_to_server(servicer, server)
@@ -78,4 +79,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    try:
+        run_main(main)
+    except (ConfigError, EngineUnavailable, ModelMissing) as exc:
+        log.error("cannot start: %s", exc, extra={"stage": "denoise", "err_code": type(exc).__name__})
+        raise SystemExit(1) from None

@@ -1,13 +1,16 @@
-"""The sans-I/O core of one Denoise/Stream call (STYLE §1): validates frames, feeds the engine, and
+"""The sans-I/O core of Denoise/Stream (STYLE §1). `DenoiseStream` is one flow: it feeds the engine and
 re-frames its output onto the input's session timeline (SPEC §3: `pts`/`seq`/`flow_id` of the audio
 each output message covers). Output total length equals input total length.
 
 Delay: an engine's output lags its input (its algorithmic delay); the core drops the engine's
 `delay_samples` leading samples, emits whole output frames as soon as they exist, and at `finish()`
-drains the engine, pads or trims to the input length and closes with an empty `last` frame."""
+drains the engine, pads or trims to the input length and closes with an empty `last` frame.
+`DenoiseSession` is one call: it routes frames to their flow (several flows may share a call, as on
+the VAD link), starts a flow on its first frame and ends it on `last` or at the end of the call."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +22,10 @@ NS_PER_S = 1_000_000_000
 
 class InvalidAudio(ValueError):
     """A frame the service cannot take (SPEC §3: PCM16 LE, 16 kHz, mono); ends the call."""
+
+
+class TooManyFlows(RuntimeError):
+    """A call opened more flows than `max_flows` at once; ends the call."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,8 @@ def float_to_pcm16(samples: np.ndarray) -> bytes:
 
 
 class DenoiseStream:
-    """One flow's denoise state. `validate` is cheap (event loop); `push`/`finish` run the engine
-    (blocking: call them from an executor, one at a time, in arrival order)."""
+    """One flow's denoise state. `push`/`finish` run the engine (blocking: call them from an
+    executor, one at a time, in arrival order)."""
 
     def __init__(self, engine: Engine, frame_samples: int = 320, max_message_frames: int = 50) -> None:
         if frame_samples <= 0 or max_message_frames <= 0:
@@ -73,25 +80,15 @@ class DenoiseStream:
         self._ready = np.zeros(0, dtype=np.float32)
         self.finished = False
 
-    def validate(self, frame: FrameIn) -> None:
-        """Raise InvalidAudio for a frame this stream cannot take; the first frame fixes the timeline."""
+    def push(self, frame: FrameIn) -> list[FrameOut]:
+        """Denoise one frame (checked with `check_frame`); returns the whole output frames now ready.
+        The flow's first frame fixes the timeline origin (`pts`, `seq`)."""
         if self.finished:
-            raise InvalidAudio("frame after the end of the stream")
-        if frame.sr != SAMPLE_RATE:
-            raise InvalidAudio(f"sr={frame.sr}: only {SAMPLE_RATE} Hz PCM16 is accepted")
-        if frame.channels != 1:
-            raise InvalidAudio(f"channels={frame.channels}: only mono is accepted")
-        if len(frame.pcm) % 2:
-            raise InvalidAudio(f"pcm has an odd byte count ({len(frame.pcm)}): not PCM16")
+            raise InvalidAudio("frame after the end of the flow")
         if self.flow_id is None:
             self.flow_id = frame.flow_id
             self._base_seq = frame.seq
             self._base_pts_ns = frame.pts_ns
-        elif frame.flow_id != self.flow_id:
-            raise InvalidAudio(f"flow_id changed from {self.flow_id!r} to {frame.flow_id!r} in one stream")
-
-    def push(self, frame: FrameIn) -> list[FrameOut]:
-        """Denoise one validated frame; returns the whole output frames now available."""
         samples = pcm16_to_float(frame.pcm)
         self.samples_in += samples.size
         self._take(self.engine.process(samples))
@@ -156,3 +153,70 @@ class DenoiseStream:
 
     def _pts_at(self, sample: int) -> int:
         return self._base_pts_ns + sample * NS_PER_S // SAMPLE_RATE
+
+
+def check_frame(frame: FrameIn) -> None:
+    """Raise InvalidAudio unless the frame is PCM16 LE, 16 kHz, mono (SPEC §3). A frame without audio
+    (e.g. a bare `last`) may leave sr/channels unset."""
+    if len(frame.pcm) % 2:
+        raise InvalidAudio(f"pcm has an odd byte count ({len(frame.pcm)}): not PCM16")
+    if not frame.pcm and frame.sr == 0 and frame.channels == 0:
+        return
+    if frame.sr != SAMPLE_RATE:
+        raise InvalidAudio(f"sr={frame.sr}: only {SAMPLE_RATE} Hz PCM16 is accepted")
+    if frame.channels != 1:
+        raise InvalidAudio(f"channels={frame.channels}: only mono is accepted")
+
+
+class DenoiseSession:
+    """The flows of one call. `check` is cheap (event loop); `process`/`finish_all` run engines
+    (blocking: one at a time, in arrival order, from an executor). Engines come from `acquire` and go
+    back through `release` once their flow ended cleanly (flushed, hence reset)."""
+
+    def __init__(
+        self,
+        acquire: Callable[[], Engine],
+        release: Callable[[Engine], None],
+        frame_samples: int = 320,
+        max_flows: int = 16,
+    ) -> None:
+        self._acquire = acquire
+        self._release = release
+        self.frame_samples = frame_samples
+        self.max_flows = max_flows
+        self.flows: dict[str, DenoiseStream] = {}
+        self.samples_in = 0
+        self.samples_out = 0
+
+    def check(self, frame: FrameIn) -> None:
+        check_frame(frame)
+        if frame.flow_id not in self.flows and len(self.flows) >= self.max_flows:
+            raise TooManyFlows(f"more than {self.max_flows} flows open on one call")
+
+    def process(self, frame: FrameIn) -> list[FrameOut]:
+        """Denoise a checked frame; on `last` also end its flow (rest of the audio, then `last`)."""
+        flow = self.flows.get(frame.flow_id)
+        if flow is None:
+            flow = self.flows[frame.flow_id] = DenoiseStream(self._acquire(), self.frame_samples)
+        self.samples_in += len(frame.pcm) // 2
+        out = flow.push(frame)
+        if frame.last:
+            out += self._end(frame.flow_id)
+        return self._count(out)
+
+    def finish_all(self) -> list[FrameOut]:
+        """The call was half-closed: end every open flow as if it had sent `last` (SPEC §1 flush)."""
+        out: list[FrameOut] = []
+        for flow_id in list(self.flows):
+            out += self._end(flow_id)
+        return self._count(out)
+
+    def _end(self, flow_id: str) -> list[FrameOut]:
+        flow = self.flows.pop(flow_id)
+        out = flow.finish()
+        self._release(flow.engine)
+        return out
+
+    def _count(self, out: list[FrameOut]) -> list[FrameOut]:
+        self.samples_out += sum(len(o.pcm) for o in out) // 2
+        return out

@@ -96,12 +96,8 @@ class RnnoiseEngine:
         if self._state is not None:
             self._destroy(self._state)
         self._state = self._create()
-        self._up = self._soxr.ResampleStream(
-            SAMPLE_RATE, self._CORE_RATE, 1, dtype="float32", quality=self._quality
-        )
-        self._down = self._soxr.ResampleStream(
-            self._CORE_RATE, SAMPLE_RATE, 1, dtype="float32", quality=self._quality
-        )
+        self._up = self._soxr.ResampleStream(SAMPLE_RATE, self._CORE_RATE, 1, dtype="float32", quality=self._quality)
+        self._down = self._soxr.ResampleStream(self._CORE_RATE, SAMPLE_RATE, 1, dtype="float32", quality=self._quality)
         self._pending = _EMPTY
 
     def __del__(self) -> None:
@@ -140,9 +136,7 @@ class RnnoiseEngine:
         return out
 
 
-def make_engine(
-    name: str, gtcrn_model: Path | None, num_threads: int = 1, rnnoise_quality: str = "LQ"
-) -> Engine:
+def make_engine(name: str, gtcrn_model: Path | None, num_threads: int = 1, rnnoise_quality: str = "LQ") -> Engine:
     """Build one engine instance by its DENOISE_ENGINE name."""
     if name == "gtcrn":
         if gtcrn_model is None:

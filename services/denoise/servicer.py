@@ -1,4 +1,6 @@
-"""Thin gRPC adapter of Denoise/Stream (SPEC §3): proto <-> DenoiseStream, engines in an executor."""
+"""Thin gRPC adapter of `denoise.v1.Denoise/Stream` over the sans-I/O `DenoiseSession` (SPEC §3,
+STYLE §2). Engines run in an executor (STYLE §7); a call awaits each message before reading the next,
+so every flow's frames are processed in order. Bad input ends only its own call."""
 
 from __future__ import annotations
 
@@ -8,25 +10,26 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from typing import NoReturn
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from proto import common_pb2, denoise_pb2_grpc
-from services.denoise.core import DenoiseStream, FrameIn, FrameOut, InvalidAudio
+from services.denoise.core import DenoiseSession, FrameIn, FrameOut, InvalidAudio, TooManyFlows
 from services.denoise.engines import Engine
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("services.denoise")
 
-# SPEC §7 name; per received message: engine time including the wait for an executor thread.
+# SPEC §7 name; per input message: engine time including the wait for an executor thread.
 DN_LATENCY_MS = Histogram(
     "dn_latency_ms",
-    "Denoise processing time per message (ms)",
+    "Denoise processing time per input message (ms)",
     ["engine"],
     buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000),
 )
-DN_ACTIVE = Gauge("dn_active_streams", "Denoise/Stream calls in progress")
-DN_REJECTED = Counter("dn_rejected_total", "Denoise calls ended by the service", ["code"])
+DN_ACTIVE = Gauge("dn_active_streams", "Open denoise.v1.Denoise/Stream calls")
+DN_REJECTED = Counter("dn_rejected_total", "Denoise calls ended by bad input or limits", ["code"])
 
 
 class EnginePool:
@@ -45,7 +48,7 @@ class EnginePool:
         return self._factory()
 
     def release(self, engine: Engine) -> None:
-        """Return an engine whose stream finished (flushed, hence reset)."""
+        """Take back an engine whose flow ended cleanly (flushed, hence reset)."""
         with self._lock:
             if len(self._idle) < self._max_idle:
                 self._idle.append(engine)
@@ -70,80 +73,105 @@ def frame_out(out: FrameOut) -> common_pb2.AudioFrame:
 
 class DenoiseServicer(denoise_pb2_grpc.DenoiseServicer):
     def __init__(
-        self, pool: EnginePool, executor: Executor, engine_name: str, frame_samples: int, max_streams: int
+        self,
+        pool: EnginePool,
+        executor: Executor,
+        engine_name: str,
+        frame_samples: int,
+        max_streams: int,
+        max_flows_per_stream: int,
     ) -> None:
         self._pool = pool
         self._executor = executor
         self._engine_name = engine_name
         self._frame_samples = frame_samples
         self._max_streams = max_streams
-        self._active = 0
+        self._max_flows = max_flows_per_stream
+        self._streams = 0
         self._latency = DN_LATENCY_MS.labels(engine=engine_name)
 
     async def Stream(
         self, request_iterator: AsyncIterator[common_pb2.AudioFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.AudioFrame]:
-        if self._active >= self._max_streams:
+        if self._streams >= self._max_streams:
             DN_REJECTED.labels(code="RESOURCE_EXHAUSTED").inc()
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"denoise is at its limit of {self._max_streams} streams"
             )
-        self._active += 1
+        self._streams += 1
         DN_ACTIVE.inc()
+        # Engines of flows cut short (error, cancel) are not released: an executor thread may still
+        # be running them; they are simply dropped.
+        session = DenoiseSession(self._pool.acquire, self._pool.release, self._frame_samples, self._max_flows)
         loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(self._executor, self._pool.acquire)
-        stream = DenoiseStream(engine, self._frame_samples)
         started = time.perf_counter()
-        bytes_in = bytes_out = 0
-        clean = False
         try:
             async for msg in request_iterator:
                 frame = frame_in(msg)
                 try:
-                    stream.validate(frame)
+                    session.check(frame)
                 except InvalidAudio as exc:
-                    DN_REJECTED.labels(code="INVALID_ARGUMENT").inc()
-                    log.warning(
-                        "invalid frame",
-                        extra={
-                            "flowId": msg.flow_id,
-                            "stage": "denoise",
-                            "seq": msg.seq,
-                            "sr": msg.sr,
-                            "err_code": "INVALID_ARGUMENT",
-                        },
-                    )
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                bytes_in += len(frame.pcm)
+                    await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), frame)
+                except TooManyFlows as exc:
+                    await self._reject(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), frame)
                 t0 = time.perf_counter()
-                outs = await loop.run_in_executor(self._executor, stream.push, frame)
+                try:
+                    outs = await loop.run_in_executor(self._executor, session.process, frame)
+                except Exception as exc:  # an engine failure ends this call only
+                    log.exception("denoise failed", extra={"flowId": frame.flow_id, "stage": "denoise"})
+                    await self._reject(context, grpc.StatusCode.INTERNAL, f"denoise failed: {exc}", frame)
                 self._latency.observe((time.perf_counter() - t0) * 1000.0)
                 for out in outs:
-                    bytes_out += len(out.pcm)
-                    yield frame_out(out)
-                if frame.last:
-                    break
-            # last=true or half-close: drain the engine and close the timeline (SPEC §1 flush).
-            for out in await loop.run_in_executor(self._executor, stream.finish):
-                bytes_out += len(out.pcm)
-                yield frame_out(out)
-            clean = True
+                    yield self._note(out)
+            # Half-close: every open flow is flushed as if it had sent `last` (SPEC §1 flush).
+            for out in await loop.run_in_executor(self._executor, session.finish_all):
+                yield self._note(out)
         finally:
-            self._active -= 1
+            self._streams -= 1
             DN_ACTIVE.dec()
-            if clean:  # an engine interrupted mid-call may still be in use by an executor thread
-                self._pool.release(engine)
             log.info(
-                "stream end",
+                "call end",
                 extra={
-                    "flowId": stream.flow_id,
                     "stage": "denoise",
-                    "sr": 16_000,
                     "model": self._engine_name,
-                    "ns": stream.samples_out * 1_000_000_000 // 16_000,
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-                    "event": "stream_end" if clean else "stream_aborted",
+                    "event": "call_end",
+                    "bytes_in": 2 * session.samples_in,
+                    "bytes_out": 2 * session.samples_out,
+                    "latency_ms": round((time.perf_counter() - started) * 1000.0, 1),
                 },
             )
+
+    def _note(self, out: FrameOut) -> common_pb2.AudioFrame:
+        if out.last:
+            log.info(
+                "flow end",
+                extra={
+                    "flowId": out.flow_id,
+                    "stage": "denoise",
+                    "seq": out.seq,
+                    "sr": 16_000,
+                    "model": self._engine_name,
+                    "event": "last",
+                },
+            )
+        return frame_out(out)
+
+    @staticmethod
+    async def _reject(
+        context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, frame: FrameIn
+    ) -> NoReturn:
+        DN_REJECTED.labels(code=code.name).inc()
+        log.warning(
+            "rejected: %s",
+            message,
+            extra={
+                "flowId": frame.flow_id,
+                "stage": "denoise",
+                "seq": frame.seq,
+                "sr": frame.sr,
+                "bytes_in": len(frame.pcm),
+                "err_code": code.name,
+            },
+        )
+        await context.abort(code, message)
+        raise AssertionError("context.abort() returned")

@@ -11,12 +11,13 @@ SAMPLE_RATE = 16000  # the only rate of the internal PCM links (SPEC §3)
 
 # Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES), kept here so that the
 # config and the sans-I/O policy do not import the model stack.
-WHISPER_LANGS = frozenset(
+_WHISPER_CODES = (
     "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi "
     "hr ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no "
     "oc pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo "
-    "zh yue".split()
+    "zh yue"
 )
+WHISPER_LANGS = frozenset(_WHISPER_CODES.split())
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class LidConfig:
     def __post_init__(self) -> None:
         if self.min_s <= 0 or self.first_n_s < self.min_s:
             raise ConfigError(
-                f"need 0 < LID_MIN_SECONDS ({self.min_s}) <= LID_FIRST_N_SECONDS ({self.first_n_s})")
+                f"need 0 < LID_MIN_SECONDS ({self.min_s}) <= LID_FIRST_N_SECONDS ({self.first_n_s})"
+            )
         if not 0.0 < self.confidence <= 1.0:
             raise ConfigError(f"LID_CONFIDENCE={self.confidence} must be in (0, 1]")
         if self.window_s <= 0 or self.window_s > 30:

@@ -51,8 +51,10 @@ def main() -> int:
     model = config.model_path or "silero-vad wheel: silero_vad/data/silero_vad.onnx"
     probe = probe_in_child(env)
     if not probe.ok:
-        log.error(f"VAD model unusable: {probe.detail}",
-                  extra={"stage": "vad", "model": model, "err_code": "model_probe_failed"})
+        log.error(
+            f"VAD model unusable: {probe.detail}",
+            extra={"stage": "vad", "model": model, "err_code": "model_probe_failed"},
+        )
         return 3
     log.info("model probe ok", extra={"stage": "vad", "model": model})
     run_main(lambda: serve(config, server_config))

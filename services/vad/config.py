@@ -20,7 +20,7 @@ class VadConfig:
     pad_start_ms: int = 0  # moved earlier on SPEECH_START (never before the flow's first sample)
     pad_end_ms: int = 0  # moved later on SPEECH_END (never past the audio seen)
     chunk_ms: int = 32  # model window: 32 ms = 512 samples, what Silero v5+ needs at 16 kHz
-    max_speech_s: float = 20.0  # past this, sherpa-onnx raises the threshold to 0.9 to force an end
+    max_speech_s: float = 20.0  # a longer segment is cut: SPEECH_END, then a new SPEECH_START
     num_threads: int = 1  # onnxruntime intra-op threads per detector
     max_streams: int = 64  # concurrent Stream calls; more get RESOURCE_EXHAUSTED
     max_flows_per_stream: int = 16  # distinct live flow_ids on one call; more get RESOURCE_EXHAUSTED

@@ -38,9 +38,7 @@ def validate(frame: common_pb2.AudioFrame) -> None:
     if frame.channels != 1:
         raise InvalidFrame(f"flow {frame.flow_id!r} seq {frame.seq}: channels={frame.channels}, expected 1")
     if len(frame.pcm) % 2:
-        raise InvalidFrame(
-            f"flow {frame.flow_id!r} seq {frame.seq}: odd PCM16 byte count {len(frame.pcm)}"
-        )
+        raise InvalidFrame(f"flow {frame.flow_id!r} seq {frame.seq}: odd PCM16 byte count {len(frame.pcm)}")
 
 
 class FlowTracker:
@@ -53,6 +51,10 @@ class FlowTracker:
         self._window = config.window_samples
         self._pad_start = config.pad_start_ms * SAMPLE_RATE // 1000
         self._pad_end = config.pad_end_ms * SAMPLE_RATE // 1000
+        self._silence_windows = (config.min_silence_ms + 500) // config.chunk_ms + 1
+        self._max_speech = int(config.max_speech_s * SAMPLE_RATE)
+        self._offset = 0  # flow sample of the detector's sample 0 (moves when a long segment is cut)
+        self._seg_start = 0  # flow sample where the open segment started
         self._pending = np.zeros(0, dtype=np.float32)  # received, not yet a whole window
         self.fed = 0  # samples given to the detector
         self.received = 0  # samples received
@@ -83,22 +85,40 @@ class FlowTracker:
         seq = self.last_seq if seq is None else seq
         out: list[common_pb2.AudioFrame] = []
         if self.in_speech:
-            # The audio ended inside speech: the segment ends with the audio (SPEC §3 flush).
-            self._det.flush()
-            while not self._det.empty():
-                self._det.pop()
-            out.append(self._boundary(SPEECH_END, self.received, seq))
+            end = self._close_with_silence()
+            out.append(self._boundary(SPEECH_END, min(end + self._pad_end, self.received), seq))
             self.in_speech = False
         done = self._frame(seq, self.first_pts + self.received * NS_PER_SAMPLE)
         done.last = True
         out.append(done)
         return out
 
+    def _close_with_silence(self) -> int:
+        """Let the detector see digital silence after the audio so it places the end of the open
+        segment itself (the speech may have stopped just before the flush); at most
+        min_silence + 0.5 s of it. Falls back to the end of the audio."""
+        w = self._window
+        silence = np.zeros(w, dtype=np.float32)
+        first = np.concatenate((self._pending, silence[: w - self._pending.size]))
+        self._pending = np.zeros(0, dtype=np.float32)
+        for i in range(self._silence_windows):
+            self._det.accept_waveform(first if i == 0 else silence)
+            if not self._det.empty():
+                seg = self._det.front
+                end = self._offset + int(seg.start) + len(seg.samples)
+                self._det.pop()
+                return end
+        self._det.flush()
+        while not self._det.empty():
+            self._det.pop()
+        return self.received
+
     def _collect(self, seq: int, out: list[common_pb2.AudioFrame]) -> None:
         # Finished segments first: a window ends at most one segment.
         while not self._det.empty():
             seg = self._det.front
-            start, end = int(seg.start), int(seg.start) + len(seg.samples)
+            start = self._offset + int(seg.start)
+            end = start + len(seg.samples)
             self._det.pop()
             if not self.in_speech:
                 out.append(self._start(start, seq))
@@ -106,10 +126,18 @@ class FlowTracker:
             self.in_speech = False
         # SPEECH_START as soon as the detector commits to speech, not when the segment ends.
         if not self.in_speech and self._det.is_speech_detected():
-            out.append(self._start(int(self._det.current_segment.start), seq))
+            out.append(self._start(self._offset + int(self._det.current_segment.start), seq))
+        elif self.in_speech and self.fed - self._seg_start >= self._max_speech:
+            # Cut a segment at max_speech_s (sherpa-onnx only raises its threshold) and restart the
+            # detector, which also bounds the samples it keeps; speech that goes on starts anew.
+            out.append(self._boundary(SPEECH_END, self._seg_start + self._max_speech, seq))
+            self.in_speech = False
+            self._det.reset()
+            self._offset = self.fed
 
     def _start(self, start: int, seq: int) -> common_pb2.AudioFrame:
         self.in_speech = True
+        self._seg_start = start
         return self._boundary(SPEECH_START, max(start - self._pad_start, self._last_end, 0), seq)
 
     def _boundary(self, activity: int, sample: int, seq: int) -> common_pb2.AudioFrame:
@@ -137,9 +165,7 @@ class VadSession:
         tracker = self.flows.get(frame.flow_id)
         if tracker is None:
             if len(self.flows) >= self._config.max_flows_per_stream:
-                raise TooManyFlows(
-                    f"more than {self._config.max_flows_per_stream} live flows on one stream"
-                )
+                raise TooManyFlows(f"more than {self._config.max_flows_per_stream} live flows on one stream")
             tracker = FlowTracker(frame.flow_id, frame.pts, self._config, self._make_detector())
             self.flows[frame.flow_id] = tracker
         out = tracker.feed(frame.pcm, frame.seq)

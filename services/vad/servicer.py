@@ -24,7 +24,8 @@ log = logging.getLogger("services.vad")
 
 # SPEC §7 names `vad_latency_ms`; the others are this service's own.
 LATENCY_MS = Histogram(
-    "vad_latency_ms", "VAD processing time per input message (ms)",
+    "vad_latency_ms",
+    "VAD processing time per input message (ms)",
     buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 250),
 )
 ACTIVE_STREAMS = Gauge("vad_active_streams", "Open vad.v1.Vad/Stream calls")
@@ -34,20 +35,23 @@ REJECTED = Counter("vad_rejected_total", "Calls ended by bad input or limits", [
 
 
 class VadServicer(vad_pb2_grpc.VadServicer):
-    def __init__(self, config: VadConfig, executor: Executor,
-                 make_detector: Callable[[], SpeechDetector]) -> None:
+    def __init__(
+        self, config: VadConfig, executor: Executor, make_detector: Callable[[], SpeechDetector]
+    ) -> None:
         self._config = config
         self._executor = executor
         self._make_detector = make_detector
         self._streams = 0
 
-    async def Stream(  # noqa: N802 (gRPC method name)
+    async def Stream(
         self, request_iterator: AsyncIterator[common_pb2.AudioFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.AudioFrame]:
         if self._streams >= self._config.max_streams:
             REJECTED.labels("RESOURCE_EXHAUSTED").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"VAD is at its limit of {self._config.max_streams} streams")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"VAD is at its limit of {self._config.max_streams} streams",
+            )
         self._streams += 1
         ACTIVE_STREAMS.inc()
         session = VadSession(self._config, self._make_detector)
@@ -61,6 +65,9 @@ class VadServicer(vad_pb2_grpc.VadServicer):
                     await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), frame)
                 except TooManyFlows as exc:
                     await self._reject(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), frame)
+                except Exception as exc:  # a detector failure ends this call only
+                    log.exception("vad failed", extra={"flowId": frame.flow_id, "stage": "vad"})
+                    await self._reject(context, grpc.StatusCode.INTERNAL, f"VAD failed: {exc}", frame)
                 flows = self._track_flows(flows, len(session.flows))
                 for reply in out:
                     self._note(reply)
@@ -91,13 +98,25 @@ class VadServicer(vad_pb2_grpc.VadServicer):
             SEGMENTS.inc()
         if reply.activity in (SPEECH_START, SPEECH_END) or reply.last:
             event = "last" if reply.last else common_pb2.Activity.Name(reply.activity).lower()
-            log.info(f"{event} pts={reply.pts}",
-                     extra={"flowId": reply.flow_id, "stage": "vad", "seq": reply.seq, "event": event})
+            log.info(
+                f"{event} pts={reply.pts}",
+                extra={"flowId": reply.flow_id, "stage": "vad", "seq": reply.seq, "event": event},
+            )
 
     @staticmethod
-    async def _reject(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
-                      frame: common_pb2.AudioFrame) -> None:
+    async def _reject(
+        context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, frame: common_pb2.AudioFrame
+    ) -> None:
         REJECTED.labels(code.name).inc()
-        log.warning("rejected", extra={"flowId": frame.flow_id, "stage": "vad", "seq": frame.seq,
-                                       "sr": frame.sr, "bytes_in": len(frame.pcm), "err_code": code.name})
+        log.warning(
+            "rejected",
+            extra={
+                "flowId": frame.flow_id,
+                "stage": "vad",
+                "seq": frame.seq,
+                "sr": frame.sr,
+                "bytes_in": len(frame.pcm),
+                "err_code": code.name,
+            },
+        )
         await context.abort(code, message)

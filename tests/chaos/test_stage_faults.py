@@ -17,7 +17,13 @@ pytestmark = pytest.mark.chaos
 
 @pytest.fixture
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
-    env = {"COMPRESS_STORE_DIR": str(tmp_path), "LOG_LEVEL": "WARNING", "STAGE_TIMEOUT_SEC": "5"}
+    env = {
+        "COMPRESS_STORE_DIR": str(tmp_path),
+        "COMPRESS_SPOOL_DIR": str(tmp_path / "spool"),
+        "LOG_LEVEL": "WARNING",
+        "STAGE_TIMEOUT_SEC": "5",
+        "JOBS_DB": str(tmp_path / "jobs.sqlite"),
+    }
     with Stack(("vad", "compress"), env=env) as stack:
         yield stack
 
@@ -25,8 +31,7 @@ def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
 def test_vad_down_session_still_archives_and_ends(fresh_stack: Stack, clips: Path) -> None:
     fresh_stack.running["vad"].kill()
     pcm = load_wav(clips / "en" / "hello_world.wav")
-    result = asyncio.run(stream_pcm(fresh_stack.url, pcm, speed=0,
-                                    start={"return": ["record_url", "metrics", "vad"]}))
+    result = asyncio.run(stream_pcm(fresh_stack.url, pcm, speed=0, start={"return": ["record_url", "metrics", "vad"]}))
     errors = result.of_type("error")
     assert [e["code"] for e in errors] == ["vad_unavailable"] and errors[0]["fatal"] is False
     assert result.of_type("record_url") and not result.of_type("vad")
@@ -36,8 +41,7 @@ def test_vad_down_session_still_archives_and_ends(fresh_stack: Stack, clips: Pat
 def test_archive_down_session_still_gets_vad_and_end(fresh_stack: Stack, clips: Path) -> None:
     fresh_stack.running["compress"].kill()
     pcm = load_wav(clips / "en" / "hello_world.wav")
-    result = asyncio.run(stream_pcm(fresh_stack.url, pcm, speed=0,
-                                    start={"return": ["record_url", "metrics", "vad"]}))
+    result = asyncio.run(stream_pcm(fresh_stack.url, pcm, speed=0, start={"return": ["record_url", "metrics", "vad"]}))
     assert [e["code"] for e in result.of_type("error")] == ["archive_unavailable"]
     assert result.of_type("vad") and not result.of_type("record_url")
     assert result.events[-1]["type"] == "end" and result.close_code == 1000
@@ -56,9 +60,14 @@ def test_vad_dies_mid_session_other_sessions_unharmed(fresh_stack: Stack, clips:
             if acked == 3:
                 all_acked.set()
 
-        sessions = [asyncio.create_task(stream_pcm(fresh_stack.url, pcm, speed=2.0, on_event=on_event,
-                                                   start={"return": ["record_url", "metrics"]}))
-                    for _ in range(3)]
+        sessions = [
+            asyncio.create_task(
+                stream_pcm(
+                    fresh_stack.url, pcm, speed=2.0, on_event=on_event, start={"return": ["record_url", "metrics"]}
+                )
+            )
+            for _ in range(3)
+        ]
         await asyncio.wait_for(all_acked.wait(), 10)  # every session is streaming: pull the plug
         fresh_stack.running["vad"].kill()
         return [await s for s in sessions]

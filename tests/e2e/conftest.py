@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from orchestrator.stack import ADDR_ENV, Stack
+from orchestrator.stack import Stack
 from services.common.launcher import launch
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     store = tmp_path_factory.mktemp("records")
-    env = {"COMPRESS_STORE_DIR": str(store), "STORAGE_BACKEND": "local", "LOG_LEVEL": "WARNING",
-           "FLUSH_IDLE_SEC": "1.0", "START_TIMEOUT_SEC": "2.0", "MAX_FRAME_BYTES": "65536"}
+    env = {
+        "COMPRESS_STORE_DIR": str(store),
+        "COMPRESS_SPOOL_DIR": str(store / "spool"),
+        "STORAGE_BACKEND": "local",
+        "LOG_LEVEL": "WARNING",
+        "JOBS_DB": str(store / "jobs.sqlite"),
+        "FLUSH_IDLE_SEC": "1.0",
+        "START_TIMEOUT_SEC": "2.0",
+        "MAX_FRAME_BYTES": "65536",
+    }
     with Stack(("vad", "compress"), env=env) as running:
         running.store_dir = store  # type: ignore[attr-defined]
         yield running
@@ -33,10 +42,12 @@ def counting_pcm(clips: Path) -> bytes:
 @contextmanager
 def extra_gateway(stack: Stack, **env: str) -> Iterator[str]:
     """A second gateway process on the same services with other settings; yields its WS URL."""
-    full = {"GATEWAY_PORT": "0", "LOG_LEVEL": "INFO"}
-    for name, svc in stack.running.items():
-        if name in ADDR_ENV:
-            full[ADDR_ENV[name]] = svc.grpc_addr
+    full = {
+        **stack.gateway_env(),
+        "GATEWAY_PORT": "0",
+        "LOG_LEVEL": "INFO",
+        "JOBS_DB": str(Path(tempfile.mkdtemp(prefix="speechgw-jobs-")) / "jobs.sqlite"),
+    }
     full.update(env)
     gw = launch("gateway-extra", [sys.executable, "-m", "orchestrator"], env=full)
     try:

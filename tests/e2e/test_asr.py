@@ -16,7 +16,7 @@ from orchestrator.stack import Stack
 from tests.conftest import seconds
 from tests.e2e.conftest import extra_gateway
 from tests.schemas import check_event
-from tests.wer import normalise, wer
+from tests.wer import wer
 
 pytestmark = pytest.mark.e2e
 EN_CLIPS = ("counting", "hello_world", "quick_brown_fox")
@@ -24,8 +24,17 @@ EN_CLIPS = ("counting", "hello_world", "quick_brown_fox")
 
 @pytest.fixture(scope="module")
 def asr_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"COMPRESS_STORE_DIR": str(tmp_path_factory.mktemp("records")), "LOG_LEVEL": "WARNING",
-           "ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_MAX_SESSIONS": "4"}
+    records = tmp_path_factory.mktemp("records")
+    env = {
+        "COMPRESS_STORE_DIR": str(records),
+        "COMPRESS_SPOOL_DIR": str(records / "spool"),
+        "LOG_LEVEL": "WARNING",
+        "JOBS_DB": str(records / "jobs.sqlite"),
+        "ASR_ENGINE": "whisper",
+        "ASR_MODEL": "tiny.en",
+        "ASR_MAX_SESSIONS": "4",
+        "ASR_QUEUE": "0",
+    }
     with Stack(("vad", "asr", "compress"), env=env) as stack:
         yield stack
 
@@ -93,8 +102,11 @@ def test_busy_asr_degrades_to_record_only(asr_stack: Stack, clips: Path) -> None
     pcm = load_wav(clips / "en" / "counting.wav")
 
     async def many() -> list[StreamResult]:
-        return list(await asyncio.gather(*[
-            stream_pcm(asr_stack.url, pcm, speed=1.0, start={"return": ["asr", "record_url"]}) for _ in range(6)]))
+        return list(
+            await asyncio.gather(
+                *[stream_pcm(asr_stack.url, pcm, speed=1.0, start={"return": ["asr", "record_url"]}) for _ in range(6)]
+            )
+        )
 
     results = asyncio.run(many())
     refused = [r for r in results if any(e.get("code") == "asr_unavailable" for e in r.of_type("error"))]

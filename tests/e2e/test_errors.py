@@ -100,10 +100,14 @@ def test_start_timeout(stack: Stack) -> None:
 
 def test_one_bad_session_does_not_disturb_another(stack: Stack, counting_pcm: bytes) -> None:
     async def both() -> tuple[Any, Any]:
-        good = asyncio.create_task(stream_pcm(stack.url, counting_pcm, speed=4.0,
-                                              start={"flowId": "good", "return": ["record_url", "metrics"]}))
-        bad = asyncio.create_task(exchange(stack.url, [json.dumps({**START, "flowId": "evil"}),
-                                                       b"\x00" * 999, "{garbage", b"\x00" * 70_000]))
+        good = asyncio.create_task(
+            stream_pcm(
+                stack.url, counting_pcm, speed=4.0, start={"flowId": "good", "return": ["record_url", "metrics"]}
+            )
+        )
+        bad = asyncio.create_task(
+            exchange(stack.url, [json.dumps({**START, "flowId": "evil"}), b"\x00" * 999, "{garbage", b"\x00" * 70_000])
+        )
         return await good, await bad
 
     good, (bad_events, bad_close) = asyncio.run(both())
@@ -114,8 +118,13 @@ def test_one_bad_session_does_not_disturb_another(stack: Stack, counting_pcm: by
 
 
 def test_too_many_sessions_is_an_explicit_refusal(stack: Stack) -> None:
-    env = {"MAX_SESSIONS": "1", "GATEWAY_PORT": "0", "LOG_LEVEL": "WARNING",
-           "VAD_ADDR": stack.running["vad"].grpc_addr, "COMPRESS_ADDR": stack.running["compress"].grpc_addr}
+    env = {
+        "MAX_SESSIONS": "1",
+        "GATEWAY_PORT": "0",
+        "LOG_LEVEL": "WARNING",
+        "VAD_ADDR": stack.running["vad"].grpc_addr,
+        "COMPRESS_ADDR": stack.running["compress"].grpc_addr,
+    }
     gw = launch("gateway-small", [sys.executable, "-m", "orchestrator"], env=env)
     url = f"ws://127.0.0.1:{gw.http_port}/ws/stream"
 

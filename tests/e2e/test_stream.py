@@ -21,8 +21,9 @@ ALL = ["lid", "asr", "record_url", "metrics", "vad"]
 
 
 def test_clip_gives_ack_vad_record_url_metrics_end(stack: Stack, counting_pcm: bytes) -> None:
-    result = asyncio.run(stream_pcm(stack.url, counting_pcm, speed=4.0,
-                                    start={"flowId": "e2e-counting", "return": ALL}))
+    result = asyncio.run(
+        stream_pcm(stack.url, counting_pcm, speed=4.0, start={"flowId": "e2e-counting", "return": ALL})
+    )
     for event in result.events:
         check_event(event)
         assert event["flowId"] == "e2e-counting"
@@ -52,8 +53,11 @@ def test_clip_gives_ack_vad_record_url_metrics_end(stack: Stack, counting_pcm: b
 def test_same_flow_id_twice_is_idempotent(stack: Stack, counting_pcm: bytes) -> None:
     urls = []
     for _ in range(2):
-        result = asyncio.run(stream_pcm(stack.url, counting_pcm[:16000], speed=0,
-                                        start={"flowId": "e2e-twice", "return": ["record_url"]}))
+        result = asyncio.run(
+            stream_pcm(
+                stack.url, counting_pcm[:16000], speed=0, start={"flowId": "e2e-twice", "return": ["record_url"]}
+            )
+        )
         urls += [e["url"] for e in result.of_type("record_url")]
     assert len(urls) == 2 and urls[0] == urls[1]
     stored = [p for p in stack.store_dir.rglob("*") if p.is_file() and "e2e-twice" in p.name]  # type: ignore[attr-defined]
@@ -62,8 +66,9 @@ def test_same_flow_id_twice_is_idempotent(stack: Stack, counting_pcm: bytes) -> 
 
 def test_odd_chunks_are_reframed(stack: Stack, counting_pcm: bytes) -> None:
     """Chunks of 7 ms plus one byte: the server re-frames and loses nothing."""
-    result = asyncio.run(stream_pcm(stack.url, counting_pcm, speed=0, chunk_ms=7,
-                                    start={"return": ["metrics", "record_url"]}))
+    result = asyncio.run(
+        stream_pcm(stack.url, counting_pcm, speed=0, chunk_ms=7, start={"return": ["metrics", "record_url"]})
+    )
     assert result.ok, result.events
     assert result.of_type("metrics")[0]["bytes_in"] == len(counting_pcm)
     assert result.of_type("record_url")[0]["duration_s"] == pytest.approx(len(counting_pcm) / 32000, abs=0.02)
@@ -79,14 +84,18 @@ def test_disconnect_without_flush_still_archives(stack: Stack, counting_pcm: byt
     asyncio.run(go())
     from tests.conftest import wait_for
 
-    wait_for(lambda: any("e2e-gone" in p.name for p in stack.store_dir.rglob("*") if p.is_file()),  # type: ignore[attr-defined]
-             10, "the archive of a session whose client vanished")
+    wait_for(
+        lambda: any("e2e-gone" in p.name for p in stack.store_dir.rglob("*") if p.is_file()),  # type: ignore[attr-defined]
+        10,
+        "the archive of a session whose client vanished",
+    )
 
 
 def test_idle_flush(stack: Stack, counting_pcm: bytes) -> None:
     """FLUSH_IDLE_SEC=1 in this stack: audio then silence on the socket ends the session by itself."""
-    result = asyncio.run(stream_pcm(stack.url, counting_pcm[:16000], speed=0, flush=False,
-                                    start={"return": ["record_url"]}))
+    result = asyncio.run(
+        stream_pcm(stack.url, counting_pcm[:16000], speed=0, flush=False, start={"return": ["record_url"]})
+    )
     assert result.of_type("end")[0]["reason"] == "idle"
     assert result.of_type("record_url") and result.close_code == 1000
 
@@ -106,6 +115,12 @@ def test_health_ready_and_metrics(stack: Stack) -> None:
     wait_for(ready, 10, "/readyz")
     with urllib.request.urlopen(stack.http_base + "/metrics", timeout=seconds(5)) as resp:
         text = resp.read().decode()
-    for name in ("orchestrator_active_sessions", "ingress_bytes_total", "egress_events_total",
-                 "vad_latency_ms", "compress_latency_ms", "pcm_to_opus_fail_total"):
+    for name in (
+        "orchestrator_active_sessions",
+        "ingress_bytes_total",
+        "egress_events_total",
+        "vad_latency_ms",
+        "compress_latency_ms",
+        "pcm_to_opus_fail_total",
+    ):
         assert name in text

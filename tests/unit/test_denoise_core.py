@@ -9,7 +9,16 @@ import pytest
 
 from services.common.envconf import ConfigError
 from services.denoise.config import DenoiseConfig
-from services.denoise.core import NS_PER_S, DenoiseStream, FrameIn, FrameOut, InvalidAudio
+from services.denoise.core import (
+    NS_PER_S,
+    DenoiseSession,
+    DenoiseStream,
+    FrameIn,
+    FrameOut,
+    InvalidAudio,
+    TooManyFlows,
+    check_frame,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -36,18 +45,25 @@ class FakeDelayEngine:
         return out
 
 
-def frame(pcm: bytes, *, seq: int = 0, pts: int = 0, sr: int = 16_000, channels: int = 1,
-          flow: str = "f1", last: bool = False) -> FrameIn:
+def frame(
+    pcm: bytes,
+    *,
+    seq: int = 0,
+    pts: int = 0,
+    sr: int = 16_000,
+    channels: int = 1,
+    flow: str = "f1",
+    last: bool = False,
+) -> FrameIn:
     return FrameIn(flow, seq, sr, channels, pts, pcm, last)
 
 
-def run_stream(stream: DenoiseStream, pcm: bytes, sizes: list[int], seq: int = 0,
-               pts: int = 0) -> list[FrameOut]:
+def run_stream(stream: DenoiseStream, pcm: bytes, sizes: list[int], seq: int = 0, pts: int = 0) -> list[FrameOut]:
     out: list[FrameOut] = []
     pos = 0
     for size in sizes:
-        f = frame(pcm[pos:pos + size], seq=seq, pts=pts)
-        stream.validate(f)
+        f = frame(pcm[pos : pos + size], seq=seq, pts=pts)
+        check_frame(f)
         out += stream.push(f)
         pos += size
     assert pos == len(pcm)
@@ -124,22 +140,73 @@ def test_empty_stream_ends_with_last_only() -> None:
         (frame(b"\0\0", sr=8000), "sr=8000"),
         (frame(b"\0\0", channels=2), "channels=2"),
         (frame(b"\0\0\0"), "odd byte count"),
+        (frame(b"", sr=8000), "sr=8000"),
     ],
 )
 def test_invalid_frames_are_rejected(bad: FrameIn, needle: str) -> None:
-    stream = DenoiseStream(FakeDelayEngine())
     with pytest.raises(InvalidAudio, match=needle):
-        stream.validate(bad)
+        check_frame(bad)
 
 
-def test_flow_id_change_and_frames_after_finish_are_rejected() -> None:
+def test_bare_last_frame_may_leave_format_unset() -> None:
+    check_frame(frame(b"", sr=0, channels=0, last=True))
+
+
+def test_frames_after_the_end_of_a_flow_are_rejected() -> None:
     stream = DenoiseStream(FakeDelayEngine())
-    stream.validate(frame(b"\0\0", flow="a"))
-    with pytest.raises(InvalidAudio, match="flow_id changed"):
-        stream.validate(frame(b"\0\0", flow="b"))
     stream.finish()
     with pytest.raises(InvalidAudio, match="after the end"):
-        stream.validate(frame(b"\0\0", flow="a"))
+        stream.push(frame(b"\0\0"))
+
+
+class Pool:
+    """Counts the engines handed out and taken back."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.returned: list[FakeDelayEngine] = []
+
+    def acquire(self) -> FakeDelayEngine:
+        if self.returned:
+            return self.returned.pop()
+        self.made += 1
+        return FakeDelayEngine(delay_samples=50)
+
+    def release(self, engine: FakeDelayEngine) -> None:
+        self.returned.append(engine)
+
+
+def test_session_keeps_interleaved_flows_apart_and_reuses_engines() -> None:
+    pool = Pool()
+    session = DenoiseSession(pool.acquire, pool.release, max_flows=2)  # type: ignore[arg-type]
+    pcm = {"a": random_pcm(5000, 1), "b": random_pcm(3000, 2)}
+    got: dict[str, list[FrameOut]] = {"a": [], "b": []}
+    for pos in range(0, 10_000, 640):
+        for flow in ("a", "b"):
+            chunk = pcm[flow][pos : pos + 640]
+            if chunk:
+                f = FrameIn(flow, 0, 16_000, 1, 0, chunk, last=pos + 640 >= len(pcm[flow]))
+                session.check(f)
+                for out in session.process(f):
+                    got[out.flow_id].append(out)
+    for flow in ("a", "b"):
+        assert got[flow][-1].last
+        assert b"".join(o.pcm for o in got[flow]) == pcm[flow]
+    assert session.flows == {} and pool.made == 2 and len(pool.returned) == 2
+    session.check(FrameIn("c", 0, 16_000, 1, 0, b"\0\0"))  # flows that ended free their slot
+    assert session.samples_in == session.samples_out == 8000
+
+
+def test_session_limits_open_flows_and_flushes_all_at_half_close() -> None:
+    pool = Pool()
+    session = DenoiseSession(pool.acquire, pool.release, max_flows=2)  # type: ignore[arg-type]
+    for flow in ("a", "b"):
+        session.process(FrameIn(flow, 0, 16_000, 1, 0, random_pcm(100)))
+    with pytest.raises(TooManyFlows):
+        session.check(FrameIn("c", 0, 16_000, 1, 0, b""))
+    outs = session.finish_all()
+    assert sorted(o.flow_id for o in outs if o.last) == ["a", "b"]
+    assert sum(len(o.pcm) for o in outs) == 400 and session.flows == {}
 
 
 def test_config_defaults_and_errors() -> None:

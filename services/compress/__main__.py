@@ -1,0 +1,106 @@
+"""`python -m services.compress`: the Compress service process (SPEC §3, §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from proto import compress_pb2_grpc
+from services.common.envconf import current_env, env_str
+from services.common.logs import setup_logging
+from services.common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
+from services.compress.config import CompressConfig, S3Config
+from services.compress.encoder import audio_duration_s, encode_pcm_file
+from services.compress.service import ArchivePipeline, CompressServicer, record_routes
+from services.compress.spool import PendingSpool
+from services.compress.store import LocalStore, S3Store, Store, StoreUnavailable
+from services.compress.uploader import Uploader
+
+log = logging.getLogger("services.compress")
+
+
+def warm_encoder(cfg: CompressConfig) -> float:
+    """Encode and decode half a second of a 440 Hz tone with the configured codec (blocking)."""
+    with tempfile.TemporaryDirectory(prefix="compress-warmup-") as tmp:
+        pcm = Path(tmp) / "tone.pcm"
+        t = np.arange(cfg.sample_rate_hz // 2) / cfg.sample_rate_hz
+        pcm.write_bytes((np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes())
+        out = encode_pcm_file(pcm, Path(tmp) / "tone.out", cfg.format, cfg.sample_rate_hz, cfg.compression_level)
+        return audio_duration_s(out.path)
+
+
+async def serve() -> None:
+    env = current_env()
+    cfg = CompressConfig.from_env(env)
+    server_cfg = ServerConfig.from_env(env, "COMPRESS")
+    executor = ThreadPoolExecutor(max_workers=cfg.encode_workers, thread_name_prefix="compress")
+    local: LocalStore | None = None
+    store: Store
+    if cfg.backend == "s3":
+        store = S3Store(S3Config.from_env(env), cfg.public_base)
+    else:
+        store = local = LocalStore(cfg.store_dir, cfg.public_base)
+    spool = PendingSpool(cfg.spool_dir)
+    uploader = Uploader(store, spool, executor, cfg.retry_base_s, cfg.retry_max_s)
+    pipeline = ArchivePipeline(cfg, store, spool, uploader, executor)
+    runner = ServiceRunner(
+        "compress",
+        server_cfg,
+        lambda server: compress_pb2_grpc.add_CompressServicer_to_server(CompressServicer(pipeline), server),
+        http_routes=record_routes(local) if local is not None else None,
+    )
+    tasks: list[asyncio.Task[None]] = []
+
+    async def warmup() -> None:
+        loop = asyncio.get_running_loop()
+        if local is not None and not local.public_base:
+            host = socket.getfqdn() if server_cfg.host in ("0.0.0.0", "::", "") else server_cfg.host
+            local.public_base = f"http://{host}:{runner.http_port}"
+            log.warning(
+                "PUBLIC_BASE is not set: record URLs use %s; production must set PUBLIC_BASE",
+                local.public_base,
+                extra={"stage": "compress", "event": "public_base_default"},
+            )
+        stale = await loop.run_in_executor(executor, spool.prepare)
+        if stale:
+            log.warning(
+                "dropped unfinished spool files of a previous run",
+                extra={"stage": "compress", "event": f"spool_stale:{stale}"},
+            )
+        try:
+            await loop.run_in_executor(executor, store.ensure_ready)
+        except StoreUnavailable as exc:  # degrade: archives spool until the store is back (SPEC §4)
+            uploader.store_down = True
+            log.warning(
+                "store unavailable at start: %s",
+                exc,
+                extra={"stage": "compress", "err_code": "store_unavailable"},
+            )
+        duration_s = await loop.run_in_executor(executor, warm_encoder, cfg)
+        log.info("encoder warm", extra={"stage": "compress", "model": cfg.format, "event": f"{duration_s:.3f}s"})
+        tasks.append(asyncio.create_task(uploader.run(), name="compress-uploader"))
+
+    try:
+        await run_until_signalled(runner, warmup)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        executor.shutdown(wait=True)
+
+
+def main() -> None:
+    setup_logging(env_str(current_env(), "LOG_LEVEL", "INFO"))
+    run_main(serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Sans-I/O core of one Archive call: frame validation, duration accounting, the key scheme (SPEC §3, §4).
+
+Nothing here awaits or touches files; the servicer feeds frames and spools what `accept` returns.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from proto import common_pb2
+
+FLOW_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+KEY_PREFIX = "records"
+EXTENSIONS = {"ogg_opus": "ogg", "flac": "flac"}
+CODECS = {"ogg_opus": "ogg/opus", "flac": "flac"}
+CONTENT_TYPES = {"ogg": "audio/ogg", "flac": "audio/flac"}
+BYTES_PER_SAMPLE = 2  # PCM16 LE, mono
+
+
+class InvalidFrame(ValueError):
+    """The stream breaks the AudioFrame contract; the call ends with INVALID_ARGUMENT."""
+
+
+def validate_flow_id(flow_id: str) -> str:
+    """Return `flow_id` if it matches ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$, else raise InvalidFrame."""
+    if not FLOW_ID_RE.fullmatch(flow_id):
+        raise InvalidFrame(f"flow_id {flow_id[:64]!r} must match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$")
+    return flow_id
+
+
+def record_key(flow_id: str, fmt: str) -> str:
+    """The one storage key of a flow: `records/<flow_id>.<ext>`. Same flow, same key: retries overwrite."""
+    return f"{KEY_PREFIX}/{validate_flow_id(flow_id)}.{EXTENSIONS[fmt]}"
+
+
+def flow_id_of_key(key: str) -> str | None:
+    """Inverse of `record_key` for any format; None when `key` is not a record key."""
+    prefix, _, name = key.partition("/")
+    stem, dot, ext = name.rpartition(".")
+    if prefix != KEY_PREFIX or not dot or ext not in CONTENT_TYPES or not FLOW_ID_RE.fullmatch(stem):
+        return None
+    return stem
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    sample_rate_hz: int = 16000
+    channels: int = 1
+    max_flow_s: float = 4 * 3600.0
+
+
+class ArchiveSession:
+    """Validates the frames of one flow and counts its samples. `accept` returns the PCM to spool."""
+
+    def __init__(self, limits: SessionLimits) -> None:
+        self.limits = limits
+        self.flow_id = ""
+        self.frames = 0
+        self.samples = 0
+        self.finished = False
+        self._max_samples = int(limits.max_flow_s * limits.sample_rate_hz)
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.limits.sample_rate_hz
+
+    def accept(self, frame: common_pb2.AudioFrame) -> bytes:
+        """Check one frame against the flow; return its PCM. Sets `finished` on `last=true`."""
+        if self.finished:
+            raise InvalidFrame("frame after last=true")
+        if self.frames == 0:
+            self.flow_id = validate_flow_id(frame.flow_id)
+        elif frame.flow_id != self.flow_id:
+            raise InvalidFrame(f"flow_id changed from {self.flow_id!r} to {frame.flow_id[:64]!r} in one call")
+        if frame.pcm:  # a frame without audio (e.g. a bare last=true) may leave sr/channels at 0
+            self._check_format(frame)
+        if len(frame.pcm) % BYTES_PER_SAMPLE:
+            raise InvalidFrame(f"pcm has an odd byte count ({len(frame.pcm)}): PCM16 LE expected")
+        samples = len(frame.pcm) // BYTES_PER_SAMPLE
+        if self.samples + samples > self._max_samples:
+            raise InvalidFrame(f"flow exceeds COMPRESS_MAX_FLOW_S={self.limits.max_flow_s:g} s")
+        self.frames += 1
+        self.samples += samples
+        self.finished = frame.last
+        return frame.pcm
+
+    def _check_format(self, frame: common_pb2.AudioFrame) -> None:
+        if frame.sr != self.limits.sample_rate_hz:
+            raise InvalidFrame(f"sr={frame.sr}: only {self.limits.sample_rate_hz} Hz is accepted")
+        if frame.channels != self.limits.channels:
+            raise InvalidFrame(f"channels={frame.channels}: only mono is accepted")
+
+    def close(self) -> None:
+        """End of stream (half-close or last=true): the flow must hold audio to be archived."""
+        if self.frames == 0:
+            raise InvalidFrame("empty stream: no AudioFrame received")
+        if self.samples == 0:
+            raise InvalidFrame("no audio in stream: every frame had empty pcm")
+        self.finished = True

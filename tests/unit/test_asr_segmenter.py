@@ -1,0 +1,104 @@
+"""Utterance segmentation by VAD endpoints on the session timeline (SPEC §4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.asr.segmenter import Utterance, UtteranceSegmenter
+
+pytestmark = pytest.mark.unit
+MS = 1_000_000
+FRAME = 320  # 20 ms at 16 kHz
+
+
+def feed(seg: UtteranceSegmenter, first_frame: int, n_frames: int) -> list[Utterance]:
+    """Frames whose samples carry their own timeline position in ms, to check cuts exactly."""
+    out: list[Utterance] = []
+    for i in range(first_frame, first_frame + n_frames):
+        pcm = (i * 20 + np.arange(FRAME) / 16).astype(np.float32)
+        out += seg.push_audio(i * 20 * MS, pcm)
+    return out
+
+
+def test_endpoints_cut_one_utterance_with_its_exact_audio() -> None:
+    seg = UtteranceSegmenter(max_utterance_ms=25_000)
+    assert seg.push_endpoint(True, 200 * MS) == []
+    assert feed(seg, 0, 50) == []  # 0..1000 ms
+    assert seg.open is not None and seg.open.start_ns == 200 * MS
+    [utt] = seg.push_endpoint(False, 700 * MS)
+    assert utt.ts == (0.2, 0.7)
+    assert utt.pcm.size == 8000 and utt.pcm[0] == pytest.approx(200.0)
+    assert utt.pcm[-1] == pytest.approx(700 - 1 / 16)
+    assert not utt.forced and seg.open is None
+
+
+def test_endpoint_ahead_of_the_audio_waits_for_it() -> None:
+    seg = UtteranceSegmenter()
+    feed(seg, 0, 10)
+    seg.push_endpoint(True, 100 * MS)
+    assert seg.push_endpoint(False, 500 * MS) == []  # audio only reaches 200 ms
+    assert feed(seg, 10, 14) == []  # 480 ms
+    [utt] = feed(seg, 24, 1)  # 500 ms
+    assert utt.ts == (0.1, 0.5)
+
+
+def test_start_in_the_past_uses_the_preroll() -> None:
+    seg = UtteranceSegmenter(preroll_ms=500)
+    seg.push_endpoint(False, 0)  # leaves the implicit mode at once
+    feed(seg, 0, 100)  # 2 s, only the last 500 ms kept
+    seg.push_endpoint(True, 1700 * MS)
+    [utt] = seg.flush()
+    assert utt.ts == (1.7, 2.0) and utt.pcm[0] == pytest.approx(1700.0)
+    seg2 = UtteranceSegmenter(preroll_ms=500)
+    seg2.push_endpoint(False, 0)
+    feed(seg2, 0, 100)
+    seg2.push_endpoint(True, 100 * MS)  # older than the pre-roll: clamped to what is kept
+    assert seg2.open is not None and seg2.open.start_ns == 1500 * MS
+
+
+def test_max_length_forces_a_cut_and_speech_continues() -> None:
+    seg = UtteranceSegmenter(max_utterance_ms=1000)
+    seg.push_endpoint(True, 0)
+    cut = feed(seg, 0, 130)  # 2.6 s of speech
+    assert [u.ts for u in cut] == [(0.0, 1.0), (1.0, 2.0)] and all(u.forced for u in cut)
+    [last] = seg.push_endpoint(False, 2500 * MS)
+    assert last.ts == (2.0, 2.5) and not last.forced
+
+
+def test_flush_closes_the_open_utterance_at_the_end_of_audio() -> None:
+    seg = UtteranceSegmenter()
+    seg.push_endpoint(True, 300 * MS)
+    feed(seg, 0, 40)
+    seg.push_endpoint(False, 5000 * MS)  # beyond the audio: clamped at flush
+    [utt] = seg.flush()
+    assert utt.ts == (0.3, 0.8)
+    assert seg.flush() == []
+
+
+def test_without_endpoints_the_whole_stream_is_speech() -> None:
+    seg = UtteranceSegmenter()
+    feed(seg, 5, 20)  # starts at 100 ms
+    [utt] = seg.flush()
+    assert utt.ts == (0.1, 0.5) and utt.forced
+
+
+def test_first_start_moves_the_implicit_utterance() -> None:
+    seg = UtteranceSegmenter()
+    feed(seg, 0, 20)
+    implicit = seg.open
+    assert implicit is not None and implicit.start_ns == 0
+    assert seg.push_endpoint(True, 200 * MS) == []  # the leading silence is not finalised
+    moved = seg.open
+    assert moved is not None and moved.start_ns == 200 * MS and moved.index != implicit.index
+
+
+def test_several_utterances_come_out_in_timeline_order_and_stray_ends_are_ignored() -> None:
+    seg = UtteranceSegmenter()
+    out = seg.push_endpoint(False, 0)
+    for start, end in ((100, 300), (500, 900), (1000, 1100)):
+        out += seg.push_endpoint(True, start * MS) + seg.push_endpoint(False, end * MS)
+    out += seg.push_endpoint(False, 1150 * MS)
+    out += feed(seg, 0, 60)
+    assert [u.ts for u in out] == [(0.1, 0.3), (0.5, 0.9), (1.0, 1.1)]
+    assert [u.index for u in out] == sorted(u.index for u in out)

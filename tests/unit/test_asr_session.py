@@ -1,0 +1,210 @@
+"""The ASR session core without gRPC: partial throttling, finals in order, flush, bad frames,
+and the admission limit (SPEC §2 `PARTIAL_INTERVAL_MS`, §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from proto import asr_pb2
+from services.asr.config import AsrConfig
+from services.asr.engines import EngineStream, Result
+from services.asr.scheduler import Admission, Busy, DecodeScheduler
+from services.asr.session import AsrSession, SessionError, StreamParams
+
+pytestmark = pytest.mark.unit
+MS = 1_000_000
+
+
+class FakeEngine:
+    """Implements the Engine interface; text says how much audio it saw; decodes take `decode_s`."""
+
+    name = "fake"
+    model = "fake-model"
+    supports_hotwords = False
+    incremental = False
+
+    def __init__(self, decode_s: float = 0.005) -> None:
+        self.decode_s = decode_s
+        self.partial_calls = 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        self.gate.wait(5)
+        time.sleep(self.decode_s)
+        return Result(f"heard {pcm.size * 1000 // 16000} ms", lang or "en")
+
+    def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream:
+        return FakeStream(self, lang)
+
+
+class FakeStream:
+    def __init__(self, engine: FakeEngine, lang: str) -> None:
+        self.engine, self.lang, self.chunks = engine, lang, [np.zeros(0, np.float32)]
+
+    def accept(self, pcm: np.ndarray) -> None:
+        self.chunks.append(pcm)
+
+    def partial(self) -> str:
+        self.engine.partial_calls += 1
+        return self.engine.transcribe(np.concatenate(self.chunks)).text
+
+    def finish(self) -> Result:
+        return self.engine.transcribe(np.concatenate(self.chunks), self.lang)
+
+    def close(self) -> None:
+        self.chunks.clear()
+
+
+def pcm_frame(seq: int) -> asr_pb2.ClientFrame:
+    return asr_pb2.ClientFrame(opus=asr_pb2.OpusPacket(data=b"\x01\x00" * 320, seq=seq))
+
+
+def endpoint(start: bool, ms: int) -> asr_pb2.ClientFrame:
+    kind = asr_pb2.Endpoint.SPEECH_START if start else asr_pb2.Endpoint.SPEECH_END
+    return asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=kind, pts=ms * MS))
+
+
+async def paced(frames: list[asr_pb2.ClientFrame], gap_s: float) -> AsyncIterator[asr_pb2.ClientFrame]:
+    for frame in frames:
+        yield frame
+        await asyncio.sleep(gap_s)
+
+
+async def run_session(
+    frames: AsyncIterator[asr_pb2.ClientFrame],
+    engine: FakeEngine,
+    interval_ms: int = 250,
+    scheduler: DecodeScheduler | None = None,
+) -> list[tuple[float, asr_pb2.AsrEvent]]:
+    config = AsrConfig(min_partial_audio_ms=100)
+    params = StreamParams.from_start(
+        asr_pb2.Start(flow_id="f1", codec="pcm", sr=16000, channels=1, frame_ms=20, partial_interval_ms=interval_ms),
+        config,
+    )
+    events: list[tuple[float, asr_pb2.AsrEvent]] = []
+
+    async def emit(event: asr_pb2.AsrEvent) -> None:
+        events.append((time.monotonic(), event))
+
+    await AsrSession(params, engine, scheduler or DecodeScheduler(1), config).run(frames, emit)
+    return events
+
+
+async def test_partials_are_never_closer_than_the_interval() -> None:
+    frames = [endpoint(True, 0)] + [pcm_frame(i) for i in range(150)] + [endpoint(False, 3000)]
+    events = await run_session(paced(frames, 0.005), FakeEngine(), interval_ms=100)
+    partial_at = [t for t, e in events if e.type == "partial"]
+    assert len(partial_at) >= 3
+    assert min(np.diff(partial_at)) >= 0.1
+    assert [e.type for _, e in events][-2:] == ["final", "end"]
+
+
+async def test_finals_follow_the_endpoints_in_timeline_order_then_end() -> None:
+    frames = [
+        endpoint(True, 100),
+        endpoint(False, 500),
+        endpoint(True, 600),
+        endpoint(False, 900),
+        endpoint(True, 1000),
+    ] + [pcm_frame(i) for i in range(60)]
+    events = await run_session(paced(frames, 0), FakeEngine(), interval_ms=1000)
+    finals = [e for _, e in events if e.type == "final"]
+    assert [(e.text, [round(x, 3) for x in e.ts]) for e in finals] == [
+        ("heard 400 ms", [0.1, 0.5]),
+        ("heard 300 ms", [0.6, 0.9]),
+        ("heard 200 ms", [1.0, 1.2]),
+    ]
+    assert all(e.flow_id == "f1" and e.model == "fake-model" and e.lang == "en" for e in finals)
+    assert events[-1][1].type == "end"
+
+
+async def test_partials_are_skipped_while_the_decoders_are_busy() -> None:
+    engine = FakeEngine()
+    scheduler = DecodeScheduler(1)
+    engine.gate.clear()  # another session's final holds the only worker
+    blocker = asyncio.create_task(scheduler.run(lambda: engine.transcribe(np.zeros(1, np.float32))))
+    frames = [endpoint(True, 0)] + [pcm_frame(i) for i in range(40)]
+
+    async def release_later() -> AsyncIterator[asr_pb2.ClientFrame]:
+        async for frame in paced(frames, 0.005):
+            yield frame
+        engine.gate.set()
+
+    events = await run_session(release_later(), engine, interval_ms=50, scheduler=scheduler)
+    await blocker
+    assert engine.partial_calls == 0
+    assert [e.type for _, e in events] == ["final", "end"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (asr_pb2.ClientFrame(start=asr_pb2.Start(codec="pcm")), "duplicate_start"),
+        (asr_pb2.ClientFrame(), "empty_frame"),
+        (asr_pb2.ClientFrame(opus=asr_pb2.OpusPacket(data=b"\x00" * 3, seq=1)), "bad_packet"),
+        (asr_pb2.ClientFrame(opus=asr_pb2.OpusPacket(data=b"\x00\x00", seq=-1)), "bad_seq"),
+        (asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(pts=5)), "bad_endpoint"),
+    ],
+)
+async def test_bad_frames_end_the_session_with_a_code(frame: asr_pb2.ClientFrame, code: str) -> None:
+    with pytest.raises(SessionError) as err:
+        await run_session(paced([pcm_frame(0), frame, pcm_frame(1)], 0), FakeEngine())
+    assert err.value.code == code
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        asr_pb2.Start(codec="flac"),
+        asr_pb2.Start(sr=8000),
+        asr_pb2.Start(channels=2),
+        asr_pb2.Start(frame_ms=25),
+    ],
+)
+def test_bad_start_is_refused(start: asr_pb2.Start) -> None:
+    with pytest.raises(SessionError):
+        StreamParams.from_start(start, AsrConfig())
+
+
+async def test_admission_queues_then_refuses() -> None:
+    admission = Admission(max_sessions=1, queue=1, queue_timeout_s=5)
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def session(name: str) -> None:
+        async with admission.slot():
+            order.append(name)
+            first_in.set()
+            await release.wait()
+
+    first = asyncio.create_task(session("a"))
+    await first_in.wait()
+    second = asyncio.create_task(session("b"))
+    for _ in range(100):  # let "b" reach the queue
+        if admission.waiting:
+            break
+        await asyncio.sleep(0)
+    assert admission.waiting == 1
+    with pytest.raises(Busy):
+        async with admission.slot():
+            pass
+    release.set()
+    await asyncio.gather(first, second)
+    assert order == ["a", "b"] and admission.active == 0
+
+
+async def test_admission_queue_wait_is_bounded() -> None:
+    admission = Admission(max_sessions=1, queue=1, queue_timeout_s=0.05)
+    async with admission.slot():
+        with pytest.raises(Busy):
+            async with admission.slot():
+                pass
+    assert admission.waiting == 0 and admission.active == 0
