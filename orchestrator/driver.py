@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -45,6 +45,7 @@ class SessionDriver:
         stage_backlog_s: float,
         stage_timeout_s: float,
         route: Callable[[str, str], str] | None = None,
+        before_end: Callable[[Session], Awaitable[None]] | None = None,
     ) -> None:
         self.session = session
         self.ws = ws
@@ -57,6 +58,7 @@ class SessionDriver:
         self._contexts: list[StageContext] = []
         self._partial_timer: asyncio.TimerHandle | None = None
         self._route = route
+        self._before_end = before_end
         self._language: asyncio.Future[str] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._feeds_closed = False
@@ -115,7 +117,7 @@ class SessionDriver:
             metrics.EGRESS_EVENTS.labels(event["type"]).inc()
             if event["type"] == "error":
                 metrics.ERRORS.labels(event["code"]).inc()
-            self._out.put_nowait(json.dumps(event, ensure_ascii=False))
+            self._out.put_nowait((event["type"], json.dumps(event, ensure_ascii=False)))
         due = s.partial_due_at
         if due is not None and self._partial_timer is None:
             self._partial_timer = asyncio.get_running_loop().call_later(
@@ -212,7 +214,8 @@ class SessionDriver:
             raise
         except Exception as exc:
             log.warning(
-                "stage failed", exc_info=exc,
+                "stage failed",
+                exc_info=exc,
                 extra={"flowId": ctx.flow_id, "stage": stage.name, "err_code": type(exc).__name__},
             )
             self.report(StageFailed(stage.name, _describe(exc)))
@@ -235,10 +238,14 @@ class SessionDriver:
             item = await self._out.get()
             if item is _CLOSE:
                 break
+            kind, text = item
+            if self._before_end is not None and kind == "end":
+                # e.g. the deferred transcription job is durable before the client hears `end`
+                await self._before_end(self.session)
             if gone:
                 continue
             try:
-                await self.ws.send(item)
+                await self.ws.send(text)
             except ConnectionClosed:
                 gone = True
         code, reason = self.session.close or (1000, "end")

@@ -144,7 +144,7 @@ class Gateway:
             )
         route = self.pools.table.route if self.pools is not None else None
         driver = SessionDriver(
-            session, ws, self._stages, self.config.stage_backlog_s, self.config.stage_timeout_s, route
+            session, ws, self._stages, self.config.stage_backlog_s, self.config.stage_timeout_s, route, self._before_end
         )
         self.drivers.add(driver)
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
@@ -162,12 +162,15 @@ class Gateway:
             if self.draining and not self.drivers:
                 self._all_closed.set()
             metrics.ACTIVE_SESSIONS.set(len(self.drivers))
-            if session.needs_deferred_transcript and self.jobs is not None and session.record_url:
-                assert session.flow_id and session.start
-                await self.jobs.enqueue(session.flow_id, session.record_url, session.lang, session.start.domain)
             reason = session.end_reason or (session.close[1] if session.close else "unknown")
             metrics.SESSIONS.labels(reason).inc()
             log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
+
+    async def _before_end(self, session: Session) -> None:
+        """A record-only session's transcription job is stored before its `end` goes out."""
+        if session.needs_deferred_transcript and self.jobs is not None and session.record_url:
+            assert session.flow_id and session.start
+            await self.jobs.enqueue(session.flow_id, session.record_url, session.lang, session.start.domain)
 
     async def _start_jobs(self) -> None:
         """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""
@@ -193,8 +196,13 @@ class Gateway:
             )
 
     async def _asr_capacity(self) -> bool:
+        """Checked before each deferred job: probe the members now rather than trust the last round, so a
+        dead ASR does not burn the job's attempts (the failure cooldown is for recordings that fail)."""
+        if self.pools is None:
+            return False
+        await self.pools.check_health()
         now = time.monotonic()
-        return self.pools is not None and any(p.pick(now) is not None for p in self.pools.pools.values())
+        return any(p.pick(now) is not None for p in self.pools.pools.values())
 
     async def _sweep(self) -> None:
         """One timer for all sessions: idle flush, start timeout, length cap."""

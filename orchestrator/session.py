@@ -211,7 +211,17 @@ class Session:
                 }
             )
         elif isinstance(event, LangDetected):
-            self._emit({"type": "lid", "flowId": self.flow_id, "lang": event.lang, "score": round(event.score, 4)})
+            self.lang = event.lang
+            lid = {
+                "type": "lid",
+                "flowId": self.flow_id,
+                "lang": event.lang,
+                "score": round(event.score, 4),
+                "source": event.source,
+            }
+            if event.pool:
+                lid["pool"] = event.pool
+            self._emit(lid)
         elif isinstance(event, Transcript):
             self._on_transcript(event, now)
         elif isinstance(event, StageLatency):

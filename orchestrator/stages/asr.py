@@ -93,8 +93,9 @@ class AsrStage:
             if first.type == "error":
                 call.cancel()
                 if first.code == "busy":  # the refusal; its status may arrive as INTERNAL (grpc#36066)
-                    raise grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
-                                               grpc.aio.Metadata(), first.text)
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(), first.text
+                    )
                 raise AsrError(f"{first.code or 'asr_error'}: {first.text}")
             return call
 

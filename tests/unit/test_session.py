@@ -6,6 +6,7 @@ import pytest
 from orchestrator.protocol import Close, ErrorCode
 from orchestrator.session import Session, SessionConfig, State
 from orchestrator.stage_events import (
+    LangDetected,
     RecordReady,
     SpeechBoundary,
     StageDone,
@@ -259,3 +260,14 @@ def test_partials_never_closer_than_interval_property() -> None:
         sent_at += [t for e in s.events_to_send() if e["type"] == "asr_partial"]
     gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(sent_at) > 10 and min(gaps) >= 0.25 - 1e-9
+
+
+def test_lid_event_carries_source_and_pool_and_sets_the_language() -> None:
+    s = Session(SessionConfig(stages=("lid",)), 0.0, "gen")
+    s.receive_text(start_msg(**{"return": ["lid"]}), 0.0)
+    s.events_to_send()
+    s.stage_event(LangDetected("zh", 0.98765, "lid", "multi"), 0.5)
+    (event,) = s.events_to_send()
+    check_event(event)
+    assert event == {"type": "lid", "flowId": "f1", "lang": "zh", "score": 0.9877, "source": "lid", "pool": "multi"}
+    assert s.lang == "zh"
