@@ -73,8 +73,13 @@ def _pump(stream: object, lines: queue.Queue[bytes], echo: bool) -> None:
             sys.stdout.flush()
 
 
-def launch(name: str, args: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
-           timeout_s: float = 60.0, echo_stdout: bool = False) -> RunningService:
+def launch(
+    name: str,
+    args: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 60.0,
+    echo_stdout: bool = False,
+) -> RunningService:
     """Run `python -m services.<name>` (or `args`) and wait for its `listening` line."""
     cmd = list(args) if args else [sys.executable, "-m", f"services.{name}"]
     full_env = dict(os.environ)
@@ -108,5 +113,4 @@ def launch(name: str, args: Sequence[str] | None = None, env: Mapping[str, str] 
         except ValueError:
             continue
         if isinstance(msg, dict) and msg.get("event") == "listening":
-            return RunningService(name, proc, msg["host"], int(msg["grpc_port"]), int(msg["http_port"]),
-                                  lines, pump)
+            return RunningService(name, proc, msg["host"], int(msg["grpc_port"]), int(msg["http_port"]), lines, pump)

@@ -9,8 +9,19 @@ import time
 
 # Log fields of SPEC §7; pass them through `extra={...}`.
 FIELDS = (
-    "flowId", "stage", "seq", "sr", "ns", "bytes_in", "bytes_out", "lang", "model", "latency_ms",
-    "err_code", "asr_link_codec", "event",
+    "flowId",
+    "stage",
+    "seq",
+    "sr",
+    "ns",
+    "bytes_in",
+    "bytes_out",
+    "lang",
+    "model",
+    "latency_ms",
+    "err_code",
+    "asr_link_codec",
+    "event",
 )
 
 

@@ -57,8 +57,13 @@ AddServicers = Callable[[grpc.aio.Server], None]
 class ServiceRunner:
     """Owns the servers of one service process. `ready()` flips health to SERVING."""
 
-    def __init__(self, name: str, config: ServerConfig, add_servicers: AddServicers,
-                 http_routes: list[web.RouteDef] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: ServerConfig,
+        add_servicers: AddServicers,
+        http_routes: list[web.RouteDef] | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.health = health.aio.HealthServicer()
@@ -106,14 +111,12 @@ class ServiceRunner:
 
 def announce(name: str, host: str, grpc_port: int, http_port: int) -> None:
     """One JSON line on stdout that launchers read to learn the bound ports."""
-    line = {"event": "listening", "service": name, "host": host, "grpc_port": grpc_port,
-            "http_port": http_port}
+    line = {"event": "listening", "service": name, "host": host, "grpc_port": grpc_port, "http_port": http_port}
     sys.stdout.write(json.dumps(line) + "\n")
     sys.stdout.flush()
 
 
-async def run_until_signalled(runner: ServiceRunner,
-                              warmup: Callable[[], Awaitable[None]] | None = None) -> None:
+async def run_until_signalled(runner: ServiceRunner, warmup: Callable[[], Awaitable[None]] | None = None) -> None:
     """Start, warm up, report SERVING, then wait for SIGTERM/SIGINT and stop with grace."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

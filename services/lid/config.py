@@ -39,9 +39,7 @@ class LidConfig:
 
     def __post_init__(self) -> None:
         if self.min_s <= 0 or self.first_n_s < self.min_s:
-            raise ConfigError(
-                f"need 0 < LID_MIN_SECONDS ({self.min_s}) <= LID_FIRST_N_SECONDS ({self.first_n_s})"
-            )
+            raise ConfigError(f"need 0 < LID_MIN_SECONDS ({self.min_s}) <= LID_FIRST_N_SECONDS ({self.first_n_s})")
         if not 0.0 < self.confidence <= 1.0:
             raise ConfigError(f"LID_CONFIDENCE={self.confidence} must be in (0, 1]")
         if self.window_s <= 0 or self.window_s > 30:

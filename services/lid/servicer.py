@@ -28,12 +28,8 @@ log = logging.getLogger("services.lid")
 
 _MS_BUCKETS = (10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
 # SPEC §7 names `lid_latency_ms`: here from the first audio frame received to the answer sent.
-LATENCY_MS = Histogram(
-    "lid_latency_ms", "First audio frame received -> LidResult sent (ms)", buckets=_MS_BUCKETS
-)
-INFERENCE_MS = Histogram(
-    "lid_inference_ms", "One language detection in the executor (ms)", buckets=_MS_BUCKETS
-)
+LATENCY_MS = Histogram("lid_latency_ms", "First audio frame received -> LidResult sent (ms)", buckets=_MS_BUCKETS)
+INFERENCE_MS = Histogram("lid_inference_ms", "One language detection in the executor (ms)", buckets=_MS_BUCKETS)
 RESULTS = Counter("lid_results_total", "Answers by detected language and reason", ["lang", "reason"])
 CALLS = Counter("lid_calls_total", "Finished Detect calls by status code", ["code"])
 ACTIVE = Gauge("lid_active_sessions", "Open lid.v1.Lid/Detect calls")
@@ -48,9 +44,7 @@ class LidServicer(lid_pb2_grpc.LidServicer):
         self._detector = detector
         self._sessions = 0
 
-    async def Detect(
-        self, request_iterator: FrameIter, context: grpc.aio.ServicerContext
-    ) -> lid_pb2.LidResult:
+    async def Detect(self, request_iterator: FrameIter, context: grpc.aio.ServicerContext) -> lid_pb2.LidResult:
         if self._sessions >= self._config.max_sessions:
             CALLS.labels("RESOURCE_EXHAUSTED").inc()
             await context.abort(
@@ -149,9 +143,7 @@ class LidServicer(lid_pb2_grpc.LidServicer):
                 "event": "lid",
             },
         )
-        return lid_pb2.LidResult(
-            flow_id=flow_id, lang=answer.lang, score=answer.score, audio_ms=answer.audio_ms
-        )
+        return lid_pb2.LidResult(flow_id=flow_id, lang=answer.lang, score=answer.score, audio_ms=answer.audio_ms)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -49,9 +49,7 @@ def to_pcm16(x: np.ndarray) -> bytes:
     return (np.clip(x, -1, 1 - 1 / 32768) * 32768).astype("<i2").tobytes()
 
 
-def run(
-    config: VadConfig, pcm: bytes, frame_samples: int = FRAME
-) -> tuple[list[common_pb2.AudioFrame], list[float]]:
+def run(config: VadConfig, pcm: bytes, frame_samples: int = FRAME) -> tuple[list[common_pb2.AudioFrame], list[float]]:
     """Stream `pcm` in messages of `frame_samples`; return output frames and per-message seconds."""
     session = VadSession(config, lambda: make_detector(config))
     out: list[common_pb2.AudioFrame] = []

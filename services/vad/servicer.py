@@ -35,9 +35,7 @@ REJECTED = Counter("vad_rejected_total", "Calls ended by bad input or limits", [
 
 
 class VadServicer(vad_pb2_grpc.VadServicer):
-    def __init__(
-        self, config: VadConfig, executor: Executor, make_detector: Callable[[], SpeechDetector]
-    ) -> None:
+    def __init__(self, config: VadConfig, executor: Executor, make_detector: Callable[[], SpeechDetector]) -> None:
         self._config = config
         self._executor = executor
         self._make_detector = make_detector

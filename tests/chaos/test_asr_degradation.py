@@ -71,9 +71,15 @@ def test_asr_killed_mid_session_then_transcribed_later(stack: Stack, clips: Path
 
     async def go() -> Any:
         partial = asyncio.Event()
-        task = asyncio.create_task(stream_pcm(
-            stack.url, pcm, speed=1.0, start={"flowId": "killed-mid", "return": ["asr", "record_url"]},
-            on_event=lambda e: partial.set() if e["type"] == "asr_partial" else None))
+        task = asyncio.create_task(
+            stream_pcm(
+                stack.url,
+                pcm,
+                speed=1.0,
+                start={"flowId": "killed-mid", "return": ["asr", "record_url"]},
+                on_event=lambda e: partial.set() if e["type"] == "asr_partial" else None,
+            )
+        )
         await asyncio.wait_for(partial.wait(), seconds(20))  # the ASR is serving this session
         stack.running["asr"].kill()
         return await task

@@ -180,7 +180,7 @@ async def test_bad_packet_ends_only_its_stream(asr: RunningService) -> None:
             async for event in call:
                 seen.append(event)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert [(e.type, e.code) for e in seen] == [("error", "bad_packet")]
+        assert [(e.type, e.code) for e in seen] == [("ready", ""), ("error", "bad_packet")]
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert 'asr_inflight_sessions{engine="whisper",model="whisper-tiny.en"}' in metrics_text(asr)

@@ -25,9 +25,9 @@ MAX_SESSIONS = 2
 
 @pytest.fixture(scope="module")
 def lid() -> Iterator[RunningService]:
-    svc = launch(
-        "lid", env={"LID_MAX_SESSIONS": str(MAX_SESSIONS), "LID_CPU_THREADS": "1"}, timeout_s=seconds(60)
-    )
+    # A long idle timeout, so that only the early-answer policy can answer an open, silent client.
+    env = {"LID_MAX_SESSIONS": str(MAX_SESSIONS), "LID_CPU_THREADS": "1", "LID_IDLE_TIMEOUT_S": "120"}
+    svc = launch("lid", env=env, timeout_s=seconds(60))
     try:
         yield svc
     finally:
@@ -149,9 +149,7 @@ async def metric(lid: RunningService, name: str) -> float:
     return float(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[-1])
 
 
-async def test_sessions_past_the_limit_get_resource_exhausted(
-    lid: RunningService, stub: lid_pb2_grpc.LidStub
-) -> None:
+async def test_sessions_past_the_limit_get_resource_exhausted(lid: RunningService, stub: lid_pb2_grpc.LidStub) -> None:
     quiet = frames(b"\x00\x00" * 1600, "hold")[0]  # 0.1 s: nobody answers yet
     held = [stub.Detect(timeout=seconds(30)) for _ in range(MAX_SESSIONS)]
     for call in held:

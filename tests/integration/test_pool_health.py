@@ -40,9 +40,7 @@ class FakeRecognize(asr_pb2_grpc.RecognizeServicer):
 class FakeAsr:
     """A grpc.aio server with grpc.health.v1 and a FakeRecognize, on 127.0.0.1."""
 
-    def __init__(
-        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType, busy: bool = False
-    ) -> None:
+    def __init__(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType, busy: bool = False) -> None:
         self.status, self.busy = status, busy
         self.port = 0
         self.server: grpc.aio.Server | None = None

@@ -208,9 +208,7 @@ async def _until_job(store: AsyncJobStore, flow_id: str, status: str, attempts: 
     raise AssertionError(f"{flow_id} never reached {status} after {attempts} attempts: {job}")
 
 
-async def test_job_survives_asr_outage(
-    fake_asr: tuple[FakeRecognizer, str], archive: str, tmp_path: Path
-) -> None:
+async def test_job_survives_asr_outage(fake_asr: tuple[FakeRecognizer, str], archive: str, tmp_path: Path) -> None:
     """ASR down: the job backs off; ASR back: it completes and the transcript view has the SRT."""
     fake, addr = fake_asr
     fake.mode = "unavailable"

@@ -172,9 +172,7 @@ async def test_stream_limit_and_gauge(vad: RunningService) -> None:
 
 def test_health_and_metrics(vad: RunningService, counting: bytes) -> None:
     with grpc.insecure_channel(vad.grpc_addr) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=seconds(5)
-        )
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=seconds(5))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         list(vad_pb2_grpc.VadStub(channel).Stream(iter(messages("m", counting)), timeout=seconds(30)))
     with urllib.request.urlopen(f"{vad.http_base}/healthz", timeout=seconds(5)) as resp:

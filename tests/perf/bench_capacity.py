@@ -112,9 +112,7 @@ def run_level(url: str, gw_pid: int, sessions: int, seconds: float, procs: int) 
         "gateway_peak_rss_mb": peak_rss / 2**20,
         "ack_ms_p50": statistics.median(r["ack_ms"] for r in ok) if ok else float("nan"),
         "end_lag_ms_p50": statistics.median(r["end_ms"] for r in ok) if ok else float("nan"),
-        "end_lag_ms_p95": statistics.quantiles([r["end_ms"] for r in ok], n=20)[-1]
-        if len(ok) > 1
-        else float("nan"),
+        "end_lag_ms_p95": statistics.quantiles([r["end_ms"] for r in ok], n=20)[-1] if len(ok) > 1 else float("nan"),
         "client_late_ms_max_p50": statistics.median(r["late_ms"] for r in ok) if ok else float("nan"),
     }
 

@@ -114,10 +114,7 @@ async def bench_service(clips: list[tuple[str, str, bytes]], cpu_threads: int) -
         async with grpc.aio.insecure_channel(svc.grpc_addr) as channel:
             stub = lid_pb2_grpc.LidStub(channel)
             for real_time in (True, False):
-                got = [
-                    await one_call(stub, frames(pcm, f"{lang}-{name}"), real_time)
-                    for lang, name, pcm in clips
-                ]
+                got = [await one_call(stub, frames(pcm, f"{lang}-{name}"), real_time) for lang, name, pcm in clips]
                 pairs = list(zip(got, clips, strict=True))
                 row = {
                     "part": "service",
@@ -126,9 +123,7 @@ async def bench_service(clips: list[tuple[str, str, bytes]], cpu_threads: int) -
                     "accuracy": f"{sum(g[0] == c[0] for g, c in pairs)}/{len(clips)}",
                     "median_audio_ms": statistics.median(g[1] for g in got),
                     "median_answer_ms": round(statistics.median(g[2] for g in got), 1),
-                    "misses": [
-                        f"{c[0]}/{c[1]}->{g[0]}" for g, c in zip(got, clips, strict=True) if g[0] != c[0]
-                    ],
+                    "misses": [f"{c[0]}/{c[1]}->{g[0]}" for g, c in zip(got, clips, strict=True) if g[0] != c[0]],
                 }
                 print(json.dumps(row), flush=True)
     finally:

@@ -381,9 +381,7 @@ def test_to_srt_numbers_and_formats_hours() -> None:
         {"text": "", "ts": [2, 3], "lang": "en"},
         {"text": "two", "ts": [3725.004, 3726], "lang": "en"},
     ]
-    assert to_srt(finals) == (
-        "1\n00:00:00,000 --> 00:00:01,500\none\n\n2\n01:02:05,004 --> 01:02:06,000\ntwo\n"
-    )
+    assert to_srt(finals) == ("1\n00:00:00,000 --> 00:00:01,500\none\n\n2\n01:02:05,004 --> 01:02:06,000\ntwo\n")
     assert to_srt([]) == ""
 
 

@@ -164,9 +164,7 @@ async def test_first_member_opens() -> None:
 async def test_failure_retries_next_member_and_counts_for_breaker() -> None:
     pool, calls, clock = make_pool(3), list[str](), Clock()
     a, b, c = pool.members
-    fn = scripted(
-        {a.addr: [rpc_error(grpc.StatusCode.UNAVAILABLE)], b.addr: [TimeoutError()], c.addr: ["ok"]}, calls
-    )
+    fn = scripted({a.addr: [rpc_error(grpc.StatusCode.UNAVAILABLE)], b.addr: [TimeoutError()], c.addr: ["ok"]}, calls)
     lease = await open_with_retries(pool, fn, clock, 3)
     assert lease.member is c and calls == [a.addr, b.addr, c.addr]
     assert lease.attempts == ((a.addr, "UNAVAILABLE"), (b.addr, "timeout"))
