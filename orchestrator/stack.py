@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ class Stack:
     echo: bool = False
     running: dict[str, RunningService] = field(default_factory=dict)
     workdir: Path | None = None
+    _seaweed: Any = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -94,7 +96,20 @@ class Stack:
             env["ROUTING_FILE"] = str(routing)
         return env
 
+    def _start_object_storage(self) -> None:
+        """STORAGE_BACKEND=s3 without an S3_ENDPOINT_URL: run a local SeaweedFS (docs/storage.md)."""
+        if self.env.get("STORAGE_BACKEND") != "s3" or self.env.get("S3_ENDPOINT_URL"):
+            return
+        from services.compress.seaweed import SeaweedS3
+
+        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="speechgw-stack-"))
+        self._seaweed = SeaweedS3(self.workdir / "seaweed")
+        self._seaweed.start()
+        self.env = {**self.env, **self._seaweed.env(self.env.get("S3_BUCKET", "speechgw-records"))}
+
     def start(self, timeout_s: float = 180.0) -> Stack:
+        self._start_object_storage()
+
         def one(name: str) -> RunningService:
             module, _, pool = name.partition(".")
             env = {**self.env, **POOL_ENV.get(pool, {})} if module == "asr" else dict(self.env)
@@ -134,6 +149,9 @@ class Stack:
             svc = self.running.pop(name, None)
             if svc is not None:
                 svc.stop()
+        if self._seaweed is not None:
+            self._seaweed.stop()
+            self._seaweed = None
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -148,7 +166,7 @@ def _services_from_env() -> tuple[str, ...]:
 
 
 def cmd_run(port: int) -> int:
-    stack = Stack(_services_from_env(), env={}, gateway_port=port, echo=True)
+    stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -161,7 +179,7 @@ def cmd_run(port: int) -> int:
 def cmd_demo(clip: Path, speed: float) -> int:
     from orchestrator.client import load_wav, stream_pcm
 
-    env = {"LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}
     with Stack(_services_from_env(), env=env) as stack:
         print(f"# stack up at {stack.url}; streaming {clip.name} at {speed:g}x real time", file=sys.stderr)
         result = asyncio.run(

