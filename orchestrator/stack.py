@@ -13,12 +13,11 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from services.common.launcher import RunningService, launch
 
@@ -167,12 +166,13 @@ def _services_from_env() -> tuple[str, ...]:
 
 def cmd_run(port: int) -> int:
     stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with stack:
         print(f"stack up: {stack.url}  (Ctrl-C stops)", file=sys.stderr, flush=True)
-        stop.wait()
+        # Wait for Ctrl-C or SIGTERM without a Python handler (an Event.set in a handler can deadlock
+        # the main thread). The children are already started, so they keep the default mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        print("stopping the stack", file=sys.stderr, flush=True)
     return 0
 
 

@@ -19,8 +19,8 @@ import soundfile as sf
 
 from proto import common_pb2, compress_pb2, compress_pb2_grpc
 from services.common.launcher import RunningService, launch
-from tests.conftest import seconds, wait_for
 from services.compress.seaweed import SeaweedS3, running_seaweed
+from tests.conftest import seconds, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -46,8 +46,13 @@ def percentile(values: list[float], q: float) -> float:
 def run_engine(name: str, env: dict[str, str], runs: int) -> dict[str, object]:
     clips = package_dir("pytest_audioeval") / "samples" / "audio" / "en"
     work = tempfile.mkdtemp(prefix="bench-latency-")
-    base = {"LOG_LEVEL": "WARNING", "COMPRESS_STORE_DIR": f"{work}/rec", "COMPRESS_SPOOL_DIR": f"{work}/spool",
-            "JOBS_DB": f"{work}/jobs.sqlite", **env}
+    base = {
+        "LOG_LEVEL": "WARNING",
+        "COMPRESS_STORE_DIR": f"{work}/rec",
+        "COMPRESS_SPOOL_DIR": f"{work}/spool",
+        "JOBS_DB": f"{work}/jobs.sqlite",
+        **env,
+    }
     first, final, refs, hyps = [], [], [], []
     with Stack(("vad", "asr", "compress"), env=base) as stack:
         for _ in range(runs):
@@ -81,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--engines", default=",".join(ENGINES))
     args = p.parse_args(argv)
-    print(f"# first partial from the first speech sample, through gateway+VAD+ASR, {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}", flush=True)
+    print(
+        f"# first partial from the first speech sample, through gateway+VAD+ASR, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d')}",
+        flush=True,
+    )
     for name in args.engines.split(","):
         print(json.dumps(run_engine(name, ENGINES[name], args.runs)), flush=True)
     return 0
