@@ -24,6 +24,8 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from orchestrator.srt import to_srt
+
 SAMPLE_RATE = 16000
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/stream"
 
@@ -111,18 +113,6 @@ async def stream_pcm(
     return result
 
 
-def _write_srt(finals: list[dict[str, Any]], path: Path) -> None:
-    def stamp(t: float) -> str:
-        ms = round(t * 1000)
-        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
-
-    lines = []
-    for i, ev in enumerate(finals, 1):
-        start, end = ev["ts"]
-        lines += [str(i), f"{stamp(start)} --> {stamp(end)}", ev["text"].strip(), ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="speechgw-client", description=__doc__.split("\n")[1])
     p.add_argument("input", help="WAV (any rate/channels) or '-' for raw PCM16 LE 16 kHz mono on stdin")
@@ -159,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream_pcm(args.url, pcm, start=start, chunk_ms=args.chunk_ms, speed=args.speed, on_event=show)
     )
     if args.srt:
-        _write_srt(result.of_type("asr_final"), args.srt)
+        args.srt.write_text(to_srt(result.of_type("asr_final")), encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps(result.events, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0 if result.ok else 1

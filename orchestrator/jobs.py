@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from prometheus_client import Counter, Gauge
 
 from orchestrator.protocol import FLOW_ID_RE
+from orchestrator.srt import to_srt
 from services.common.envconf import ConfigError, env_float, env_int, env_str
 
 log = logging.getLogger(__name__)
@@ -496,23 +497,6 @@ def normalise_finals(finals: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return out
-
-
-def _srt_stamp(t: float) -> str:
-    ms = max(0, round(t * 1000))
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
-
-
-def to_srt(finals: list[dict[str, Any]]) -> str:
-    """SubRip text of the finals, numbered from 1; finals without text are skipped."""
-    blocks: list[str] = []
-    for f in finals:
-        text = str(f["text"]).strip()
-        if not text:
-            continue
-        start, end = (float(x) for x in f["ts"])
-        blocks.append(f"{len(blocks) + 1}\n{_srt_stamp(start)} --> {_srt_stamp(max(start, end))}\n{text}\n")
-    return "\n".join(blocks)
 
 
 def _iso(t: float | None) -> str | None:
