@@ -33,12 +33,23 @@ _NUMBERS = (
 )
 
 
-def normalise(text: str) -> str:
+def normalise(text: str, *, spell_numbers: bool = True) -> str:
+    """Lowercase, hyphens and punctuation to spaces, whitespace collapsed; with `spell_numbers`,
+    standalone 0-20 as words too."""
     text = re.sub(r"[-–—]", " ", text.lower())
-    text = re.sub(r"\b(\d{1,2})\b", lambda m: _NUMBERS[int(m.group(1))] if int(m.group(1)) <= 20 else m.group(1), text)
+    if spell_numbers:
+        text = re.sub(r"\b(\d{1,2})\b", _spell, text)
     return " ".join(re.sub(r"[^\w' ]+", " ", text).split())
 
 
-def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Corpus WER over normalised texts."""
-    return float(jiwer.wer([normalise(r) for r in refs], [normalise(h) for h in hyps]))
+def _spell(match: re.Match[str]) -> str:
+    n = int(match.group(1))
+    return _NUMBERS[n] if n <= 20 else match.group(1)
+
+
+def wer(refs: Sequence[str], hyps: Sequence[str], *, spell_numbers: bool = True) -> float:
+    """Corpus WER over normalised texts; an empty hypothesis is scored as the one word "<empty>"
+    (the same WER as no words; some jiwer versions refuse empty strings)."""
+    norm_refs = [normalise(r, spell_numbers=spell_numbers) for r in refs]
+    norm_hyps = [normalise(h, spell_numbers=spell_numbers) or "<empty>" for h in hyps]
+    return float(jiwer.wer(norm_refs, norm_hyps))

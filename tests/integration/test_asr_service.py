@@ -4,13 +4,11 @@ bad input, the busy refusal, health and metrics."""
 from __future__ import annotations
 
 import asyncio
-import re
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
-import jiwer
 import numpy as np
 import opuslib
 import pytest
@@ -20,19 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from proto import asr_pb2, asr_pb2_grpc
 from services.common.launcher import RunningService, launch
 from tests.conftest import seconds, wait_for
+from tests.wer import wer
 
 pytestmark = pytest.mark.integration
 MS = 1_000_000
 WER_BOUND = 0.12  # whisper tiny.en measured 0.0 on quick_brown_fox, Opus and PCM (docs/services/asr.md)
 SPHINX_WER_BOUND = 0.1  # pocketsphinx en-us measured 0.0 on counting, Opus and PCM
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return float(jiwer.wer(normalise(reference), normalise(hypothesis) or "<empty>"))
 
 
 def clip_frames(path: Path, codec: str, bitrate: int = 20000) -> tuple[list[bytes], float, int, int]:
@@ -127,7 +118,7 @@ async def test_clip_transcript_over_each_link_codec(asr: RunningService, clips: 
     reference = (clips / "en" / "quick_brown_fox.txt").read_text()
     events = await asyncio.wait_for(stream_clip(asr.grpc_addr, path, codec), seconds(30))
     text = check_transcript(events, sf.info(path).duration)
-    assert wer(reference, text) <= WER_BOUND, text
+    assert wer([reference], [text]) <= WER_BOUND, text
 
 
 async def test_opus_stream_falling_back_to_pcm_midway_in_batches(asr: RunningService, clips: Path) -> None:
@@ -150,7 +141,7 @@ async def test_opus_stream_falling_back_to_pcm_midway_in_batches(asr: RunningSer
         call = asr_pb2_grpc.RecognizeStub(channel).Stream(frames())
         events = await asyncio.wait_for(_collect(call), seconds(30))
     text = check_transcript(events, duration_s)
-    assert wer((clips / "en" / "quick_brown_fox.txt").read_text(), text) <= WER_BOUND, text
+    assert wer([(clips / "en" / "quick_brown_fox.txt").read_text()], [text]) <= WER_BOUND, text
 
 
 async def _collect(call: AsyncIterator[asr_pb2.AsrEvent]) -> list[asr_pb2.AsrEvent]:
@@ -233,6 +224,6 @@ async def test_sphinx_engine_streams_partials_and_a_final(clips: Path) -> None:
         partials = [e for e in events if e.type == "partial"]
         finals = [e for e in events if e.type == "final"]
         assert len(partials) >= 2 and all(e.model == "sphinx-en-us" for e in partials + finals)
-        assert wer(reference, " ".join(f.text for f in finals)) <= SPHINX_WER_BOUND
+        assert wer([reference], [" ".join(f.text for f in finals)]) <= SPHINX_WER_BOUND
     finally:
         stop(service)

@@ -2,7 +2,8 @@
 
 - RTF per engine on one thread over the English pytest-audioeval clips (median of repeats);
 - Opus encode/decode time per 20 ms frame; bytes per audio second, Opus 16/20/24 kbps VBR vs PCM;
-- WER (jiwer, lowercase, punctuation stripped) per engine, audio through Opus vs PCM;
+- WER (tests.wer: jiwer, lowercase, punctuation stripped; raw and with 0-20 spelled) per engine,
+  audio through Opus vs PCM;
 - with --latency: first-partial latency through the real service, real-time pacing, measured from
   sending the packet that holds the first speech sample to the partial arriving.
 """
@@ -14,14 +15,12 @@ import asyncio
 import functools
 import os
 import platform
-import re
 import statistics
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import opuslib
 import soundfile as sf
@@ -29,6 +28,7 @@ import soundfile as sf
 from services.asr.config import AsrConfig
 from services.asr.engines import Engine, build_engine
 from services.common.models import ModelMissing
+from tests.wer import wer
 
 CLIPS = Path(__import__("pytest_audioeval").__path__[0]) / "samples" / "audio" / "en"
 FRAME = 320  # 20 ms at 16 kHz
@@ -51,39 +51,6 @@ def english_clips() -> list[tuple[str, np.ndarray, str]]:
         assert sr == 16000
         out.append((wav.stem, audio, wav.with_suffix(".txt").read_text().strip()))
     return out
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
-
-
-_ONES = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-)
-
-
-def spell_numbers(text: str) -> str:
-    """Digits 0-19 as words: Whisper writes "1-2-3", the references say "one two three"."""
-    return " ".join(_ONES[int(w)] if w.isdigit() and int(w) < 20 else w for w in text.split())
 
 
 def to_pcm16(audio: np.ndarray) -> np.ndarray:
@@ -151,16 +118,15 @@ def bench_engine(engine: Engine, clips: list[tuple[str, np.ndarray, str]], repea
         rtfs.append(seconds / (audio.size / 16000))
         pcm_text = engine.transcribe(audio).text
         opus_text = engine.transcribe(opus_roundtrip(audio)).text
-        refs.append(normalise(ref))
-        hyp_pcm.append(normalise(pcm_text) or "<empty>")
-        hyp_opus.append(normalise(opus_text) or "<empty>")
+        refs.append(ref)
+        hyp_pcm.append(pcm_text)
+        hyp_opus.append(opus_text)
         print(f"  {name}: RTF {rtfs[-1]:.3f} ({seconds * 1000:.0f} ms) pcm={pcm_text!r} opus={opus_text!r}")
-    wer_pcm, wer_opus = jiwer.wer(refs, hyp_pcm), jiwer.wer(refs, hyp_opus)
-    spelled = [spell_numbers(h) for h in hyp_pcm], [spell_numbers(h) for h in hyp_opus]
+    wer_pcm, wer_opus = wer(refs, hyp_pcm, spell_numbers=False), wer(refs, hyp_opus, spell_numbers=False)
     print(
         f"{engine.model}: RTF median {statistics.median(rtfs):.3f} (1 thread); WER pcm {wer_pcm:.3f}, "
         f"opus 20 kbps {wer_opus:.3f} (delta {100 * (wer_opus - wer_pcm):+.1f} points); digits spelled: "
-        f"pcm {jiwer.wer(refs, spelled[0]):.3f}, opus {jiwer.wer(refs, spelled[1]):.3f}"
+        f"pcm {wer(refs, hyp_pcm):.3f}, opus {wer(refs, hyp_opus):.3f}"
     )
 
 

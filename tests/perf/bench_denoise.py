@@ -8,7 +8,6 @@ cpu_threads=1) on the noisy clips with and without denoise. Figures go to docs/s
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -21,27 +20,13 @@ from services.common.models import package_dir, whisper_tiny_en_dir
 from services.denoise.core import DenoiseStream, FrameIn, float_to_pcm16, pcm16_to_float
 from services.denoise.engines import ENGINES, Engine, make_engine
 from services.denoise.prepare import ensure_gtcrn_onnx
+from tests.wer import wer
 
 SR = 16_000
 FRAME = 320
 LEVELS_DB = (0, 5, 10)
 NOISES = ("white", "babble")
 BABBLE_CLIPS = ("es/pangrama", "fr/pangrama", "it/pangrama", "pl/pangrama", "pt/pangrama", "hi/pangrama")
-_NUMBERS = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-)
 
 
 def clips_dir() -> Path:
@@ -102,11 +87,6 @@ def snr_db(estimate: np.ndarray, clean: np.ndarray) -> float:
     lag = best_lag(estimate, clean)
     est = np.roll(estimate.astype(np.float64), -lag)
     return float(10 * np.log10(np.sum(clean.astype(np.float64) ** 2) / np.sum((est - clean) ** 2)))
-
-
-def normalise(text: str) -> str:
-    words = re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-    return " ".join(_NUMBERS[int(w)] if w.isdigit() and int(w) < len(_NUMBERS) else w for w in words)
 
 
 def whisper() -> Callable[[np.ndarray], str]:
@@ -177,12 +157,9 @@ def main() -> None:
 
     if args.no_wer:
         return
-    import jiwer
-
     transcribe = whisper()
     print("\n## WER (faster-whisper tiny.en int8, cpu_threads=1; corpus WER over clips x seeds)")
-    clean_hyp = [normalise(transcribe(a)) for a in clean.values()]
-    clean_wer = jiwer.wer([normalise(refs[s]) for s in clean], clean_hyp)
+    clean_wer = wer([refs[s] for s in clean], [transcribe(a) for a in clean.values()])
     print(f"clean clips: WER {clean_wer:.3f}")
     print("noise   level  " + "  ".join(f"{c:>8s}" for c in conditions))
     totals: dict[str, tuple[list[str], list[str]]] = {c: ([], []) for c in conditions}
@@ -193,13 +170,13 @@ def main() -> None:
                 ref, hyp = [], []
                 for stem in clean:
                     for seed in range(args.seeds):
-                        ref.append(normalise(refs[stem]))
-                        hyp.append(normalise(transcribe(outputs[(kind, level, stem, cond, seed)])))
+                        ref.append(refs[stem])
+                        hyp.append(transcribe(outputs[(kind, level, stem, cond, seed)]))
                 totals[cond][0].extend(ref)
                 totals[cond][1].extend(hyp)
-                cells.append(f"{jiwer.wer(ref, hyp):8.3f}")
+                cells.append(f"{wer(ref, hyp):8.3f}")
             print(f"{kind:7s} {level:3d} dB  " + "  ".join(cells))
-    overall = "  ".join(f"{jiwer.wer(*totals[c]):8.3f}" for c in conditions)
+    overall = "  ".join(f"{wer(*totals[c]):8.3f}" for c in conditions)
     print(f"all            {overall}")
 
 
