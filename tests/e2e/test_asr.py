@@ -116,22 +116,29 @@ def test_busy_asr_degrades_to_record_only(asr_stack: Stack, clips: Path) -> None
     assert any(r.of_type("asr_final") for r in results if r not in refused)
 
 
-def test_cli_prints_events_writes_srt_and_json_and_fails_on_error(asr_stack: Stack, clips: Path,
-                                                                 tmp_path: Path) -> None:
+def test_cli_prints_events_writes_srt_and_json_and_fails_on_error(
+    asr_stack: Stack, clips: Path, tmp_path: Path
+) -> None:
     import json
     import subprocess
     import sys
 
     wav = clips / "en" / "hello_world.wav"
     cli = [sys.executable, "-m", "orchestrator.client", "--url", asr_stack.url, "--speed", "0"]
-    ok = subprocess.run([*cli, "--srt", str(tmp_path / "out.srt"), "--json", str(tmp_path / "out.json"), str(wav)],
-                        capture_output=True, text=True, timeout=seconds(60), check=False)
+    ok = subprocess.run(
+        [*cli, "--srt", str(tmp_path / "out.srt"), "--json", str(tmp_path / "out.json"), str(wav)],
+        capture_output=True,
+        text=True,
+        timeout=seconds(60),
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     lines = [json.loads(line) for line in ok.stdout.splitlines()]
     assert lines[0]["type"] == "ack" and lines[-1]["type"] == "end"
     assert json.loads((tmp_path / "out.json").read_text()) == lines
     srt = (tmp_path / "out.srt").read_text()
     assert srt.startswith("1\n00:00:00,") and "-->" in srt and "hello" in srt.lower()
-    bad = subprocess.run([*cli, "--flow-id", "no/slashes", str(wav)], capture_output=True, text=True,
-                         timeout=seconds(60), check=False)
+    bad = subprocess.run(
+        [*cli, "--flow-id", "no/slashes", str(wav)], capture_output=True, text=True, timeout=seconds(60), check=False
+    )
     assert bad.returncode == 1 and '"invalid_flow_id"' in bad.stdout

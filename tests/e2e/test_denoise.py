@@ -18,9 +18,15 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def dn_stack(tmp_path: Path) -> Iterator[Stack]:
-    env = {"COMPRESS_STORE_DIR": str(tmp_path / "rec"), "COMPRESS_SPOOL_DIR": str(tmp_path / "spool"),
-           "JOBS_DB": str(tmp_path / "jobs.sqlite"), "LOG_LEVEL": "WARNING", "ENABLE_DENOISE": "true",
-           "ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en"}
+    env = {
+        "COMPRESS_STORE_DIR": str(tmp_path / "rec"),
+        "COMPRESS_SPOOL_DIR": str(tmp_path / "spool"),
+        "JOBS_DB": str(tmp_path / "jobs.sqlite"),
+        "LOG_LEVEL": "WARNING",
+        "ENABLE_DENOISE": "true",
+        "ASR_ENGINE": "whisper",
+        "ASR_MODEL": "tiny.en",
+    }
     with Stack(("vad", "denoise", "asr", "compress"), env=env) as stack:
         yield stack
 
@@ -35,8 +41,7 @@ def check(result: StreamResult, pcm: bytes, reference: str) -> None:
 
 def test_denoised_path_keeps_timeline_and_transcribes(dn_stack: Stack, clips: Path) -> None:
     pcm = load_wav(clips / "en" / "quick_brown_fox.wav")
-    result = asyncio.run(stream_pcm(dn_stack.url, pcm, speed=0,
-                                    start={"return": ["asr", "record_url", "metrics"]}))
+    result = asyncio.run(stream_pcm(dn_stack.url, pcm, speed=0, start={"return": ["asr", "record_url", "metrics"]}))
     assert not result.of_type("error")
     assert "denoise" in result.of_type("metrics")[0]["stages"]
     check(result, pcm, (clips / "en" / "quick_brown_fox.txt").read_text())
@@ -47,9 +52,15 @@ def test_denoise_dies_mid_session_raw_audio_takes_over(dn_stack: Stack, clips: P
 
     async def go() -> StreamResult:
         acked = asyncio.Event()
-        task = asyncio.create_task(stream_pcm(
-            dn_stack.url, pcm, speed=1.0, start={"return": ["asr", "record_url"]},
-            on_event=lambda e: acked.set() if e["type"] == "ack" else None))
+        task = asyncio.create_task(
+            stream_pcm(
+                dn_stack.url,
+                pcm,
+                speed=1.0,
+                start={"return": ["asr", "record_url"]},
+                on_event=lambda e: acked.set() if e["type"] == "ack" else None,
+            )
+        )
         await asyncio.wait_for(acked.wait(), 20)
         dn_stack.running["denoise"].kill()
         return await task
