@@ -107,6 +107,14 @@ class Stack:
         self.env = {**self.env, **self._seaweed.env(self.env.get("S3_BUCKET", "speechgw-records"))}
 
     def start(self, timeout_s: float = 180.0) -> Stack:
+        if self.workdir is not None:
+            # All state of this stack under one folder (tests, benchmarks); `make run` uses ./var.
+            self.env = {
+                "COMPRESS_STORE_DIR": str(self.workdir / "records"),
+                "COMPRESS_SPOOL_DIR": str(self.workdir / "spool"),
+                "JOBS_DB": str(self.workdir / "jobs.sqlite"),
+                **self.env,
+            }
         self._start_object_storage()
 
         def one(name: str) -> RunningService:

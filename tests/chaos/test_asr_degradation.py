@@ -27,9 +27,6 @@ pytestmark = pytest.mark.chaos
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     env = {
-        "COMPRESS_STORE_DIR": str(tmp_path / "records"),
-        "COMPRESS_SPOOL_DIR": str(tmp_path / "spool"),
-        "JOBS_DB": str(tmp_path / "jobs.sqlite"),
         "JOBS_BACKOFF_BASE_SEC": "0.5",
         "JOBS_CAPACITY_POLL_SEC": "0.2",
         "LOG_LEVEL": "WARNING",
@@ -37,7 +34,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "ASR_MODEL": "tiny.en",
         "STAGE_TIMEOUT_SEC": "10",
     }
-    with Stack(("vad", "asr", "compress"), env=env) as running:
+    with Stack(("vad", "asr", "compress"), env=env, workdir=tmp_path) as running:
         yield running
 
 

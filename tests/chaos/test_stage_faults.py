@@ -18,13 +18,10 @@ pytestmark = pytest.mark.chaos
 @pytest.fixture
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
     env = {
-        "COMPRESS_STORE_DIR": str(tmp_path),
-        "COMPRESS_SPOOL_DIR": str(tmp_path / "spool"),
         "LOG_LEVEL": "WARNING",
         "STAGE_TIMEOUT_SEC": "5",
-        "JOBS_DB": str(tmp_path / "jobs.sqlite"),
     }
-    with Stack(("vad", "compress"), env=env) as stack:
+    with Stack(("vad", "compress"), env=env, workdir=tmp_path) as stack:
         yield stack
 
 

@@ -18,17 +18,13 @@ from services.common.launcher import launch
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     store = tmp_path_factory.mktemp("records")
     env = {
-        "COMPRESS_STORE_DIR": str(store),
-        "COMPRESS_SPOOL_DIR": str(store / "spool"),
         "STORAGE_BACKEND": "local",
         "LOG_LEVEL": "WARNING",
-        "JOBS_DB": str(store / "jobs.sqlite"),
         "FLUSH_IDLE_SEC": "1.0",
         "START_TIMEOUT_SEC": "2.0",
         "MAX_FRAME_BYTES": "65536",
     }
-    with Stack(("vad", "compress"), env=env) as running:
-        running.store_dir = store  # type: ignore[attr-defined]
+    with Stack(("vad", "compress"), env=env, workdir=store) as running:
         yield running
 
 
@@ -54,3 +50,9 @@ def extra_gateway(stack: Stack, **env: str) -> Iterator[str]:
         yield f"ws://127.0.0.1:{gw.http_port}/ws/stream"
     finally:
         gw.stop()
+
+
+def records_of(stack: Stack) -> Path:
+    """The local archive directory of a stack started with a workdir."""
+    assert stack.workdir is not None
+    return stack.workdir / "records"

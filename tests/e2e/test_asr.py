@@ -26,16 +26,13 @@ EN_CLIPS = ("counting", "hello_world", "quick_brown_fox")
 def asr_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     records = tmp_path_factory.mktemp("records")
     env = {
-        "COMPRESS_STORE_DIR": str(records),
-        "COMPRESS_SPOOL_DIR": str(records / "spool"),
         "LOG_LEVEL": "WARNING",
-        "JOBS_DB": str(records / "jobs.sqlite"),
         "ASR_ENGINE": "whisper",
         "ASR_MODEL": "tiny.en",
         "ASR_MAX_SESSIONS": "4",
         "ASR_QUEUE": "0",
     }
-    with Stack(("vad", "asr", "compress"), env=env) as stack:
+    with Stack(("vad", "asr", "compress"), env=env, workdir=records) as stack:
         yield stack
 
 

@@ -19,15 +19,12 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def dn_stack(tmp_path: Path) -> Iterator[Stack]:
     env = {
-        "COMPRESS_STORE_DIR": str(tmp_path / "rec"),
-        "COMPRESS_SPOOL_DIR": str(tmp_path / "spool"),
-        "JOBS_DB": str(tmp_path / "jobs.sqlite"),
         "LOG_LEVEL": "WARNING",
         "ENABLE_DENOISE": "true",
         "ASR_ENGINE": "whisper",
         "ASR_MODEL": "tiny.en",
     }
-    with Stack(("vad", "denoise", "asr", "compress"), env=env) as stack:
+    with Stack(("vad", "denoise", "asr", "compress"), env=env, workdir=tmp_path) as stack:
         yield stack
 
 

@@ -20,12 +20,9 @@ pytestmark = pytest.mark.e2e
 def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("full")
     env = {
-        "COMPRESS_STORE_DIR": str(work / "records"),
-        "COMPRESS_SPOOL_DIR": str(work / "spool"),
-        "JOBS_DB": str(work / "jobs.sqlite"),
         "LOG_LEVEL": "WARNING",
     }
-    with Stack(DEFAULT_SERVICES, env=env) as stack:
+    with Stack(DEFAULT_SERVICES, env=env, workdir=work) as stack:
         yield stack
 
 

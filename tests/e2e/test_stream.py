@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from orchestrator.client import stream_pcm
 from orchestrator.stack import Stack
 from tests.conftest import seconds
+from tests.e2e.conftest import records_of
 from tests.schemas import check_event
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +61,7 @@ def test_same_flow_id_twice_is_idempotent(stack: Stack, counting_pcm: bytes) -> 
         )
         urls += [e["url"] for e in result.of_type("record_url")]
     assert len(urls) == 2 and urls[0] == urls[1]
-    stored = [p for p in stack.store_dir.rglob("*") if p.is_file() and "e2e-twice" in p.name]  # type: ignore[attr-defined]
+    stored = [p for p in records_of(stack).rglob("*") if p.is_file() and "e2e-twice" in p.name]
     assert len(stored) == 1
 
 
@@ -85,7 +86,7 @@ def test_disconnect_without_flush_still_archives(stack: Stack, counting_pcm: byt
     from tests.conftest import wait_for
 
     wait_for(
-        lambda: any("e2e-gone" in p.name for p in stack.store_dir.rglob("*") if p.is_file()),  # type: ignore[attr-defined]
+        lambda: any("e2e-gone" in p.name for p in records_of(stack).rglob("*") if p.is_file()),
         10,
         "the archive of a session whose client vanished",
     )

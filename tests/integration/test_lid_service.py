@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -32,18 +31,6 @@ def lid() -> Iterator[RunningService]:
         yield svc
     finally:
         assert svc.stop() == 0
-        close_stdout(svc)
-
-
-def close_stdout(svc: RunningService) -> None:
-    """Close the launcher's stdout pipe once its reader thread has seen EOF (the launcher leaves it
-    open, which filterwarnings=error turns into a ResourceWarning failure)."""
-    pipe = svc.proc.stdout
-    for thread in threading.enumerate():
-        if getattr(thread, "_args", ())[:1] == (pipe,):
-            thread.join(seconds(10))
-    if pipe is not None:
-        pipe.close()
 
 
 @pytest.fixture
@@ -195,4 +182,3 @@ async def test_idle_client_gets_an_answer_on_what_it_sent(clips: Path) -> None:
         assert (result.flow_id, result.audio_ms) == ("idle", 400)
     finally:
         assert svc.stop() == 0
-        close_stdout(svc)

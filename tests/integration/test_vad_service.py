@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,18 +36,6 @@ def vad() -> Iterator[RunningService]:
         yield svc
     finally:
         assert svc.stop() == 0
-        close_stdout(svc)
-
-
-def close_stdout(svc: RunningService) -> None:
-    """Close the launcher's stdout pipe once its reader thread saw EOF (the launcher leaves it open,
-    which filterwarnings=error turns into a ResourceWarning failure)."""
-    pipe = svc.proc.stdout
-    for thread in threading.enumerate():
-        if getattr(thread, "_args", ())[:1] == (pipe,):
-            thread.join(seconds(10))
-    if pipe is not None:
-        pipe.close()
 
 
 @pytest.fixture(scope="module")

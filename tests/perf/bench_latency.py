@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -46,15 +47,9 @@ def percentile(values: list[float], q: float) -> float:
 def run_engine(name: str, env: dict[str, str], runs: int) -> dict[str, object]:
     clips = package_dir("pytest_audioeval") / "samples" / "audio" / "en"
     work = tempfile.mkdtemp(prefix="bench-latency-")
-    base = {
-        "LOG_LEVEL": "WARNING",
-        "COMPRESS_STORE_DIR": f"{work}/rec",
-        "COMPRESS_SPOOL_DIR": f"{work}/spool",
-        "JOBS_DB": f"{work}/jobs.sqlite",
-        **env,
-    }
+    base = {"LOG_LEVEL": "WARNING", **env}
     first, final, refs, hyps = [], [], [], []
-    with Stack(("vad", "asr", "compress"), env=base) as stack:
+    with Stack(("vad", "asr", "compress"), env=base, workdir=Path(work)) as stack:
         for _ in range(runs):
             for wav in sorted(clips.glob("*.wav")):
                 pcm = load_wav(wav)
