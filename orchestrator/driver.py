@@ -61,6 +61,7 @@ class SessionDriver:
         self._before_end = before_end
         self._language: asyncio.Future[str] | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._stages_started = False
         self._feeds_closed = False
         self._close_queued = False
         self._expiry: asyncio.TimerHandle | None = None
@@ -101,7 +102,8 @@ class SessionDriver:
     def pump(self) -> None:
         """Move everything the session produced to where it goes."""
         s = self.session
-        if s.start is not None and self._tg is not None and not self._tasks and not self._feeds_closed:
+        if s.start is not None and self._tg is not None and not self._stages_started:
+            self._stages_started = True
             self._start_stages()
         blocks = s.audio_to_stages()
         if blocks:

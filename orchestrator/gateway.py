@@ -238,14 +238,9 @@ class Gateway:
             if self.pools is not None:
                 health["asr"] = any(m.healthy for m in self.pools.members())
             ready = not self.draining and all(health.values())
-            body = '{{"ready":{},"draining":{},"stages":{{{}}}}}\n'.format(
-                str(ready).lower(),
-                str(self.draining).lower(),
-                ",".join(f'"{k}":{str(v).lower()}' for k, v in sorted(health.items())),
-            )
-            return _response(
-                HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json"
-            )
+            body = json.dumps({"ready": ready, "draining": self.draining, "stages": dict(sorted(health.items()))})
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(status, body.encode() + b"\n", "application/json")
         if path == "/metrics":
             return _response(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")

@@ -125,3 +125,21 @@ def test_health_ready_and_metrics(stack: Stack) -> None:
         "pcm_to_opus_fail_total",
     ):
         assert name in text
+
+
+def test_gateway_without_stages_still_serves_the_protocol(stack: Stack, counting_pcm: bytes) -> None:
+    """Every stage switched off: ack, the hinted language once, metrics, end."""
+    from tests.e2e.conftest import extra_gateway
+
+    with extra_gateway(stack, ENABLE_VAD="false", ENABLE_COMPRESS="false") as url:
+        result = asyncio.run(
+            stream_pcm(
+                url,
+                counting_pcm,
+                speed=0,
+                chunk_ms=40,
+                start={"return": ["lid", "metrics"], "hints": {"user_lang_pref": "en"}},
+            )
+        )
+    assert [e["type"] for e in result.events] == ["ack", "lid", "metrics", "end"]
+    assert result.events[1]["source"] == "hint" and result.events[2]["stages"] == {}
