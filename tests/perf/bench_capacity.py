@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", default="100,200,500")
     p.add_argument("--seconds", type=float, default=20.0, help="audio seconds per session")
     p.add_argument("--client-procs", type=int, default=2)
+    p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra gateway setting, e.g. VAD_BATCH_MS=20 to send every chunk as its own message")
     args = p.parse_args(argv)
     fakes = [
         launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING"})
@@ -136,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             "GATEWAY_PORT": "0",
             "LOG_LEVEL": "WARNING",
             "MAX_SESSIONS": "2000",
+            **dict(kv.split("=", 1) for kv in args.gateway_env),
         },
     )
     url = f"ws://127.0.0.1:{gw.http_port}/ws/stream"
     print(
         f"# capacity: gateway + fake VAD/compress, {args.seconds:g} s real-time audio per session, "
-        f"{os.cpu_count()} cores",
+        f"{os.cpu_count()} cores, settings {args.gateway_env or 'default'}",
         flush=True,
     )
     try:
