@@ -12,6 +12,7 @@ import pytest
 
 from services.common.models import package_dir
 
+POLL_S = 0.02
 TIME_UNIT = float(os.environ.get("SPEECHGW_TEST_TIME_UNIT", "1.0"))
 CLIPS = package_dir("pytest_audioeval") / "samples" / "audio"
 
@@ -27,7 +28,7 @@ def wait_for(cond: Callable[[], bool], timeout_s: float, what: str = "condition"
     while time.monotonic() < deadline:
         if cond():
             return
-        time.sleep(0.02)
+        time.sleep(POLL_S)  # the poll interval of a deadline wait, not a fixed wait
     raise AssertionError(f"timed out waiting for {what}")
 
 
