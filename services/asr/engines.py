@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.asr.config import AsrConfig
+from services.asr.window import WindowedDecoder
 from services.common import models
 
 
@@ -48,7 +49,10 @@ def float_to_pcm16(pcm: np.ndarray) -> bytes:
 
 
 class WhisperEngine:
-    """faster-whisper (CTranslate2, int8) on a non-streaming Whisper model."""
+    """faster-whisper (CTranslate2, int8) on a non-streaming Whisper model. Audio shorter than
+    `final_window_s` (whole clips, finals) or `partial_window_s` (partials) is encoded on that shorter
+    window instead of 30 s (services/asr/window.py; 0 = off); a windowed result that looks like a
+    repetition loop is decoded again on the normal path (counted in `window_fallbacks`)."""
 
     name = "whisper"
     supports_hotwords = True
@@ -62,6 +66,8 @@ class WhisperEngine:
         cpu_threads: int = 1,
         workers: int = 1,
         beam_size: int = 1,
+        partial_window_s: float = 0.0,
+        final_window_s: float = 0.0,
     ) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -74,6 +80,11 @@ class WhisperEngine:
         self._languages = frozenset(_LANGUAGE_CODES)
         self._default_lang = default_lang
         self._beam_size = beam_size
+        self._partial_window = WindowedDecoder(self._whisper, partial_window_s, beam_size)
+        self._final_window = WindowedDecoder(self._whisper, final_window_s, beam_size)
+        self._fallbacks_lock = threading.Lock()
+        self.window_fallbacks = 0  # windowed decodes redone on the normal path
+        self.windowed_decodes = 0
 
     def _language(self, lang: str) -> str | None:
         if not self._multilingual:
@@ -82,6 +93,24 @@ class WhisperEngine:
         return code if code in self._languages else None  # None: the model detects it
 
     def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        """Whole clip or final: the final window when the audio fits in it, else Whisper's 30 s."""
+        return self.decode(pcm, lang, hotwords, self._final_window)
+
+    def transcribe_partial(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        """Open utterance so far: the partial window when the audio fits in it."""
+        return self.decode(pcm, lang, hotwords, self._partial_window)
+
+    def decode(self, pcm: np.ndarray, lang: str, hotwords: tuple[str, ...], window: WindowedDecoder | None) -> Result:
+        """One decode; `window=None` (or audio not shorter than it) takes faster-whisper's own path."""
+        prompt = ", ".join(hotwords) if hotwords else None
+        if window is not None and window.fits(pcm.size):
+            windowed = window.decode(pcm, self._language(lang), prompt)
+            with self._fallbacks_lock:
+                self.windowed_decodes += 1
+                if windowed is None:
+                    self.window_fallbacks += 1
+            if windowed is not None:
+                return Result(*windowed)
         segments, info = self._whisper.transcribe(
             pcm,
             language=self._language(lang),
@@ -90,7 +119,7 @@ class WhisperEngine:
             without_timestamps=True,
             condition_on_previous_text=False,
             vad_filter=False,
-            hotwords=", ".join(hotwords) if hotwords else None,
+            hotwords=prompt,
         )
         text = " ".join(seg.text.strip() for seg in segments).strip()
         return Result(text, info.language)
@@ -113,7 +142,7 @@ class _BufferedStream:
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
 
     def partial(self) -> str:
-        return self._engine.transcribe(self._audio(), self._lang, self._hotwords).text
+        return self._engine.transcribe_partial(self._audio(), self._lang, self._hotwords).text
 
     def finish(self) -> Result:
         return self._engine.transcribe(self._audio(), self._lang, self._hotwords)
@@ -209,4 +238,6 @@ def build_engine(config: AsrConfig) -> Engine:
         config.cpu_threads,
         config.decode_workers,
         config.beam_size,
+        config.partial_window_s,
+        config.final_window_s,
     )

@@ -122,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", default="100,200,500")
     p.add_argument("--seconds", type=float, default=20.0, help="audio seconds per session")
     p.add_argument("--client-procs", type=int, default=2)
-    p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra gateway setting, e.g. VAD_BATCH_MS=20 to send every chunk as its own message")
+    p.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra gateway setting, e.g. VAD_BATCH_MS=20 to send every chunk as its own message",
+    )
     args = p.parse_args(argv)
     fakes = [
         launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING"})

@@ -1,0 +1,95 @@
+"""Whisper decoding on a shorter encoder window (ASR_WINDOW_S; figures in docs/services/asr.md).
+
+Whisper always encodes a 30 s window (3000 mel frames, zero-padded), so a 1-3 s utterance pays the
+encoder cost of 30 s. CTranslate2's Whisper encoder also takes fewer frames (the positional embedding
+is cut to the frames given), as the LID service does (services/lid/engine.py). `WindowedDecoder` does
+what faster-whisper's `WhisperModel.transcribe` does for one short segment (greedy or beam search at
+temperature 0, no timestamps, the default suppressed tokens and no-speech rule), but on features
+padded only to `window_s`. Audio at least as long as the window is not its business: the engine
+keeps faster-whisper's own path for it.
+
+Short windows can make the decoder loop ("1, 2, 3, 4... 1, 2, 3, 4..." on a 5 s window, measured):
+a text whose gzip compression ratio is above faster-whisper's own threshold (2.4) is refused
+(`decode` returns None) and the caller decodes again on the normal path.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+
+HOP_SAMPLES = 160  # 10 ms at 16 kHz: one mel frame
+# faster-whisper's TranscriptionOptions defaults, as WhisperEngine leaves them.
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+MAX_INITIAL_TIMESTAMP_S = 1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+
+
+def window_frames(window_s: float, max_frames: int = 3000) -> int:
+    """Mel frames of a `window_s` window (0 = off), never more than Whisper's own 30 s."""
+    return 0 if window_s <= 0 else min(round(window_s * 100), max_frames)
+
+
+class WindowedDecoder:
+    """One-segment Whisper decode on a shorter encoder window, on a loaded faster-whisper model."""
+
+    def __init__(self, whisper: Any, window_s: float, beam_size: int = 1) -> None:
+        from faster_whisper.tokenizer import Tokenizer  # heavy import, only where the model is used
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self._whisper = whisper
+        self._tokenizer_cls = Tokenizer
+        self._suppressed = get_suppressed_tokens
+        self.frames = window_frames(window_s, whisper.feature_extractor.nb_max_frames)
+        self._beam_size = beam_size
+
+    def fits(self, samples: int) -> bool:
+        """True when `samples` of audio are shorter than the window (then `decode` applies)."""
+        return 0 < samples < self.frames * HOP_SAMPLES  # empty audio: the normal path, as before
+
+    def decode(self, audio: np.ndarray, language: str | None, hotwords: str | None = None) -> tuple[str, str] | None:
+        """(text, language) of a clip shorter than the window (`language=None` detects it), or None
+        when the text looks like a repetition loop (decode it on the normal path instead)."""
+        if not self.fits(audio.size):
+            raise ValueError(f"{audio.size} samples do not fit a {self.frames}-frame window")
+        fw = self._whisper
+        features = fw.feature_extractor(audio)
+        content = features[:, : max(features.shape[-1] - 1, 0)]  # as transcribe(): the last frame is padding
+        segment = np.pad(content, ((0, 0), (0, self.frames - content.shape[-1])))
+        encoded = fw.encode(segment)
+        if language is None:
+            language = fw.model.detect_language(encoded)[0][0][0][2:-2]  # "<|de|>" -> "de"
+        tokenizer = self._tokenizer_cls(fw.hf_tokenizer, fw.model.is_multilingual, "transcribe", language)
+        prompt = fw.get_prompt(tokenizer, [], without_timestamps=True, hotwords=hotwords)
+        result = fw.model.generate(
+            encoded,
+            [prompt],
+            beam_size=self._beam_size,
+            patience=1.0,
+            length_penalty=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            max_length=fw.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppressed(tokenizer, [-1]),
+            max_initial_timestamp_index=round(MAX_INITIAL_TIMESTAMP_S / fw.time_precision),
+        )[0]
+        tokens = result.sequences_ids[0]
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+            return "", language  # faster-whisper skips such a segment as silence
+        text = tokenizer.decode(tokens).strip()
+        if compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
+            return None
+        return text, language
+
+
+def compression_ratio(text: str) -> float:
+    """faster-whisper's repetition measure: UTF-8 bytes / zlib-compressed bytes."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
