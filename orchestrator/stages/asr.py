@@ -71,7 +71,9 @@ class AsrStage:
 
     async def run(self, ctx: StageContext) -> None:
         # Audio waits in the feed until the language is known (SPEC §4: LID answers early), so the
-        # chosen pool hears the session from its first sample.
+        # chosen pool hears the session from its first sample; so do the VAD's endpoints.
+        held: list[SpeechBoundary] = []
+        ctx.on_boundary = held.append
         lang = await ctx.language if ctx.language is not None else ""
         pool = self._pools.route(lang, ctx.start.domain)
         link = OpusLink(self._link)
@@ -116,7 +118,7 @@ class AsrStage:
         )
         with lease:
             try:
-                await self._stream(ctx, link, out, lease.value)
+                await self._stream(ctx, link, out, lease.value, held)
             except grpc.aio.AioRpcError as exc:
                 lease.member.record_failure(time.monotonic(), exc.code().name)
                 raise
@@ -127,6 +129,7 @@ class AsrStage:
         link: OpusLink,
         out: asyncio.Queue[asr_pb2.ClientFrame | None],
         call: grpc.aio.StreamStreamCall,
+        held: list[SpeechBoundary],
     ) -> None:
         loop = asyncio.get_running_loop()
         sent_at: OrderedDict[int, float] = OrderedDict()
@@ -163,6 +166,8 @@ class AsrStage:
                     out.put_nowait(asr_pb2.ClientFrame(batch=asr_pb2.OpusBatch(packets=packets)))
             out.put_nowait(None)
 
+        for boundary in held:  # endpoints found while the language was pending; the ASR
+            on_boundary(boundary)  # applies an endpoint ahead of its audio once the audio arrives
         ctx.on_boundary = on_boundary
         producer = asyncio.create_task(produce())
         try:
