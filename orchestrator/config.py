@@ -38,6 +38,8 @@ class GatewayConfig:
     asr_link: OpusLinkConfig = field(default_factory=OpusLinkConfig)
     asr_link_batch_ms: int = 20
     asr_open_timeout_s: float = 3.0
+    # While LID listens, stream to the default route's pool and show its partials (docs/routing.md).
+    asr_provisional: bool = True
     # ROUTING_FILE (TOML, docs/routing.md) maps (language, domain) to ASR pools; without it,
     # ASR_ADDR (comma-separated) is one pool.
     routing_file: str = ""
@@ -128,6 +130,7 @@ class GatewayConfig:
             ),
             asr_link_batch_ms=env_int(env, "ASR_LINK_BATCH_MS", cls.asr_link_batch_ms),
             asr_open_timeout_s=env_float(env, "ASR_OPEN_TIMEOUT_SEC", cls.asr_open_timeout_s),
+            asr_provisional=env_bool(env, "ASR_PROVISIONAL", cls.asr_provisional),
             routing_file=env_str(env, "ROUTING_FILE", cls.routing_file),
             lid_first_n_s=env_float(env, "LID_FIRST_N_SECONDS", cls.lid_first_n_s),
             lid_batch_ms=env_int(env, "LID_BATCH_MS", cls.lid_batch_ms),

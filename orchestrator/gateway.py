@@ -89,6 +89,7 @@ class Gateway:
                     self._opus_pool,
                     cfg.session.partial_interval_ms,
                     cfg.asr_open_timeout_s,
+                    cfg.asr_provisional,
                 )
             )
             await self._start_jobs()

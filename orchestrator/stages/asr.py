@@ -1,5 +1,13 @@
 """ASR adapter: the only Opus link (SPEC §1, §3). PCM -> Opus packets (in an executor) and VAD
-endpoints go to `asr.v1.Recognize/Stream`; partials and finals come back."""
+endpoints go to `asr.v1.Recognize/Stream`; partials and finals come back.
+
+Routing waits for the language (SPEC §4), but the session need not: while LID is still listening,
+the stage streams to the default route's pool (the provisional stream) and shows its partials. When
+the language is known, the chosen pool gets a new stream with that language and everything sent so
+far replayed from the first sample; the provisional stream's finals are dropped, so every final
+comes from the chosen pool. Without a language, or if the chosen pool cannot take the session, the
+provisional stream keeps it.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,14 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
 from orchestrator import metrics
 from orchestrator.opus_link import OpusLink, OpusLinkConfig
-from orchestrator.pool import Member, PoolExhausted, PoolSet, open_with_retries
+from orchestrator.pool import AsrPool, Lease, Member, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.protocol import CHANNELS, SAMPLE_RATE
 from orchestrator.stage_events import SpeechBoundary, StageLatency, Transcript
 from orchestrator.stages.base import StageContext
@@ -32,6 +42,46 @@ class AsrUnavailable(RuntimeError):
     """No member of the routed pool could take the session (busy, down, breaker open)."""
 
 
+class _Wire:
+    """Where the session's ClientFrames go: the current stream's queue. Until `settle()` it also
+    keeps every frame, so a stream opened later (the chosen pool) hears the session from its start."""
+
+    def __init__(self) -> None:
+        self._out: asyncio.Queue[asr_pb2.ClientFrame | None] | None = None
+        self._log: list[asr_pb2.ClientFrame] | None = []
+        self._ended = False
+        self.sent_at: OrderedDict[int, float] = OrderedDict()  # packet seq -> send time, for latency
+
+    def send(self, frame: asr_pb2.ClientFrame) -> None:
+        if self._log is not None:
+            self._log.append(frame)
+        if self._out is not None:
+            self._out.put_nowait(frame)
+
+    def attach(self, out: asyncio.Queue[asr_pb2.ClientFrame | None]) -> None:
+        """Send from now on to `out`, after everything sent so far."""
+        for frame in self._log or ():
+            out.put_nowait(frame)
+        if self._ended:
+            out.put_nowait(None)
+        self._out = out
+
+    def settle(self) -> None:
+        self._log = None
+
+    def end(self) -> None:
+        self._ended = True
+        if self._out is not None:
+            self._out.put_nowait(None)
+
+
+@dataclass
+class _Stream:
+    pool: AsrPool
+    lease: Lease[grpc.aio.StreamStreamCall]
+    held_finals: list[Transcript] | None = field(default_factory=list)  # None: finals pass straight on
+
+
 class AsrStage:
     name = "asr"
     source = "clean"
@@ -44,6 +94,7 @@ class AsrStage:
         executor: Executor | None,
         partial_interval_ms: int,
         open_timeout_s: float,
+        provisional: bool = True,
     ) -> None:
         self._pools = pools
         self._link = link
@@ -51,6 +102,7 @@ class AsrStage:
         self._executor = executor
         self._partial_interval_ms = partial_interval_ms
         self._open_timeout_s = open_timeout_s
+        self._provisional = provisional
 
     def _start_frame(self, ctx: StageContext, codec: str, lang: str) -> asr_pb2.ClientFrame:
         return asr_pb2.ClientFrame(
@@ -70,18 +122,69 @@ class AsrStage:
         )
 
     async def run(self, ctx: StageContext) -> None:
-        # Audio waits in the feed until the language is known (SPEC §4: LID answers early), so the
-        # chosen pool hears the session from its first sample; so do the VAD's endpoints.
-        held: list[SpeechBoundary] = []
-        ctx.on_boundary = held.append
-        lang = await ctx.language if ctx.language is not None else ""
-        pool = self._pools.route(lang, ctx.start.domain)
+        wire = _Wire()
+        # VAD endpoints travel with the audio, also those found before a stream is open.
+        ctx.on_boundary = lambda b: wire.send(_endpoint_frame(b))
         link = OpusLink(self._link)
-        out: asyncio.Queue[asr_pb2.ClientFrame | None] = asyncio.Queue()
+        language = ctx.language
+        provisional = self._provisional and language is not None and not language.done()
+        lang = "" if provisional or language is None else await language
+        first = await self._open(ctx, link, wire, lang)
+        if not provisional:
+            wire.settle()
+            first.held_finals = None
+        producer = asyncio.create_task(self._produce(ctx, link, wire))
+        streams = [first]
+        try:
+            reader = asyncio.create_task(self._read(ctx, first, wire))
+            if provisional:
+                assert language is not None
+                waiting: set[asyncio.Future[Any]] = {reader, language}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if reader.done() and reader.exception() is not None:
+                    await reader  # the provisional stream failed: the session degrades (record-only)
+                chosen = await self._settle(ctx, link, wire, first, await language)
+                if chosen is not first:
+                    streams.append(chosen)
+                    reader.cancel()
+                    first.lease.value.cancel()
+                    first.lease.release()
+                    reader = asyncio.create_task(self._read(ctx, chosen, wire))
+            await reader
+        finally:
+            ctx.on_boundary = None
+            producer.cancel()
+            for stream in streams:
+                stream.lease.value.cancel()
+                stream.lease.release()
+
+    async def _settle(self, ctx: StageContext, link: OpusLink, wire: _Wire, first: _Stream, lang: str) -> _Stream:
+        """The language is known: open the chosen pool's stream with that language (even on the same
+        pool: the engine needs the language from the start, a multilingual model guesses worse) and
+        replay the session to it. Without a language, or if the chosen pool cannot take the session,
+        the provisional stream keeps it."""
+        chosen = first
+        if lang:
+            try:
+                chosen = await self._open(ctx, link, wire, lang)  # replays the session so far
+            except AsrUnavailable as exc:
+                log.warning(
+                    "chosen ASR pool unavailable; staying on the provisional one",
+                    extra={"flowId": ctx.flow_id, "stage": "asr", "lang": lang, "err_code": str(exc)},
+                )
+        wire.settle()
+        if chosen is first and first.held_finals is not None:
+            held, first.held_finals = first.held_finals, None
+            for final in held:
+                ctx.report(final)
+        chosen.held_finals = None
+        return chosen
+
+    async def _open(self, ctx: StageContext, link: OpusLink, wire: _Wire, lang: str) -> _Stream:
+        pool = self._pools.route(lang, ctx.start.domain)
 
         async def open_on(member: Member) -> grpc.aio.StreamStreamCall:
-            nonlocal out
-            out = asyncio.Queue()
+            out: asyncio.Queue[asr_pb2.ClientFrame | None] = asyncio.Queue()
             out.put_nowait(self._start_frame(ctx, link.start_codec, lang))
             call = asr_pb2_grpc.RecognizeStub(member.channel()).Stream(_drain(out))
             try:
@@ -99,6 +202,7 @@ class AsrStage:
                         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(), first.text
                     )
                 raise AsrError(f"{first.code or 'asr_error'}: {first.text}")
+            wire.attach(out)
             return call
 
         try:
@@ -116,78 +220,64 @@ class AsrStage:
                 "model": f"{pool.name}@{lease.member.addr}",
             },
         )
-        with lease:
-            try:
-                await self._stream(ctx, link, out, lease.value, held)
-            except grpc.aio.AioRpcError as exc:
-                lease.member.record_failure(time.monotonic(), exc.code().name)
-                raise
+        return _Stream(pool, lease)
 
-    async def _stream(
-        self,
-        ctx: StageContext,
-        link: OpusLink,
-        out: asyncio.Queue[asr_pb2.ClientFrame | None],
-        call: grpc.aio.StreamStreamCall,
-        held: list[SpeechBoundary],
-    ) -> None:
+    async def _produce(self, ctx: StageContext, link: OpusLink, wire: _Wire) -> None:
         loop = asyncio.get_running_loop()
-        sent_at: OrderedDict[int, float] = OrderedDict()
+        async for block in ctx.feed.blocks():
+            packets, failed = await loop.run_in_executor(self._executor, link.encode, block.pcm, block.seq)
+            if failed:
+                metrics.PCM_TO_OPUS_FAIL.inc()
+                log.warning(
+                    "opus encoder failed; PCM passthrough from here",
+                    extra={
+                        "flowId": ctx.flow_id,
+                        "stage": "asr",
+                        "asr_link_codec": "pcm",
+                        "seq": block.seq,
+                        "err_code": link.failed_reason,
+                    },
+                )
+            now = time.monotonic()
+            for p in packets:
+                wire.sent_at[p.seq] = now
+                codec = "pcm" if p.pcm or link.start_codec == "pcm" else "opus"
+                metrics.ASR_LINK_BYTES.labels(codec).inc(len(p.data))
+            while len(wire.sent_at) > _SENT_MEMORY:
+                wire.sent_at.popitem(last=False)
+            if len(packets) == 1:
+                wire.send(asr_pb2.ClientFrame(opus=packets[0]))
+            else:
+                wire.send(asr_pb2.ClientFrame(batch=asr_pb2.OpusBatch(packets=packets)))
+        wire.end()
 
-        def on_boundary(b: SpeechBoundary) -> None:
-            kind = asr_pb2.Endpoint.SPEECH_START if b.kind == "start" else asr_pb2.Endpoint.SPEECH_END
-            out.put_nowait(asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=kind, pts=b.pts_ns)))
-
-        async def produce() -> None:
-            async for block in ctx.feed.blocks():
-                packets, failed = await loop.run_in_executor(self._executor, link.encode, block.pcm, block.seq)
-                if failed:
-                    metrics.PCM_TO_OPUS_FAIL.inc()
-                    log.warning(
-                        "opus encoder failed; PCM passthrough from here",
-                        extra={
-                            "flowId": ctx.flow_id,
-                            "stage": "asr",
-                            "asr_link_codec": "pcm",
-                            "seq": block.seq,
-                            "err_code": link.failed_reason,
-                        },
-                    )
-                now = time.monotonic()
-                for p in packets:
-                    sent_at[p.seq] = now
-                    codec = "pcm" if p.pcm or link.start_codec == "pcm" else "opus"
-                    metrics.ASR_LINK_BYTES.labels(codec).inc(len(p.data))
-                while len(sent_at) > _SENT_MEMORY:
-                    sent_at.popitem(last=False)
-                if len(packets) == 1:
-                    out.put_nowait(asr_pb2.ClientFrame(opus=packets[0]))
-                else:
-                    out.put_nowait(asr_pb2.ClientFrame(batch=asr_pb2.OpusBatch(packets=packets)))
-            out.put_nowait(None)
-
-        for boundary in held:  # endpoints found while the language was pending; the ASR
-            on_boundary(boundary)  # applies an endpoint ahead of its audio once the audio arrives
-        ctx.on_boundary = on_boundary
-        producer = asyncio.create_task(produce())
+    async def _read(self, ctx: StageContext, stream: _Stream, wire: _Wire) -> None:
+        call = stream.lease.value
         try:
             while (ev := await call.read()) is not grpc.aio.EOF:
                 if ev.type in ("partial", "final"):
                     start_s, end_s = [*ev.ts, 0.0, 0.0][:2]
-                    ctx.report(Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang))
-                    sent = sent_at.get(int(end_s * 1000) // self._link.frame_ms - 1)
-                    if ev.type == "final" and sent is not None:
+                    transcript = Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang)
+                    if transcript.final and stream.held_finals is not None:
+                        stream.held_finals.append(transcript)  # provisional: wait for the route
+                        continue
+                    ctx.report(transcript)
+                    sent = wire.sent_at.get(int(end_s * 1000) // self._link.frame_ms - 1)
+                    if transcript.final and sent is not None:
                         ctx.report(StageLatency(self.name, (time.monotonic() - sent) * 1000))
                 elif ev.type == "error":
                     raise AsrError(f"{ev.code or 'asr_error'}: {ev.text}")
                 elif ev.type == "end":
-                    break
-            else:
-                await call  # EOF without `end`: surface the status
-        finally:
-            ctx.on_boundary = None
-            producer.cancel()
-            call.cancel()
+                    return
+            await call  # EOF without `end`: surface the status
+        except grpc.aio.AioRpcError as exc:
+            stream.lease.member.record_failure(time.monotonic(), exc.code().name)
+            raise
+
+
+def _endpoint_frame(b: SpeechBoundary) -> asr_pb2.ClientFrame:
+    kind = asr_pb2.Endpoint.SPEECH_START if b.kind == "start" else asr_pb2.Endpoint.SPEECH_END
+    return asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=kind, pts=b.pts_ns))
 
 
 async def _drain(out: asyncio.Queue[asr_pb2.ClientFrame | None]) -> AsyncIterator[asr_pb2.ClientFrame]:

@@ -22,31 +22,41 @@ pytestmark = pytest.mark.integration
 
 
 class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
-    """Admits every stream, records what it receives, answers one final at the end."""
+    """Admits every stream, records what it receives, answers one final `text` at the end."""
 
-    def __init__(self) -> None:
-        self.received: list[str] = []
+    def __init__(self, text: str = "fake") -> None:
+        self.text = text
+        self.streams: list[list[str]] = []  # what each stream received, in order
+        self.lang_hints: list[str] = []
 
     async def Stream(
         self, request_iterator: AsyncIterator[asr_pb2.ClientFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[asr_pb2.AsrEvent]:
         first = True
+        received: list[str] = []
+        self.streams.append(received)
         async for frame in request_iterator:
-            self.received.append(frame.WhichOneof("payload"))
+            received.append(frame.WhichOneof("payload"))
             if first:
                 first = False
+                self.lang_hints.append(frame.start.lang_hint)
                 yield asr_pb2.AsrEvent(type="ready")
-        yield asr_pb2.AsrEvent(type="final", text="fake", ts=[0.0, 0.5], lang="en")
+        yield asr_pb2.AsrEvent(type="final", text=self.text, ts=[0.0, 0.5], lang="en")
         yield asr_pb2.AsrEvent(type="end")
 
 
-async def test_endpoints_found_while_the_language_is_pending_reach_the_asr() -> None:
-    fake = FakeRecognizer()
+async def serve(fake: FakeRecognizer) -> tuple[grpc.aio.Server, str]:
     server = grpc.aio.server()
     asr_pb2_grpc.add_RecognizeServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    pools = PoolSet(RoutingTable.single_pool((f"127.0.0.1:{port}",)))
+    return server, f"127.0.0.1:{port}"
+
+
+async def test_endpoints_found_while_the_language_is_pending_reach_the_asr() -> None:
+    fake = FakeRecognizer()
+    server, addr = await serve(fake)
+    pools = PoolSet(RoutingTable.single_pool((addr,)))
     stage = AsrStage(pools, OpusLinkConfig(), 20, None, 250, open_timeout_s=5.0)
     events: list[StageEvent] = []
     language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -66,5 +76,105 @@ async def test_endpoints_found_while_the_language_is_pending_reach_the_asr() -> 
     finally:
         await pools.close()
         await server.stop(None)
-    assert fake.received == ["start", "endpoint", "endpoint", "opus", "opus", "opus"]
+    # the provisional stream, then the language's stream with everything replayed
+    assert fake.lang_hints == ["", "en"]
+    assert fake.streams[-1] == ["start", "endpoint", "endpoint", "opus", "opus", "opus"]
     assert [e for e in events if isinstance(e, Transcript)] == [Transcript(True, "fake", 0.0, 0.5, "en")]
+
+
+def two_pools(multi: str, en: str) -> RoutingTable:
+    return RoutingTable.from_dict(
+        {
+            "default_pool": "multi",
+            "pools": {"multi": {"addrs": [multi]}, "en": {"addrs": [en]}},
+            "routes": [{"lang": "en", "domain": "*", "pool": "en"}],
+        }
+    )
+
+
+async def run_session(stage: AsrStage, decide: str, blocks: int = 3) -> list[StageEvent]:
+    """Audio arrives while LID listens; then the language `decide` is known; then the audio ends."""
+    events: list[StageEvent] = []
+    language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    feed = StageFeed(640, 10**9)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append, language=language)
+    task = asyncio.create_task(stage.run(ctx))
+    for seq in range(blocks):
+        feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
+    await asyncio.sleep(0)
+    assert ctx.on_boundary is not None
+    ctx.on_boundary(SpeechBoundary("start", 0))
+    language.set_result(decide)
+    feed.close()
+    await asyncio.wait_for(task, 10)
+    return events
+
+
+def finals(events: list[StageEvent]) -> list[str]:
+    return [e.text for e in events if isinstance(e, Transcript) and e.final]
+
+
+async def two_fakes() -> tuple[FakeRecognizer, FakeRecognizer, PoolSet, list[grpc.aio.Server]]:
+    multi, en = FakeRecognizer("from multi"), FakeRecognizer("from en")
+    (s1, a1), (s2, a2) = await serve(multi), await serve(en)
+    return multi, en, PoolSet(two_pools(a1, a2)), [s1, s2]
+
+
+async def close(pools: PoolSet, servers: list[grpc.aio.Server]) -> None:
+    await pools.close()
+    for server in servers:
+        await server.stop(None)
+
+
+async def test_language_routes_elsewhere_the_chosen_pool_hears_everything() -> None:
+    multi, en, pools, servers = await two_fakes()
+    try:
+        events = await run_session(AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0), "en")
+    finally:
+        await close(pools, servers)
+    assert multi.lang_hints == [""]  # the provisional stream, opened before LID answered
+    assert en.lang_hints == ["en"] and en.streams == [["start", "endpoint", "opus", "opus", "opus"]]
+    assert finals(events) == ["from en"]  # the provisional stream's final is dropped
+
+
+async def test_language_on_the_provisional_pool_reopens_with_the_language() -> None:
+    multi, en, pools, servers = await two_fakes()
+    try:
+        events = await run_session(AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0), "zh")
+    finally:
+        await close(pools, servers)
+    assert en.streams == [] and multi.lang_hints == ["", "zh"]
+    assert multi.streams[-1] == ["start", "endpoint", "opus", "opus", "opus"]
+    assert finals(events) == ["from multi"]
+
+
+async def test_no_language_keeps_the_provisional_stream() -> None:
+    multi, en, pools, servers = await two_fakes()
+    try:
+        events = await run_session(AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0), "")
+    finally:
+        await close(pools, servers)
+    assert en.streams == [] and multi.lang_hints == [""]
+    assert multi.streams == [["start", "endpoint", "opus", "opus", "opus"]]
+    assert finals(events) == ["from multi"]
+
+
+async def test_chosen_pool_down_the_provisional_one_keeps_the_session() -> None:
+    multi = FakeRecognizer("from multi")
+    server, addr = await serve(multi)
+    pools = PoolSet(two_pools(addr, "127.0.0.1:9"))  # nothing listens on the discard port
+    try:
+        events = await run_session(AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0), "en")
+    finally:
+        await close(pools, [server])
+    assert finals(events) == ["from multi"]
+
+
+async def test_without_provisional_routing_the_stream_waits_for_the_language() -> None:
+    multi, en, pools, servers = await two_fakes()
+    try:
+        stage = AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0, provisional=False)
+        events = await run_session(stage, "en")
+    finally:
+        await close(pools, servers)
+    assert multi.streams == [] and en.lang_hints == ["en"] and finals(events) == ["from en"]

@@ -32,6 +32,8 @@ ENGINES = {
     "whisper-tiny.en-w0": {**_TINY, "ASR_WINDOW_S": "0", "ASR_FINAL_WINDOW_S": "0"},
     "whisper-tiny.en-w10": {**_TINY, "ASR_WINDOW_S": "10", "ASR_FINAL_WINDOW_S": "10"},
     "sphinx": {"ASR_ENGINE": "sphinx"},
+    # With --with-lid: the ASR waits for the language instead of streaming to the provisional pool
+    "whisper-tiny.en-wait-lid": {**_TINY, "ASR_PROVISIONAL": "false"},
 }
 
 
