@@ -243,7 +243,7 @@ class Gateway:
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
             return _response(status, body.encode() + b"\n", "application/json")
         if path == "/metrics":
-            return _response(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
+            return _response(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     async def _transcript(self, flow_id: str) -> Response:

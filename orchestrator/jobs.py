@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from orchestrator.metrics import REGISTRY
 from orchestrator.protocol import FLOW_ID_RE
 from orchestrator.srt import to_srt
 from services.common.envconf import ConfigError, env_float, env_int, env_str
@@ -37,8 +38,10 @@ T = TypeVar("T")
 STATUSES = ("pending", "running", "done", "failed")
 MAX_ERROR_CHARS = 500
 
-JOB_OUTCOMES = Counter("transcribe_jobs_total", "Deferred transcription attempts, by outcome", ["outcome"])
-JOBS_INFLIGHT = Gauge("transcribe_jobs_inflight", "Deferred transcription jobs running now")
+JOB_OUTCOMES = Counter(
+    "transcribe_jobs_total", "Deferred transcription attempts, by outcome", ["outcome"], registry=REGISTRY
+)
+JOBS_INFLIGHT = Gauge("transcribe_jobs_inflight", "Deferred transcription jobs running now", registry=REGISTRY)
 
 
 class PermanentJobError(Exception):

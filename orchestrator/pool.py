@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from orchestrator.breaker import BreakerConfig, CircuitBreaker
+from orchestrator.metrics import REGISTRY
 from orchestrator.routing import PoolSpec, RoutingTable
 from services.common.server import GRPC_OPTIONS
 
@@ -40,15 +41,22 @@ FAILURE_CODES = frozenset(
 BUSY_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 MEMBERS_HEALTHY = Gauge(
-    "orchestrator_asr_pool_members_healthy", "ASR pool members whose last health check passed", ["pool"]
+    "orchestrator_asr_pool_members_healthy",
+    "ASR pool members whose last health check passed",
+    ["pool"],
+    registry=REGISTRY,
 )
 BREAKER_OPENS = Counter(
-    "orchestrator_asr_pool_breaker_open_total", "Circuit breaker openings per member", ["pool", "addr"]
+    "orchestrator_asr_pool_breaker_open_total",
+    "Circuit breaker openings per member",
+    ["pool", "addr"],
+    registry=REGISTRY,
 )
 PICKS = Counter(
     "orchestrator_asr_pool_picks_total",
     "Member picks: ok, or why no member could take the session",
     ["pool", "result"],
+    registry=REGISTRY,
 )
 
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import REGISTRY
 
+from orchestrator.metrics import REGISTRY
 from orchestrator.pool import Member, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.routing import RoutingTable
 from proto import asr_pb2, asr_pb2_grpc

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 
 from orchestrator.breaker import BreakerConfig, BreakerState
+from orchestrator.metrics import REGISTRY
 from orchestrator.pool import AsrPool, Lease, Member, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.routing import PoolSpec, RoutingTable
 
