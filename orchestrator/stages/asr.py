@@ -129,7 +129,14 @@ class AsrStage:
         language = ctx.language
         provisional = self._provisional and language is not None and not language.done()
         lang = "" if provisional or language is None else await language
-        first = await self._open(ctx, link, wire, lang)
+        try:
+            first = await self._open(ctx, link, wire, lang)
+        except AsrUnavailable:
+            if not provisional or language is None:
+                raise
+            # The default pool cannot take it: wait for the language and its own pool instead.
+            provisional = False
+            first = await self._open(ctx, link, wire, await language)
         if not provisional:
             wire.settle()
             first.held_finals = None

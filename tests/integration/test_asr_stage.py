@@ -178,3 +178,15 @@ async def test_without_provisional_routing_the_stream_waits_for_the_language() -
     finally:
         await close(pools, servers)
     assert multi.streams == [] and en.lang_hints == ["en"] and finals(events) == ["from en"]
+
+
+async def test_default_pool_down_the_session_waits_for_its_own_pool() -> None:
+    en = FakeRecognizer("from en")
+    server, addr = await serve(en)
+    pools = PoolSet(two_pools("127.0.0.1:9", addr))  # the provisional (default) pool is down
+    try:
+        events = await run_session(AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0), "en")
+    finally:
+        await close(pools, [server])
+    assert en.lang_hints == ["en"] and en.streams == [["start", "endpoint", "opus", "opus", "opus"]]
+    assert finals(events) == ["from en"]
