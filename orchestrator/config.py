@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from orchestrator.jobs import JobsConfig
-from orchestrator.opus_link import OpusLinkConfig
-from orchestrator.routing import RoutingTable
-from orchestrator.session import SessionConfig
-from orchestrator.transcribe import TranscribeConfig
-from services.common.envconf import ConfigError, env_bool, env_float, env_int, env_str
+from common.envconf import ConfigError, env_bool, env_float, env_int, env_str
+from orchestrator.core.session import SessionConfig
+from orchestrator.routing.table import RoutingTable
+from orchestrator.stages.opus_link import OpusLinkConfig
+from orchestrator.transcripts.jobs import JobsConfig
+from orchestrator.transcripts.transcribe import TranscribeConfig
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from orchestrator import metrics
-from orchestrator.audio_paths import AudioPaths
-from orchestrator.protocol import SAMPLE_RATE
-from orchestrator.reframer import BYTES_PER_SAMPLE, AudioBlock
-from orchestrator.session import Session, State
-from orchestrator.stage_events import (
+from orchestrator.core.events import (
     LangDetected,
     SpeechBoundary,
     StageDone,
@@ -30,6 +26,10 @@ from orchestrator.stage_events import (
     StageFailed,
     StageLatency,
 )
+from orchestrator.core.protocol import SAMPLE_RATE
+from orchestrator.core.reframer import BYTES_PER_SAMPLE, AudioBlock
+from orchestrator.core.session import Session, State
+from orchestrator.stages.audio_paths import AudioPaths
 from orchestrator.stages.base import Stage, StageContext, StageFeed
 
 log = logging.getLogger(__name__)

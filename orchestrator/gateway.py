@@ -21,21 +21,21 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from common.server import GRPC_OPTIONS
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig
+from orchestrator.core.protocol import FLOW_ID_RE, ErrorCode
+from orchestrator.core.session import Session
 from orchestrator.driver import SessionDriver
-from orchestrator.jobs import AsyncJobStore, Job, JobRunner, transcript_response
-from orchestrator.pool import PoolSet
-from orchestrator.protocol import FLOW_ID_RE, ErrorCode
-from orchestrator.session import Session
+from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
 from orchestrator.stages.compress import CompressStage
 from orchestrator.stages.denoise import DenoiseStage
 from orchestrator.stages.lid import LidStage
 from orchestrator.stages.vad import VadStage
-from orchestrator.transcribe import transcribe_recording
-from services.common.server import GRPC_OPTIONS
+from orchestrator.transcripts.jobs import AsyncJobStore, Job, JobRunner, transcript_response
+from orchestrator.transcripts.transcribe import transcribe_recording
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws/stream"
@@ -266,7 +266,7 @@ async def serve_forever(config: GatewayConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    from services.common.server import announce
+    from common.server import announce
 
     announce("gateway", config.host, 0, gateway.port)
     await stop.wait()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.models import package_dir
+from common.models import package_dir
 
 POLL_S = 0.02
 TIME_UNIT = float(os.environ.get("SPEECHGW_TEST_TIME_UNIT", "1.0"))

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from proto import common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
-from services.common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 
 
 class FakeVad(vad_pb2_grpc.VadServicer):

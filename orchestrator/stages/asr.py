@@ -23,11 +23,11 @@ from typing import Any
 import grpc
 
 from orchestrator import metrics
-from orchestrator.opus_link import OpusLink, OpusLinkConfig
-from orchestrator.pool import AsrPool, Lease, Member, PoolExhausted, PoolSet, open_with_retries
-from orchestrator.protocol import CHANNELS, SAMPLE_RATE
-from orchestrator.stage_events import SpeechBoundary, StageLatency, Transcript
+from orchestrator.core.events import SpeechBoundary, StageLatency, Transcript
+from orchestrator.core.protocol import CHANNELS, SAMPLE_RATE
+from orchestrator.routing.pool import AsrPool, Lease, Member, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.stages.base import StageContext
+from orchestrator.stages.opus_link import OpusLink, OpusLinkConfig
 from proto import asr_pb2, asr_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.protocol import CHANNELS, SAMPLE_RATE, StartRequest
-from orchestrator.reframer import BYTES_PER_SAMPLE, AudioBlock
-from orchestrator.stage_events import SpeechBoundary, StageEvent
+from common.audio import NS_PER_SAMPLE
+from orchestrator.core.events import SpeechBoundary, StageEvent
+from orchestrator.core.protocol import CHANNELS, SAMPLE_RATE, StartRequest
+from orchestrator.core.reframer import BYTES_PER_SAMPLE, AudioBlock
 from proto import common_pb2
-
-NS_PER_SAMPLE = 1_000_000_000 // SAMPLE_RATE
 
 
 class StageFeed:

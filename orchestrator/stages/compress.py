@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.stage_events import RecordReady, StageLatency
+from orchestrator.core.events import RecordReady, StageLatency
 from orchestrator.stages.base import StageContext, frames
 from proto import common_pb2, compress_pb2_grpc
 

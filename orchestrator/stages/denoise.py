@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.reframer import AudioBlock
-from orchestrator.stage_events import StageLatency
+from orchestrator.core.events import StageLatency
+from orchestrator.core.reframer import AudioBlock
 from orchestrator.stages.base import StageContext, frames
 from proto import common_pb2, denoise_pb2_grpc
 

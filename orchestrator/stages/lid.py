@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.stage_events import LangDetected, StageLatency
+from orchestrator.core.events import LangDetected, StageLatency
 from orchestrator.stages.base import StageContext, frames
 from proto import common_pb2, lid_pb2_grpc
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.stage_events import SpeechBoundary, StageLatency
+from orchestrator.core.events import SpeechBoundary, StageLatency
 from orchestrator.stages.base import StageContext, frames
 from proto import common_pb2, vad_pb2_grpc
 

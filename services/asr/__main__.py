@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 
+from common.logs import setup_logging
+from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from proto import asr_pb2_grpc
 from services.asr.config import AsrConfig
 from services.asr.engines import Engine, build_engine
 from services.asr.scheduler import DecodeScheduler
 from services.asr.servicer import RecognizeServicer
-from services.common.logs import setup_logging
-from services.common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 
 log = logging.getLogger("services.asr")
 

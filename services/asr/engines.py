@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common import models
 from services.asr.config import AsrConfig
 from services.asr.window import WindowedDecoder
-from services.common import models
 
 
 @dataclass(frozen=True)

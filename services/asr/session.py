@@ -28,7 +28,8 @@ from services.asr.scheduler import DecodeScheduler
 from services.asr.segmenter import NS_PER_S, Utterance, UtteranceSegmenter
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16_000
+from common.audio import SAMPLE_RATE  # noqa: E402
+
 Emit = Callable[[asr_pb2.AsrEvent], Awaitable[None]]
 
 

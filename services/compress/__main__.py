@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.envconf import current_env, env_str
+from common.logs import setup_logging
+from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from proto import compress_pb2_grpc
-from services.common.envconf import current_env, env_str
-from services.common.logs import setup_logging
-from services.common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from services.compress.config import CompressConfig, S3Config
 from services.compress.encoder import audio_duration_s, encode_pcm_file
 from services.compress.service import ArchivePipeline, CompressServicer, record_routes

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.envconf import ConfigError, env_float, env_int, env_str
+from common.envconf import ConfigError, env_float, env_int, env_str
 
 FORMATS = ("ogg_opus", "flac")
 BACKENDS = ("local", "s3")

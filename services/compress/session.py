@@ -15,7 +15,7 @@ KEY_PREFIX = "records"
 EXTENSIONS = {"ogg_opus": "ogg", "flac": "flac"}
 CODECS = {"ogg_opus": "ogg/opus", "flac": "flac"}
 CONTENT_TYPES = {"ogg": "audio/ogg", "flac": "audio/flac"}
-BYTES_PER_SAMPLE = 2  # PCM16 LE, mono
+from common.audio import BYTES_PER_SAMPLE  # noqa: E402
 
 
 class InvalidFrame(ValueError):

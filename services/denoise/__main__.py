@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from common.envconf import ConfigError, current_env
+from common.logs import setup_logging
+from common.models import ModelMissing
+from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from proto import denoise_pb2_grpc
-from services.common.envconf import ConfigError, current_env
-from services.common.logs import setup_logging
-from services.common.models import ModelMissing
-from services.common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from services.denoise.config import DenoiseConfig
 from services.denoise.engines import SAMPLE_RATE, EngineUnavailable, make_engine, probe_gtcrn
 from services.denoise.prepare import ensure_gtcrn_onnx

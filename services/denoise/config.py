@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.envconf import ConfigError, env_float, env_int, env_str
+from common.envconf import ConfigError, env_float, env_int, env_str
 from services.denoise.engines import ENGINES
 
 RESAMPLE_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.audio import NS_PER_S
 from services.denoise.engines import SAMPLE_RATE, Engine
-
-NS_PER_S = 1_000_000_000
 
 
 class InvalidAudio(ValueError):

@@ -15,7 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from common.audio import SAMPLE_RATE
+
 ENGINES = ("gtcrn", "rnnoise")
 
 

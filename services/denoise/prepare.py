@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from services.common.models import MODELS_DIR, ModelMissing, gtcrn_onnx
+from common.models import MODELS_DIR, ModelMissing, gtcrn_onnx
 
 PREPARED_NAME = "gtcrn_simple_sherpa.onnx"
 

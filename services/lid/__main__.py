@@ -10,11 +10,11 @@ from pathlib import Path
 
 import grpc
 
+from common.envconf import ConfigError, current_env
+from common.logs import setup_logging
+from common.models import ModelMissing, whisper_base_dir
+from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from proto import lid_pb2_grpc
-from services.common.envconf import ConfigError, current_env
-from services.common.logs import setup_logging
-from services.common.models import ModelMissing, whisper_base_dir
-from services.common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector, WhisperLid
 from services.lid.servicer import LidServicer

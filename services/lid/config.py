@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.envconf import ConfigError, env_float, env_int, env_list, env_str
-
-SAMPLE_RATE = 16000  # the only rate of the internal PCM links (SPEC §3)
+from common.audio import SAMPLE_RATE
+from common.envconf import ConfigError, env_float, env_int, env_list, env_str
 
 # Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES), kept here so that the
 # config and the sans-I/O policy do not import the model stack.

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.audio import NS_PER_SAMPLE
 from services.lid.config import SAMPLE_RATE, LidConfig
-
-NS_PER_SAMPLE = 1_000_000_000 // SAMPLE_RATE  # 62_500 ns: every whole-sample duration is exact
 
 
 class InvalidFrame(ValueError):

@@ -10,10 +10,10 @@ from functools import partial
 
 import grpc
 
+from common.envconf import ConfigError, current_env
+from common.logs import setup_logging
+from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from proto import vad_pb2_grpc
-from services.common.envconf import ConfigError, current_env
-from services.common.logs import setup_logging
-from services.common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
 from services.vad.config import VadConfig
 from services.vad.detector import exercise, make_detector, probe_in_child
 

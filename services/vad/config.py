@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.envconf import ConfigError, env_float, env_int, env_str
-
-SAMPLE_RATE = 16000  # the only rate of the internal PCM links (SPEC §3)
+from common.audio import SAMPLE_RATE
+from common.envconf import ConfigError, env_float, env_int, env_str
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from common.audio import NS_PER_SAMPLE
 from proto import common_pb2
 from services.vad.config import SAMPLE_RATE, VadConfig
 from services.vad.detector import SpeechDetector
 
-NS_PER_SAMPLE = 1_000_000_000 // SAMPLE_RATE  # 62_500 ns, exact at 16 kHz
 SPEECH_START = common_pb2.SPEECH_START
 SPEECH_END = common_pb2.SPEECH_END
 

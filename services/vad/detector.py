@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.common.models import silero_vad_onnx
+from common.models import silero_vad_onnx
 from services.vad.config import SAMPLE_RATE, VadConfig
 
 # Margin of the detector's ring buffer beyond max_speech_s (sherpa-onnx keeps a segment's samples).

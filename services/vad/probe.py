@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from services.common.envconf import ConfigError, current_env
+from common.envconf import ConfigError, current_env
 from services.vad.config import VadConfig
 from services.vad.detector import exercise, make_detector, model_path
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.client import load_wav, stream_pcm
-from orchestrator.stack import Stack
-from services.common.launcher import RunningService, launch
+from devtools.client import load_wav, stream_pcm
+from devtools.launcher import RunningService, launch
+from devtools.stack import Stack
 from tests.conftest import seconds, wait_for
 from tests.wer import wer
 

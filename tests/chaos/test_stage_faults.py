@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.client import load_wav, stream_pcm
-from orchestrator.stack import Stack
+from devtools.client import load_wav, stream_pcm
+from devtools.stack import Stack
 
 pytestmark = pytest.mark.chaos
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.stack import Stack
-from services.common.launcher import launch
+from devtools.launcher import launch
+from devtools.stack import Stack
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def counting_pcm(clips: Path) -> bytes:
-    from orchestrator.client import load_wav
+    from devtools.client import load_wav
 
     return load_wav(clips / "en" / "counting.wav")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.client import StreamResult, load_wav, stream_pcm
-from orchestrator.stack import Stack
+from devtools.client import StreamResult, load_wav, stream_pcm
+from devtools.stack import Stack
 from tests.conftest import seconds
 from tests.e2e.conftest import extra_gateway
 from tests.schemas import check_event
@@ -121,7 +121,7 @@ def test_cli_prints_events_writes_srt_and_json_and_fails_on_error(
     import sys
 
     wav = clips / "en" / "hello_world.wav"
-    cli = [sys.executable, "-m", "orchestrator.client", "--url", asr_stack.url, "--speed", "0"]
+    cli = [sys.executable, "-m", "devtools.client", "--url", asr_stack.url, "--speed", "0"]
     ok = subprocess.run(
         [*cli, "--srt", str(tmp_path / "out.srt"), "--json", str(tmp_path / "out.json"), str(wav)],
         capture_output=True,

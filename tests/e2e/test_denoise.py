@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.client import StreamResult, load_wav, stream_pcm
-from orchestrator.stack import Stack
+from devtools.client import StreamResult, load_wav, stream_pcm
+from devtools.stack import Stack
 from tests.wer import wer
 
 pytestmark = pytest.mark.e2e

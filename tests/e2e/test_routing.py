@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.client import StreamResult, load_wav, stream_pcm
-from orchestrator.stack import DEFAULT_SERVICES, Stack
+from devtools.client import StreamResult, load_wav, stream_pcm
+from devtools.stack import DEFAULT_SERVICES, Stack
 from tests.schemas import check_event
 
 pytestmark = pytest.mark.e2e

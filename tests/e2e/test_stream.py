@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from orchestrator.client import stream_pcm
-from orchestrator.stack import Stack
+from devtools.client import stream_pcm
+from devtools.stack import Stack
 from tests.conftest import seconds
 from tests.e2e.conftest import records_of
 from tests.schemas import check_event

@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.launcher import RunningService, launch
 from proto import asr_pb2, asr_pb2_grpc
-from services.common.launcher import RunningService, launch
 from tests.conftest import seconds, wait_for
 from tests.wer import wer
 

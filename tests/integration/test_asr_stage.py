@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from orchestrator.opus_link import OpusLinkConfig
-from orchestrator.pool import PoolSet
-from orchestrator.protocol import StartRequest
-from orchestrator.reframer import AudioBlock
-from orchestrator.routing import RoutingTable
-from orchestrator.stage_events import SpeechBoundary, StageEvent, Transcript
+from orchestrator.core.events import SpeechBoundary, StageEvent, Transcript
+from orchestrator.core.protocol import StartRequest
+from orchestrator.core.reframer import AudioBlock
+from orchestrator.routing.pool import PoolSet
+from orchestrator.routing.table import RoutingTable
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import StageContext, StageFeed
+from orchestrator.stages.opus_link import OpusLinkConfig
 from proto import asr_pb2, asr_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from devtools.launcher import RunningService, launch
+from devtools.seaweed import SeaweedS3, running_seaweed
 from proto import common_pb2, compress_pb2, compress_pb2_grpc
-from services.common.launcher import RunningService, launch
-from services.compress.seaweed import SeaweedS3, running_seaweed
 from tests.conftest import seconds, wait_for
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.launcher import RunningService, launch
 from proto import common_pb2, denoise_pb2_grpc
-from services.common.launcher import RunningService, launch
 from tests.conftest import seconds, wait_for
 
 pytestmark = pytest.mark.integration

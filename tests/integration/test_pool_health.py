@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from orchestrator.metrics import REGISTRY
-from orchestrator.pool import Member, PoolExhausted, PoolSet, open_with_retries
-from orchestrator.routing import RoutingTable
+from orchestrator.routing.pool import Member, PoolExhausted, PoolSet, open_with_retries
+from orchestrator.routing.table import RoutingTable
 from proto import asr_pb2, asr_pb2_grpc
 from tests.conftest import seconds
 

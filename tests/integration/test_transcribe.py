@@ -15,8 +15,10 @@ import pytest
 import soundfile as sf
 from aiohttp import web
 
-from orchestrator.jobs import AsyncJobStore, Job, JobRunner, JobsConfig, transcript_response
-from orchestrator.transcribe import (
+from common.server import GRPC_OPTIONS
+from devtools.launcher import RunningService, launch
+from orchestrator.transcripts.jobs import AsyncJobStore, Job, JobRunner, JobsConfig, transcript_response
+from orchestrator.transcripts.transcribe import (
     AsrRefused,
     RecordingUnreadable,
     TranscribeConfig,
@@ -24,8 +26,6 @@ from orchestrator.transcribe import (
     transcribe_recording,
 )
 from proto import asr_pb2, asr_pb2_grpc
-from services.common.launcher import RunningService, launch
-from services.common.server import GRPC_OPTIONS
 from tests.conftest import seconds
 from tests.wer import wer
 

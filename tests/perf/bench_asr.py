@@ -31,9 +31,9 @@ import numpy as np
 import opuslib
 import soundfile as sf
 
+from common.models import ModelMissing
 from services.asr.config import AsrConfig
 from services.asr.engines import Engine, build_engine
-from services.common.models import ModelMissing
 from tests.wer import wer
 
 AUDIO = Path(__import__("pytest_audioeval").__path__[0]) / "samples" / "audio"
@@ -262,7 +262,7 @@ async def stream_for_first_partial(addr: str, audio: np.ndarray, onset: int) -> 
 async def first_partial_latencies(
     engine: str, model: str, clips: list[tuple[str, np.ndarray, str]], runs: int, window_s: float = 0.0
 ) -> list[float]:
-    from services.common.launcher import launch
+    from devtools.launcher import launch
 
     env = {"ASR_ENGINE": engine, "ASR_MODEL": model, "ASR_WINDOW_S": str(window_s), "LOG_LEVEL": "WARNING"}
     service = await asyncio.to_thread(launch, "asr", env=env)

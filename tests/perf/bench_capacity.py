@@ -22,7 +22,7 @@ import time
 
 import psutil
 
-from services.common.launcher import launch
+from devtools.launcher import launch
 
 CHUNK = 640  # 20 ms of PCM16 at 16 kHz
 

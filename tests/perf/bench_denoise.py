@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from services.common.models import package_dir, whisper_tiny_en_dir
+from common.models import package_dir, whisper_tiny_en_dir
 from services.denoise.core import DenoiseStream, FrameIn, float_to_pcm16, pcm16_to_float
 from services.denoise.engines import ENGINES, Engine, make_engine
 from services.denoise.prepare import ensure_gtcrn_onnx

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.client import load_wav, stream_pcm
-from orchestrator.stack import DEFAULT_SERVICES, Stack
-from services.common.models import package_dir
+from common.models import package_dir
+from devtools.client import load_wav, stream_pcm
+from devtools.stack import DEFAULT_SERVICES, Stack
 from tests.wer import wer
 
 _TINY = {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en"}

@@ -26,9 +26,9 @@ import grpc
 import numpy as np
 import soundfile as sf
 
+from common.models import package_dir, whisper_base_dir
+from devtools.launcher import launch
 from proto import common_pb2, lid_pb2_grpc
-from services.common.launcher import launch
-from services.common.models import package_dir, whisper_base_dir
 from services.lid.engine import WhisperLid, restrict
 
 CLIPS = package_dir("pytest_audioeval") / "samples" / "audio"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from common.envconf import ConfigError
+from common.models import whisper_tiny_en_dir
 from services.asr.config import AsrConfig
 from services.asr.engines import WhisperEngine
 from services.asr.window import compression_ratio, window_frames
-from services.common.envconf import ConfigError
-from services.common.models import whisper_tiny_en_dir
 from tests.wer import wer
 
 pytestmark = pytest.mark.unit

@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from orchestrator.audio_paths import AudioPaths
-from orchestrator.reframer import AudioBlock
+from orchestrator.core.reframer import AudioBlock
+from orchestrator.stages.audio_paths import AudioPaths
 from orchestrator.stages.base import StageFeed
 
 pytestmark = pytest.mark.unit

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from services.common.envconf import ConfigError
+from common.envconf import ConfigError
+from orchestrator.routing.breaker import BreakerConfig, BreakerState, CircuitBreaker
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.envconf import ConfigError
 from proto import common_pb2
-from services.common.envconf import ConfigError
 from services.compress.config import CompressConfig, S3Config
 from services.compress.encoder import audio_duration_s, encode_pcm_file
 from services.compress.service import ArchivePipeline

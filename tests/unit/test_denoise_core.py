@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from services.common.envconf import ConfigError
+from common.envconf import ConfigError
 from services.denoise.config import DenoiseConfig
 from services.denoise.core import (
     NS_PER_S,

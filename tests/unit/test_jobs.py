@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.jobs import (
+from orchestrator.transcripts.jobs import (
     AsyncJobStore,
     Backoff,
     Job,
@@ -140,7 +140,7 @@ def test_backoff_schedule_is_exponential_capped_and_seeded() -> None:
 
 
 def test_config_rejects_bad_limits() -> None:
-    from services.common.envconf import ConfigError
+    from common.envconf import ConfigError
 
     with pytest.raises(ConfigError):
         JobsConfig(max_attempts=0)

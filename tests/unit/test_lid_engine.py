@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.common.models import whisper_base_dir
+from common.models import whisper_base_dir
 from services.lid.engine import LanguageDetector, WhisperLid
 from services.lid.policy import RunDetection
 

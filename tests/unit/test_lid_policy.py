@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.envconf import ConfigError
+from common.envconf import ConfigError
 from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector, restrict
 from services.lid.policy import Answer, Detection, EarlyAnswerPolicy, InvalidFrame, RunDetection

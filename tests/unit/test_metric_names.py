@@ -12,8 +12,8 @@ from orchestrator.metrics import REGISTRY as GATEWAY
 pytestmark = pytest.mark.unit
 MODULES = (
     "orchestrator.metrics",
-    "orchestrator.pool",
-    "orchestrator.jobs",
+    "orchestrator.routing.pool",
+    "orchestrator.transcripts.jobs",
     "services.vad.servicer",
     "services.denoise.servicer",
     "services.lid.servicer",

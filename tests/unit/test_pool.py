@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 
-from orchestrator.breaker import BreakerConfig, BreakerState
 from orchestrator.metrics import REGISTRY
-from orchestrator.pool import AsrPool, Lease, Member, PoolExhausted, PoolSet, open_with_retries
-from orchestrator.routing import PoolSpec, RoutingTable
+from orchestrator.routing.breaker import BreakerConfig, BreakerState
+from orchestrator.routing.pool import AsrPool, Lease, Member, PoolExhausted, PoolSet, open_with_retries
+from orchestrator.routing.table import PoolSpec, RoutingTable
 
 pytestmark = pytest.mark.unit
 

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.reframer import Reframer
+from orchestrator.core.reframer import Reframer
 
 pytestmark = pytest.mark.unit
 FRAME = 640

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.breaker import BreakerConfig
-from orchestrator.routing import HealthConfig, RoutingTable, normalise_lang
-from services.common.envconf import ConfigError
+from common.envconf import ConfigError
+from orchestrator.routing.breaker import BreakerConfig
+from orchestrator.routing.table import HealthConfig, RoutingTable, normalise_lang
 
 pytestmark = pytest.mark.unit
 

@@ -3,9 +3,7 @@ import json
 
 import pytest
 
-from orchestrator.protocol import Close, ErrorCode
-from orchestrator.session import Session, SessionConfig, State
-from orchestrator.stage_events import (
+from orchestrator.core.events import (
     LangDetected,
     RecordReady,
     SpeechBoundary,
@@ -14,6 +12,8 @@ from orchestrator.stage_events import (
     StageLatency,
     Transcript,
 )
+from orchestrator.core.protocol import Close, ErrorCode
+from orchestrator.core.session import Session, SessionConfig, State
 from tests.schemas import check_event
 
 pytestmark = pytest.mark.unit

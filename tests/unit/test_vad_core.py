@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from common.envconf import ConfigError
 from proto import common_pb2
-from services.common.envconf import ConfigError
 from services.vad.config import VadConfig
 from services.vad.core import InvalidFrame, TooManyFlows, VadSession
 from services.vad.detector import make_detector

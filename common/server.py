@@ -18,7 +18,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.common.envconf import env_float, env_int, env_str
+from common.envconf import env_float, env_int, env_str
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Measures the VAD core: `python -m services.vad.bench [CLIPS_DIR]` prints JSON figures.
+"""Measures the VAD core: `python -m tests.perf.bench_vad [CLIPS_DIR]` prints JSON figures.
 
 - cost: wall time of `VadSession.process` per 20 ms message (median, p95), one thread.
 - accuracy: each clip gets 0.5 s of leading and 1.0 s of trailing white noise at -60 dBFS; the
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from common.envconf import current_env
 from proto import common_pb2
-from services.common.envconf import current_env
 from services.vad.config import SAMPLE_RATE, VadConfig
 from services.vad.core import VadSession
 from services.vad.detector import make_detector

@@ -24,9 +24,9 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from orchestrator.srt import to_srt
+from common.audio import SAMPLE_RATE
+from orchestrator.transcripts.srt import to_srt
 
-SAMPLE_RATE = 16000
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/stream"
 
 

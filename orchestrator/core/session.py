@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.protocol import (
+from orchestrator.core.events import (
+    LangDetected,
+    RecordReady,
+    SpeechBoundary,
+    StageDone,
+    StageEvent,
+    StageFailed,
+    StageLatency,
+    Transcript,
+)
+from orchestrator.core.protocol import (
     CHANNELS,
     CODEC,
     FATAL_CLOSE,
@@ -26,17 +36,7 @@ from orchestrator.protocol import (
     parse_control,
     parse_start,
 )
-from orchestrator.reframer import AudioBlock, Reframer
-from orchestrator.stage_events import (
-    LangDetected,
-    RecordReady,
-    SpeechBoundary,
-    StageDone,
-    StageEvent,
-    StageFailed,
-    StageLatency,
-    Transcript,
-)
+from orchestrator.core.reframer import AudioBlock, Reframer
 
 UNAVAILABLE_CODE = {
     "vad": ErrorCode.VAD_UNAVAILABLE,

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
+from common.audio import CHANNELS, SAMPLE_RATE
+
 FLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 EVENT_FAMILIES = ("lid", "asr", "record_url", "metrics", "vad")
 DEFAULT_RETURN = ("lid", "asr", "record_url", "metrics")
 CODEC = "pcm_s16le"
-SAMPLE_RATE = 16000
-CHANNELS = 1
 
 
 class Close(int, Enum):

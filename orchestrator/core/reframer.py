@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BYTES_PER_SAMPLE = 2
+from common.audio import BYTES_PER_SAMPLE
 
 
 @dataclass(frozen=True, slots=True)

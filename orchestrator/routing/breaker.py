@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from services.common.envconf import ConfigError
+from common.envconf import ConfigError
 
 
 class BreakerState(enum.Enum):

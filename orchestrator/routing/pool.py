@@ -19,10 +19,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
 
-from orchestrator.breaker import BreakerConfig, CircuitBreaker
+from common.server import GRPC_OPTIONS
 from orchestrator.metrics import REGISTRY
-from orchestrator.routing import PoolSpec, RoutingTable
-from services.common.server import GRPC_OPTIONS
+from orchestrator.routing.breaker import BreakerConfig, CircuitBreaker
+from orchestrator.routing.table import PoolSpec, RoutingTable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import opuslib
 
-from orchestrator.reframer import BYTES_PER_SAMPLE
+from orchestrator.core.reframer import BYTES_PER_SAMPLE
 from proto import asr_pb2
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
+from common.audio import SAMPLE_RATE  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.common.launcher import RunningService, launch
+from devtools.launcher import RunningService, launch
 
 # Two ASR pools with different models (SPEC §4): English on Whisper tiny.en, the rest on the
 # multilingual Whisper base; LID picks between them.
@@ -38,7 +38,7 @@ POOL_ENV = {
 
 
 def sample_clip() -> Path:
-    from services.common.models import package_dir
+    from common.models import package_dir
 
     return package_dir("pytest_audioeval") / "samples" / "audio" / "en" / "quick_brown_fox.wav"
 
@@ -99,7 +99,7 @@ class Stack:
         """STORAGE_BACKEND=s3 without an S3_ENDPOINT_URL: run a local SeaweedFS (docs/storage.md)."""
         if self.env.get("STORAGE_BACKEND") != "s3" or self.env.get("S3_ENDPOINT_URL"):
             return
-        from services.compress.seaweed import SeaweedS3
+        from devtools.seaweed import SeaweedS3
 
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="speechgw-stack-"))
         self._seaweed = SeaweedS3(self.workdir / "seaweed")
@@ -185,7 +185,7 @@ def cmd_run(port: int) -> int:
 
 
 def cmd_demo(clip: Path, speed: float) -> int:
-    from orchestrator.client import load_wav, stream_pcm
+    from devtools.client import load_wav, stream_pcm
 
     env = {**os.environ, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}
     with Stack(_services_from_env(), env=env) as stack:

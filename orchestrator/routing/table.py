@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.breaker import BreakerConfig
-from services.common.envconf import ConfigError
+from common.envconf import ConfigError
+from orchestrator.routing.breaker import BreakerConfig
 
 ANY = "*"
 _TOP_KEYS = {"default_pool", "pools", "routes", "breaker", "health", "retry"}

@@ -21,13 +21,13 @@ import aiohttp
 import grpc
 import numpy as np
 
-from orchestrator.jobs import PermanentJobError
+from common.envconf import ConfigError, env_float, env_int
+from common.server import GRPC_OPTIONS
+from orchestrator.transcripts.jobs import PermanentJobError
 from proto import asr_pb2, asr_pb2_grpc
-from services.common.envconf import ConfigError, env_float, env_int
-from services.common.server import GRPC_OPTIONS
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16_000
+from common.audio import SAMPLE_RATE  # noqa: E402
 
 
 class TranscribeError(RuntimeError):

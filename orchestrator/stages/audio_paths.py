@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from orchestrator.reframer import BYTES_PER_SAMPLE, AudioBlock
+from common.audio import NS_PER_S
+from orchestrator.core.reframer import BYTES_PER_SAMPLE, AudioBlock
 from orchestrator.stages.base import StageFeed
-
-NS_PER_S = 1_000_000_000
 
 
 class AudioPaths:

@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from common.envconf import ConfigError, env_float, env_int, env_str
+from orchestrator.core.protocol import FLOW_ID_RE
 from orchestrator.metrics import REGISTRY
-from orchestrator.protocol import FLOW_ID_RE
-from orchestrator.srt import to_srt
-from services.common.envconf import ConfigError, env_float, env_int, env_str
+from orchestrator.transcripts.srt import to_srt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

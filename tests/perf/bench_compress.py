@@ -1,4 +1,4 @@
-"""`python -m services.compress.bench`: encode cost and size per audio second, ogg_opus vs flac, and the
+"""`python -m tests.perf.bench_compress`: encode cost and size per audio second, ogg_opus vs flac, and the
 in-process end-of-stream -> answer latency of a long flow (local store). Prints medians for
 docs/services/compress.md.
 
@@ -98,7 +98,7 @@ def main() -> None:
             ms = asyncio.run(bench_latency(pcm, fmt, args.flow_s, args.runs, Path(tmp) / fmt))
             print(f"{fmt:9s} end of stream -> answer, {args.flow_s:.0f} s flow, local store: {ms:.0f} ms")
         if args.s3:
-            from services.compress.seaweed import running_seaweed
+            from devtools.seaweed import running_seaweed
 
             with running_seaweed(Path(tmp) / "weed") as weed:
                 env = weed.env("bench")

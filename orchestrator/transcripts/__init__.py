@@ -1,0 +1,1 @@
+"""Deferred transcripts: the durable job store, the runner that transcribes archived recordings, the HTTP view, SRT."""
