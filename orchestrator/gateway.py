@@ -90,6 +90,7 @@ class Gateway:
                     cfg.session.partial_interval_ms,
                     cfg.asr_open_timeout_s,
                     cfg.asr_provisional,
+                    vad_endpoints="vad" in cfg.active_stages,
                 )
             )
             await self._start_jobs()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fproto/asr.proto\x12\x06\x61sr.v1\"\xc7\x01\n\x05Start\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\n\n\x02sr\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x10\n\x08\x66rame_ms\x18\x05 \x01(\x05\x12\x0f\n\x07\x62itrate\x18\x06 \x01(\x05\x12\x0b\n\x03vbr\x18\x07 \x01(\x08\x12\x11\n\tlang_hint\x18\x08 \x01(\t\x12\x0e\n\x06\x64omain\x18\t \x01(\t\x12\x10\n\x08hotwords\x18\n \x03(\t\x12\x1b\n\x13partial_interval_ms\x18\x0b \x01(\x05\"4\n\nOpusPacket\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0b\n\x03pcm\x18\x03 \x01(\x08\"0\n\tOpusBatch\x12#\n\x07packets\x18\x01 \x03(\x0b\x32\x12.asr.v1.OpusPacket\"|\n\x08\x45ndpoint\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.asr.v1.Endpoint.Kind\x12\x0b\n\x03pts\x18\x02 \x01(\x03\">\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cSPEECH_START\x10\x01\x12\x0e\n\nSPEECH_END\x10\x02\"\xa6\x01\n\x0b\x43lientFrame\x12\x1e\n\x05start\x18\x01 \x01(\x0b\x32\r.asr.v1.StartH\x00\x12\"\n\x04opus\x18\x02 \x01(\x0b\x32\x12.asr.v1.OpusPacketH\x00\x12$\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\x10.asr.v1.EndpointH\x00\x12\"\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x11.asr.v1.OpusBatchH\x00\x42\t\n\x07payload\"n\n\x08\x41srEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x03(\x02\x12\x0c\n\x04lang\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t2@\n\tRecognize\x12\x33\n\x06Stream\x12\x13.asr.v1.ClientFrame\x1a\x10.asr.v1.AsrEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fproto/asr.proto\x12\x06\x61sr.v1\"\xde\x01\n\x05Start\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\n\n\x02sr\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x10\n\x08\x66rame_ms\x18\x05 \x01(\x05\x12\x0f\n\x07\x62itrate\x18\x06 \x01(\x05\x12\x0b\n\x03vbr\x18\x07 \x01(\x08\x12\x11\n\tlang_hint\x18\x08 \x01(\t\x12\x0e\n\x06\x64omain\x18\t \x01(\t\x12\x10\n\x08hotwords\x18\n \x03(\t\x12\x1b\n\x13partial_interval_ms\x18\x0b \x01(\x05\x12\x15\n\rvad_endpoints\x18\x0c \x01(\x08\"4\n\nOpusPacket\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0b\n\x03pcm\x18\x03 \x01(\x08\"0\n\tOpusBatch\x12#\n\x07packets\x18\x01 \x03(\x0b\x32\x12.asr.v1.OpusPacket\"|\n\x08\x45ndpoint\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.asr.v1.Endpoint.Kind\x12\x0b\n\x03pts\x18\x02 \x01(\x03\">\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cSPEECH_START\x10\x01\x12\x0e\n\nSPEECH_END\x10\x02\"\xa6\x01\n\x0b\x43lientFrame\x12\x1e\n\x05start\x18\x01 \x01(\x0b\x32\r.asr.v1.StartH\x00\x12\"\n\x04opus\x18\x02 \x01(\x0b\x32\x12.asr.v1.OpusPacketH\x00\x12$\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\x10.asr.v1.EndpointH\x00\x12\"\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x11.asr.v1.OpusBatchH\x00\x42\t\n\x07payload\"n\n\x08\x41srEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x03(\x02\x12\x0c\n\x04lang\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t2@\n\tRecognize\x12\x33\n\x06Stream\x12\x13.asr.v1.ClientFrame\x1a\x10.asr.v1.AsrEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.asr_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_START']._serialized_start=28
-  _globals['_START']._serialized_end=227
-  _globals['_OPUSPACKET']._serialized_start=229
-  _globals['_OPUSPACKET']._serialized_end=281
-  _globals['_OPUSBATCH']._serialized_start=283
-  _globals['_OPUSBATCH']._serialized_end=331
-  _globals['_ENDPOINT']._serialized_start=333
-  _globals['_ENDPOINT']._serialized_end=457
-  _globals['_ENDPOINT_KIND']._serialized_start=395
-  _globals['_ENDPOINT_KIND']._serialized_end=457
-  _globals['_CLIENTFRAME']._serialized_start=460
-  _globals['_CLIENTFRAME']._serialized_end=626
-  _globals['_ASREVENT']._serialized_start=628
-  _globals['_ASREVENT']._serialized_end=738
-  _globals['_RECOGNIZE']._serialized_start=740
-  _globals['_RECOGNIZE']._serialized_end=804
+  _globals['_START']._serialized_end=250
+  _globals['_OPUSPACKET']._serialized_start=252
+  _globals['_OPUSPACKET']._serialized_end=304
+  _globals['_OPUSBATCH']._serialized_start=306
+  _globals['_OPUSBATCH']._serialized_end=354
+  _globals['_ENDPOINT']._serialized_start=356
+  _globals['_ENDPOINT']._serialized_end=480
+  _globals['_ENDPOINT_KIND']._serialized_start=418
+  _globals['_ENDPOINT_KIND']._serialized_end=480
+  _globals['_CLIENTFRAME']._serialized_start=483
+  _globals['_CLIENTFRAME']._serialized_end=649
+  _globals['_ASREVENT']._serialized_start=651
+  _globals['_ASREVENT']._serialized_end=761
+  _globals['_RECOGNIZE']._serialized_start=763
+  _globals['_RECOGNIZE']._serialized_end=827
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Start(_message.Message):
-    __slots__ = ("flow_id", "codec", "sr", "channels", "frame_ms", "bitrate", "vbr", "lang_hint", "domain", "hotwords", "partial_interval_ms")
+    __slots__ = ("flow_id", "codec", "sr", "channels", "frame_ms", "bitrate", "vbr", "lang_hint", "domain", "hotwords", "partial_interval_ms", "vad_endpoints")
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SR_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class Start(_message.Message):
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     HOTWORDS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    VAD_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     codec: str
     sr: int
@@ -31,7 +32,8 @@ class Start(_message.Message):
     domain: str
     hotwords: _containers.RepeatedScalarFieldContainer[str]
     partial_interval_ms: int
-    def __init__(self, flow_id: _Optional[str] = ..., codec: _Optional[str] = ..., sr: _Optional[int] = ..., channels: _Optional[int] = ..., frame_ms: _Optional[int] = ..., bitrate: _Optional[int] = ..., vbr: _Optional[bool] = ..., lang_hint: _Optional[str] = ..., domain: _Optional[str] = ..., hotwords: _Optional[_Iterable[str]] = ..., partial_interval_ms: _Optional[int] = ...) -> None: ...
+    vad_endpoints: bool
+    def __init__(self, flow_id: _Optional[str] = ..., codec: _Optional[str] = ..., sr: _Optional[int] = ..., channels: _Optional[int] = ..., frame_ms: _Optional[int] = ..., bitrate: _Optional[int] = ..., vbr: _Optional[bool] = ..., lang_hint: _Optional[str] = ..., domain: _Optional[str] = ..., hotwords: _Optional[_Iterable[str]] = ..., partial_interval_ms: _Optional[int] = ..., vad_endpoints: _Optional[bool] = ...) -> None: ...
 
 class OpusPacket(_message.Message):
     __slots__ = ("data", "seq", "pcm")

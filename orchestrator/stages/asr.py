@@ -95,7 +95,9 @@ class AsrStage:
         partial_interval_ms: int,
         open_timeout_s: float,
         provisional: bool = True,
+        vad_endpoints: bool = False,
     ) -> None:
+        self._vad_endpoints = vad_endpoints  # VAD runs: the ASR hears only the speech it marks
         self._pools = pools
         self._link = link
         self.batch_ms = batch_ms
@@ -118,6 +120,7 @@ class AsrStage:
                 domain=ctx.start.domain,
                 hotwords=list(ctx.start.hotwords),
                 partial_interval_ms=self._partial_interval_ms,
+                vad_endpoints=self._vad_endpoints,
             )
         )
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from common.envconf import ConfigError, env_float, env_int, env_str
+from common.envconf import ConfigError, env_bool, env_float, env_int, env_str
+from services.asr.guards import GuardConfig
 
 ENGINES = ("whisper", "sphinx")
 WHISPER_MODELS = ("tiny.en", "base")
@@ -26,6 +27,9 @@ class AsrConfig:
     # through the full stack on 10 s; figures in docs/services/asr.md).
     partial_window_s: float = 10.0
     final_window_s: float = 0.0
+    # > 0: a window is sized to the audio (its length + 1 s, whole seconds), at least this long,
+    # at most the window above; a repetition-looking text is decoded again on 30 s.
+    min_window_s: float = 0.0
     max_sessions: int = 4
     queue: int = 8
     queue_timeout_ms: int = 10_000
@@ -36,6 +40,11 @@ class AsrConfig:
     max_gap_packets: int = 250
     max_utterance_ms: int = 25_000
     preroll_ms: int = 2_000
+    # VAD gating (Start.vad_endpoints): audio kept before SPEECH_START and after SPEECH_END.
+    speech_preroll_ms: int = 300
+    speech_tail_ms: int = 200
+    reuse_partial_final: bool = True  # a final whose speech the last partial decoded reuses it
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -54,10 +63,17 @@ class AsrConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("partial_window_s", "final_window_s"):
+        for name in ("partial_window_s", "final_window_s", "min_window_s"):
             if not 0.0 <= getattr(self, name) <= 30.0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be 0 (off) or at most 30 s")
-        for name in ("queue", "queue_timeout_ms", "min_partial_audio_ms", "preroll_ms"):
+        for name in (
+            "queue",
+            "queue_timeout_ms",
+            "min_partial_audio_ms",
+            "preroll_ms",
+            "speech_preroll_ms",
+            "speech_tail_ms",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
 
@@ -90,4 +106,9 @@ class AsrConfig:
             max_gap_packets=env_int(env, "ASR_MAX_GAP_PACKETS", cls.max_gap_packets),
             max_utterance_ms=env_int(env, "ASR_MAX_UTTERANCE_MS", cls.max_utterance_ms),
             preroll_ms=env_int(env, "ASR_PREROLL_MS", cls.preroll_ms),
+            min_window_s=env_float(env, "ASR_MIN_WINDOW_S", cls.min_window_s),
+            speech_preroll_ms=env_int(env, "ASR_SPEECH_PREROLL_MS", cls.speech_preroll_ms),
+            speech_tail_ms=env_int(env, "ASR_SPEECH_TAIL_MS", cls.speech_tail_ms),
+            reuse_partial_final=env_bool(env, "ASR_REUSE_PARTIAL_FINAL", cls.reuse_partial_final),
+            guard=GuardConfig.from_env(env),
         )

@@ -3,7 +3,7 @@ executor, never from the event loop (STYLE §7).
 
 - `Engine.transcribe(pcm)` decodes a whole clip (warm-up, benchmarks).
 - `Engine.open_stream()` gives an `EngineStream` for one utterance: `accept()` more audio, `partial()`
-  text so far, `finish()` the final result. Whisper re-decodes the buffered utterance; pocketsphinx
+  result so far, `finish()` the final result. Whisper re-decodes the buffered utterance; pocketsphinx
   decodes incrementally, so its `partial()` is cheap.
 """
 
@@ -17,19 +17,23 @@ from typing import Any, Protocol
 import numpy as np
 
 from common import models
+from common.audio import SAMPLE_RATE
+from services.asr import guards
 from services.asr.config import AsrConfig
-from services.asr.window import WindowedDecoder
+from services.asr.guards import GuardConfig
+from services.asr.window import WindowedDecoder, window_frames
 
 
 @dataclass(frozen=True)
 class Result:
     text: str
     lang: str
+    refused: str = ""  # the guard that emptied `text` (services/asr/guards.py), "" if none
 
 
 class EngineStream(Protocol):
     def accept(self, pcm: np.ndarray) -> None: ...
-    def partial(self) -> str: ...
+    def partial(self) -> Result: ...
     def finish(self) -> Result: ...
     def close(self) -> None: ...
 
@@ -68,6 +72,8 @@ class WhisperEngine:
         beam_size: int = 1,
         partial_window_s: float = 0.0,
         final_window_s: float = 0.0,
+        min_window_s: float = 0.0,
+        guard: GuardConfig | None = None,
     ) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -82,9 +88,12 @@ class WhisperEngine:
         self._beam_size = beam_size
         self._partial_window = WindowedDecoder(self._whisper, partial_window_s, beam_size)
         self._final_window = WindowedDecoder(self._whisper, final_window_s, beam_size)
+        self._min_window_frames = window_frames(min_window_s)  # 0: fixed windows
+        self._guard = guard or GuardConfig()
         self._fallbacks_lock = threading.Lock()
         self.window_fallbacks = 0  # windowed decodes redone on the normal path
         self.windowed_decodes = 0
+        self.refusals: dict[str, int] = {}  # texts emptied by a guard, by guard
 
     def _language(self, lang: str) -> str | None:
         if not self._multilingual:
@@ -101,16 +110,25 @@ class WhisperEngine:
         return self.decode(pcm, lang, hotwords, self._partial_window)
 
     def decode(self, pcm: np.ndarray, lang: str, hotwords: tuple[str, ...], window: WindowedDecoder | None) -> Result:
-        """One decode; `window=None` (or audio not shorter than it) takes faster-whisper's own path."""
+        """One guarded decode; `window=None` (or audio not shorter than it) takes faster-whisper's own
+        path. With a minimum window set, the window is sized to the audio (at least that minimum)."""
+        audio_s = pcm.size / SAMPLE_RATE
+        if pcm.size and guards.is_silent(pcm, self._guard):
+            return self._refused(Result("", self._language(lang) or self._default_lang, "silence"))
         prompt = ", ".join(hotwords) if hotwords else None
         if window is not None and window.fits(pcm.size):
-            windowed = window.decode(pcm, self._language(lang), prompt)
+            frames = window.frames
+            if self._min_window_frames:
+                frames = window.frames_for(pcm.size, self._min_window_frames)
+            decoded = window.decode(pcm, self._language(lang), prompt, frames)
+            scores = guards.Scores(decoded.no_speech_prob, decoded.avg_logprob)
+            refused = guards.check(decoded.text, audio_s, scores, self._guard)
             with self._fallbacks_lock:
                 self.windowed_decodes += 1
-                if windowed is None:
+                if refused in ("compression", "repeats"):
                     self.window_fallbacks += 1
-            if windowed is not None:
-                return Result(*windowed)
+            if refused not in ("compression", "repeats"):
+                return self._refused(Result("" if refused else decoded.text, decoded.lang, refused or ""))
         segments, info = self._whisper.transcribe(
             pcm,
             language=self._language(lang),
@@ -121,8 +139,26 @@ class WhisperEngine:
             vad_filter=False,
             hotwords=prompt,
         )
-        text = " ".join(seg.text.strip() for seg in segments).strip()
-        return Result(text, info.language)
+        kept, refused = [], ""
+        for seg in segments:
+            scores = guards.Scores(seg.no_speech_prob, seg.avg_logprob)
+            seg_s = max(seg.end - seg.start, 0.0) or audio_s
+            reason = guards.check(seg.text.strip(), seg_s, scores, self._guard)
+            if reason is None:
+                kept.append(seg.text.strip())
+            else:
+                refused = refused or reason
+        text = " ".join(kept).strip()
+        reason = guards.check(text, audio_s, guards.Scores(), self._guard)
+        if reason is not None:
+            text, refused = "", reason
+        return self._refused(Result(text, info.language, "" if text else refused))
+
+    def _refused(self, result: Result) -> Result:
+        if result.refused:
+            with self._fallbacks_lock:
+                self.refusals[result.refused] = self.refusals.get(result.refused, 0) + 1
+        return result
 
     def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream:
         return _BufferedStream(self, lang, hotwords)
@@ -141,8 +177,8 @@ class _BufferedStream:
     def _audio(self) -> np.ndarray:
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
 
-    def partial(self) -> str:
-        return self._engine.transcribe_partial(self._audio(), self._lang, self._hotwords).text
+    def partial(self) -> Result:
+        return self._engine.transcribe_partial(self._audio(), self._lang, self._hotwords)
 
     def finish(self) -> Result:
         return self._engine.transcribe(self._audio(), self._lang, self._hotwords)
@@ -161,7 +197,8 @@ class SphinxEngine:
     supports_hotwords = False
     incremental = True
 
-    def __init__(self) -> None:
+    def __init__(self, guard: GuardConfig | None = None) -> None:
+        self.guard = guard or GuardConfig()
         self._pool: list[Any] = []
         self._lock = threading.Lock()
         first = self._acquire()  # load once now
@@ -196,24 +233,38 @@ class _SphinxStream:
         # Pooled decoders adapt their cepstral mean; start each utterance from the model's own so
         # one session's audio never shifts another's result.
         self._decoder.set_cmn(engine._initial_cmn)
-        self._decoder.start_stream()
         self._decoder.start_utt()
         self._in_utt = True
+        self._samples = 0
+        self._sum_sq = 0.0  # for the silence guard over the whole utterance
 
     def accept(self, pcm: np.ndarray) -> None:
         if pcm.size:
+            self._samples += pcm.size
+            self._sum_sq += float(np.sum(np.square(pcm, dtype=np.float64)))
             self._decoder.process_raw(float_to_pcm16(pcm), False, False)
 
-    def partial(self) -> str:
+    def _guarded(self) -> Result:
+        """The hypothesis so far through the guards that apply to pocketsphinx (no scores)."""
+        if not self._samples:
+            return Result("", "en")
+        rms = (self._sum_sq / self._samples) ** 0.5
+        if rms <= 0 or 20 * np.log10(rms) < self._engine.guard.min_rms_dbfs:
+            return Result("", "en", "silence")
         hyp = self._decoder.hyp()
-        return hyp.hypstr if hyp is not None else ""
+        text = hyp.hypstr if hyp is not None else ""
+        refused = guards.check(text, self._samples / SAMPLE_RATE, guards.Scores(), self._engine.guard)
+        return Result("", "en", refused) if refused else Result(text, "en")
+
+    def partial(self) -> Result:
+        return self._guarded()
 
     def finish(self) -> Result:
         self._decoder.end_utt()
         self._in_utt = False
-        text = self.partial()
+        result = self._guarded()
         self.close()
-        return Result(text, "en")
+        return result
 
     def close(self) -> None:
         """Give the decoder back to the pool (idempotent)."""
@@ -229,7 +280,7 @@ class _SphinxStream:
 def build_engine(config: AsrConfig) -> Engine:
     """The engine this process serves, from installed model packages only (SPEC §9)."""
     if config.engine == "sphinx":
-        return SphinxEngine()
+        return SphinxEngine(config.guard)
     model_dir = models.whisper_tiny_en_dir() if config.model == "tiny.en" else models.whisper_base_dir()
     return WhisperEngine(
         model_dir,
@@ -240,4 +291,6 @@ def build_engine(config: AsrConfig) -> Engine:
         config.beam_size,
         config.partial_window_s,
         config.final_window_s,
+        config.min_window_s,
+        config.guard,
     )

@@ -22,8 +22,25 @@ ASR_REFUSED = Counter("asr_refused_total", "Streams refused with RESOURCE_EXHAUS
 ASR_EVENTS = Counter("asr_events_total", "Events sent", ["engine", "model", "type"])
 ASR_PARTIALS_SKIPPED = Counter(
     "asr_partials_skipped_total",
-    "Partial decodes skipped because the decoders were busy",
+    "Partial intervals that passed without a decode because the decoders were busy",
     ["engine", "model"],
+)
+ASR_QUEUE_DEPTH = Gauge("asr_queue_depth", "Decodes waiting for a decode worker", ["engine", "model"])
+ASR_DECODE_SECONDS = Counter(
+    "asr_decode_seconds_total", "Wall time spent decoding, by kind", ["engine", "model", "kind"]
+)
+ASR_AUDIO_SECONDS = Counter(
+    "asr_audio_seconds_total",
+    "Audio received by sessions (decode seconds per audio second = asr_decode_seconds_total / this)",
+    ["engine", "model"],
+)
+ASR_FINALS_REUSED = Counter(
+    "asr_finals_reused_total", "Finals that reused the last partial's decode (no speech after it)", ["engine", "model"]
+)
+ASR_GUARD_REFUSED = Counter(
+    "asr_guard_refused_total",
+    "Decoded texts not sent because a hallucination guard refused them",
+    ["engine", "model", "kind", "guard"],
 )
 ASR_PACKETS = Counter(
     "asr_packets_total",

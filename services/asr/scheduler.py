@@ -1,14 +1,17 @@
 """Where decodes run and who may open a stream (SPEC §4: concurrency limit, queue, refusal).
 
-`DecodeScheduler` owns the decode threads: finals wait for a free worker in FIFO order; a partial only
-runs when a worker is idle right now and no final waits, else it is skipped (skip partials rather
-than delay finals). `Admission` caps sessions per process with a bounded wait queue.
+`DecodeScheduler` owns the decode threads: finals wait for a free worker in FIFO order ahead of every
+partial; partials wait in a priority queue, the session that waited longest for a partial first.
+`Admission` caps sessions per process with a bounded wait queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -17,25 +20,79 @@ T = TypeVar("T")
 
 
 class DecodeScheduler:
+    """`workers` decode threads shared by every session of the process.
+
+    A free worker goes first to the oldest waiting final, then to the waiting partial with the
+    smallest key (sessions pass the time their last partial was sent, or their utterance started:
+    the one that waited longest goes first). Each session has at most one partial waiting and takes
+    its audio when the worker is granted, so under load partials thin out (fewer per session, each on
+    fresher audio) instead of queueing up stale work; finals are never delayed by partials."""
+
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="asr-decode")
-        self._slots: asyncio.Semaphore | None = None
-
-    def _sem(self) -> asyncio.Semaphore:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.workers)
-        return self._slots
+        self._free = workers
+        self._finals: deque[asyncio.Future[None]] = deque()
+        self._partials: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
 
     @property
     def idle(self) -> bool:
         """A worker is free and nobody waits for one."""
-        return not self._sem().locked()
+        return self._free > 0 and not self._finals and not self._partials
+
+    @property
+    def depth(self) -> int:
+        """Decodes waiting for a worker."""
+        return sum(not f.done() for f in self._finals) + sum(not e[2].done() for e in self._partials)
+
+    @property
+    def finals_waiting(self) -> bool:
+        return any(not f.done() for f in self._finals)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, partial_key: float | None = None) -> AsyncIterator[None]:
+        """Hold one worker: a final when `partial_key` is None, else a partial ordered by the key."""
+        if self._free > 0 and self.depth == 0:
+            self._free -= 1
+        else:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if partial_key is None:
+                self._finals.append(waiter)
+            else:
+                heapq.heappush(self._partials, (partial_key, next(self._seq), waiter))
+            try:
+                await waiter  # granted: the releasing holder passed its worker on
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # granted while being cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._finals:
+            waiter = self._finals.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        while self._partials:
+            waiter = heapq.heappop(self._partials)[2]
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    async def execute(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on a decode thread (call it while holding a `slot`)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on a decode thread, waiting for a worker if all are busy."""
-        async with self._sem():
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        """Run `fn` as a final: wait for a worker (FIFO, ahead of every partial)."""
+        async with self.slot():
+            return await self.execute(fn)
 
     async def try_run(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
         """Run `fn` only if a worker is idle now; `(False, None)` when skipped."""

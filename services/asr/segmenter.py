@@ -5,6 +5,11 @@ VAD open and close utterances at a `pts` in ns. An endpoint ahead of the audio w
 An utterance longer than `max_utterance_ms` is cut there and continues as a new one. Until the first
 endpoint the stream counts as speech from its first sample (a client without VAD still gets text);
 the first SPEECH_START moves that implicit utterance's start to its pts.
+
+Gated (`gated=True`, the client said endpoints will come): there is no implicit utterance; audio
+outside [SPEECH_START - speech_preroll_ms, SPEECH_END + speech_tail_ms) is never part of an
+utterance, so silence and noise before, between and after speech are not decoded. Pre-roll and tail
+apply in both modes; an utterance never starts before the previous one ended.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class Utterance:
     end_ns: int
     pcm: np.ndarray
     forced: bool = False  # cut by max length or flush rather than SPEECH_END
+    speech_end_ns: int | None = None  # SPEECH_END's own pts (before the tail) when it closed this
 
     @property
     def ts(self) -> tuple[float, float]:
@@ -45,6 +51,9 @@ class UtteranceSegmenter:
     sample_rate: int = 16_000
     max_utterance_ms: int = 25_000
     preroll_ms: int = 2_000
+    gated: bool = False
+    speech_preroll_ms: int = 0
+    speech_tail_ms: int = 0
     _store: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     _n: int = 0  # samples of _store in use; _store grows by doubling (appends are amortised O(1))
     _buf_start_ns: int | None = None
@@ -52,7 +61,8 @@ class UtteranceSegmenter:
     _implicit: bool = False
     _seen_endpoint: bool = False
     _index: int = 0
-    _pending: deque[tuple[bool, int]] = field(default_factory=deque)  # (is_start, pts_ns)
+    _pending: deque[tuple[bool, int, int]] = field(default_factory=deque)  # (is_start, pts_ns, raw pts)
+    _last_end_ns: int = -(2**62)
 
     @property
     def cursor_ns(self) -> int | None:
@@ -74,7 +84,7 @@ class UtteranceSegmenter:
         """Append audio starting at `start_ns` (contiguous with what came before)."""
         if self._buf_start_ns is None:
             self._buf_start_ns = start_ns
-            if not self._seen_endpoint:
+            if not self._seen_endpoint and not self.gated:
                 self._open_start_ns, self._implicit = start_ns, True
         need = self._n + pcm.size
         if need > self._store.size:
@@ -87,9 +97,14 @@ class UtteranceSegmenter:
 
     def push_endpoint(self, is_start: bool, pts_ns: int) -> list[Utterance]:
         self._seen_endpoint = True
+        raw = pts_ns
+        if is_start:
+            pts_ns = max(pts_ns - self.speech_preroll_ms * 1_000_000, 0)
+        else:
+            pts_ns += self.speech_tail_ms * 1_000_000
         if self._pending and pts_ns < self._pending[-1][1]:
             pts_ns = self._pending[-1][1]  # keep the endpoints monotonic on the timeline
-        self._pending.append((is_start, pts_ns))
+        self._pending.append((is_start, pts_ns, raw))
         return self._advance(flush=False)
 
     def flush(self) -> list[Utterance]:
@@ -115,7 +130,7 @@ class UtteranceSegmenter:
                 continue
             if not self._pending or (self._pending[0][1] > cursor and not flush):
                 break
-            is_start, pts = self._pending.popleft()
+            is_start, pts, raw = self._pending.popleft()
             pts = min(pts, cursor)
             if is_start:
                 if self._implicit:
@@ -126,7 +141,7 @@ class UtteranceSegmenter:
                     self._open(pts)
             elif self._open_start_ns is not None:
                 self._implicit = False
-                out.append(self._close(max(pts, self._open_start_ns), forced=False))
+                out.append(self._close(max(pts, self._open_start_ns), forced=False, speech_end_ns=raw))
         if flush and self._open_start_ns is not None:
             out.append(self._close(cursor, forced=True))
         if self._open_start_ns is None:
@@ -135,16 +150,17 @@ class UtteranceSegmenter:
 
     def _open(self, start_ns: int) -> None:
         assert self._buf_start_ns is not None
-        start_ns = max(start_ns, self._buf_start_ns)
+        start_ns = max(start_ns, self._buf_start_ns, self._last_end_ns)
         self._trim(start_ns)
         self._open_start_ns = start_ns
 
-    def _close(self, end_ns: int, forced: bool) -> Utterance:
+    def _close(self, end_ns: int, forced: bool, speech_end_ns: int | None = None) -> Utterance:
         assert self._open_start_ns is not None and self._buf_start_ns is not None
         start = self._open_start_ns
         n = self._ns_to_samples(end_ns - self._buf_start_ns)
         first = self._ns_to_samples(start - self._buf_start_ns)
-        utt = Utterance(self._index, start, end_ns, self._store[first:n].copy(), forced)
+        utt = Utterance(self._index, start, end_ns, self._store[first:n].copy(), forced, speech_end_ns)
+        self._last_end_ns = end_ns
         self._index += 1
         self._open_start_ns = None
         self._implicit = False

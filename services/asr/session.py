@@ -51,6 +51,7 @@ class StreamParams:
     lang: str
     hotwords: tuple[str, ...]
     partial_interval_ms: int
+    vad_endpoints: bool = False  # decode only between the client's VAD endpoints
 
     @classmethod
     def from_start(cls, start: asr_pb2.Start, config: AsrConfig) -> StreamParams:
@@ -76,6 +77,7 @@ class StreamParams:
             lang or config.lang,
             hotwords,
             max(interval, config.min_partial_interval_ms),
+            start.vad_endpoints,
         )
 
 
@@ -100,7 +102,14 @@ class AsrSession:
         self._engine, self._scheduler, self._config, self._clock = engine, scheduler, config, clock
         self._reorder = PacketReorderBuffer(config.reorder_window_packets, config.max_gap_packets)
         self._decoder = FrameDecoder(params.codec, SAMPLE_RATE, params.frame_ms)
-        self._segmenter = UtteranceSegmenter(SAMPLE_RATE, config.max_utterance_ms, config.preroll_ms)
+        self._segmenter = UtteranceSegmenter(
+            SAMPLE_RATE,
+            config.max_utterance_ms,
+            config.preroll_ms,
+            gated=params.vad_endpoints,
+            speech_preroll_ms=config.speech_preroll_ms,
+            speech_tail_ms=config.speech_tail_ms,
+        )
         self._closed: deque[_Closed] = deque()
         self._changed = asyncio.Event()
         self._ended = False
@@ -111,10 +120,15 @@ class AsrSession:
         self._stream_fed = 0
         self._want_audio = False
         self._last_partial_at = -1e9
-        self._last_partial_try = -1e9
         self._last_partial_key: tuple[int, int] = (-1, -1)
         self._last_partial: tuple[int, str] = (-1, "")  # (utterance, text): repeats are not sent
+        # (utterance, end of the audio decoded in ns, text) of the last partial decode: a final whose
+        # speech ended within that audio reuses it instead of decoding again.
+        self._last_decode: tuple[int, int, str] = (-1, 0, "")
+        self._final_ready = asyncio.Event()
+        self._partial_running = False  # an utterance closed or the stream ended
         self._labels = {"engine": engine.name, "model": engine.model}
+        self._audio_seconds = metrics.ASR_AUDIO_SECONDS.labels(**self._labels)
 
     async def run(self, frames: AsyncIterator[asr_pb2.ClientFrame], emit: Emit) -> None:
         try:
@@ -147,6 +161,7 @@ class AsrSession:
             self._push_pcm(slot.seq, self._decoder.decode(slot))
         self._add_closed(self._segmenter.flush())
         self._ended = True
+        self._final_ready.set()
         self._changed.set()
 
     def _on_packet(self, packet: asr_pb2.OpusPacket) -> None:
@@ -164,6 +179,7 @@ class AsrSession:
         # Packet seq n covers [n * frame_ms, (n + 1) * frame_ms) on the session timeline.
         start_ns = seq * self.params.frame_ms * 1_000_000
         self._last_audio_at = self._clock()
+        self._audio_seconds.inc(frame.size / SAMPLE_RATE)
         self._add_closed(self._segmenter.push_audio(start_ns, frame.astype(np.float32) / 32768.0))
 
     def _on_endpoint(self, endpoint: asr_pb2.Endpoint) -> None:
@@ -178,6 +194,7 @@ class AsrSession:
         now = self._clock()
         for utt in utts:
             self._closed.append(_Closed(utt, max(now, self._last_audio_at)))
+            self._final_ready.set()
         if utts or self._want_audio:
             self._changed.set()
 
@@ -185,6 +202,7 @@ class AsrSession:
     async def _decode_loop(self, emit: Emit) -> None:
         while True:
             self._changed.clear()
+            self._final_ready.clear()
             if self._closed:
                 await self._final(self._closed.popleft(), emit)
                 continue
@@ -203,31 +221,49 @@ class AsrSession:
 
     async def _final(self, closed: _Closed, emit: Emit) -> None:
         utt = closed.utt
-
-        def decode() -> tuple[Result, int]:
+        reused = self._reusable(utt)
+        if reused is not None:
+            metrics.ASR_FINALS_REUSED.labels(**self._labels).inc()
             with self._lock:
-                if self._engine.incremental and self._stream_index == utt.index and self._stream:
-                    stream, self._stream = self._stream, None
-                    rest = utt.pcm[self._stream_fed :]
-                    stream.accept(rest)
-                    return stream.finish(), rest.size
-                self._close_stream_locked()
-                result = self._engine.transcribe(utt.pcm, self.params.lang, self.params.hotwords)
-                return result, utt.pcm.size
+                if self._stream_index == utt.index:
+                    self._close_stream_locked()
+            result = Result(reused, self.params.lang)
+        else:
 
-        t0 = self._clock()
-        try:
-            result, decoded = await self._scheduler.run(decode)
-        except Exception as exc:  # an engine failure costs this utterance, not the stream
-            log.exception("final decode failed", extra={"flowId": self.params.flow_id, "err_code": "decode_failed"})
-            await self._send(emit, asr_pb2.AsrEvent(type="error", code="decode_failed", text=str(exc), ts=list(utt.ts)))
-            return
-        self._observe_rtf("final", self._clock() - t0, decoded)
+            def decode() -> tuple[Result, int, float]:
+                t0 = time.perf_counter()
+                with self._lock:
+                    if self._engine.incremental and self._stream_index == utt.index and self._stream:
+                        stream, self._stream = self._stream, None
+                        rest = utt.pcm[self._stream_fed :]
+                        stream.accept(rest)
+                        return stream.finish(), rest.size, time.perf_counter() - t0
+                    self._close_stream_locked()
+                    result = self._engine.transcribe(utt.pcm, self.params.lang, self.params.hotwords)
+                    return result, utt.pcm.size, time.perf_counter() - t0
+
+            try:
+                result, decoded, took = await self._scheduler.run(decode)
+            except Exception as exc:  # an engine failure costs this utterance, not the stream
+                log.exception("final decode failed", extra={"flowId": self.params.flow_id, "err_code": "decode_failed"})
+                event = asr_pb2.AsrEvent(type="error", code="decode_failed", text=str(exc), ts=list(utt.ts))
+                await self._send(emit, event)
+                return
+            self._observe_rtf("final", took, decoded)
+            self._count_refusal("final", result.refused)
         if result.text:
             event = asr_pb2.AsrEvent(
                 type="final", text=result.text, ts=list(utt.ts), lang=result.lang or self.params.lang
             )
             await self._send(emit, event, since=closed.closed_at)
+
+    def _reusable(self, utt: Utterance) -> str | None:
+        """The last partial's text when it decoded all of this utterance's speech (Whisper only: an
+        incremental engine finishes its own stream)."""
+        index, end_ns, text = self._last_decode
+        if self._engine.incremental or not self._config.reuse_partial_final or utt.speech_end_ns is None:
+            return None
+        return text if index == utt.index and end_ns >= utt.speech_end_ns else None
 
     async def _maybe_partial(self, emit: Emit) -> float:
         """Decode the open utterance for a partial if one is due; return how long to wait next."""
@@ -242,13 +278,48 @@ class AsrSession:
         ):
             self._want_audio = True  # wake on the next packet: nothing to decode yet
             return interval_s
-        due_in = max(self._last_partial_at + interval_s, self._last_partial_try + interval_s / 5) - now
+        due_in = self._last_partial_at + interval_s - now
         if due_in > 0:
             return due_in
-        self._last_partial_try = now
+        # Who waited longest goes first; an utterance's first partial counts as 1 s older.
+        first = self._last_partial[0] != open_utt.index
+        key = (now - 1.0) if first else now
+        task = asyncio.create_task(self._partial(emit, key, interval_s))
+        ready = asyncio.create_task(self._final_ready.wait())
+        try:
+            await asyncio.wait((task, ready), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if not task.done() and not self._partial_running:
+            task.cancel()  # a final is due before a worker came: it goes first
+            metrics.ASR_PARTIALS_SKIPPED.labels(**self._labels).inc()
+        await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled():
+            return 0.0
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+        return interval_s
+
+    async def _partial(self, emit: Emit, key: float, interval_s: float) -> None:
+        asked = self._clock()
+        async with self._scheduler.slot(partial_key=key):
+            self._partial_running = True
+            try:
+                await self._partial_decode(emit, asked, interval_s)
+            finally:
+                self._partial_running = False
+
+    async def _partial_decode(self, emit: Emit, asked: float, interval_s: float) -> None:
+        waited = self._clock() - asked
+        if waited >= interval_s:  # the partials this session would have had meanwhile
+            metrics.ASR_PARTIALS_SKIPPED.labels(**self._labels).inc(int(waited / interval_s))
+        open_utt = self._segmenter.open  # the freshest audio, taken when the worker is ours
+        if open_utt is None or self._closed:
+            return
         pcm, index, audio_at = open_utt.pcm, open_utt.index, self._last_audio_at
 
-        def decode() -> tuple[str, int]:
+        def decode() -> tuple[str, int, float, str]:
+            t0 = time.perf_counter()
             with self._lock:
                 if self._stream_index != index or self._stream is None:
                     self._close_stream_locked()
@@ -257,17 +328,17 @@ class AsrSession:
                 new = pcm[self._stream_fed :]
                 self._stream.accept(new)
                 self._stream_fed = pcm.size
+                result = self._stream.partial()
                 # Whisper re-decodes the whole utterance, an incremental engine only the new audio.
-                return self._stream.partial(), new.size if self._engine.incremental else pcm.size
+                decoded = new.size if self._engine.incremental else pcm.size
+                return result.text, decoded, time.perf_counter() - t0, result.refused
 
-        t0 = self._clock()
-        ran, answer = await self._scheduler.try_run(decode)
-        if not ran or answer is None:
-            metrics.ASR_PARTIALS_SKIPPED.labels(**self._labels).inc()
-            return interval_s / 5
-        text, decoded = answer
-        self._observe_rtf("partial", self._clock() - t0, decoded)
+        text, decoded, took, refused = await self._scheduler.execute(decode)
+        self._observe_rtf("partial", took, decoded)
+        self._count_refusal("partial", refused)
         self._last_partial_key = (index, pcm.size)
+        self._last_decode = (index, open_utt.end_ns, text)
+        self._last_partial_at = max(self._last_partial_at, self._clock() - interval_s + interval_s / 5)
         current = self._segmenter.open
         still_open = current is not None and current.index == index and not self._ended
         if text and still_open and (index, text) != self._last_partial:
@@ -275,7 +346,10 @@ class AsrSession:
             self._last_partial_at = self._clock()
             ts = [open_utt.start_ns / NS_PER_S, open_utt.end_ns / NS_PER_S]
             await self._send(emit, asr_pb2.AsrEvent(type="partial", text=text, ts=ts), since=audio_at)
-        return interval_s
+
+    def _count_refusal(self, kind: str, guard: str) -> None:
+        if guard:
+            metrics.ASR_GUARD_REFUSED.labels(kind=kind, guard=guard, **self._labels).inc()
 
     def _close_stream_locked(self) -> None:
         if self._stream is not None:
@@ -297,6 +371,7 @@ class AsrSession:
         await emit(event)
 
     def _observe_rtf(self, kind: str, seconds: float, samples: int) -> None:
+        metrics.ASR_DECODE_SECONDS.labels(kind=kind, **self._labels).inc(seconds)
         if samples:
             metrics.ASR_RTF.labels(kind=kind, **self._labels).observe(seconds * SAMPLE_RATE / samples)
 

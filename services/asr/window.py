@@ -15,17 +15,17 @@ a text whose gzip compression ratio is above faster-whisper's own threshold (2.4
 
 from __future__ import annotations
 
-import zlib
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from services.asr.guards import compression_ratio  # noqa: F401  (re-exported: tests, benchmarks)
+
 HOP_SAMPLES = 160  # 10 ms at 16 kHz: one mel frame
 # faster-whisper's TranscriptionOptions defaults, as WhisperEngine leaves them.
-NO_SPEECH_THRESHOLD = 0.6
-LOG_PROB_THRESHOLD = -1.0
 MAX_INITIAL_TIMESTAMP_S = 1.0
-COMPRESSION_RATIO_THRESHOLD = 2.4
 
 
 def window_frames(window_s: float, max_frames: int = 3000) -> int:
@@ -50,15 +50,22 @@ class WindowedDecoder:
         """True when `samples` of audio are shorter than the window (then `decode` applies)."""
         return 0 < samples < self.frames * HOP_SAMPLES  # empty audio: the normal path, as before
 
-    def decode(self, audio: np.ndarray, language: str | None, hotwords: str | None = None) -> tuple[str, str] | None:
-        """(text, language) of a clip shorter than the window (`language=None` detects it), or None
-        when the text looks like a repetition loop (decode it on the normal path instead)."""
-        if not self.fits(audio.size):
-            raise ValueError(f"{audio.size} samples do not fit a {self.frames}-frame window")
+    def frames_for(self, samples: int, floor_frames: int, margin_s: float = 1.0) -> int:
+        """Window sized to the audio: its length plus `margin_s`, rounded up to whole seconds, at
+        least `floor_frames`, at most this decoder's window."""
+        wanted = math.ceil(samples / HOP_SAMPLES / 100 + margin_s) * 100
+        return min(max(wanted, floor_frames), self.frames)
+
+    def decode(self, audio: np.ndarray, language: str | None, hotwords: str | None = None, frames: int = 0) -> Decoded:
+        """One decode of a clip shorter than `frames` mel frames (default: this decoder's window);
+        `language=None` detects it. Whisper's own no-speech rule is left to the guards."""
+        frames = frames or self.frames
+        if not 0 < audio.size < frames * HOP_SAMPLES:
+            raise ValueError(f"{audio.size} samples do not fit a {frames}-frame window")
         fw = self._whisper
         features = fw.feature_extractor(audio)
         content = features[:, : max(features.shape[-1] - 1, 0)]  # as transcribe(): the last frame is padding
-        segment = np.pad(content, ((0, 0), (0, self.frames - content.shape[-1])))
+        segment = np.pad(content, ((0, 0), (0, frames - content.shape[-1])))
         encoded = fw.encode(segment)
         if language is None:
             language = fw.model.detect_language(encoded)[0][0][0][2:-2]  # "<|de|>" -> "de"
@@ -81,15 +88,14 @@ class WindowedDecoder:
         )[0]
         tokens = result.sequences_ids[0]
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
-            return "", language  # faster-whisper skips such a segment as silence
         text = tokenizer.decode(tokens).strip()
-        if compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
-            return None
-        return text, language
+        return Decoded(text, language, float(result.no_speech_prob), float(avg_logprob), frames)
 
 
-def compression_ratio(text: str) -> float:
-    """faster-whisper's repetition measure: UTF-8 bytes / zlib-compressed bytes."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
+@dataclass(frozen=True)
+class Decoded:
+    text: str
+    lang: str
+    no_speech_prob: float
+    avg_logprob: float
+    frames: int

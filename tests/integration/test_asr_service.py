@@ -227,3 +227,84 @@ async def test_sphinx_engine_streams_partials_and_a_final(clips: Path) -> None:
         assert wer([reference], [" ".join(f.text for f in finals)]) <= SPHINX_WER_BOUND
     finally:
         stop(service)
+
+
+def pcm_packets(audio: np.ndarray) -> list[bytes]:
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    pcm = np.concatenate([pcm, np.zeros(-pcm.size % 320, "<i2")])
+    return [pcm[i : i + 320].tobytes() for i in range(0, pcm.size, 320)]
+
+
+async def stream_audio(
+    addr: str,
+    audio: np.ndarray,
+    vad_endpoints: bool,
+    endpoints_ms: tuple[tuple[int, int], ...] = (),
+    gap_s: float = 0.002,
+) -> list[asr_pb2.AsrEvent]:
+    """PCM packets of `audio`; each SPEECH_START / SPEECH_END sent 300 ms after its pts, as a VAD would."""
+
+    async def frames() -> AsyncIterator[asr_pb2.ClientFrame]:
+        start = asr_pb2.Start(
+            flow_id="it-ns", codec="pcm", sr=16000, channels=1, frame_ms=20, lang_hint="en", vad_endpoints=vad_endpoints
+        )
+        yield asr_pb2.ClientFrame(start=start)
+        pending = [(asr_pb2.Endpoint.SPEECH_START, b) for b, _ in endpoints_ms]
+        pending += [(asr_pb2.Endpoint.SPEECH_END, e) for _, e in endpoints_ms]
+        pending.sort(key=lambda p: p[1])
+        for seq, data in enumerate(pcm_packets(audio)):
+            yield asr_pb2.ClientFrame(opus=asr_pb2.OpusPacket(data=data, seq=seq))
+            while pending and (seq + 1) * 20 >= pending[0][1] + 300:
+                kind, ms = pending.pop(0)
+                yield asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=kind, pts=ms * MS))
+            await asyncio.sleep(gap_s)
+
+    async with grpc.aio.insecure_channel(addr) as channel:
+        call = asr_pb2_grpc.RecognizeStub(channel).Stream(frames())
+        return [event async for event in call]
+
+
+NON_SPEECH_STREAMED = ("silence", "hum_50hz", "white_-20", "pink_-25", "babble_-30", "clicks", "tone_440", "chords")
+
+
+@pytest.mark.parametrize("vad_endpoints", [True, False])
+async def test_non_speech_gives_no_text(asr: RunningService, vad_endpoints: bool) -> None:
+    """4 s of each: gated (endpoints promised, none sent: nothing is decoded) and ungated (every
+    decode goes through the hallucination guards)."""
+    from tests.nonspeech import NONSPEECH
+
+    for name in NON_SPEECH_STREAMED:
+        events = await asyncio.wait_for(stream_audio(asr.grpc_addr, NONSPEECH[name](4.0), vad_endpoints), seconds(60))
+        texts = [(e.type, e.text) for e in events if e.type in ("partial", "final")]
+        assert texts == [], (name, texts)
+        assert events[-1].type == "end"
+    if not vad_endpoints:
+        assert "asr_guard_refused_total" in metrics_text(asr)
+
+
+async def test_noise_marked_as_speech_is_still_refused(asr: RunningService) -> None:
+    """A VAD that calls noise speech: the guards still answer nothing."""
+    from tests.nonspeech import NONSPEECH
+
+    for name in ("white_-20", "babble_-30", "clicks"):
+        events = await asyncio.wait_for(
+            stream_audio(asr.grpc_addr, NONSPEECH[name](4.0), True, ((200, 3800),)), seconds(60)
+        )
+        assert [(e.type, e.text) for e in events if e.type in ("partial", "final")] == [], name
+
+
+async def test_gated_stream_hears_only_the_speech_after_a_silent_lead_in(asr: RunningService, clips: Path) -> None:
+    audio, _ = sf.read(clips / "en" / "quick_brown_fox.wav", dtype="float32")
+    reference = (clips / "en" / "quick_brown_fox.txt").read_text()
+    lead_ms = 1500
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    speech = (lead_ms + int(loud[0] / 16), lead_ms + int(loud[-1] / 16) + 100)
+    lead = np.zeros(lead_ms * 16, np.float32)
+    events = await asyncio.wait_for(
+        stream_audio(asr.grpc_addr, np.concatenate([lead, audio, lead]), True, (speech,), gap_s=0.02), seconds(60)
+    )
+    texts = [e for e in events if e.type in ("partial", "final")]
+    assert texts and all(e.ts[0] >= (speech[0] - 300) / 1000 - 0.001 for e in texts), [list(e.ts) for e in texts]
+    finals = [e for e in texts if e.type == "final"]
+    assert len(finals) == 1 and finals[0].ts[1] <= (speech[1] + 200) / 1000 + 0.001
+    assert wer([reference], [finals[0].text]) <= WER_BOUND

@@ -51,9 +51,9 @@ class FakeStream:
     def accept(self, pcm: np.ndarray) -> None:
         self.chunks.append(pcm)
 
-    def partial(self) -> str:
+    def partial(self) -> Result:
         self.engine.partial_calls += 1
-        return self.engine.transcribe(np.concatenate(self.chunks)).text
+        return self.engine.transcribe(np.concatenate(self.chunks))
 
     def finish(self) -> Result:
         return self.engine.transcribe(np.concatenate(self.chunks), self.lang)
@@ -82,12 +82,20 @@ async def run_session(
     engine: FakeEngine,
     interval_ms: int = 250,
     scheduler: DecodeScheduler | None = None,
+    config: AsrConfig | None = None,
+    vad_endpoints: bool = False,
 ) -> list[tuple[float, asr_pb2.AsrEvent]]:
-    config = AsrConfig(min_partial_audio_ms=100)
-    params = StreamParams.from_start(
-        asr_pb2.Start(flow_id="f1", codec="pcm", sr=16000, channels=1, frame_ms=20, partial_interval_ms=interval_ms),
-        config,
+    config = config or AsrConfig(min_partial_audio_ms=100, speech_preroll_ms=0, speech_tail_ms=0)
+    start = asr_pb2.Start(
+        flow_id="f1",
+        codec="pcm",
+        sr=16000,
+        channels=1,
+        frame_ms=20,
+        partial_interval_ms=interval_ms,
+        vad_endpoints=vad_endpoints,
     )
+    params = StreamParams.from_start(start, config)
     events: list[tuple[float, asr_pb2.AsrEvent]] = []
 
     async def emit(event: asr_pb2.AsrEvent) -> None:
