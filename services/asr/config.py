@@ -22,15 +22,15 @@ class AsrConfig:
     cpu_threads: int = 1
     decode_workers: int = 1
     beam_size: int = 1
-    # Whisper encoder window for audio shorter than it (services/asr/window.py; 0 = Whisper's 30 s).
-    # Partials: 10 s, first partial ~3.6x sooner at equal WER; finals keep 30 s (one worse final
-    # through the full stack on 10 s; figures in docs/services/asr.md).
+    # Largest Whisper encoder window for audio shorter than it (services/asr/window.py; 0 = faster-
+    # whisper's own 30 s path). Finals on the windowed path too (30): with min_window_s their window
+    # is sized to the audio, the lever that keeps finals on time under load (docs/services/asr.md).
     partial_window_s: float = 10.0
-    final_window_s: float = 0.0
+    final_window_s: float = 30.0
     # > 0: a window is sized to the audio (its length + 1 s, whole seconds), at least this long,
     # at most the window above; a repetition-looking text is decoded again on 30 s.
-    min_window_s: float = 0.0
-    max_sessions: int = 4
+    min_window_s: float = 3.0
+    max_sessions: int = 16  # a VAD-gated session costs nothing between utterances
     queue: int = 8
     queue_timeout_ms: int = 10_000
     partial_interval_ms: int = 250  # used when Start.partial_interval_ms is 0 (SPEC §5)

@@ -52,6 +52,14 @@ def float_to_pcm16(pcm: np.ndarray) -> bytes:
     return (np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
+# Token budget of one windowed decode: speech rarely exceeds ~4 tokens a second (7 on spelled-out
+# digits, "1-2-3-..."); a repetition loop would otherwise run to Whisper's 448 tokens (seconds of
+# CPU on a short window, measured).
+MAX_TOKENS_BASE = 10
+MAX_TOKENS_PER_S = 10
+FALLBACK_FRAMES = 1000  # 10 s: the first window a short-window loop is decoded again on
+
+
 class WhisperEngine:
     """faster-whisper (CTranslate2, int8) on a non-streaming Whisper model. Audio shorter than
     `final_window_s` (whole clips, finals) or `partial_window_s` (partials) is encoded on that shorter
@@ -89,6 +97,7 @@ class WhisperEngine:
         self._partial_window = WindowedDecoder(self._whisper, partial_window_s, beam_size)
         self._final_window = WindowedDecoder(self._whisper, final_window_s, beam_size)
         self._min_window_frames = window_frames(min_window_s)  # 0: fixed windows
+        self._full_window = WindowedDecoder(self._whisper, 30.0, beam_size)
         self._guard = guard or GuardConfig()
         self._fallbacks_lock = threading.Lock()
         self.window_fallbacks = 0  # windowed decodes redone on the normal path
@@ -120,15 +129,21 @@ class WhisperEngine:
             frames = window.frames
             if self._min_window_frames:
                 frames = window.frames_for(pcm.size, self._min_window_frames)
-            decoded = window.decode(pcm, self._language(lang), prompt, frames)
-            scores = guards.Scores(decoded.no_speech_prob, decoded.avg_logprob)
-            refused = guards.check(decoded.text, audio_s, scores, self._guard)
-            with self._fallbacks_lock:
-                self.windowed_decodes += 1
-                if refused in ("compression", "repeats"):
-                    self.window_fallbacks += 1
-            if refused not in ("compression", "repeats"):
-                return self._refused(Result("" if refused else decoded.text, decoded.lang, refused or ""))
+            # A loop stops at the token budget of the audio instead of Whisper's 448 tokens (seconds).
+            max_tokens = int(MAX_TOKENS_BASE + audio_s * MAX_TOKENS_PER_S)
+            # A loop on a short window is decoded again on 10 s, then on Whisper's 30 s.
+            attempts = [frames] + [f for f in (FALLBACK_FRAMES, self._full_window.frames) if f > frames]
+            for attempt in attempts:
+                decoded = self._full_window.decode(pcm, self._language(lang), prompt, attempt, max_tokens)
+                scores = guards.Scores(decoded.no_speech_prob, decoded.avg_logprob)
+                refused = "repeats" if decoded.truncated else guards.check(decoded.text, audio_s, scores, self._guard)
+                looped = refused in ("compression", "repeats", "rate")
+                with self._fallbacks_lock:
+                    self.windowed_decodes += attempt == frames
+                    self.window_fallbacks += looped and attempt == frames
+                if not looped:
+                    break
+            return self._refused(Result("" if refused else decoded.text, decoded.lang, refused or ""))
         segments, info = self._whisper.transcribe(
             pcm,
             language=self._language(lang),

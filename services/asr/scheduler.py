@@ -23,17 +23,18 @@ class DecodeScheduler:
     """`workers` decode threads shared by every session of the process.
 
     A free worker goes first to the oldest waiting final, then to the waiting partial with the
-    smallest key (sessions pass the time their last partial was sent, or their utterance started:
-    the one that waited longest goes first). Each session has at most one partial waiting and takes
-    its audio when the worker is granted, so under load partials thin out (fewer per session, each on
-    fresher audio) instead of queueing up stale work; finals are never delayed by partials."""
+    smallest key: sessions pass (0, time asked) for an utterance's first partial and (1, time
+    asked) for later ones, so first partials come before updates and, within each, who asked first
+    goes first. Each session has at most one partial waiting and takes its audio when the worker is
+    granted, so under load partials thin out (fewer per session, each on fresher audio) instead of
+    queueing up stale work; finals are never delayed by partials."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="asr-decode")
         self._free = workers
         self._finals: deque[asyncio.Future[None]] = deque()
-        self._partials: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._partials: list[tuple[tuple[int, float], int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     @property
@@ -51,7 +52,7 @@ class DecodeScheduler:
         return any(not f.done() for f in self._finals)
 
     @contextlib.asynccontextmanager
-    async def slot(self, partial_key: float | None = None) -> AsyncIterator[None]:
+    async def slot(self, partial_key: tuple[int, float] | None = None) -> AsyncIterator[None]:
         """Hold one worker: a final when `partial_key` is None, else a partial ordered by the key."""
         if self._free > 0 and self.depth == 0:
             self._free -= 1

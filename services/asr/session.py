@@ -126,7 +126,10 @@ class AsrSession:
         # speech ended within that audio reuses it instead of decoding again.
         self._last_decode: tuple[int, int, str] = (-1, 0, "")
         self._final_ready = asyncio.Event()
-        self._partial_running = False  # an utterance closed or the stream ended
+        self._partial_running = False
+        self._first_asked = (
+            -1
+        )  # utterance whose first partial decode was asked for  # an utterance closed or the stream ended
         self._labels = {"engine": engine.name, "model": engine.model}
         self._audio_seconds = metrics.ASR_AUDIO_SECONDS.labels(**self._labels)
 
@@ -281,9 +284,10 @@ class AsrSession:
         due_in = self._last_partial_at + interval_s - now
         if due_in > 0:
             return due_in
-        # Who waited longest goes first; an utterance's first partial counts as 1 s older.
-        first = self._last_partial[0] != open_utt.index
-        key = (now - 1.0) if first else now
+        # An utterance's first decode goes before any update; within each, who asked first.
+        first = self._first_asked != open_utt.index
+        self._first_asked = open_utt.index
+        key = (0 if first else 1, now)
         task = asyncio.create_task(self._partial(emit, key, interval_s))
         ready = asyncio.create_task(self._final_ready.wait())
         try:
@@ -300,7 +304,7 @@ class AsrSession:
             raise task.exception()  # type: ignore[misc]
         return interval_s
 
-    async def _partial(self, emit: Emit, key: float, interval_s: float) -> None:
+    async def _partial(self, emit: Emit, key: tuple[int, float], interval_s: float) -> None:
         asked = self._clock()
         async with self._scheduler.slot(partial_key=key):
             self._partial_running = True
@@ -338,7 +342,7 @@ class AsrSession:
         self._count_refusal("partial", refused)
         self._last_partial_key = (index, pcm.size)
         self._last_decode = (index, open_utt.end_ns, text)
-        self._last_partial_at = max(self._last_partial_at, self._clock() - interval_s + interval_s / 5)
+        self._last_partial_at = self._clock()  # one decode per interval, text or not
         current = self._segmenter.open
         still_open = current is not None and current.index == index and not self._ended
         if text and still_open and (index, text) != self._last_partial:

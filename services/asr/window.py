@@ -56,9 +56,17 @@ class WindowedDecoder:
         wanted = math.ceil(samples / HOP_SAMPLES / 100 + margin_s) * 100
         return min(max(wanted, floor_frames), self.frames)
 
-    def decode(self, audio: np.ndarray, language: str | None, hotwords: str | None = None, frames: int = 0) -> Decoded:
+    def decode(
+        self,
+        audio: np.ndarray,
+        language: str | None,
+        hotwords: str | None = None,
+        frames: int = 0,
+        max_tokens: int = 0,
+    ) -> Decoded:
         """One decode of a clip shorter than `frames` mel frames (default: this decoder's window);
-        `language=None` detects it. Whisper's own no-speech rule is left to the guards."""
+        `language=None` detects it; `max_tokens` (0 = Whisper's 448) stops a repetition loop early
+        (a text that reaches it is `truncated`). Whisper's own no-speech rule is left to the guards."""
         frames = frames or self.frames
         if not 0 < audio.size < frames * HOP_SAMPLES:
             raise ValueError(f"{audio.size} samples do not fit a {frames}-frame window")
@@ -79,7 +87,8 @@ class WindowedDecoder:
             length_penalty=1.0,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
-            max_length=fw.max_length,
+            # Measured (ctranslate2 4.8, tiny.en): generate stops at max_length / 2 new tokens.
+            max_length=min(len(prompt) + 2 * max_tokens, fw.max_length) if max_tokens else fw.max_length,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -89,7 +98,8 @@ class WindowedDecoder:
         tokens = result.sequences_ids[0]
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         text = tokenizer.decode(tokens).strip()
-        return Decoded(text, language, float(result.no_speech_prob), float(avg_logprob), frames)
+        truncated = bool(max_tokens) and len(tokens) >= max_tokens
+        return Decoded(text, language, float(result.no_speech_prob), float(avg_logprob), frames, truncated)
 
 
 @dataclass(frozen=True)
@@ -99,3 +109,4 @@ class Decoded:
     no_speech_prob: float
     avg_logprob: float
     frames: int
+    truncated: bool = False  # stopped at max_tokens: more text than the audio can hold

@@ -102,3 +102,23 @@ def test_several_utterances_come_out_in_timeline_order_and_stray_ends_are_ignore
     out += feed(seg, 0, 60)
     assert [u.ts for u in out] == [(0.1, 0.3), (0.5, 0.9), (1.0, 1.1)]
     assert [u.index for u in out] == sorted(u.index for u in out)
+
+
+def test_gated_stream_has_no_implicit_utterance() -> None:
+    seg = UtteranceSegmenter(gated=True, speech_preroll_ms=300, speech_tail_ms=200)
+    assert feed(seg, 0, 100) == []  # 2 s of audio, no endpoint: nothing is speech
+    assert seg.open is None
+    assert seg.flush() == []
+
+
+def test_gated_utterance_gets_its_preroll_and_tail_and_keeps_timeline_stamps() -> None:
+    seg = UtteranceSegmenter(gated=True, speech_preroll_ms=300, speech_tail_ms=200)
+    feed(seg, 0, 50)  # 0..1000 ms
+    seg.push_endpoint(True, 800 * MS)
+    assert seg.open is not None and seg.open.start_ns == 500 * MS
+    assert seg.push_endpoint(False, 1500 * MS) == []  # the tail is not there yet
+    [utt] = feed(seg, 50, 50)  # ..2000 ms
+    assert utt.ts == (0.5, 1.7) and utt.speech_end_ns == 1500 * MS
+    assert utt.pcm[0] == pytest.approx(500.0) and utt.pcm.size == 1200 * 16
+    seg.push_endpoint(True, 1800 * MS)  # the pre-roll would reach into the last utterance
+    assert seg.open is not None and seg.open.start_ns == 1700 * MS

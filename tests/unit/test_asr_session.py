@@ -16,6 +16,7 @@ from services.asr.config import AsrConfig
 from services.asr.engines import EngineStream, Result
 from services.asr.scheduler import Admission, Busy, DecodeScheduler
 from services.asr.session import AsrSession, SessionError, StreamParams
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.unit
 MS = 1_000_000
@@ -32,6 +33,7 @@ class FakeEngine:
     def __init__(self, decode_s: float = 0.005) -> None:
         self.decode_s = decode_s
         self.partial_calls = 0
+        self.partial_samples = 0  # audio of the last partial decode
         self.gate = threading.Event()
         self.gate.set()
 
@@ -53,7 +55,9 @@ class FakeStream:
 
     def partial(self) -> Result:
         self.engine.partial_calls += 1
-        return self.engine.transcribe(np.concatenate(self.chunks))
+        audio = np.concatenate(self.chunks)
+        self.engine.partial_samples = audio.size
+        return self.engine.transcribe(audio)
 
     def finish(self) -> Result:
         return self.engine.transcribe(np.concatenate(self.chunks), self.lang)
@@ -216,3 +220,70 @@ async def test_admission_queue_wait_is_bounded() -> None:
             async with admission.slot():
                 pass
     assert admission.waiting == 0 and admission.active == 0
+
+
+async def test_gated_session_decodes_nothing_before_speech_start() -> None:
+    engine = FakeEngine()
+    frames = [pcm_frame(i) for i in range(50)] + [endpoint(True, 1000)] + [pcm_frame(i) for i in range(50, 80)]
+    frames += [endpoint(False, 1500)]
+    config = AsrConfig(min_partial_audio_ms=100, speech_preroll_ms=300, speech_tail_ms=100)
+    events = await run_session(paced(frames, 0.002), engine, interval_ms=50, config=config, vad_endpoints=True)
+    texts = [e for _, e in events if e.type in ("partial", "final")]
+    assert texts and all(e.ts[0] == pytest.approx(0.7) for e in texts)
+    assert next(e for e in texts if e.type == "final").ts[1] == pytest.approx(1.6)
+
+
+async def test_gated_session_without_endpoints_sends_only_end() -> None:
+    engine = FakeEngine()
+    events = await run_session(paced([pcm_frame(i) for i in range(100)], 0.001), engine, vad_endpoints=True)
+    assert [e.type for _, e in events] == ["end"]
+    assert engine.partial_calls == 0
+
+
+async def test_final_reuses_the_partial_that_decoded_all_of_its_speech() -> None:
+    engine = FakeEngine()
+    frames = [endpoint(True, 0)] + [pcm_frame(i) for i in range(40)]  # 800 ms
+
+    async def then_end() -> AsyncIterator[asr_pb2.ClientFrame]:
+        async for frame in paced(frames, 0.002):
+            yield frame
+        # a partial decodes all 800 ms before the speech is said to end at 700 ms
+        await asyncio.to_thread(wait_for, lambda: engine.partial_samples == 800 * 16, 10, "a partial of 800 ms")
+        yield endpoint(False, 700)
+
+    events = await run_session(then_end(), engine, interval_ms=50)
+    finals = [e for _, e in events if e.type == "final"]
+    partials = [e for _, e in events if e.type == "partial"]
+    assert finals[0].text == partials[-1].text == "heard 800 ms"  # not re-decoded on 700 ms
+
+
+async def test_first_partials_go_before_updates_and_finals_before_both() -> None:
+    scheduler = DecodeScheduler(1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with scheduler.slot():
+            await gate.wait()
+
+    async def partial(name: str, key: tuple[int, float]) -> None:
+        async with scheduler.slot(partial_key=key):
+            order.append(name)
+
+    async def final(name: str) -> None:
+        await scheduler.run(lambda: order.append(name))
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    tasks = [
+        asyncio.create_task(partial("update-old", (1, 1.0))),
+        asyncio.create_task(partial("first-new", (0, 5.0))),
+        asyncio.create_task(partial("first-old", (0, 2.0))),
+        asyncio.create_task(final("final")),
+    ]
+    await asyncio.sleep(0)
+    assert scheduler.depth == 4
+    gate.set()
+    await asyncio.gather(holder, *tasks)
+    assert order == ["final", "first-old", "first-new", "update-old"]
+    assert scheduler.depth == 0 and scheduler.idle

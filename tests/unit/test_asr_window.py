@@ -103,7 +103,7 @@ def test_window_frames_and_compression_ratio() -> None:
 
 def test_config_reads_the_windows() -> None:
     default = AsrConfig.from_env({})
-    assert (default.partial_window_s, default.final_window_s) == (10.0, 0.0)
+    assert (default.partial_window_s, default.final_window_s, default.min_window_s) == (10.0, 30.0, 3.0)
     both = AsrConfig.from_env({"ASR_WINDOW_S": "0", "ASR_FINAL_WINDOW_S": "8.5"})
     assert (both.partial_window_s, both.final_window_s) == (0.0, 8.5)
     with pytest.raises(ConfigError):
