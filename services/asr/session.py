@@ -125,11 +125,8 @@ class AsrSession:
         # (utterance, end of the audio decoded in ns, text) of the last partial decode: a final whose
         # speech ended within that audio reuses it instead of decoding again.
         self._last_decode: tuple[int, int, str] = (-1, 0, "")
-        self._final_ready = asyncio.Event()
+        self._final_ready = asyncio.Event()  # an utterance closed or the stream ended
         self._partial_running = False
-        self._first_asked = (
-            -1
-        )  # utterance whose first partial decode was asked for  # an utterance closed or the stream ended
         self._labels = {"engine": engine.name, "model": engine.model}
         self._audio_seconds = metrics.ASR_AUDIO_SECONDS.labels(**self._labels)
 
@@ -284,9 +281,10 @@ class AsrSession:
         due_in = self._last_partial_at + interval_s - now
         if due_in > 0:
             return due_in
-        # An utterance's first decode goes before any update; within each, who asked first.
-        first = self._first_asked != open_utt.index
-        self._first_asked = open_utt.index
+        # Until an utterance has its first partial, its decodes go before any update (a session
+        # decodes at most once per interval, so this cannot starve the others); within each, who
+        # asked first goes first.
+        first = self._last_partial[0] != open_utt.index
         key = (0 if first else 1, now)
         task = asyncio.create_task(self._partial(emit, key, interval_s))
         ready = asyncio.create_task(self._final_ready.wait())
