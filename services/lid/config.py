@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.audio import SAMPLE_RATE
 from common.envconf import ConfigError, env_float, env_int, env_list, env_str
+from services.lid.speech import WINDOW_SAMPLES
 
 # Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES), kept here so that the
 # config and the sans-I/O policy do not import the model stack.
@@ -24,10 +26,14 @@ class LidConfig:
     """Early-answer policy, engine and service limits. Env keys: `LID_` + upper-cased field name,
     except `first_n_s`, which is SPEC §5's `LID_FIRST_N_SECONDS`, and `min_s` (`LID_MIN_SECONDS`)."""
 
-    first_n_s: float = 3.0  # audio used at most; answer when it is in, confident or not (SPEC §4)
-    min_s: float = 1.0  # first detection once this much audio has arrived
-    step_ms: int = 500  # new audio needed before the next detection (one in flight at a time)
+    first_n_s: float = 3.0  # speech used at most; answer when it is in (or this long after the first speech)
+    min_s: float = 1.0  # first detection once this much speech has arrived
+    step_ms: int = 500  # new speech needed before the next detection (one in flight at a time)
     confidence: float = 0.9  # top probability that answers early
+    min_score: float = 0.5  # below it the answer is "und" (undetermined), not a guess
+    vad_threshold: float = 0.5  # Silero speech probability that starts speech
+    min_speech_ms: int = 96  # a run of speech windows shorter than this (a click) is not speech
+    speech_pad_ms: int = 192  # audio kept before and after each run of speech
     idle_timeout_s: float = 10.0  # no frame for this long: answer with the audio at hand
     langs: tuple[str, ...] = ()  # candidate languages; empty = all Whisper languages
     window_s: float = 10.0  # encoder input: audio zero-padded to this (30 = faster-whisper's default)
@@ -41,6 +47,12 @@ class LidConfig:
             raise ConfigError(f"need 0 < LID_MIN_SECONDS ({self.min_s}) <= LID_FIRST_N_SECONDS ({self.first_n_s})")
         if not 0.0 < self.confidence <= 1.0:
             raise ConfigError(f"LID_CONFIDENCE={self.confidence} must be in (0, 1]")
+        if not 0.0 <= self.min_score <= self.confidence:
+            raise ConfigError(f"LID_MIN_SCORE={self.min_score} must be in [0, LID_CONFIDENCE={self.confidence}]")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ConfigError(f"LID_VAD_THRESHOLD={self.vad_threshold} must be in (0, 1)")
+        if self.min_speech_ms < 0 or self.speech_pad_ms < 0:
+            raise ConfigError("LID_MIN_SPEECH_MS and LID_SPEECH_PAD_MS must be >= 0")
         if self.window_s <= 0 or self.window_s > 30:
             raise ConfigError(f"LID_WINDOW_S={self.window_s} must be in (0, 30] (Whisper's context)")
         if self.idle_timeout_s <= 0:
@@ -64,6 +76,15 @@ class LidConfig:
     def step_samples(self) -> int:
         return self.step_ms * SAMPLE_RATE // 1000
 
+    @property
+    def min_speech_windows(self) -> int:
+        """Silero windows (32 ms) a run of speech needs, at least one."""
+        return max(1, math.ceil(self.min_speech_ms * SAMPLE_RATE / 1000 / WINDOW_SAMPLES))
+
+    @property
+    def pad_windows(self) -> int:
+        return math.ceil(self.speech_pad_ms * SAMPLE_RATE / 1000 / WINDOW_SAMPLES)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LidConfig:
         d = cls()
@@ -72,6 +93,10 @@ class LidConfig:
             min_s=env_float(env, "LID_MIN_SECONDS", d.min_s),
             step_ms=env_int(env, "LID_STEP_MS", d.step_ms),
             confidence=env_float(env, "LID_CONFIDENCE", d.confidence),
+            min_score=env_float(env, "LID_MIN_SCORE", d.min_score),
+            vad_threshold=env_float(env, "LID_VAD_THRESHOLD", d.vad_threshold),
+            min_speech_ms=env_int(env, "LID_MIN_SPEECH_MS", d.min_speech_ms),
+            speech_pad_ms=env_int(env, "LID_SPEECH_PAD_MS", d.speech_pad_ms),
             idle_timeout_s=env_float(env, "LID_IDLE_TIMEOUT_S", d.idle_timeout_s),
             langs=tuple(x.lower() for x in env_list(env, "LID_LANGS", d.langs)),
             window_s=env_float(env, "LID_WINDOW_S", d.window_s),
