@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector, restrict
 from services.lid.policy import Answer, Detection, EarlyAnswerPolicy, InvalidFrame, RunDetection
@@ -342,7 +342,8 @@ def test_detector_applies_candidate_languages() -> None:
 
 
 def test_config_from_env() -> None:
-    cfg = LidConfig.from_env(
+    cfg = load_env(
+        LidConfig,
         {
             "LID_FIRST_N_SECONDS": "2.5",
             "LID_MIN_SECONDS": "0.5",
@@ -353,7 +354,7 @@ def test_config_from_env() -> None:
             "LID_VAD_THRESHOLD": "0.4",
             "LID_MIN_SPEECH_MS": "100",
             "LID_SPEECH_PAD_MS": "64",
-        }
+        },
     )
     assert (cfg.first_n_s, cfg.min_s, cfg.confidence, cfg.langs, cfg.max_sessions) == (
         2.5,
@@ -364,7 +365,7 @@ def test_config_from_env() -> None:
     )
     assert (cfg.min_score, cfg.vad_threshold, cfg.min_speech_windows, cfg.pad_windows) == (0.6, 0.4, 4, 2)
     assert cfg.max_samples == 40000 and cfg.min_samples == 8000
-    assert LidConfig.from_env({}) == LidConfig()
+    assert load_env(LidConfig, {}) == LidConfig()
 
 
 @pytest.mark.parametrize(
@@ -385,4 +386,4 @@ def test_config_from_env() -> None:
 )
 def test_config_rejects(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
-        LidConfig.from_env(env)
+        load_env(LidConfig, env)
