@@ -12,7 +12,7 @@ Part 2, the real `python -m services.lid` with its defaults: each case streamed 
 100 ms messages; lang, score, speech used and time from the first speech sample (as spoken, i.e. the
 lead-in end) to the answer.
 
-    python -m tests.perf.bench_lid_speech [--no-offline] [--no-service]
+    python -m tests.perf.bench_lid_speech [--no-offline] [--no-service] [--service-clips espeak] [--per-clip]
 """
 
 from __future__ import annotations
@@ -197,7 +197,9 @@ async def mean_ms(http_base: str) -> dict[str, float]:
     return out
 
 
-async def service(speech: list[tuple[str, str, bytes]], tmp: Path, noise: list[tuple[str, bytes]]) -> None:
+async def service(
+    speech: list[tuple[str, str, bytes]], tmp: Path, noise: list[tuple[str, bytes]], per_clip: bool
+) -> None:
     svc = launch("lid", env={"LID_CPU_THREADS": "1", "LOG_LEVEL": "WARNING"})
     leads = {
         "no lead-in": b"",
@@ -216,6 +218,8 @@ async def service(speech: list[tuple[str, str, bytes]], tmp: Path, noise: list[t
                 for lang, name, pcm in speech:
                     row = await stream(stub, lead + pcm, len(lead) // 2 + first_sound(pcm))
                     got.append((lang, name, row))
+                    if per_clip:
+                        print(json.dumps({"part": "clip", "case": f"{lead_name} + {name}", **row}), flush=True)
                 right = sum(r["lang"] == lang for lang, _, r in got)
                 times = [r["answer_ms"] for _, _, r in got]
                 row = {
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--no-offline", action="store_true")
     p.add_argument("--no-service", action="store_true")
-    p.add_argument("--service-clips", choices=("espeak", "all"), default="espeak")
+    p.add_argument("--service-clips", choices=("espeak", "all"), default="all")
+    p.add_argument("--per-clip", action="store_true", help="print every service answer")
     args = p.parse_args(argv)
     print(f"# lid speech: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as d:
@@ -250,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_offline:
             offline(clips + espeak, noise)
         if not args.no_service:
-            asyncio.run(service(espeak if args.service_clips == "espeak" else clips + espeak, tmp, noise))
+            chosen = espeak if args.service_clips == "espeak" else clips + espeak
+            asyncio.run(service(chosen, tmp, noise, args.per_clip))
     print(f"# load average at the end {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
