@@ -40,7 +40,7 @@ class RunDetection:
     """Ask the engine about `pcm` (PCM16 LE, the flow's first speech); report with `on_detection`."""
 
     pcm: bytes
-    final: bool  # its result is the answer, whatever the score
+    final: bool  # its result is the answer, whatever the score (below `min_score`: und)
 
     @property
     def samples(self) -> int:
