@@ -13,18 +13,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.transcripts.jobs import (
-    AsyncJobStore,
-    Backoff,
-    Job,
-    JobRunner,
-    JobsConfig,
-    JobStore,
-    PermanentJobError,
-    to_srt,
-    transcript_response,
-    transcript_view,
-)
+from orchestrator.transcripts.runner import JobRunner
+from orchestrator.transcripts.srt import to_srt
+from orchestrator.transcripts.store import AsyncJobStore, Backoff, Job, JobsConfig, JobStore, PermanentJobError
+from orchestrator.transcripts.view import transcript_response, transcript_view
 from tests.conftest import seconds
 
 pytestmark = pytest.mark.unit
