@@ -6,13 +6,16 @@ real work, so a benchmark measures the gateway alone. Test fixtures only, never 
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
 
-from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
+from common.envconf import nested
+from common.server import ServerConfig
+from common.service import Service, grpc_main
 from proto import common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
 
 
@@ -60,6 +63,11 @@ class FakeCompress(compress_pb2_grpc.CompressServicer):
         )
 
 
+@dataclass(frozen=True)
+class FakeConfig:
+    server: ServerConfig = nested(ServerConfig, prefix="FAKE_")
+
+
 def main(kind: str) -> None:
     def add(server: grpc.aio.Server) -> None:
         if kind == "vad":
@@ -69,8 +77,11 @@ def main(kind: str) -> None:
         else:
             raise SystemExit(f"unknown fake {kind!r}")
 
-    config = ServerConfig.from_env(os.environ, "FAKE")
-    run_main(lambda: run_until_signalled(ServiceRunner(f"fake-{kind}", config, add)))
+    @asynccontextmanager
+    async def fake_service(config: FakeConfig) -> AsyncIterator[Service]:
+        yield Service(add)
+
+    grpc_main(f"fake-{kind}", FakeConfig, fake_service)
 
 
 if __name__ == "__main__":

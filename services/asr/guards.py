@@ -23,41 +23,31 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from common.envconf import ConfigError, env_float, env_int
+from common.envconf import ConfigError, setting
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
 
 @dataclass(frozen=True)
 class GuardConfig:
-    min_rms_dbfs: float = -60.0
-    no_speech_prob: float = 0.6
-    min_avg_logprob: float = -1.5
-    max_compression_ratio: float = 2.4
-    max_ngram_repeats: int = 3
-    max_chars_per_s: float = 25.0
+    """Thresholds; the ASR config nests it with the prefix `ASR_GUARD_`."""
+
+    min_rms_dbfs: float = setting(-60.0, env="MIN_RMS_DBFS")
+    no_speech_prob: float = setting(0.6, env="NO_SPEECH_PROB")
+    min_avg_logprob: float = setting(-1.5, env="MIN_AVG_LOGPROB")
+    max_compression_ratio: float = setting(2.4, env="MAX_COMPRESSION_RATIO")
+    max_ngram_repeats: int = setting(3, env="MAX_NGRAM_REPEATS")
+    max_chars_per_s: float = setting(25.0, env="MAX_CHARS_PER_S")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.no_speech_prob <= 1.0:
             raise ConfigError(f"ASR_GUARD_NO_SPEECH_PROB={self.no_speech_prob}: expected (0, 1]")
         if self.max_compression_ratio <= 1.0 or self.max_chars_per_s <= 0 or self.max_ngram_repeats < 1:
             raise ConfigError("ASR_GUARD_MAX_*: compression ratio > 1, chars per second > 0, repeats >= 1")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> GuardConfig:
-        return cls(
-            min_rms_dbfs=env_float(env, "ASR_GUARD_MIN_RMS_DBFS", cls.min_rms_dbfs),
-            no_speech_prob=env_float(env, "ASR_GUARD_NO_SPEECH_PROB", cls.no_speech_prob),
-            min_avg_logprob=env_float(env, "ASR_GUARD_MIN_AVG_LOGPROB", cls.min_avg_logprob),
-            max_compression_ratio=env_float(env, "ASR_GUARD_MAX_COMPRESSION_RATIO", cls.max_compression_ratio),
-            max_ngram_repeats=env_int(env, "ASR_GUARD_MAX_NGRAM_REPEATS", cls.max_ngram_repeats),
-            max_chars_per_s=env_float(env, "ASR_GUARD_MAX_CHARS_PER_S", cls.max_chars_per_s),
-        )
 
 
 @dataclass(frozen=True)

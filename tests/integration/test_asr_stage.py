@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from orchestrator.core.events import SpeechBoundary, StageEvent, Transcript
+from orchestrator.core.events import LanguageDecided, SpeechBoundary, StageEvent, Transcript
 from orchestrator.core.protocol import StartRequest
 from orchestrator.core.reframer import AudioBlock
+from orchestrator.driver import root_cause
 from orchestrator.routing.pool import PoolSet
 from orchestrator.routing.table import RoutingTable
-from orchestrator.stages.asr import AsrStage
+from orchestrator.stages.asr import AsrStage, AsrUnavailable
 from orchestrator.stages.base import StageContext, StageFeed
 from orchestrator.stages.opus_link import OpusLinkConfig
 from proto import asr_pb2, asr_pb2_grpc
@@ -59,18 +60,16 @@ async def test_endpoints_found_while_the_language_is_pending_reach_the_asr() -> 
     pools = PoolSet(RoutingTable.single_pool((addr,)))
     stage = AsrStage(pools, OpusLinkConfig(), 20, None, 250, open_timeout_s=5.0)
     events: list[StageEvent] = []
-    language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    feed = StageFeed(640, 10**9)
-    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append, language=language)
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
     try:
         task = asyncio.create_task(stage.run(ctx))
         for seq in range(3):
             feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
         await asyncio.sleep(0)  # the stage is now waiting for the language
-        assert ctx.on_boundary is not None
-        ctx.on_boundary(SpeechBoundary("start", 0))
-        ctx.on_boundary(SpeechBoundary("end", 40_000_000))
-        language.set_result("en")
+        ctx.inputs.put_nowait(SpeechBoundary("start", 0))
+        ctx.inputs.put_nowait(SpeechBoundary("end", 40_000_000))
+        ctx.inputs.put_nowait(LanguageDecided("en"))
         feed.close()
         await asyncio.wait_for(task, 10)
     finally:
@@ -95,16 +94,14 @@ def two_pools(multi: str, en: str) -> RoutingTable:
 async def run_session(stage: AsrStage, decide: str, blocks: int = 3) -> list[StageEvent]:
     """Audio arrives while LID listens; then the language `decide` is known; then the audio ends."""
     events: list[StageEvent] = []
-    language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    feed = StageFeed(640, 10**9)
-    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append, language=language)
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
     task = asyncio.create_task(stage.run(ctx))
     for seq in range(blocks):
         feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
     await asyncio.sleep(0)
-    assert ctx.on_boundary is not None
-    ctx.on_boundary(SpeechBoundary("start", 0))
-    language.set_result(decide)
+    ctx.inputs.put_nowait(SpeechBoundary("start", 0))
+    ctx.inputs.put_nowait(LanguageDecided(decide))
     feed.close()
     await asyncio.wait_for(task, 10)
     return events
@@ -190,3 +187,101 @@ async def test_default_pool_down_the_session_waits_for_its_own_pool() -> None:
         await close(pools, [server])
     assert en.lang_hints == ["en"] and en.streams == [["start", "endpoint", "opus", "opus", "opus"]]
     assert finals(events) == ["from en"]
+
+
+class SeqRecorder(FakeRecognizer):
+    """Records the seq of every packet each stream receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seqs: list[list[int]] = []
+
+    async def Stream(
+        self, request_iterator: AsyncIterator[asr_pb2.ClientFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[asr_pb2.AsrEvent]:
+        seqs: list[int] = []
+        self.seqs.append(seqs)
+        yield asr_pb2.AsrEvent(type="ready")
+        async for frame in request_iterator:
+            if frame.HasField("opus"):
+                seqs.append(frame.opus.seq)
+            elif frame.HasField("batch"):
+                seqs.extend(p.seq for p in frame.batch.packets)
+        yield asr_pb2.AsrEvent(type="end")
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 40, 60])
+async def test_packets_land_on_the_session_timeline_at_any_link_frame(frame_ms: int) -> None:
+    """Audio that starts 1.5 s into the session, in 100 ms blocks, then a stream reopened on the
+    language: every packet n covers [n * frame_ms, (n + 1) * frame_ms) of the session timeline."""
+    fake = SeqRecorder()
+    server, addr = await serve(fake)
+    pools = PoolSet(RoutingTable.single_pool((addr,)))
+    stage = AsrStage(pools, OpusLinkConfig(frame_ms=frame_ms), 100, None, 250, open_timeout_s=5.0)
+    feed = StageFeed(3200)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, lambda e: None)
+    start_ms, audio_ms = 1500, 1000
+    try:
+        task = asyncio.create_task(stage.run(ctx))
+        for i in range(audio_ms // 20):
+            ms = start_ms + 20 * i
+            feed.put(AudioBlock(ms // 20, ms * 1_000_000, b"\x00\x01" * 320))
+            if i == 25:
+                await asyncio.sleep(0.05)
+                ctx.inputs.put_nowait(LanguageDecided("en"))  # opens a second stream mid-session
+        feed.close()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await pools.close()
+        await server.stop(None)
+    expected = list(range(start_ms // frame_ms, -(-(start_ms + audio_ms) // frame_ms)))
+    assert len(fake.seqs) == 2 and fake.seqs[-1] == expected
+
+
+class BusyFirst(FakeRecognizer):
+    """Refuses its first `refusals` streams as busy, the way the ASR service does at its limit."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__("admitted")
+        self.refusals = refusals
+
+    async def Stream(
+        self, request_iterator: AsyncIterator[asr_pb2.ClientFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[asr_pb2.AsrEvent]:
+        if self.refusals > 0:
+            self.refusals -= 1
+            yield asr_pb2.AsrEvent(type="error", code="busy", text="at its limit")
+            return
+        async for event in super().Stream(request_iterator, context):
+            yield event
+
+
+@pytest.mark.parametrize(("wait_s", "admitted"), [(5.0, True), (0.0, False)])
+async def test_past_capacity_a_session_waits_in_line_then_is_refused(wait_s: float, admitted: bool) -> None:
+    fake = BusyFirst(refusals=3)
+    server, addr = await serve(fake)
+    pools = PoolSet(RoutingTable.single_pool((addr,)))
+    stage = AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0, False, admission_wait_s=wait_s, admission_poll_s=0.01)
+    events: list[StageEvent] = []
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
+    ctx.inputs.put_nowait(LanguageDecided("en"))
+    try:
+        for seq in range(3):
+            feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
+        feed.close()
+        if admitted:
+            await asyncio.wait_for(stage.run(ctx), 10)
+        else:
+            with pytest.raises(ExceptionGroup) as refused:  # from the stage's task group
+                await asyncio.wait_for(stage.run(ctx), 10)
+            cause = root_cause(refused.value)
+            assert isinstance(cause, AsrUnavailable) and "busy" in str(cause)
+        (member,) = pools.members()
+        assert member.breaker.state.name == "CLOSED"  # busy is never a failure
+    finally:
+        await pools.close()
+        await server.stop(None)
+    if admitted:
+        assert finals(events) == ["admitted"] and fake.streams[-1][:1] == ["start"]
+        assert fake.streams[-1].count("opus") == 3  # the audio sent while it waited was kept

@@ -17,7 +17,8 @@ from aiohttp import web
 
 from common.server import GRPC_OPTIONS
 from devtools.launcher import RunningService, launch
-from orchestrator.transcripts.jobs import AsyncJobStore, Job, JobRunner, JobsConfig, transcript_response
+from orchestrator.transcripts.runner import JobRunner
+from orchestrator.transcripts.store import AsyncJobStore, Job, JobsConfig
 from orchestrator.transcripts.transcribe import (
     AsrRefused,
     RecordingUnreadable,
@@ -25,6 +26,7 @@ from orchestrator.transcripts.transcribe import (
     TranscribeError,
     transcribe_recording,
 )
+from orchestrator.transcripts.view import transcript_response
 from proto import asr_pb2, asr_pb2_grpc
 from tests.conftest import seconds
 from tests.wer import wer

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from common.models import whisper_tiny_en_dir
 from services.asr import guards
+from services.asr.config import AsrConfig
 from services.asr.engines import SphinxEngine, WhisperEngine
 from services.asr.guards import GuardConfig, Scores
 from tests.nonspeech import NONSPEECH
@@ -83,7 +84,7 @@ def test_guard_measures() -> None:
 
 
 def test_guard_config_from_env() -> None:
-    config = GuardConfig.from_env({"ASR_GUARD_NO_SPEECH_PROB": "0.8", "ASR_GUARD_MAX_CHARS_PER_S": "30"})
+    config = load_env(AsrConfig, {"ASR_GUARD_NO_SPEECH_PROB": "0.8", "ASR_GUARD_MAX_CHARS_PER_S": "30"}).guard
     assert (config.no_speech_prob, config.max_chars_per_s, config.min_avg_logprob) == (0.8, 30.0, -1.5)
     with pytest.raises(ConfigError):
         GuardConfig(no_speech_prob=0.0)
