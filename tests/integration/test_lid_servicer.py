@@ -13,29 +13,19 @@ from proto import common_pb2, lid_pb2_grpc
 from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector
 from services.lid.servicer import LidServicer
-from tests.conftest import seconds
+from tests.fakes import FakeLidEngine
+from tests.poll import seconds
 
 pytestmark = pytest.mark.integration
 
 POISON = b"\xff\x7f"  # a flow whose audio starts with this sample makes the fake engine fail
 
 
-class FakeLidEngine:
-    """Implements the LidEngine protocol: English, unless the audio starts with POISON."""
-
-    name = "fake"
-
-    def probabilities(self, pcm: bytes) -> list[tuple[str, float]]:
-        if pcm.startswith(POISON):
-            raise RuntimeError("fake engine failure")
-        return [("en", 0.95), ("zh", 0.05)]
-
-
 @pytest.fixture
 async def stub() -> AsyncIterator[lid_pb2_grpc.LidStub]:
     executor = ThreadPoolExecutor(max_workers=1)
     server = grpc.aio.server()
-    detector = LanguageDetector(FakeLidEngine())
+    detector = LanguageDetector(FakeLidEngine(fail_on=POISON))  # English, but fails on POISON
     lid_pb2_grpc.add_LidServicer_to_server(LidServicer(LidConfig(), executor, detector), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
