@@ -46,8 +46,9 @@ fmt: ## ruff format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-typecheck: ## mypy on the packages
+typecheck: ## mypy on the packages; --strict on the sans-I/O core
 	$(BIN)/mypy
+	$(BIN)/mypy --strict orchestrator/core
 
 test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 	$(BIN)/pytest -m "not perf" -q

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from common.envconf import ConfigError, env_bool, env_float, env_int, env_str
+from orchestrator.core.events import StageName
 from orchestrator.core.session import SessionConfig
 from orchestrator.routing.table import RoutingTable
 from orchestrator.stages.opus_link import OpusLinkConfig
@@ -80,14 +81,14 @@ class GatewayConfig:
             raise ConfigError("stage batch sizes must be multiples of the 20 ms frame")
 
     @property
-    def active_stages(self) -> tuple[str, ...]:
+    def active_stages(self) -> tuple[StageName, ...]:
         """Stages each session waits for, in the logical order of SPEC §1."""
         wanted = [
-            ("vad", self.enable_vad and bool(self.stages.vad)),
-            ("denoise", self.enable_denoise and bool(self.stages.denoise)),
-            ("lid", self.enable_lid and bool(self.stages.lid)),
-            ("asr", self.enable_asr and bool(self.stages.asr or self.routing_file)),
-            ("compress", self.enable_compress and bool(self.stages.compress)),
+            (StageName.VAD, self.enable_vad and bool(self.stages.vad)),
+            (StageName.DENOISE, self.enable_denoise and bool(self.stages.denoise)),
+            (StageName.LID, self.enable_lid and bool(self.stages.lid)),
+            (StageName.ASR, self.enable_asr and bool(self.stages.asr or self.routing_file)),
+            (StageName.COMPRESS, self.enable_compress and bool(self.stages.compress)),
         ]
         return tuple(name for name, on in wanted if on)
 
@@ -157,4 +158,11 @@ class GatewayConfig:
         from dataclasses import replace
 
         stages = self.active_stages
-        return replace(self, session=replace(self.session, stages=stages, deferred_transcripts="asr" in stages))
+        session = replace(
+            self.session,
+            stages=stages,
+            deferred_transcripts=StageName.ASR in stages,
+            stage_backlog_s=self.stage_backlog_s,
+            stage_timeout_s=self.stage_timeout_s,
+        )
+        return replace(self, session=session)

@@ -9,6 +9,7 @@ import logging
 import signal
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
@@ -19,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from common.server import GRPC_OPTIONS
@@ -26,7 +28,7 @@ from orchestrator import metrics
 from orchestrator.config import GatewayConfig
 from orchestrator.core.protocol import FLOW_ID_RE, ErrorCode
 from orchestrator.core.session import Session
-from orchestrator.driver import SessionDriver
+from orchestrator.driver import ConnectionClosedError, SessionDriver
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
@@ -34,6 +36,7 @@ from orchestrator.stages.compress import CompressStage
 from orchestrator.stages.denoise import DenoiseStage
 from orchestrator.stages.lid import LidStage
 from orchestrator.stages.vad import VadStage
+from orchestrator.supervisor import Supervisor
 from orchestrator.transcripts.jobs import AsyncJobStore, Job, JobRunner, transcript_response
 from orchestrator.transcripts.transcribe import transcribe_recording
 
@@ -50,7 +53,7 @@ class Gateway:
         self._stages: list[Stage] = []
         self._stage_health: dict[str, bool] = {}
         self._server: Server | None = None
-        self._background: list[asyncio.Task[None]] = []
+        self._background = Supervisor()
         self._opus_pool: ThreadPoolExecutor | None = None
         self.pools: PoolSet | None = None
         self.jobs: JobRunner | None = None
@@ -75,10 +78,10 @@ class Gateway:
         if "denoise" in self._channels:
             self._stages.append(DenoiseStage(self._channels["denoise"], cfg.denoise_batch_ms))
         if "lid" in self._channels:
-            self._stages.append(LidStage(self._channels["lid"], cfg.lid_batch_ms, cfg.lid_first_n_s, cfg.lid_timeout_s))
+            self._stages.append(LidStage(self._channels["lid"], cfg.lid_batch_ms))
         if "asr" in cfg.active_stages:
             self.pools = PoolSet(cfg.routing_table())
-            self.pools.start_health_watch()
+            self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
             self._opus_pool = ThreadPoolExecutor(cfg.opus_threads, thread_name_prefix="opus")
             self._stages.append(
@@ -104,8 +107,8 @@ class Gateway:
             compression=None,  # PCM does not deflate; compression would only burn CPU
             max_queue=64,
         )
-        self._background.append(asyncio.create_task(self._sweep()))
-        self._background.append(asyncio.create_task(self._watch_stage_health()))
+        self._background.start("sweeper", self._sweep)
+        self._background.start("stage-health", self._watch_stage_health)
         log.info("gateway listening", extra={"stage": "gateway", "event": f"listening:{self.port}"})
 
     async def drain(self) -> None:
@@ -117,8 +120,7 @@ class Gateway:
         await self.stop()
 
     async def stop(self) -> None:
-        for task in self._background:
-            task.cancel()
+        await self._background.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -135,7 +137,8 @@ class Gateway:
 
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
-        session = Session(self.config.session, now, uuid.uuid4().hex)
+        route = self.pools.table.route if self.pools is not None else None
+        session = Session(self.config.session, now, uuid.uuid4().hex, route)
         if self.draining:
             session.refuse(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
         elif len(self.drivers) >= self.config.max_sessions:
@@ -143,10 +146,7 @@ class Gateway:
                 ErrorCode.TOO_MANY_SESSIONS,
                 f"the gateway holds its maximum of {self.config.max_sessions} sessions",
             )
-        route = self.pools.table.route if self.pools is not None else None
-        driver = SessionDriver(
-            session, ws, self._stages, self.config.stage_backlog_s, self.config.stage_timeout_s, route, self._before_end
-        )
+        driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end)
         self.drivers.add(driver)
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
         try:
@@ -179,7 +179,7 @@ class Gateway:
         Path(cfg.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
         self._job_store = await AsyncJobStore.open(cfg.jobs.db_path)
         self.jobs = JobRunner(self._job_store, self._transcribe_job, cfg.jobs, self._asr_capacity)
-        self.jobs.start()
+        self._background.start("job-runner", self.jobs.run)
 
     async def _transcribe_job(self, job: Job) -> list[dict[str, Any]]:
         assert self.pools is not None
@@ -206,12 +206,19 @@ class Gateway:
         return any(p.pick(now) is not None for p in self.pools.pools.values())
 
     async def _sweep(self) -> None:
-        """One timer for all sessions: idle flush, start timeout, length cap."""
+        """One timer for all sessions: idle flush, start timeout, length cap, stage timeouts. One
+        session's failing tick is logged and never stops the others' timers."""
         while True:
             await asyncio.sleep(self.config.tick_s)
             now = time.monotonic()
             for driver in list(self.drivers):
-                driver.tick(now)
+                try:
+                    driver.tick(now)
+                except Exception:
+                    log.exception(
+                        "session tick failed",
+                        extra={"flowId": driver.session.flow_id, "stage": "gateway", "err_code": "internal_error"},
+                    )
 
     async def _watch_stage_health(self) -> None:
         while True:
@@ -251,6 +258,28 @@ class Gateway:
         job = await self._job_store.get(flow_id) if self._job_store is not None and FLOW_ID_RE.match(flow_id) else None
         status, body = transcript_response(flow_id, job)
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
+
+
+class WebSocketConnection:
+    """The driver's Connection over a websockets server connection."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self._ws = ws
+
+    async def messages(self) -> AsyncGenerator[str | bytes]:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in self._ws:
+                yield message
+
+    async def send(self, text: str) -> None:
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as exc:
+            raise ConnectionClosedError from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._ws.close(code, reason)
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:

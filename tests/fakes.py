@@ -91,7 +91,7 @@ class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
         self.text, self.mode, self.final_ts = text, mode, final_ts
         self.streams: list[list[str]] = []  # per stream, the payload kind of each frame received, in order
         self.starts: list[asr_pb2.Start] = []  # the Start of each stream
-        self.packets: list[asr_pb2.OpusPacket] = []  # every packet of every stream, single or batched
+        self.packets: list[list[asr_pb2.OpusPacket]] = []  # per stream, every packet, single or batched
 
     @property
     def lang_hints(self) -> list[str]:
@@ -101,7 +101,9 @@ class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
         self, request_iterator: AsyncIterator[asr_pb2.ClientFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[asr_pb2.AsrEvent]:
         kinds: list[str] = []
+        received: list[asr_pb2.OpusPacket] = []
         self.streams.append(kinds)
+        self.packets.append(received)
         first = await anext(aiter(request_iterator), None)
         if first is not None:
             kinds.append(first.WhichOneof("payload") or "empty")
@@ -120,7 +122,7 @@ class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
             kind = frame.WhichOneof("payload") or "empty"
             kinds.append(kind)
             packets = [frame.opus] if kind == "opus" else list(frame.batch.packets) if kind == "batch" else []
-            self.packets += packets
+            received += packets
             payload_bytes += sum(len(p.data) for p in packets)
         if self.mode == "hang":
             await asyncio.Event().wait()

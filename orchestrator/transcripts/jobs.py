@@ -368,7 +368,7 @@ class JobRunner:
 
     def start(self) -> None:
         if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._run(), name="job-runner")
+            self._loop_task = asyncio.create_task(self.run(), name="job-runner")
 
     def wake(self) -> None:
         """Re-evaluate now (a job was queued, capacity may have returned, the clock moved)."""
@@ -395,7 +395,8 @@ class JobRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.release_running()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """The dispatch loop, forever: `start()` runs it as its own task, or a supervisor runs it."""
         while True:
             self._wake.clear()
             try:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from orchestrator.core.events import SpeechBoundary, StageEvent, Transcript
+from orchestrator.core.events import LanguageDecided, SpeechBoundary, StageEvent, Transcript
 from orchestrator.core.protocol import StartRequest
 from orchestrator.core.reframer import AudioBlock
 from orchestrator.routing.pool import PoolSet
@@ -15,7 +15,7 @@ from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import StageContext, StageFeed
 from orchestrator.stages.opus_link import OpusLinkConfig
 from tests.fakes import FakeAsrServer, FakeRecognizer
-from tests.poll import seconds
+from tests.poll import seconds, until
 
 pytestmark = pytest.mark.integration
 
@@ -30,20 +30,18 @@ async def test_endpoints_found_while_the_language_is_pending_reach_the_asr() -> 
     pools = PoolSet(RoutingTable.single_pool((server.addr,)))
     stage = AsrStage(pools, OpusLinkConfig(), 20, None, 250, open_timeout_s=5.0)
     events: list[StageEvent] = []
-    language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    feed = StageFeed(640, 10**9)
-    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append, language=language)
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
     try:
         task = asyncio.create_task(stage.run(ctx))
         for seq in range(3):
             feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
-        # One turn of the loop, not a poll: the stage has planted `on_boundary` and waits for the
-        # language, but has sent no audio yet, so the endpoints reach the ASR ahead of the audio.
+        # One turn of the loop, not a poll: the stage waits for the language but has sent no audio
+        # yet, so the endpoints reach the ASR ahead of the audio.
         await asyncio.sleep(0)
-        assert ctx.on_boundary is not None
-        ctx.on_boundary(SpeechBoundary("start", 0))
-        ctx.on_boundary(SpeechBoundary("end", 40_000_000))
-        language.set_result("en")
+        ctx.inputs.put_nowait(SpeechBoundary("start", 0))
+        ctx.inputs.put_nowait(SpeechBoundary("end", 40_000_000))
+        ctx.inputs.put_nowait(LanguageDecided("en"))
         feed.close()
         await asyncio.wait_for(task, seconds(10))
     finally:
@@ -68,16 +66,14 @@ def two_pools(multi: str, en: str) -> RoutingTable:
 async def run_session(stage: AsrStage, decide: str, blocks: int = 3) -> list[StageEvent]:
     """Audio arrives while LID listens; then the language `decide` is known; then the audio ends."""
     events: list[StageEvent] = []
-    language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    feed = StageFeed(640, 10**9)
-    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append, language=language)
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
     task = asyncio.create_task(stage.run(ctx))
     for seq in range(blocks):
         feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
-    await asyncio.sleep(0)  # one turn: `on_boundary` planted, no audio sent yet (see the first test)
-    assert ctx.on_boundary is not None
-    ctx.on_boundary(SpeechBoundary("start", 0))
-    language.set_result(decide)
+    await asyncio.sleep(0)  # one turn: no audio sent yet (see the first test)
+    ctx.inputs.put_nowait(SpeechBoundary("start", 0))
+    ctx.inputs.put_nowait(LanguageDecided(decide))
     feed.close()
     await asyncio.wait_for(task, seconds(10))
     return events
@@ -161,3 +157,31 @@ async def test_default_pool_down_the_session_waits_for_its_own_pool() -> None:
         await close(pools, [server])
     assert en.lang_hints == ["en"] and en.streams == [["start", "endpoint", "opus", "opus", "opus"]]
     assert finals(events) == ["from en"]
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 40, 60])
+async def test_packets_land_on_the_session_timeline_at_any_link_frame(frame_ms: int) -> None:
+    """Audio that starts 1.5 s into the session, in 100 ms blocks, then a stream reopened on the
+    language: every packet n covers [n * frame_ms, (n + 1) * frame_ms) of the session timeline."""
+    server = await FakeAsrServer(recognizer()).start()
+    fake = server.recognizer
+    pools = PoolSet(RoutingTable.single_pool((server.addr,)))
+    stage = AsrStage(pools, OpusLinkConfig(frame_ms=frame_ms), 100, None, 250, open_timeout_s=5.0)
+    feed = StageFeed(3200)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, lambda e: None)
+    start_ms, audio_ms = 1500, 1000
+    try:
+        task = asyncio.create_task(stage.run(ctx))
+        for i in range(audio_ms // 20):
+            ms = start_ms + 20 * i
+            feed.put(AudioBlock(ms // 20, ms * 1_000_000, b"\x00\x01" * 320))
+            if i == 25:
+                await until(lambda: fake.packets != [] and fake.packets[0] != [], what="audio on the first stream")
+                ctx.inputs.put_nowait(LanguageDecided("en"))  # opens a second stream mid-session
+        feed.close()
+        await asyncio.wait_for(task, seconds(10))
+    finally:
+        await pools.close()
+        await server.stop()
+    expected = list(range(start_ms // frame_ms, -(-(start_ms + audio_ms) // frame_ms)))
+    assert len(fake.packets) == 2 and [p.seq for p in fake.packets[-1]] == expected

@@ -81,8 +81,9 @@ async def test_recording_is_streamed_as_pcm_frames(
     start = fake.starts[0]
     assert (start.codec, start.sr, start.channels, start.frame_ms) == ("pcm", 16000, 1, 20)
     assert (start.flow_id, start.lang_hint, start.domain) == ("it-1", "en", "meetings")
-    seqs = [p.seq for p in fake.packets]
-    assert {len(p.data) for p in fake.packets} == {640} and seqs == list(range(len(seqs)))
+    packets = [p for stream in fake.packets for p in stream]
+    seqs = [p.seq for p in packets]
+    assert {len(p.data) for p in packets} == {640} and seqs == list(range(len(seqs)))
     assert Counter(fake.streams[-1][1:]) == {"opus": len(seqs)}  # after the Start, one packet a message
 
 
@@ -91,7 +92,8 @@ async def test_batched_packets(fake_asr: tuple[FakeRecognizer, str], archive: st
     config = TranscribeConfig(batch_packets=50)
     finals = await transcribe_recording(f"{archive}/records/fox.ogg", addr, "en", "d", config=config)
     assert finals[0]["text"] == "fake transcript"
-    assert [p.seq for p in fake.packets] == list(range(145))  # 2.89 s in 20 ms packets, the last one padded
+    seqs = [p.seq for stream in fake.packets for p in stream]
+    assert seqs == list(range(145))  # 2.89 s in 20 ms packets, the last one padded
     assert fake.streams[-1][1:] == ["batch"] * 3  # 50 + 50 + 45 packets
 
 
