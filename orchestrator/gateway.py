@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -23,7 +22,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from common.server import GRPC_OPTIONS
+from common.server import GRPC_OPTIONS, announce
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig
 from orchestrator.core.protocol import FLOW_ID_RE, ErrorCode
@@ -70,40 +69,40 @@ class Gateway:
         for name in cfg.active_stages:
             if name == "asr":
                 continue  # ASR members live in pools, with their own health and breakers
-            addr = getattr(cfg.stages, name)
+            addr = getattr(cfg, name).addr
             self._channels[name] = grpc.aio.insecure_channel(addr, options=GRPC_OPTIONS)
             self._stage_health[name] = False
         if "vad" in self._channels:
-            self._stages.append(VadStage(self._channels["vad"], cfg.vad_batch_ms))
+            self._stages.append(VadStage(self._channels["vad"], cfg.vad.batch_ms))
         if "denoise" in self._channels:
-            self._stages.append(DenoiseStage(self._channels["denoise"], cfg.denoise_batch_ms))
+            self._stages.append(DenoiseStage(self._channels["denoise"], cfg.denoise.batch_ms))
         if "lid" in self._channels:
-            self._stages.append(LidStage(self._channels["lid"], cfg.lid_batch_ms))
+            self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages:
             self.pools = PoolSet(cfg.routing_table())
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
-            self._opus_pool = ThreadPoolExecutor(cfg.opus_threads, thread_name_prefix="opus")
+            self._opus_pool = ThreadPoolExecutor(cfg.asr.opus_threads, thread_name_prefix="opus")
             self._stages.append(
                 AsrStage(
                     self.pools,
-                    cfg.asr_link,
-                    cfg.asr_link_batch_ms,
+                    cfg.asr.link,
+                    cfg.asr.batch_ms,
                     self._opus_pool,
                     cfg.session.partial_interval_ms,
-                    cfg.asr_open_timeout_s,
-                    cfg.asr_provisional,
+                    cfg.asr.open_timeout_s,
+                    cfg.asr.provisional,
                 )
             )
             await self._start_jobs()
         if "compress" in self._channels:
-            self._stages.append(CompressStage(self._channels["compress"], cfg.compress_batch_ms))
+            self._stages.append(CompressStage(self._channels["compress"], cfg.compress.batch_ms))
         self._server = await serve(
             self._handle,
-            cfg.host,
-            cfg.port,
+            cfg.listen.host,
+            cfg.listen.port,
             process_request=self._http,
-            max_size=cfg.ws_max_message_bytes,
+            max_size=cfg.listen.ws_max_message_bytes,
             compression=None,  # PCM does not deflate; compression would only burn CPU
             max_queue=64,
         )
@@ -116,7 +115,7 @@ class Gateway:
         self.draining = True
         if self.drivers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), self.config.drain_grace_s)
+                await asyncio.wait_for(self._all_closed.wait(), self.config.listen.drain_grace_s)
         await self.stop()
 
     async def stop(self) -> None:
@@ -141,10 +140,10 @@ class Gateway:
         session = Session(self.config.session, now, uuid.uuid4().hex, route)
         if self.draining:
             session.refuse(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
-        elif len(self.drivers) >= self.config.max_sessions:
+        elif len(self.drivers) >= self.config.listen.max_sessions:
             session.refuse(
                 ErrorCode.TOO_MANY_SESSIONS,
-                f"the gateway holds its maximum of {self.config.max_sessions} sessions",
+                f"the gateway holds its maximum of {self.config.listen.max_sessions} sessions",
             )
         driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end)
         self.drivers.add(driver)
@@ -209,7 +208,7 @@ class Gateway:
         """One timer for all sessions: idle flush, start timeout, length cap, stage timeouts. One
         session's failing tick is logged and never stops the others' timers."""
         while True:
-            await asyncio.sleep(self.config.tick_s)
+            await asyncio.sleep(self.config.listen.tick_s)
             now = time.monotonic()
             for driver in list(self.drivers):
                 try:
@@ -226,7 +225,7 @@ class Gateway:
                 stub = health_pb2_grpc.HealthStub(channel)
                 try:
                     reply = await stub.Check(
-                        health_pb2.HealthCheckRequest(), timeout=self.config.stage_connect_timeout_s
+                        health_pb2.HealthCheckRequest(), timeout=self.config.stages.connect_timeout_s
                     )
                     self._stage_health[name] = reply.status == health_pb2.HealthCheckResponse.SERVING
                 except grpc.aio.AioRpcError:
@@ -287,16 +286,10 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
-async def serve_forever(config: GatewayConfig) -> None:
+async def serve_forever(config: GatewayConfig, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set (SIGTERM), then drain (STYLE §6)."""
     gateway = Gateway(config)
     await gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    from common.server import announce
-
-    announce("gateway", config.host, 0, gateway.port)
+    announce("gateway", config.listen.host, 0, gateway.port)
     await stop.wait()
     await gateway.drain()

@@ -11,9 +11,10 @@ and do no real work. Test fixtures only, never the product.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
@@ -21,7 +22,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common.server import GRPC_OPTIONS, ServerConfig, ServiceRunner, run_main, run_until_signalled
+from common.envconf import nested
+from common.server import GRPC_OPTIONS, ServerConfig
+from common.service import Service, grpc_main
 from proto import asr_pb2, asr_pb2_grpc, common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
 
 
@@ -219,6 +222,11 @@ class FakeDelayEngine:
         return out
 
 
+@dataclass(frozen=True)
+class FakeConfig:
+    server: ServerConfig = nested(ServerConfig, prefix="FAKE_")
+
+
 def main(kind: str) -> None:
     def add(server: grpc.aio.Server) -> None:
         if kind == "vad":
@@ -228,8 +236,11 @@ def main(kind: str) -> None:
         else:
             raise SystemExit(f"unknown fake {kind!r}")
 
-    config = ServerConfig.from_env(os.environ, "FAKE")
-    run_main(lambda: run_until_signalled(ServiceRunner(f"fake-{kind}", config, add)))
+    @asynccontextmanager
+    async def fake_service(config: FakeConfig) -> AsyncIterator[Service]:
+        yield Service(add)
+
+    grpc_main(f"fake-{kind}", FakeConfig, fake_service)
 
 
 if __name__ == "__main__":

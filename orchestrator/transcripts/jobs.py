@@ -19,7 +19,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
-from common.envconf import ConfigError, env_float, env_int, env_str
+from common.envconf import ConfigError
 from orchestrator.core.protocol import FLOW_ID_RE
 from orchestrator.metrics import REGISTRY
 from orchestrator.transcripts.srt import to_srt
@@ -74,22 +74,6 @@ class JobsConfig:
             raise ConfigError("JOBS_BACKOFF_JITTER must be in [0, 1)")
         if self.capacity_poll_s <= 0 or self.attempt_timeout_s <= 0:
             raise ConfigError("JOBS_CAPACITY_POLL_SEC and JOBS_ATTEMPT_TIMEOUT_SEC must be > 0")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> JobsConfig:
-        seed = env_str(env, "JOBS_JITTER_SEED", "")
-        return cls(
-            db_path=env_str(env, "JOBS_DB", cls.db_path),
-            concurrency=env_int(env, "JOBS_CONCURRENCY", cls.concurrency),
-            max_attempts=env_int(env, "JOBS_MAX_ATTEMPTS", cls.max_attempts),
-            backoff_base_s=env_float(env, "JOBS_BACKOFF_BASE_SEC", cls.backoff_base_s),
-            backoff_factor=env_float(env, "JOBS_BACKOFF_FACTOR", cls.backoff_factor),
-            backoff_cap_s=env_float(env, "JOBS_BACKOFF_CAP_SEC", cls.backoff_cap_s),
-            backoff_jitter=env_float(env, "JOBS_BACKOFF_JITTER", cls.backoff_jitter),
-            jitter_seed=env_int(env, "JOBS_JITTER_SEED", 0) if seed else None,
-            capacity_poll_s=env_float(env, "JOBS_CAPACITY_POLL_SEC", cls.capacity_poll_s),
-            attempt_timeout_s=env_float(env, "JOBS_ATTEMPT_TIMEOUT_SEC", cls.attempt_timeout_s),
-        )
 
 
 class Backoff:

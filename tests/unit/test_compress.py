@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from proto import common_pb2
 from services.compress.config import CompressConfig, S3Config
 from services.compress.encoder import audio_duration_s, encode_pcm_file
@@ -160,14 +160,15 @@ def test_flac_is_lossless(tmp_path: Path) -> None:
 
 
 def test_config_defaults_and_env() -> None:
-    assert CompressConfig.from_env({}) == CompressConfig()
-    cfg = CompressConfig.from_env(
+    assert load_env(CompressConfig, {}) == CompressConfig()
+    cfg = load_env(
+        CompressConfig,
         {
             "COMPRESS_FORMAT": "FLAC",
             "STORAGE_BACKEND": "s3",
             "PUBLIC_BASE": "https://x/",
             "COMPRESS_LEVEL": "0.5",
-        }
+        },
     )
     assert (cfg.format, cfg.backend, cfg.public_base, cfg.compression_level) == (
         "flac",
@@ -175,7 +176,7 @@ def test_config_defaults_and_env() -> None:
         "https://x",
         0.5,
     )
-    s3 = S3Config.from_env({"S3_URL_MODE": "public", "S3_PRESIGN_EXPIRY_S": "60", "S3_BUCKET": "b"})
+    s3 = load_env(S3Config, {"S3_URL_MODE": "public", "S3_PRESIGN_EXPIRY_S": "60", "S3_BUCKET": "b"})
     assert (s3.url_mode, s3.presign_expiry_s, s3.bucket) == ("public", 60, "b")
 
 
@@ -191,13 +192,13 @@ def test_config_defaults_and_env() -> None:
 )
 def test_config_refuses_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
-        CompressConfig.from_env(env)
+        load_env(CompressConfig, env)
 
 
 @pytest.mark.parametrize("env", [{"S3_URL_MODE": "cdn"}, {"S3_PRESIGN_EXPIRY_S": "604801"}, {"S3_BUCKET": ""}])
 def test_s3_config_refuses_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
-        S3Config.from_env(env)
+        load_env(S3Config, env)
 
 
 def test_s3_urls_are_computed_offline() -> None:

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from services.denoise.config import DenoiseConfig
 from services.denoise.core import (
     NS_PER_S,
@@ -189,12 +189,12 @@ def test_session_limits_open_flows_and_flushes_all_at_half_close() -> None:
 
 
 def test_config_defaults_and_errors() -> None:
-    config = DenoiseConfig.from_env({})
+    config = load_env(DenoiseConfig, {})
     assert (config.engine, config.num_threads, config.frame_samples) == ("gtcrn", 1, 320)
-    assert DenoiseConfig.from_env({"DENOISE_ENGINE": "RNNoise"}).engine == "rnnoise"
+    assert load_env(DenoiseConfig, {"DENOISE_ENGINE": "RNNoise"}).engine == "rnnoise"
     with pytest.raises(ConfigError, match="DENOISE_ENGINE"):
-        DenoiseConfig.from_env({"DENOISE_ENGINE": "speex"})
+        load_env(DenoiseConfig, {"DENOISE_ENGINE": "speex"})
     with pytest.raises(ConfigError, match="QUALITY"):
-        DenoiseConfig.from_env({"DENOISE_RNNOISE_RESAMPLE_QUALITY": "best"})
+        load_env(DenoiseConfig, {"DENOISE_RNNOISE_RESAMPLE_QUALITY": "best"})
     with pytest.raises(ConfigError):
-        DenoiseConfig.from_env({"DENOISE_WORKERS": "0"})
+        load_env(DenoiseConfig, {"DENOISE_WORKERS": "0"})

@@ -121,13 +121,15 @@ def test_backoff_schedule_is_exponential_capped_and_seeded() -> None:
 
 
 def test_config_rejects_bad_limits() -> None:
-    from common.envconf import ConfigError
+    from common.envconf import ConfigError, load_env
+    from orchestrator.config import GatewayConfig
 
     with pytest.raises(ConfigError):
         JobsConfig(max_attempts=0)
     with pytest.raises(ConfigError):
         JobsConfig(backoff_factor=0.5)
-    got = JobsConfig.from_env({"JOBS_DB": "/tmp/x.sqlite", "JOBS_MAX_ATTEMPTS": "2", "JOBS_JITTER_SEED": "3"})
+    env = {"JOBS_DB": "/tmp/x.sqlite", "JOBS_MAX_ATTEMPTS": "2", "JOBS_JITTER_SEED": "3"}
+    got = load_env(GatewayConfig, env).jobs
     assert got.db_path == "/tmp/x.sqlite" and got.max_attempts == 2 and got.jitter_seed == 3
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector, restrict
 from services.lid.policy import Answer, Detection, EarlyAnswerPolicy, InvalidFrame, RunDetection
@@ -215,14 +215,15 @@ def test_detector_applies_candidate_languages() -> None:
 
 
 def test_config_from_env() -> None:
-    cfg = LidConfig.from_env(
+    cfg = load_env(
+        LidConfig,
         {
             "LID_FIRST_N_SECONDS": "2.5",
             "LID_MIN_SECONDS": "0.5",
             "LID_CONFIDENCE": "0.8",
             "LID_LANGS": "EN, zh",
             "LID_MAX_SESSIONS": "4",
-        }
+        },
     )
     assert (cfg.first_n_s, cfg.min_s, cfg.confidence, cfg.langs, cfg.max_sessions) == (
         2.5,
@@ -232,7 +233,7 @@ def test_config_from_env() -> None:
         4,
     )
     assert cfg.max_samples == 40000 and cfg.min_samples == 8000
-    assert LidConfig.from_env({}) == LidConfig()
+    assert load_env(LidConfig, {}) == LidConfig()
 
 
 @pytest.mark.parametrize(
@@ -249,4 +250,4 @@ def test_config_from_env() -> None:
 )
 def test_config_rejects(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
-        LidConfig.from_env(env)
+        load_env(LidConfig, env)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import GatewayConfig
+from orchestrator.config import GatewayConfig, ListenConfig
 from orchestrator.gateway import Gateway
 from orchestrator.supervisor import RESTARTS, Supervisor
 from tests.conftest import seconds
@@ -58,7 +58,7 @@ class TickingDriver:
 
 
 async def test_a_failing_tick_does_not_stop_other_sessions_timers() -> None:
-    gateway = Gateway(GatewayConfig(tick_s=0.001))
+    gateway = Gateway(GatewayConfig(listen=ListenConfig(tick_s=0.001)))
     bad, good = TickingDriver(fail=True), TickingDriver(fail=False)
     gateway.drivers.update({bad, good})  # type: ignore[arg-type]
     sweeper = asyncio.create_task(gateway._sweep())
