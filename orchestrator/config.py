@@ -15,7 +15,7 @@ from orchestrator.core.events import StageName
 from orchestrator.core.session import SessionConfig
 from orchestrator.routing.table import RoutingTable
 from orchestrator.stages.opus_link import OpusLinkConfig
-from orchestrator.transcripts.jobs import JobsConfig
+from orchestrator.transcripts.store import JobsConfig
 from orchestrator.transcripts.transcribe import TranscribeConfig
 
 SESSION_ENV = {

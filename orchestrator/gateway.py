@@ -36,8 +36,10 @@ from orchestrator.stages.denoise import DenoiseStage
 from orchestrator.stages.lid import LidStage
 from orchestrator.stages.vad import VadStage
 from orchestrator.supervisor import Supervisor
-from orchestrator.transcripts.jobs import AsyncJobStore, Job, JobRunner, transcript_response
+from orchestrator.transcripts.runner import JobRunner
+from orchestrator.transcripts.store import AsyncJobStore, Job
 from orchestrator.transcripts.transcribe import transcribe_recording
+from orchestrator.transcripts.view import transcript_response
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws/stream"

@@ -124,6 +124,7 @@ class Session:
         self._stages_to_stop: list[StageName] = []
         self._behind_since: dict[StageName, float] = {}  # stages over the backlog limit, since when
         self._audio_ended_at: float | None = None
+        self._last_heard: dict[StageName, float] = {}  # when each stage last said anything
 
     # ----- inputs from the client -----
 
@@ -211,6 +212,7 @@ class Session:
     def stage_event(self, event: StageEvent, now: float) -> None:
         if self.state is State.CLOSED:
             return
+        self._last_heard[_stage_of(event)] = now
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
             if StageName.ASR in self.pending_stages:
@@ -388,9 +390,12 @@ class Session:
         for stage, since in sorted(self._behind_since.items()):
             if now - since >= limit:
                 self._give_up(stage, f"more than {self.config.stage_backlog_s:g} s behind the audio for {limit:g} s")
-        if self._audio_ended_at is not None and now - self._audio_ended_at >= limit:
+        if self._audio_ended_at is not None:
+            # A stage still working through the audio (a batch client's ASR) keeps answering: only
+            # one silent for the whole timeout after the end of audio is given up.
             for stage in sorted(self.pending_stages):
-                self._give_up(stage, f"no answer within {limit:g} s of the end of audio")
+                if now - max(self._audio_ended_at, self._last_heard.get(stage, 0.0)) >= limit:
+                    self._give_up(stage, f"nothing from it for {limit:g} s after the end of audio")
 
     def _give_up(self, stage: StageName, why: str) -> None:
         self._behind_since.pop(stage, None)
@@ -452,3 +457,16 @@ class Session:
         if family is not None and not self.wants(family):
             return
         self._events.append(event)
+
+
+def _stage_of(event: StageEvent) -> StageName:
+    """Which stage an event comes from."""
+    if isinstance(event, SpeechBoundary):
+        return StageName.VAD
+    if isinstance(event, RecordReady):
+        return StageName.COMPRESS
+    if isinstance(event, LangDetected):
+        return StageName.LID
+    if isinstance(event, Transcript):
+        return StageName.ASR
+    return event.stage

@@ -22,7 +22,7 @@ import numpy as np
 
 from common.envconf import ConfigError
 from common.server import GRPC_OPTIONS
-from orchestrator.transcripts.jobs import PermanentJobError
+from orchestrator.transcripts.store import PermanentJobError
 from proto import asr_pb2, asr_pb2_grpc
 
 log = logging.getLogger(__name__)

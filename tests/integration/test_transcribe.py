@@ -15,7 +15,8 @@ import soundfile as sf
 from aiohttp import web
 
 from devtools.launcher import RunningService, launch
-from orchestrator.transcripts.jobs import AsyncJobStore, Job, JobRunner, JobsConfig, transcript_response
+from orchestrator.transcripts.runner import JobRunner
+from orchestrator.transcripts.store import AsyncJobStore, Job, JobsConfig
 from orchestrator.transcripts.transcribe import (
     AsrRefused,
     RecordingUnreadable,
@@ -23,6 +24,7 @@ from orchestrator.transcripts.transcribe import (
     TranscribeError,
     transcribe_recording,
 )
+from orchestrator.transcripts.view import transcript_response
 from tests.clock import FakeClock
 from tests.fakes import FakeAsrServer, FakeRecognizer, RecognizerMode
 from tests.poll import seconds, until

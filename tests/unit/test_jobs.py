@@ -12,18 +12,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.transcripts.jobs import (
-    AsyncJobStore,
-    Backoff,
-    Job,
-    JobRunner,
-    JobsConfig,
-    JobStore,
-    PermanentJobError,
-    to_srt,
-    transcript_response,
-    transcript_view,
-)
+from orchestrator.transcripts.runner import JobRunner
+from orchestrator.transcripts.srt import to_srt
+from orchestrator.transcripts.store import AsyncJobStore, Backoff, Job, JobsConfig, JobStore, PermanentJobError
+from orchestrator.transcripts.view import transcript_response, transcript_view
 from tests.clock import T0, FakeClock
 from tests.poll import seconds, until
 

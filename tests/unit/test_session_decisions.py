@@ -12,6 +12,7 @@ from orchestrator.core.events import (
     StageDone,
     StageFailed,
     StageName,
+    Transcript,
 )
 from orchestrator.core.session import Session, SessionConfig, State
 
@@ -137,3 +138,15 @@ def test_a_stage_that_stays_behind_is_failed_and_the_client_released() -> None:
     (error,) = [e for e in s.events_to_send() if e["type"] == "error"]
     assert error["code"] == "archive_unavailable" and "behind the audio" in error["message"]
     assert s.state is State.STREAMING  # the session goes on without it
+
+
+def test_a_stage_still_answering_after_the_end_of_audio_is_not_given_up() -> None:
+    """A batch client's audio ends long before its ASR has worked through it."""
+    s = started(pref="en", stages=(StageName.ASR,), stage_timeout_s=5.0)
+    s.receive_text('{"type":"flush"}', 10.0)
+    for t in (13.0, 17.0, 21.0):
+        s.stage_event(Transcript(True, "more", 0.0, 1.0, "en"), t)
+        s.tick(t + 4.9)
+        assert s.stages_to_stop() == []
+    s.tick(26.0)
+    assert s.stages_to_stop() == [StageName.ASR]
