@@ -94,6 +94,7 @@ class Gateway:
                     cfg.session.partial_interval_ms,
                     cfg.asr.open_timeout_s,
                     cfg.asr.provisional,
+                    admission_wait_s=cfg.asr.admission_wait_s,
                 )
             )
             await self._start_jobs()

@@ -85,13 +85,18 @@ class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
     `error` event before it, unlike the real one); "unavailable" aborts UNAVAILABLE there; "error" answers
     an `error` event instead of the final; "hang" never answers after `ready`. `final_ts` is the final's
     [start, end] in seconds; None: [0, the duration of the packets' bytes read as PCM], which only means
-    something for a `pcm` stream.
+    something for a `pcm` stream. The first `refusals` streams are refused as the ASR service does at its
+    limit: an `error` event `busy` after the Start, then the end of the stream.
     """
 
     def __init__(
-        self, text: str = "fake transcript", mode: RecognizerMode = "ok", final_ts: tuple[float, float] | None = None
+        self,
+        text: str = "fake transcript",
+        mode: RecognizerMode = "ok",
+        final_ts: tuple[float, float] | None = None,
+        refusals: int = 0,
     ) -> None:
-        self.text, self.mode, self.final_ts = text, mode, final_ts
+        self.text, self.mode, self.final_ts, self.refusals = text, mode, final_ts, refusals
         self.streams: list[list[str]] = []  # per stream, the payload kind of each frame received, in order
         self.starts: list[asr_pb2.Start] = []  # the Start of each stream
         self.packets: list[list[asr_pb2.OpusPacket]] = []  # per stream, every packet, single or batched
@@ -115,6 +120,10 @@ class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
         assert first is not None
         start = first.start
         self.starts.append(start)
+        if self.refusals > 0:
+            self.refusals -= 1
+            yield asr_pb2.AsrEvent(type="error", flow_id=start.flow_id, code="busy", text="at its limit")
+            return
         if self.mode == "busy":
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "ASR busy: fake")
         if self.mode == "unavailable":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -92,6 +92,9 @@ class AsrStage:
         partial_interval_ms: int,
         open_timeout_s: float,
         provisional: bool = True,
+        *,
+        admission_wait_s: float = 0.0,
+        admission_poll_s: float = 0.2,
     ) -> None:
         self._pools = pools
         self._link = link
@@ -100,6 +103,8 @@ class AsrStage:
         self._partial_interval_ms = partial_interval_ms
         self._open_timeout_s = open_timeout_s
         self._provisional = provisional
+        self._admission_wait_s = admission_wait_s
+        self._admission_poll_s = admission_poll_s
 
     def _start_frame(self, ctx: StageContext, codec: str, lang: str) -> asr_pb2.ClientFrame:
         return asr_pb2.ClientFrame(
@@ -229,10 +234,7 @@ class AsrStage:
             wire.attach(out)
             return call
 
-        try:
-            lease = await open_with_retries(pool, open_on, time.monotonic, self._pools.table.max_attempts)
-        except PoolExhausted as exc:
-            raise AsrUnavailable(f"record-only: {exc}") from None
+        lease = await self._admit(pool, open_on)
         metrics.ASR_LINK_SESSIONS.labels(link.codec).inc()
         log.info(
             "asr link open",
@@ -245,6 +247,25 @@ class AsrStage:
             },
         )
         return _Stream(pool, lease)
+
+    async def _admit(
+        self, pool: AsrPool, open_on: Callable[[Member], Awaitable[grpc.aio.StreamStreamCall]]
+    ) -> Lease[grpc.aio.StreamStreamCall]:
+        """Open a stream on the pool. Past capacity (every member busy) the session waits up to
+        ASR_ADMISSION_WAIT_SEC in line for a member, its audio kept on the wire, before it is
+        refused: degrade in order, a short queue before record-only."""
+        deadline = time.monotonic() + self._admission_wait_s
+        while True:
+            try:
+                return await open_with_retries(pool, open_on, time.monotonic, self._pools.table.max_attempts)
+            except PoolExhausted as exc:
+                if exc.reason != "busy" or time.monotonic() + self._admission_poll_s > deadline:
+                    raise AsrUnavailable(f"record-only: {exc}") from None
+            metrics.ASR_ADMISSION_WAITING.inc()
+            try:
+                await asyncio.sleep(self._admission_poll_s)
+            finally:
+                metrics.ASR_ADMISSION_WAITING.dec()
 
     async def _produce(self, ctx: StageContext, link: OpusLink, wire: _Wire) -> None:
         loop = asyncio.get_running_loop()

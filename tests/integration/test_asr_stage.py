@@ -9,9 +9,10 @@ import pytest
 from orchestrator.core.events import LanguageDecided, SpeechBoundary, StageEvent, Transcript
 from orchestrator.core.protocol import StartRequest
 from orchestrator.core.reframer import AudioBlock
+from orchestrator.driver import root_cause
 from orchestrator.routing.pool import PoolSet
 from orchestrator.routing.table import RoutingTable
-from orchestrator.stages.asr import AsrStage
+from orchestrator.stages.asr import AsrStage, AsrUnavailable
 from orchestrator.stages.base import StageContext, StageFeed
 from orchestrator.stages.opus_link import OpusLinkConfig
 from tests.fakes import FakeAsrServer, FakeRecognizer
@@ -185,3 +186,34 @@ async def test_packets_land_on_the_session_timeline_at_any_link_frame(frame_ms: 
         await server.stop()
     expected = list(range(start_ms // frame_ms, -(-(start_ms + audio_ms) // frame_ms)))
     assert len(fake.packets) == 2 and [p.seq for p in fake.packets[-1]] == expected
+
+
+@pytest.mark.parametrize(("wait_s", "admitted"), [(5.0, True), (0.0, False)])
+async def test_past_capacity_a_session_waits_in_line_then_is_refused(wait_s: float, admitted: bool) -> None:
+    server = await FakeAsrServer(FakeRecognizer("admitted", final_ts=(0.0, 0.5), refusals=3)).start()
+    fake = server.recognizer
+    pools = PoolSet(RoutingTable.single_pool((server.addr,)))
+    stage = AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0, False, admission_wait_s=wait_s, admission_poll_s=0.01)
+    events: list[StageEvent] = []
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
+    ctx.inputs.put_nowait(LanguageDecided("en"))
+    try:
+        for seq in range(3):
+            feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
+        feed.close()
+        if admitted:
+            await asyncio.wait_for(stage.run(ctx), seconds(10))
+        else:
+            with pytest.raises(ExceptionGroup) as refused:  # from the stage's task group
+                await asyncio.wait_for(stage.run(ctx), seconds(10))
+            cause = root_cause(refused.value)
+            assert isinstance(cause, AsrUnavailable) and "busy" in str(cause)
+        (member,) = pools.members()
+        assert member.breaker.state.name == "CLOSED"  # busy is never a failure
+    finally:
+        await pools.close()
+        await server.stop()
+    if admitted:
+        assert finals(events) == ["admitted"] and fake.streams[-1][:1] == ["start"]
+        assert fake.streams[-1].count("opus") == 3  # the audio sent while it waited was kept
