@@ -60,6 +60,7 @@ bench: ## benchmarks that print figures (docs/performance.md); a few minutes eac
 	$(BIN)/python -m tests.perf.bench_capacity
 	$(BIN)/python -m tests.perf.bench_asr --latency
 	$(BIN)/python -m tests.perf.bench_lid
+	$(BIN)/python -m tests.perf.bench_lid_speech
 	$(BIN)/python -m tests.perf.bench_denoise
 	$(BIN)/python -m tests.perf.bench_vad
 	$(BIN)/python -m tests.perf.bench_compress

@@ -5,7 +5,8 @@ and do no real work. Test fixtures only, never the product.
   gateway alone; each runs as its own process: `python -m tests.fakes vad|compress`.
 - FakeRecognizer (asr.v1 Recognize, scriptable) and FakeAsrServer (it, with grpc.health.v1, on
   127.0.0.1): an ASR pool member in process.
-- FakeLidEngine (the LidEngine protocol) and FakeDelayEngine (the denoise Engine protocol).
+- FakeLidEngine (the LidEngine protocol), FakeSpeechProbability (the LID service's speech gate) and
+  FakeDelayEngine (the denoise Engine protocol).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from common.envconf import nested
 from common.server import GRPC_OPTIONS, ServerConfig
 from common.service import Service, grpc_main
 from proto import asr_pb2, asr_pb2_grpc, common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
+from services.lid.speech import WINDOW_SAMPLES
 
 
 class FakeVad(vad_pb2_grpc.VadServicer):
@@ -207,6 +209,22 @@ class FakeLidEngine:
         if self.fail_on is not None and pcm.startswith(self.fail_on):
             raise RuntimeError("fake engine failure")
         return self.probs
+
+
+class FakeSpeechProbability:
+    """Implements the LID service's SpeechProbability: for each whole VAD window, 0.95 (speech) when the
+    window starts with the sample `speech_starts_with`, else 0.02; every window is speech when that is
+    None. Counts the windows it is given."""
+
+    def __init__(self, speech_starts_with: bytes | None = None) -> None:
+        self.speech_starts_with = speech_starts_with
+        self.windows = 0
+
+    def __call__(self, pcm: bytes) -> list[float]:
+        assert len(pcm) % (2 * WINDOW_SAMPLES) == 0, "the policy feeds whole windows only"
+        starts = [pcm[i : i + 2] for i in range(0, len(pcm), 2 * WINDOW_SAMPLES)]
+        self.windows += len(starts)
+        return [0.95 if self.speech_starts_with in (None, s) else 0.02 for s in starts]
 
 
 class FakeDelayEngine:

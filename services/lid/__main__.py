@@ -1,4 +1,4 @@
-"""`python -m services.lid`: load Whisper base, warm it up, serve lid.v1.Lid (SPEC §3, §4)."""
+"""`python -m services.lid`: load Whisper base and the Silero VAD, warm them up, serve lid.v1.Lid (SPEC §3, §4)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from proto import lid_pb2_grpc
 from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector, WhisperLid
 from services.lid.servicer import LidServicer
+from services.lid.speech import WINDOW_SAMPLES, SileroSpeech, silero_session
 
 log = logging.getLogger("services.lid")
 
@@ -38,22 +39,28 @@ async def lid_service(config: LidConfig) -> AsyncIterator[Service]:
     engine = await loop.run_in_executor(None, load_engine, config)
     log.info("model loaded", extra={"stage": "lid", "model": engine.name})
     detector = LanguageDetector(engine, config.langs)
+    vad_session = await loop.run_in_executor(None, silero_session)
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="lid")
+    # Speech detection of every call's frames: ~2 ms per second of audio, one thread is plenty.
+    vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lid-vad")
 
     def add(server: grpc.aio.Server) -> None:
-        lid_pb2_grpc.add_LidServicer_to_server(LidServicer(config, executor, detector), server)
+        servicer = LidServicer(config, executor, detector, vad_executor, lambda: SileroSpeech(vad_session))
+        lid_pb2_grpc.add_LidServicer_to_server(servicer, server)
 
     async def warmup(runner: ServiceRunner) -> None:
-        # A real inference before SERVING, off the loop (STYLE §7); it also checks LID_LANGS.
+        # Real inferences before SERVING, off the loop (STYLE §7); the first also checks LID_LANGS.
         try:
             await loop.run_in_executor(executor, detector.check_langs)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        await loop.run_in_executor(vad_executor, SileroSpeech(vad_session), bytes(2 * WINDOW_SAMPLES * 4))
 
     try:
         yield Service(add, warmup)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        vad_executor.shutdown(wait=False, cancel_futures=True)
 
 
 if __name__ == "__main__":
