@@ -13,8 +13,8 @@ import pytest
 
 from devtools.client import StreamResult, load_wav, stream_pcm
 from devtools.stack import Stack
-from tests.conftest import seconds
 from tests.e2e.conftest import extra_gateway
+from tests.poll import seconds
 from tests.schemas import check_event
 from tests.wer import wer
 

@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 
 from devtools.client import stream_pcm
 from devtools.stack import Stack
-from tests.conftest import seconds
 from tests.e2e.conftest import records_of
+from tests.poll import seconds
 from tests.schemas import check_event
 
 pytestmark = pytest.mark.e2e

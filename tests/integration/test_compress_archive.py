@@ -20,7 +20,7 @@ import soundfile as sf
 from devtools.launcher import RunningService, launch
 from devtools.seaweed import SeaweedS3, running_seaweed
 from proto import common_pb2, compress_pb2, compress_pb2_grpc
-from tests.conftest import seconds, wait_for
+from tests.poll import seconds, wait_for
 
 pytestmark = pytest.mark.integration
 

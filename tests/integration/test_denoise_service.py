@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.launcher import RunningService, launch
 from proto import common_pb2, denoise_pb2_grpc
-from tests.conftest import seconds, wait_for
+from tests.poll import seconds, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.launcher import RunningService, launch
 from proto import common_pb2, lid_pb2_grpc
-from tests.conftest import seconds
+from tests.poll import seconds
 
 pytestmark = pytest.mark.integration
 

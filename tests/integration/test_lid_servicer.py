@@ -14,36 +14,19 @@ from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector
 from services.lid.servicer import LidServicer
 from services.lid.speech import WINDOW_SAMPLES
-from tests.conftest import seconds
+from tests.fakes import FakeLidEngine, FakeSpeechProbability
+from tests.poll import seconds
 
 pytestmark = pytest.mark.integration
 
 POISON = b"\xff\x7f"  # a flow whose audio starts with this sample makes the fake engine fail
 
 
-class FakeLidEngine:
-    """Implements the LidEngine protocol: English, unless the audio starts with POISON."""
-
-    name = "fake"
-
-    def probabilities(self, pcm: bytes) -> list[tuple[str, float]]:
-        if pcm.startswith(POISON):
-            raise RuntimeError("fake engine failure")
-        return [("en", 0.95), ("zh", 0.05)]
-
-
-class FakeSpeechProbability:
-    """Implements SpeechProbability: every window is speech."""
-
-    def __call__(self, pcm: bytes) -> list[float]:
-        return [0.9] * (len(pcm) // (2 * WINDOW_SAMPLES))
-
-
 @pytest.fixture
 async def stub() -> AsyncIterator[lid_pb2_grpc.LidStub]:
     executor, vad_executor = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
     server = grpc.aio.server()
-    detector = LanguageDetector(FakeLidEngine())
+    detector = LanguageDetector(FakeLidEngine(fail_on=POISON))  # English, but fails on POISON
     servicer = LidServicer(LidConfig(), executor, detector, vad_executor, FakeSpeechProbability)
     lid_pb2_grpc.add_LidServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import seconds
+from tests.poll import seconds
 
 pytestmark = pytest.mark.integration
 

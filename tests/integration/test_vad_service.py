@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.launcher import RunningService, launch
 from proto import common_pb2, vad_pb2_grpc
-from tests.conftest import seconds, wait_for
+from tests.poll import seconds, wait_for
 
 pytestmark = pytest.mark.integration
 

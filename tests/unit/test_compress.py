@@ -4,7 +4,7 @@ validation, encoder round trip, spool layout, config, and the uploader against a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from services.compress.session import (
 from services.compress.spool import PendingSpool
 from services.compress.store import LocalStore, S3Store, StoreUnavailable
 from services.compress.uploader import Uploader
-from tests.conftest import seconds
+from tests.poll import until
 
 pytestmark = pytest.mark.unit
 
@@ -267,14 +267,6 @@ class FakeStore(LocalStore):
         super().put(path, key, content_type)
 
 
-async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(seconds(timeout_s)):
-        while True:  # polling a plain predicate on a thread-updated fake: there is no event to await
-            if cond():
-                return
-            await asyncio.sleep(0.01)
-
-
 async def test_uploader_stores_spools_and_retries_until_the_store_is_back(tmp_path: Path) -> None:
     store, spool = FakeStore(tmp_path / "store"), PendingSpool(tmp_path / "spool")
     spool.prepare()
@@ -291,10 +283,10 @@ async def test_uploader_stores_spools_and_retries_until_the_store_is_back(tmp_pa
         assert store.puts == [b"one"]
         task = asyncio.create_task(up.run())
         try:
-            await _until(lambda: store.refused >= 3)  # the loop probes, backs off, probes again
+            await until(lambda: store.refused >= 3)  # the loop probes, backs off, probes again
             assert spool.pending_flows() == ["f2", "f3"]
             store.up = True
-            await _until(lambda: not spool.pending_flows())
+            await until(lambda: not spool.pending_flows())
         finally:
             task.cancel()
         assert store.path_of("records/f3.ogg").read_bytes() == b"three" and not up.store_down
@@ -388,4 +380,4 @@ async def test_pipeline_cancelled_mid_stream_leaves_no_partial_archive(tmp_path:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await _until(lambda: not list(cfg.spool_dir.glob("pending/*/*.part")))
+        await until(lambda: not list(cfg.spool_dir.glob("pending/*/*.part")))

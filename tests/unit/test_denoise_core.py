@@ -19,30 +19,9 @@ from services.denoise.core import (
     TooManyFlows,
     check_frame,
 )
+from tests.fakes import FakeDelayEngine
 
 pytestmark = pytest.mark.unit
-
-
-class FakeDelayEngine:
-    """Engine twin: an identity 'denoiser' with `delay_samples` of leading zeros that releases its
-    output only in blocks, like an STFT engine does."""
-
-    name = "fake"
-
-    def __init__(self, delay_samples: int = 100, block: int = 256) -> None:
-        self.delay_samples = delay_samples
-        self._block = block
-        self._buf = np.zeros(delay_samples, dtype=np.float32)
-
-    def process(self, samples: np.ndarray) -> np.ndarray:
-        self._buf = np.concatenate((self._buf, samples))
-        whole = (self._buf.size // self._block) * self._block
-        out, self._buf = self._buf[:whole], self._buf[whole:]
-        return out
-
-    def flush(self) -> np.ndarray:
-        out, self._buf = self._buf, np.zeros(self.delay_samples, dtype=np.float32)
-        return out
 
 
 def frame(

@@ -13,7 +13,7 @@ from orchestrator.core.events import LangDetected, LanguageDecided, SpeechBounda
 from orchestrator.core.session import Session, SessionConfig
 from orchestrator.driver import ConnectionClosedError, SessionDriver
 from orchestrator.stages.base import AudioSource, StageContext
-from tests.conftest import seconds
+from tests.poll import seconds
 
 pytestmark = pytest.mark.unit
 SECOND = b"\x01\x00" * 16000

@@ -9,6 +9,7 @@ from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector, restrict
 from services.lid.policy import Answer, Detection, EarlyAnswerPolicy, InvalidFrame, RunDetection
 from services.lid.speech import WINDOW_SAMPLES, SpeechGate
+from tests.fakes import FakeLidEngine, FakeSpeechProbability
 
 pytestmark = pytest.mark.unit
 
@@ -18,21 +19,8 @@ W = WINDOW_SAMPLES
 LOUD, QUIET = b"\x10\x27", b"\x01\x00"  # samples of 10000 and 1
 
 
-class FakeSpeechProbability:
-    """Implements SpeechProbability: a window is speech (0.95) when its first sample is loud, else 0.02."""
-
-    def __init__(self) -> None:
-        self.windows = 0
-
-    def __call__(self, pcm: bytes) -> list[float]:
-        assert len(pcm) % (2 * W) == 0, "the policy feeds whole windows only"
-        starts = [pcm[i : i + 2] for i in range(0, len(pcm), 2 * W)]
-        self.windows += len(starts)
-        return [0.95 if s == LOUD else 0.02 for s in starts]
-
-
 def new_policy(cfg: LidConfig = CFG) -> EarlyAnswerPolicy:
-    return EarlyAnswerPolicy(cfg, FakeSpeechProbability())
+    return EarlyAnswerPolicy(cfg, FakeSpeechProbability(speech_starts_with=LOUD))
 
 
 def audio(windows: int, speech: bool) -> bytes:
@@ -235,7 +223,7 @@ def test_detection_without_request_is_a_bug() -> None:
 
 
 def test_vad_stops_once_the_speech_is_in() -> None:
-    vad = FakeSpeechProbability()
+    vad = FakeSpeechProbability(speech_starts_with=LOUD)
     policy = EarlyAnswerPolicy(CFG, vad)
     speech(policy, 100)  # more than first_n_s
     seen = vad.windows
@@ -316,20 +304,6 @@ def test_restrict_renormalises_over_candidates() -> None:
     out = restrict(probs, ("zh", "fr"))
     assert [lang for lang, _ in out] == ["zh", "fr"]
     assert out[0][1] == pytest.approx(0.75) and out[1][1] == pytest.approx(0.25)
-
-
-class FakeLidEngine:
-    """Scripted probabilities, implementing the LidEngine protocol."""
-
-    name = "fake"
-
-    def __init__(self, probs: list[tuple[str, float]]) -> None:
-        self.probs = probs
-        self.calls: list[int] = []
-
-    def probabilities(self, pcm: bytes) -> list[tuple[str, float]]:
-        self.calls.append(len(pcm) // 2)
-        return self.probs
 
 
 def test_detector_applies_candidate_languages() -> None:

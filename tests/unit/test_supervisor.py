@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from orchestrator.config import GatewayConfig, ListenConfig
 from orchestrator.gateway import Gateway
 from orchestrator.supervisor import RESTARTS, Supervisor
-from tests.conftest import seconds
+from tests.poll import until
 
 pytestmark = pytest.mark.unit
-
-
-async def until(cond: Any, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds(2)
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 async def test_a_failing_loop_is_restarted_and_stop_awaits_it() -> None:
@@ -39,7 +30,7 @@ async def test_a_failing_loop_is_restarted_and_stop_awaits_it() -> None:
     before = RESTARTS.labels("flaky")._value.get()
     sup = Supervisor(restart_delay_s=0.001)
     sup.start("flaky", loop)
-    await until(lambda: len(runs) == 3, "the third run")
+    await until(lambda: len(runs) == 3, 2, "the third run")
     assert sup.running() == ["flaky"]
     assert RESTARTS.labels("flaky")._value.get() - before == 2
     await sup.stop()
@@ -63,7 +54,7 @@ async def test_a_failing_tick_does_not_stop_other_sessions_timers() -> None:
     gateway.drivers.update({bad, good})  # type: ignore[arg-type]
     sweeper = asyncio.create_task(gateway._sweep())
     try:
-        await until(lambda: good.ticks >= 5 and bad.ticks >= 5, "five rounds of ticks")
+        await until(lambda: good.ticks >= 5 and bad.ticks >= 5, 2, "five rounds of ticks")
         assert not sweeper.done()
     finally:
         sweeper.cancel()
