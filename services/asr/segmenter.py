@@ -63,6 +63,7 @@ class UtteranceSegmenter:
     _index: int = 0
     _pending: deque[tuple[bool, int, int]] = field(default_factory=deque)  # (is_start, pts_ns, raw pts)
     _last_end_ns: int = -(2**62)
+    _decided_ns: int | None = None  # gated: the VAD has decided the audio before this (last endpoint)
 
     @property
     def cursor_ns(self) -> int | None:
@@ -105,6 +106,7 @@ class UtteranceSegmenter:
         if self._pending and pts_ns < self._pending[-1][1]:
             pts_ns = self._pending[-1][1]  # keep the endpoints monotonic on the timeline
         self._pending.append((is_start, pts_ns, raw))
+        self._decided_ns = max(self._decided_ns or 0, pts_ns)
         return self._advance(flush=False)
 
     def flush(self) -> list[Utterance]:
@@ -142,10 +144,19 @@ class UtteranceSegmenter:
             elif self._open_start_ns is not None:
                 self._implicit = False
                 out.append(self._close(max(pts, self._open_start_ns), forced=False, speech_end_ns=raw))
+        if flush and self.gated and not self._seen_endpoint and self._n:
+            # The stream ended before its VAD said anything (a client faster than its VAD): the kept
+            # audio is decoded once, the hallucination guards deciding.
+            assert self._buf_start_ns is not None
+            self._open(self._buf_start_ns)
         if flush and self._open_start_ns is not None:
             out.append(self._close(cursor, forced=True))
         if self._open_start_ns is None:
-            self._trim(cursor - self.preroll_ms * 1_000_000)
+            keep_from = cursor - self.preroll_ms * 1_000_000
+            if self.gated:  # keep what the VAD has not decided yet, at most one utterance's length
+                decided = self._decided_ns if self._decided_ns is not None else (self._buf_start_ns or 0)
+                keep_from = min(keep_from, max(decided - self.speech_preroll_ms * 1_000_000, cursor - max_ns))
+            self._trim(keep_from)
         return out
 
     def _open(self, start_ns: int) -> None:

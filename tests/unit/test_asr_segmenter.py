@@ -108,7 +108,18 @@ def test_gated_stream_has_no_implicit_utterance() -> None:
     seg = UtteranceSegmenter(gated=True, speech_preroll_ms=300, speech_tail_ms=200)
     assert feed(seg, 0, 100) == []  # 2 s of audio, no endpoint: nothing is speech
     assert seg.open is None
-    assert seg.flush() == []
+    [utt] = seg.flush()  # ended before any endpoint: the kept audio, once
+    assert utt.ts == (0.0, 2.0) and utt.forced
+
+
+def test_gated_stream_keeps_undecided_audio_for_a_late_start() -> None:
+    seg = UtteranceSegmenter(max_utterance_ms=25_000, preroll_ms=2_000, gated=True, speech_preroll_ms=300)
+    feed(seg, 0, 250)  # 5 s, faster than the VAD: nothing decided yet
+    seg.push_endpoint(True, 500 * MS)
+    assert seg.open is not None and seg.open.start_ns == 200 * MS  # not trimmed to the last 2 s
+    [utt] = seg.push_endpoint(False, 1000 * MS)
+    assert utt.ts == (0.2, 1.0)
+    assert seg.flush() == []  # the VAD spoke: nothing after its SPEECH_END is decoded
 
 
 def test_gated_utterance_gets_its_preroll_and_tail_and_keeps_timeline_stamps() -> None:

@@ -233,10 +233,12 @@ async def test_gated_session_decodes_nothing_before_speech_start() -> None:
     assert next(e for e in texts if e.type == "final").ts[1] == pytest.approx(1.6)
 
 
-async def test_gated_session_without_endpoints_sends_only_end() -> None:
+async def test_gated_session_without_endpoints_decodes_once_at_the_end() -> None:
+    """No partial while the VAD says nothing; a stream that ends before any endpoint (a client faster
+    than its VAD) gets its kept audio decoded once, the guards deciding."""
     engine = FakeEngine()
     events = await run_session(paced([pcm_frame(i) for i in range(100)], 0.001), engine, vad_endpoints=True)
-    assert [e.type for _, e in events] == ["end"]
+    assert [(e.type, e.text) for _, e in events] == [("final", "heard 2000 ms"), ("end", "")]
     assert engine.partial_calls == 0
 
 
