@@ -30,9 +30,11 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import signal
 import statistics
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +177,39 @@ def run_sessions(url: str, jobs: list[Job], watch: ProcessWatch, timeout_s: floa
         if client.is_alive():
             client.kill()
             client.join()
+
+
+def _gauge(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def settle(stack: Stack, watch: ProcessWatch, hold_s: float = 0.0, timeout_s: float = 120.0) -> float:
+    """Wait until the gateway has no session open and no deferred transcription running and the stack
+    has used under 0.2 cores for 3 s in a row (at least `hold_s` in all: after refusals, the breakers'
+    open time), so one level does not pay for the previous one. Returns the seconds waited."""
+    t_start = time.monotonic()
+    quiet_since: float | None = None
+    prev = watch.sample()
+    while time.monotonic() - t_start < timeout_s:
+        time.sleep(1.0)  # the sampling period of a deadline wait
+        now = watch.sample()
+        busy = sum(now[k][0] - prev[k][0] for k in now)
+        prev = now
+        with urllib.request.urlopen(stack.http_base + "/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        idle = (
+            busy < 0.2
+            and _gauge(metrics, "orchestrator_active_sessions") == 0
+            and _gauge(metrics, "transcribe_jobs_inflight") == 0
+        )
+        quiet_since = (quiet_since or time.monotonic()) if idle else None
+        waited = time.monotonic() - t_start
+        if quiet_since is not None and time.monotonic() - quiet_since >= 3.0 and waited >= hold_s:
+            return waited
+    return time.monotonic() - t_start
 
 
 # ----- figures -----
@@ -425,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp-s", type=float, default=2.0, help="session starts spread over this many seconds")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops the stack like Ctrl-C
     levels = [int(n) for n in args.sessions.split(",") if n]
     modes = [m for m in args.modes.split(",") if m]
     upc = 1 if args.quick else 2
@@ -443,30 +479,12 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args) | {"json": str(args.json)}}
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
-    with Stack(DEFAULT_SERVICES, env={"LOG_LEVEL": "WARNING"}, workdir=work) as stack:
+    with Stack(DEFAULT_SERVICES, env={"LOG_LEVEL": "ERROR"}, workdir=work) as stack:
         watch = ProcessWatch(stack)
         names = list(watch.procs)
-        raw: dict[tuple[int, str], list[dict[str, Any]]] = {}
-        for run in range(args.runs):
-            for n in levels:
-                for mode in modes:
-                    row = run_level(stack.url, watch, main_cases, n, mode, args.ramp_s)
-                    raw.setdefault((n, mode), []).append(row)
-                    print(
-                        f"# run {run + 1} N={n} {mode}: first partial P95 {_f(row['first_partial_ms_p95'])} ms, "
-                        f"degraded {row['degraded']}, load {row['load_avg_1m']:.2f}",
-                        flush=True,
-                    )
-        rows = [median_of_runs(raw[(n, m)]) for n in levels for m in modes]
-        print_levels(rows, names)
-        result["levels"] = rows
-        result["runs"] = {f"{n}-{m}": v for (n, m), v in raw.items()}
-
-        held_rows = [run_level(stack.url, watch, [c], 1, m, 0.0) | {"case": c.name} for m in modes for c in held]
-        print("\n# held-out voices and sentences, one session at a time")
-        print_levels(held_rows, names)
-        result["held_out"] = held_rows
-
+        # Non-speech, held-out and the long session first, on a quiet stack; then the levels, each after
+        # the stack has settled (refused sessions leave deferred transcriptions and open breakers behind).
+        settle(stack, watch)
         if not args.no_nonspeech:
             ns = run_nonspeech(stack.url, watch, nonspeech, parallel=4)
             bad = [r for r in ns if r["false"]]
@@ -478,10 +496,39 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {r['name']:12s} {r['mode']:5s} texts={r['texts']} lid={r['lid']}")
             result["nonspeech"] = {"false_rate": len(bad) / len(ns), "cases": ns}
 
+        held_rows = []
+        for m in modes:
+            for c in held:
+                settle(stack, watch)
+                held_rows.append(run_level(stack.url, watch, [c], 1, m, 0.0) | {"case": c.name})
+        print("\n# held-out voices and sentences, one session at a time")
+        print_levels(held_rows, names)
+        result["held_out"] = held_rows
+
         if long_case is not None:
+            settle(stack, watch)
             long_row = run_long(stack.url, watch, long_case, "auto")
             print_long(long_row, names)
             result["long"] = long_row
+
+        raw: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        degraded = 0
+        for run in range(args.runs):
+            for n in levels:
+                for mode in modes:
+                    waited = settle(stack, watch, hold_s=12.0 if degraded else 0.0)
+                    row = run_level(stack.url, watch, main_cases, n, mode, args.ramp_s) | {"settle_s": waited}
+                    degraded = row["degraded"]
+                    raw.setdefault((n, mode), []).append(row)
+                    print(
+                        f"# run {run + 1} N={n} {mode}: first partial P95 {_f(row['first_partial_ms_p95'])} ms, "
+                        f"degraded {row['degraded']}, load {row['load_avg_1m']:.2f}, settled {waited:.0f} s",
+                        flush=True,
+                    )
+        rows = [median_of_runs(raw[(n, m)]) for n in levels for m in modes]
+        print_levels(rows, names)
+        result["levels"] = rows
+        result["runs"] = {f"{n}-{m}": v for (n, m), v in raw.items()}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, default=str))
