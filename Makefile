@@ -46,8 +46,9 @@ fmt: ## ruff format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-typecheck: ## mypy on the packages
+typecheck: ## mypy on the packages; --strict on the sans-I/O core
 	$(BIN)/mypy
+	$(BIN)/mypy --strict orchestrator/core
 
 test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 	$(BIN)/pytest -m "not perf" -q
@@ -60,6 +61,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_capacity
 	$(BIN)/python -m tests.perf.bench_asr --latency
 	$(BIN)/python -m tests.perf.bench_lid
+	$(BIN)/python -m tests.perf.bench_lid_speech
 	$(BIN)/python -m tests.perf.bench_denoise
 	$(BIN)/python -m tests.perf.bench_vad
 	$(BIN)/python -m tests.perf.bench_compress

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
@@ -43,14 +42,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str | None = None) -> None:
-    """Send JSON lines to stderr at `level` (default: LOG_LEVEL, else INFO); idempotent."""
-    level = level or os.environ.get("LOG_LEVEL", "INFO")
+def setup_logging(level: str = "INFO") -> None:
+    """Send JSON lines to stderr at `level`; idempotent. Processes call it once, through
+    `common.service.main`, which reads `LOG_LEVEL`."""
     root = logging.getLogger()
+    root.setLevel(level.upper())
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
     logging.Formatter.converter = time.gmtime

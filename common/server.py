@@ -5,12 +5,10 @@ drain with grace, exit."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -18,7 +16,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common.envconf import env_float, env_int, env_str
+from common.envconf import ConfigError, setting
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +32,20 @@ GRPC_OPTIONS = [
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Where a service listens. Port 0 picks a free port; the bound ports are announced on stdout."""
+    """Where a service listens. Port 0 picks a free port; the bound ports are announced on stdout.
+    Variable names are relative: a service nests this with its prefix (`VAD_HOST`, `ASR_GRPC_PORT`)."""
 
-    host: str = "127.0.0.1"
-    grpc_port: int = 0
-    http_port: int = 0
-    grace_s: float = 5.0
+    host: str = setting("127.0.0.1", env="HOST")
+    grpc_port: int = setting(0, env="GRPC_PORT")
+    http_port: int = setting(0, env="HTTP_PORT")
+    grace_s: float = setting(5.0, env="GRACE_S")
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], prefix: str) -> ServerConfig:
-        return cls(
-            host=env_str(env, f"{prefix}_HOST", cls.host),
-            grpc_port=env_int(env, f"{prefix}_GRPC_PORT", cls.grpc_port),
-            http_port=env_int(env, f"{prefix}_HTTP_PORT", cls.http_port),
-            grace_s=env_float(env, f"{prefix}_GRACE_S", cls.grace_s),
-        )
+    def __post_init__(self) -> None:
+        for name in ("grpc_port", "http_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a port number (0 = free port)")
+        if self.grace_s < 0:
+            raise ConfigError(f"grace_s={self.grace_s} must be >= 0")
 
 
 AddServicers = Callable[[grpc.aio.Server], None]
@@ -114,23 +111,6 @@ def announce(name: str, host: str, grpc_port: int, http_port: int) -> None:
     line = {"event": "listening", "service": name, "host": host, "grpc_port": grpc_port, "http_port": http_port}
     sys.stdout.write(json.dumps(line) + "\n")
     sys.stdout.flush()
-
-
-async def run_until_signalled(runner: ServiceRunner, warmup: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Start, warm up, report SERVING, then wait for SIGTERM/SIGINT and stop with grace."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await runner.start()
-    if warmup is not None:
-        await warmup()
-    await runner.ready()
-    log.info("serving", extra={"stage": runner.name, "event": "serving"})
-    await stop.wait()
-    log.info("draining", extra={"stage": runner.name, "event": "draining"})
-    await runner.stop()
 
 
 def run_main(coro_factory: Callable[[], Awaitable[None]]) -> None:

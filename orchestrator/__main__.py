@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
-from common.logs import setup_logging
-from common.server import run_main
+from common.service import main as run_process
 from orchestrator.config import GatewayConfig
 from orchestrator.gateway import serve_forever
 
 
 def main() -> None:
-    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
-    config = GatewayConfig.from_env(os.environ)
-    run_main(lambda: serve_forever(config))
+    run_process("gateway", GatewayConfig, serve_forever)
 
 
 if __name__ == "__main__":

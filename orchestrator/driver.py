@@ -1,7 +1,11 @@
-"""Drives one Session over one WebSocket: the thin I/O adapter around the sans-I/O core.
+"""Drives one Session over one connection: the thin I/O adapter around the sans-I/O core.
 
-One task group per session (STYLE §6): a writer task, one task per stage, and the reader in the
-handler's own task. Nothing outlives the session.
+The session decides (which stages run, the language and pool, when a stage is given up, when to stop
+reading the client); the driver only carries that out: it reads the socket, moves audio into the
+stages' feeds, hands stage inputs over, cancels the stages the session gave up on, and writes events.
+
+One task group per session (STYLE §6): the writer, one task per stage, and the reader in the
+caller's task. Nothing outlives the session; a stage's own tasks live inside its task.
 """
 
 from __future__ import annotations
@@ -11,23 +15,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-
+from common.audio import BYTES_PER_S, bytes_for_ms
 from orchestrator import metrics
-from orchestrator.core.events import (
-    LangDetected,
-    SpeechBoundary,
-    StageDone,
-    StageEvent,
-    StageFailed,
-    StageLatency,
-)
-from orchestrator.core.protocol import SAMPLE_RATE
-from orchestrator.core.reframer import BYTES_PER_SAMPLE, AudioBlock
+from orchestrator.core.events import StageDone, StageEvent, StageFailed, StageLatency, StageName
+from orchestrator.core.reframer import AudioBlock
 from orchestrator.core.session import Session, State
 from orchestrator.stages.audio_paths import AudioPaths
 from orchestrator.stages.base import Stage, StageContext, StageFeed
@@ -36,85 +30,101 @@ log = logging.getLogger(__name__)
 _CLOSE = object()
 
 
+class ConnectionClosedError(Exception):
+    """The client's connection is gone (raised by a Connection's `send`)."""
+
+
+class Connection(Protocol):
+    """What the driver needs of a client connection; the WebSocket adapter is one (gateway.py)."""
+
+    def messages(self) -> AsyncGenerator[str | bytes]:
+        """The client's messages until it goes away (no exception on a closed connection)."""
+
+    async def send(self, text: str) -> None:
+        """Raise ConnectionClosedError once the client is gone."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
 class SessionDriver:
     def __init__(
         self,
         session: Session,
-        ws: ServerConnection,
+        conn: Connection,
         stages: Sequence[Stage],
-        stage_backlog_s: float,
-        stage_timeout_s: float,
-        route: Callable[[str, str], str] | None = None,
         before_end: Callable[[Session], Awaitable[None]] | None = None,
     ) -> None:
         self.session = session
-        self.ws = ws
-        self._stages = [s for s in stages if s.name in session.config.stages]
-        self._backlog_bytes = int(stage_backlog_s * SAMPLE_RATE * BYTES_PER_SAMPLE)
-        self._stage_timeout_s = stage_timeout_s
+        self.conn = conn
+        self._stages = {s.name: s for s in stages}
         self._out: asyncio.Queue[Any] = asyncio.Queue()
-        self._paths = AudioPaths(SAMPLE_RATE)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._contexts: list[StageContext] = []
+        self._paths = AudioPaths()
+        self._tasks: dict[StageName, asyncio.Task[None]] = {}
+        self._contexts: dict[StageName, StageContext] = {}
         self._partial_timer: asyncio.TimerHandle | None = None
-        self._route = route
         self._before_end = before_end
-        self._language: asyncio.Future[str] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._stages_started = False
         self._feeds_closed = False
         self._close_queued = False
-        self._expiry: asyncio.TimerHandle | None = None
+        self._reading = asyncio.Event()  # set while the session accepts audio (backpressure)
+        self._reading.set()
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
         """Read client messages until the session closes or the client goes away."""
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            tg.create_task(self._write_loop())
-            self.pump()
-            try:
-                async for message in self.ws:
-                    now = time.monotonic()
-                    if isinstance(message, str):
-                        self.session.receive_text(message, now)
-                    else:
-                        metrics.INGRESS_BYTES.inc(len(message))
-                        self.session.receive_binary(message, now)
-                    self.pump()
-                    if self.session.state is State.CLOSED:
-                        break
-            except ConnectionClosed:
-                pass
-            self.session.receive_disconnect(time.monotonic())
-            self.pump()
-            await self.closed.wait()
-            for task in self._tasks.values():
-                task.cancel()
-        for timer in (self._expiry, self._partial_timer):
-            if timer is not None:
-                timer.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._write_loop())
+                self.pump()
+                reader = tg.create_task(self._read_loop())
+                await self.closed.wait()
+                for task in [reader, *self._tasks.values()]:
+                    task.cancel()
+        finally:
+            if self._partial_timer is not None:
+                self._partial_timer.cancel()
+
+    async def _read_loop(self) -> None:
+        async with contextlib.aclosing(self.conn.messages()) as messages:
+            while self.session.state is not State.CLOSED:
+                await self._reading.wait()  # a stage is too far behind: hold the client (SPEC §4)
+                message = await anext(messages, None)
+                if message is None:
+                    break
+                now = time.monotonic()
+                if isinstance(message, str):
+                    self.session.receive_text(message, now)
+                else:
+                    metrics.INGRESS_BYTES.inc(len(message))
+                    self.session.receive_binary(message, now)
+                self.pump()
+        self.session.receive_disconnect(time.monotonic())
+        self.pump()
 
     def tick(self, now: float) -> None:
         self.session.tick(now)
         self.pump()
 
     def pump(self) -> None:
-        """Move everything the session produced to where it goes."""
+        """Carry out everything the session decided."""
         s = self.session
         if s.start is not None and self._tg is not None and not self._stages_started:
             self._stages_started = True
             self._start_stages()
-        blocks = s.audio_to_stages()
-        if blocks:
-            for block in blocks:
-                self._paths.push(block)
-            self._check_backlog()
+        for block in s.audio_to_stages():
+            self._paths.push(block)
+        self._report_backlogs()
+        for name in s.stages_to_stop():
+            self._stop_stage(name)
+        for name, value in s.stage_inputs():
+            ctx = self._contexts.get(name)
+            if ctx is not None:
+                ctx.inputs.put_nowait(value)
         if s.audio_ended and not self._feeds_closed:
             self._feeds_closed = True
             self._paths.end_of_audio()
-            if s.pending_stages:
-                self._expiry = asyncio.get_running_loop().call_later(self._stage_timeout_s, self._expire_stages)
         for event in s.events_to_send():
             metrics.EGRESS_EVENTS.labels(event["type"]).inc()
             if event["type"] == "error":
@@ -125,20 +135,17 @@ class SessionDriver:
             self._partial_timer = asyncio.get_running_loop().call_later(
                 max(0.0, due - time.monotonic()), self._release_partial
             )
+        if s.accepts_audio or s.state is State.CLOSED:
+            self._reading.set()
+        else:
+            self._reading.clear()
         if s.close is not None and not self._close_queued:
             self._close_queued = True
             self._out.put_nowait(_CLOSE)
 
     def report(self, event: StageEvent) -> None:
-        if isinstance(event, LangDetected) and event.source == "lid":
-            event = self._decide_language(event.lang, event.score, "lid") or event
-        if isinstance(event, (StageFailed, StageDone)) and event.stage == "lid":
-            self._decide_language("", 0.0, "lid")  # no answer: the default route
-        if isinstance(event, SpeechBoundary):
-            for ctx in self._contexts:
-                if ctx.on_boundary is not None:
-                    ctx.on_boundary(event)
-        elif isinstance(event, StageLatency):
+        """A stage found something: update the feeds it implies, then let the session decide."""
+        if isinstance(event, StageLatency):
             histogram = metrics.STAGE_LATENCY.get(event.stage)
             if histogram is not None:
                 histogram.observe(event.ms)
@@ -146,68 +153,41 @@ class SessionDriver:
             metrics.STAGE_FAILURES.labels(event.stage).inc()
             self._paths.remove(event.stage)
         elif isinstance(event, StageDone):
-            if event.stage == "denoise":
+            if event.stage == StageName.DENOISE:
                 self._paths.denoise_done()
             else:
                 self._paths.remove(event.stage)  # e.g. LID after its answer: stop feeding it
         self.session.stage_event(event, time.monotonic())
         self.pump()
 
+    def _report_backlogs(self) -> None:
+        now = time.monotonic()
+        for name, feed in self._paths.feeds().items():
+            self.session.stage_backlog(name, feed.backlog_bytes / BYTES_PER_S, now)
+
+    def _feed_drained(self) -> None:
+        if not self.session.accepts_audio:  # only a held client needs the news at once
+            self.pump()
+
     def _clean_audio(self, block: AudioBlock) -> None:
         self._paths.clean_audio(block)
-        self._check_backlog()
-
-    def _check_backlog(self) -> None:
-        for name, feed in list(self._paths.feeds().items()):
-            if feed.overflowed and name in self.session.pending_stages:
-                self._fail_stage(name, "fell behind the audio by more than the backlog limit")
+        self.pump()
 
     def _release_partial(self) -> None:
         self._partial_timer = None
         self.tick(time.monotonic())
 
-    def _decide_language(self, lang: str, score: float, source: str) -> LangDetected | None:
-        """Settle the session's language once; the ASR stage waits on it to pick its pool."""
-        if self._language is None or self._language.done():
-            return None
-        self._language.set_result(lang)
-        if not lang:
-            return None
-        assert self.session.start is not None
-        pool = self._route(lang, self.session.start.domain) if self._route else ""
-        return LangDetected(lang, score, source, pool)
-
     def _start_stages(self) -> None:
         assert self._tg is not None and self.session.start is not None and self.session.flow_id
-        self._language = asyncio.get_running_loop().create_future()
-        stages = self._stages
-        pref = self.session.start.lang_pref
-        if pref not in ("", "auto"):
-            # hints.user_lang_pref overrides LID for routing (SPEC §2): LID is not asked at all.
-            stages = [s for s in stages if s.name != "lid"]
-            hinted = self._decide_language(pref, 1.0, "hint")
-            if hinted is not None:
-                self.session.stage_event(hinted, time.monotonic())
-            self.session.stage_event(StageDone("lid"), time.monotonic())
-        elif not any(stage.name == "lid" for stage in stages):
-            self._decide_language("", 0.0, "lid")
-        for stage in stages:
-            batch = SAMPLE_RATE * stage.batch_ms // 1000 * BYTES_PER_SAMPLE
-            feed = StageFeed(batch, self._backlog_bytes)
-            if stage.source == "transform":
-                self._paths.denoise = feed
-            else:
-                getattr(self._paths, stage.source)[stage.name] = feed
+        for name in self.session.stages:
+            stage = self._stages[name]
+            feed = StageFeed(bytes_for_ms(stage.batch_ms), lambda _backlog: self._feed_drained())
+            self._paths.add(name, stage.source, feed)
             ctx = StageContext(
-                self.session.flow_id,
-                self.session.start,
-                feed,
-                self.report,
-                emit_audio=self._clean_audio,
-                language=self._language,
+                self.session.flow_id, self.session.start, feed, self.report, emit_audio=self._clean_audio
             )
-            self._contexts.append(ctx)
-            self._tasks[stage.name] = self._tg.create_task(self._run_stage(stage, ctx))
+            self._contexts[name] = ctx
+            self._tasks[name] = self._tg.create_task(self._run_stage(stage, ctx))
 
     async def _run_stage(self, stage: Stage, ctx: StageContext) -> None:
         try:
@@ -215,24 +195,23 @@ class SessionDriver:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            cause = root_cause(exc)
             log.warning(
                 "stage failed",
-                exc_info=exc,
-                extra={"flowId": ctx.flow_id, "stage": stage.name, "err_code": type(exc).__name__},
+                exc_info=cause,
+                extra={"flowId": ctx.flow_id, "stage": stage.name, "err_code": type(cause).__name__},
             )
-            self.report(StageFailed(stage.name, _describe(exc)))
+            self.report(StageFailed(stage.name, describe(cause)))
             return
         self.report(StageDone(stage.name))
 
-    def _fail_stage(self, name: str, why: str) -> None:
+    def _stop_stage(self, name: StageName) -> None:
+        """The session gave up on the stage (it already counts as failed there)."""
         task = self._tasks.get(name)
         if task is not None:
             task.cancel()
-        self.report(StageFailed(name, why))
-
-    def _expire_stages(self) -> None:
-        for name in sorted(self.session.pending_stages):
-            self._fail_stage(name, f"no answer within {self._stage_timeout_s:g} s of the end of audio")
+        metrics.STAGE_FAILURES.labels(name).inc()
+        self._paths.remove(name)
 
     async def _write_loop(self) -> None:
         gone = False
@@ -247,16 +226,23 @@ class SessionDriver:
             if gone:
                 continue
             try:
-                await self.ws.send(text)
-            except ConnectionClosed:
+                await self.conn.send(text)
+            except ConnectionClosedError:
                 gone = True
         code, reason = self.session.close or (1000, "end")
-        with contextlib.suppress(ConnectionClosed):
-            await self.ws.close(int(code), reason)
+        with contextlib.suppress(ConnectionClosedError):
+            await self.conn.close(int(code), reason)
         self.closed.set()
 
 
-def _describe(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups: what a stage's task group raised."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
     details = getattr(exc, "details", None)
     if callable(code) and callable(details):

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
@@ -19,14 +19,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from common.server import GRPC_OPTIONS
+from common.server import GRPC_OPTIONS, announce
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig
 from orchestrator.core.protocol import FLOW_ID_RE, ErrorCode
 from orchestrator.core.session import Session
-from orchestrator.driver import SessionDriver
+from orchestrator.driver import ConnectionClosedError, SessionDriver
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
@@ -34,8 +35,11 @@ from orchestrator.stages.compress import CompressStage
 from orchestrator.stages.denoise import DenoiseStage
 from orchestrator.stages.lid import LidStage
 from orchestrator.stages.vad import VadStage
-from orchestrator.transcripts.jobs import AsyncJobStore, Job, JobRunner, transcript_response
+from orchestrator.supervisor import Supervisor
+from orchestrator.transcripts.runner import JobRunner
+from orchestrator.transcripts.store import AsyncJobStore, Job
 from orchestrator.transcripts.transcribe import transcribe_recording
+from orchestrator.transcripts.view import transcript_response
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws/stream"
@@ -50,7 +54,7 @@ class Gateway:
         self._stages: list[Stage] = []
         self._stage_health: dict[str, bool] = {}
         self._server: Server | None = None
-        self._background: list[asyncio.Task[None]] = []
+        self._background = Supervisor()
         self._opus_pool: ThreadPoolExecutor | None = None
         self.pools: PoolSet | None = None
         self.jobs: JobRunner | None = None
@@ -67,45 +71,46 @@ class Gateway:
         for name in cfg.active_stages:
             if name == "asr":
                 continue  # ASR members live in pools, with their own health and breakers
-            addr = getattr(cfg.stages, name)
+            addr = getattr(cfg, name).addr
             self._channels[name] = grpc.aio.insecure_channel(addr, options=GRPC_OPTIONS)
             self._stage_health[name] = False
         if "vad" in self._channels:
-            self._stages.append(VadStage(self._channels["vad"], cfg.vad_batch_ms))
+            self._stages.append(VadStage(self._channels["vad"], cfg.vad.batch_ms))
         if "denoise" in self._channels:
-            self._stages.append(DenoiseStage(self._channels["denoise"], cfg.denoise_batch_ms))
+            self._stages.append(DenoiseStage(self._channels["denoise"], cfg.denoise.batch_ms))
         if "lid" in self._channels:
-            self._stages.append(LidStage(self._channels["lid"], cfg.lid_batch_ms, cfg.lid_first_n_s, cfg.lid_timeout_s))
+            self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages:
             self.pools = PoolSet(cfg.routing_table())
-            self.pools.start_health_watch()
+            self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
-            self._opus_pool = ThreadPoolExecutor(cfg.opus_threads, thread_name_prefix="opus")
+            self._opus_pool = ThreadPoolExecutor(cfg.asr.opus_threads, thread_name_prefix="opus")
             self._stages.append(
                 AsrStage(
                     self.pools,
-                    cfg.asr_link,
-                    cfg.asr_link_batch_ms,
+                    cfg.asr.link,
+                    cfg.asr.batch_ms,
                     self._opus_pool,
                     cfg.session.partial_interval_ms,
-                    cfg.asr_open_timeout_s,
-                    cfg.asr_provisional,
+                    cfg.asr.open_timeout_s,
+                    cfg.asr.provisional,
+                    admission_wait_s=cfg.asr.admission_wait_s,
                 )
             )
             await self._start_jobs()
         if "compress" in self._channels:
-            self._stages.append(CompressStage(self._channels["compress"], cfg.compress_batch_ms))
+            self._stages.append(CompressStage(self._channels["compress"], cfg.compress.batch_ms))
         self._server = await serve(
             self._handle,
-            cfg.host,
-            cfg.port,
+            cfg.listen.host,
+            cfg.listen.port,
             process_request=self._http,
-            max_size=cfg.ws_max_message_bytes,
+            max_size=cfg.listen.ws_max_message_bytes,
             compression=None,  # PCM does not deflate; compression would only burn CPU
             max_queue=64,
         )
-        self._background.append(asyncio.create_task(self._sweep()))
-        self._background.append(asyncio.create_task(self._watch_stage_health()))
+        self._background.start("sweeper", self._sweep)
+        self._background.start("stage-health", self._watch_stage_health)
         log.info("gateway listening", extra={"stage": "gateway", "event": f"listening:{self.port}"})
 
     async def drain(self) -> None:
@@ -113,12 +118,11 @@ class Gateway:
         self.draining = True
         if self.drivers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), self.config.drain_grace_s)
+                await asyncio.wait_for(self._all_closed.wait(), self.config.listen.drain_grace_s)
         await self.stop()
 
     async def stop(self) -> None:
-        for task in self._background:
-            task.cancel()
+        await self._background.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -135,18 +139,16 @@ class Gateway:
 
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
-        session = Session(self.config.session, now, uuid.uuid4().hex)
+        route = self.pools.table.route if self.pools is not None else None
+        session = Session(self.config.session, now, uuid.uuid4().hex, route)
         if self.draining:
             session.refuse(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
-        elif len(self.drivers) >= self.config.max_sessions:
+        elif len(self.drivers) >= self.config.listen.max_sessions:
             session.refuse(
                 ErrorCode.TOO_MANY_SESSIONS,
-                f"the gateway holds its maximum of {self.config.max_sessions} sessions",
+                f"the gateway holds its maximum of {self.config.listen.max_sessions} sessions",
             )
-        route = self.pools.table.route if self.pools is not None else None
-        driver = SessionDriver(
-            session, ws, self._stages, self.config.stage_backlog_s, self.config.stage_timeout_s, route, self._before_end
-        )
+        driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end)
         self.drivers.add(driver)
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
         try:
@@ -179,7 +181,7 @@ class Gateway:
         Path(cfg.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
         self._job_store = await AsyncJobStore.open(cfg.jobs.db_path)
         self.jobs = JobRunner(self._job_store, self._transcribe_job, cfg.jobs, self._asr_capacity)
-        self.jobs.start()
+        self._background.start("job-runner", self.jobs.run)
 
     async def _transcribe_job(self, job: Job) -> list[dict[str, Any]]:
         assert self.pools is not None
@@ -206,12 +208,19 @@ class Gateway:
         return any(p.pick(now) is not None for p in self.pools.pools.values())
 
     async def _sweep(self) -> None:
-        """One timer for all sessions: idle flush, start timeout, length cap."""
+        """One timer for all sessions: idle flush, start timeout, length cap, stage timeouts. One
+        session's failing tick is logged and never stops the others' timers."""
         while True:
-            await asyncio.sleep(self.config.tick_s)
+            await asyncio.sleep(self.config.listen.tick_s)
             now = time.monotonic()
             for driver in list(self.drivers):
-                driver.tick(now)
+                try:
+                    driver.tick(now)
+                except Exception:
+                    log.exception(
+                        "session tick failed",
+                        extra={"flowId": driver.session.flow_id, "stage": "gateway", "err_code": "internal_error"},
+                    )
 
     async def _watch_stage_health(self) -> None:
         while True:
@@ -219,7 +228,7 @@ class Gateway:
                 stub = health_pb2_grpc.HealthStub(channel)
                 try:
                     reply = await stub.Check(
-                        health_pb2.HealthCheckRequest(), timeout=self.config.stage_connect_timeout_s
+                        health_pb2.HealthCheckRequest(), timeout=self.config.stages.connect_timeout_s
                     )
                     self._stage_health[name] = reply.status == health_pb2.HealthCheckResponse.SERVING
                 except grpc.aio.AioRpcError:
@@ -253,21 +262,37 @@ class Gateway:
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
 
 
+class WebSocketConnection:
+    """The driver's Connection over a websockets server connection."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self._ws = ws
+
+    async def messages(self) -> AsyncGenerator[str | bytes]:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in self._ws:
+                yield message
+
+    async def send(self, text: str) -> None:
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as exc:
+            raise ConnectionClosedError from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._ws.close(code, reason)
+
+
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")])
     return Response(status.value, status.phrase, headers, body)
 
 
-async def serve_forever(config: GatewayConfig) -> None:
+async def serve_forever(config: GatewayConfig, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set (SIGTERM), then drain (STYLE §6)."""
     gateway = Gateway(config)
     await gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    from common.server import announce
-
-    announce("gateway", config.host, 0, gateway.port)
+    announce("gateway", config.listen.host, 0, gateway.port)
     await stop.wait()
     await gateway.drain()

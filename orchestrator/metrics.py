@@ -42,6 +42,11 @@ ASR_LINK_BYTES = Counter("asr_link_bytes_total", "Bytes sent on the ASR link, by
 ASR_LINK_SESSIONS = Counter(
     "asr_link_sessions_total", "ASR link streams opened, by codec", ["codec"], registry=REGISTRY
 )
+ASR_ADMISSION_WAITING = Gauge(
+    "orchestrator_asr_admission_waiting",
+    "Sessions waiting for a free ASR member (every member of their pool busy)",
+    registry=REGISTRY,
+)
 DN_LATENCY = Histogram(
     "dn_latency_ms",
     "Send of audio to its denoised return (gateway view)",

@@ -1,19 +1,33 @@
-"""Load-test fakes of the downstream services: they implement the real gRPC servicers but do no
-real work, so a benchmark measures the gateway alone. Test fixtures only, never the product.
+"""The fakes of the test suite, one of each: they implement the real gRPC servicer or engine protocol
+and do no real work. Test fixtures only, never the product.
 
-    python -m tests.fakes vad|compress
+- FakeVad, FakeCompress: load-test fakes of the downstream services, so a benchmark measures the
+  gateway alone; each runs as its own process: `python -m tests.fakes vad|compress`.
+- FakeRecognizer (asr.v1 Recognize, scriptable) and FakeAsrServer (it, with grpc.health.v1, on
+  127.0.0.1): an ASR pool member in process.
+- FakeLidEngine (the LidEngine protocol), FakeSpeechProbability (the LID service's speech gate) and
+  FakeDelayEngine (the denoise Engine protocol).
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
 
 import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
-from proto import common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
+from common.envconf import nested
+from common.server import GRPC_OPTIONS, ServerConfig
+from common.service import Service, grpc_main
+from proto import asr_pb2, asr_pb2_grpc, common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
+from services.lid.speech import WINDOW_SAMPLES
 
 
 class FakeVad(vad_pb2_grpc.VadServicer):
@@ -60,6 +74,186 @@ class FakeCompress(compress_pb2_grpc.CompressServicer):
         )
 
 
+RecognizerMode = Literal["ok", "busy", "unavailable", "error", "hang"]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
+    """An ASR that records what each stream sends and answers as the real one does: `ready` at the
+    Start, then, once the client is done writing, one `final` with `text` and `end`.
+
+    `mode` (may change between calls): "ok"; "busy" aborts RESOURCE_EXHAUSTED at the Start (with no
+    `error` event before it, unlike the real one); "unavailable" aborts UNAVAILABLE there; "error" answers
+    an `error` event instead of the final; "hang" never answers after `ready`. `final_ts` is the final's
+    [start, end] in seconds; None: [0, the duration of the packets' bytes read as PCM], which only means
+    something for a `pcm` stream. The first `refusals` streams are refused as the ASR service does at its
+    limit: an `error` event `busy` after the Start, then the end of the stream.
+    """
+
+    def __init__(
+        self,
+        text: str = "fake transcript",
+        mode: RecognizerMode = "ok",
+        final_ts: tuple[float, float] | None = None,
+        refusals: int = 0,
+    ) -> None:
+        self.text, self.mode, self.final_ts, self.refusals = text, mode, final_ts, refusals
+        self.streams: list[list[str]] = []  # per stream, the payload kind of each frame received, in order
+        self.starts: list[asr_pb2.Start] = []  # the Start of each stream
+        self.packets: list[list[asr_pb2.OpusPacket]] = []  # per stream, every packet, single or batched
+
+    @property
+    def lang_hints(self) -> list[str]:
+        return [start.lang_hint for start in self.starts]
+
+    async def Stream(
+        self, request_iterator: AsyncIterator[asr_pb2.ClientFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[asr_pb2.AsrEvent]:
+        kinds: list[str] = []
+        received: list[asr_pb2.OpusPacket] = []
+        self.streams.append(kinds)
+        self.packets.append(received)
+        first = await anext(aiter(request_iterator), None)
+        if first is not None:
+            kinds.append(first.WhichOneof("payload") or "empty")
+        if first is None or first.WhichOneof("payload") != "start":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first frame must be Start")
+        assert first is not None
+        start = first.start
+        self.starts.append(start)
+        if self.refusals > 0:
+            self.refusals -= 1
+            yield asr_pb2.AsrEvent(type="error", flow_id=start.flow_id, code="busy", text="at its limit")
+            return
+        if self.mode == "busy":
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "ASR busy: fake")
+        if self.mode == "unavailable":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "fake pool is down")
+        yield asr_pb2.AsrEvent(type="ready", flow_id=start.flow_id, model="fake")
+        payload_bytes = 0
+        async for frame in request_iterator:
+            kind = frame.WhichOneof("payload") or "empty"
+            kinds.append(kind)
+            packets = [frame.opus] if kind == "opus" else list(frame.batch.packets) if kind == "batch" else []
+            received += packets
+            payload_bytes += sum(len(p.data) for p in packets)
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        if self.mode == "error":
+            yield asr_pb2.AsrEvent(type="error", flow_id=start.flow_id, code="decode_failed", text="fake")
+            return
+        ts = self.final_ts or (0.0, payload_bytes / 2 / start.sr)
+        yield asr_pb2.AsrEvent(type="final", flow_id=start.flow_id, text=self.text, ts=ts, lang="en")
+        yield asr_pb2.AsrEvent(type="end", flow_id=start.flow_id)
+
+
+class FakeAsrServer:
+    """A grpc.aio server on 127.0.0.1 with grpc.health.v1 (reporting `status`) and a FakeRecognizer:
+    an ASR pool member. `start()` after `stop()` comes back on the same port, as a restarted process."""
+
+    def __init__(
+        self,
+        recognizer: FakeRecognizer | None = None,
+        status: health_pb2.HealthCheckResponse.ServingStatus.ValueType = SERVING,
+    ) -> None:
+        self.recognizer = recognizer if recognizer is not None else FakeRecognizer()
+        self.status = status
+        self.port = 0
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+
+    async def start(self) -> FakeAsrServer:
+        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        asr_pb2_grpc.add_RecognizeServicer_to_server(self.recognizer, self.server)
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await self.server.start()
+        await self.health.set("", self.status)
+        return self
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(None)
+            self.server = None
+
+    async def __aenter__(self) -> FakeAsrServer:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class FakeLidEngine:
+    """Implements the LidEngine protocol: answers the scripted `probs`, records the samples of each
+    call, and fails on audio that starts with the bytes `fail_on`."""
+
+    name = "fake"
+
+    def __init__(
+        self, probs: Sequence[tuple[str, float]] = (("en", 0.95), ("zh", 0.05)), fail_on: bytes | None = None
+    ) -> None:
+        self.probs = list(probs)
+        self.fail_on = fail_on
+        self.calls: list[int] = []
+
+    def probabilities(self, pcm: bytes) -> list[tuple[str, float]]:
+        self.calls.append(len(pcm) // 2)
+        if self.fail_on is not None and pcm.startswith(self.fail_on):
+            raise RuntimeError("fake engine failure")
+        return self.probs
+
+
+class FakeSpeechProbability:
+    """Implements the LID service's SpeechProbability: for each whole VAD window, 0.95 (speech) when the
+    window starts with the sample `speech_starts_with`, else 0.02; every window is speech when that is
+    None. Counts the windows it is given."""
+
+    def __init__(self, speech_starts_with: bytes | None = None) -> None:
+        self.speech_starts_with = speech_starts_with
+        self.windows = 0
+
+    def __call__(self, pcm: bytes) -> list[float]:
+        assert len(pcm) % (2 * WINDOW_SAMPLES) == 0, "the policy feeds whole windows only"
+        starts = [pcm[i : i + 2] for i in range(0, len(pcm), 2 * WINDOW_SAMPLES)]
+        self.windows += len(starts)
+        return [0.95 if self.speech_starts_with in (None, s) else 0.02 for s in starts]
+
+
+class FakeDelayEngine:
+    """Implements the denoise Engine protocol: an identity 'denoiser' with `delay_samples` of leading
+    zeros that releases its output only in blocks, like an STFT engine does."""
+
+    name = "fake"
+
+    def __init__(self, delay_samples: int = 100, block: int = 256) -> None:
+        self.delay_samples = delay_samples
+        self._block = block
+        self._buf = np.zeros(delay_samples, dtype=np.float32)
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        self._buf = np.concatenate((self._buf, samples))
+        whole = (self._buf.size // self._block) * self._block
+        out, self._buf = self._buf[:whole], self._buf[whole:]
+        return out
+
+    def flush(self) -> np.ndarray:
+        out, self._buf = self._buf, np.zeros(self.delay_samples, dtype=np.float32)
+        return out
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    server: ServerConfig = nested(ServerConfig, prefix="FAKE_")
+
+
 def main(kind: str) -> None:
     def add(server: grpc.aio.Server) -> None:
         if kind == "vad":
@@ -69,8 +263,11 @@ def main(kind: str) -> None:
         else:
             raise SystemExit(f"unknown fake {kind!r}")
 
-    config = ServerConfig.from_env(os.environ, "FAKE")
-    run_main(lambda: run_until_signalled(ServiceRunner(f"fake-{kind}", config, add)))
+    @asynccontextmanager
+    async def fake_service(config: FakeConfig) -> AsyncIterator[Service]:
+        yield Service(add)
+
+    grpc_main(f"fake-{kind}", FakeConfig, fake_service)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
+
+
+class StageName(StrEnum):
+    """The gateway's stages, in the logical order of SPEC §1. The one spelling of a stage's name."""
+
+    VAD = "vad"
+    DENOISE = "denoise"
+    LID = "lid"
+    ASR = "asr"
+    COMPRESS = "compress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +36,10 @@ class RecordReady:
 
 @dataclass(frozen=True, slots=True)
 class LangDetected:
+    """The LID service's answer (`und` when it cannot tell); the session decides what it means."""
+
     lang: str
     score: float
-    source: str = "lid"  # "lid": the LID service; "hint": the client's user_lang_pref
-    pool: str = ""  # the ASR pool the language routes to
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +66,7 @@ class Transcript:
 
 @dataclass(frozen=True, slots=True)
 class StageLatency:
-    stage: str
+    stage: StageName
     ms: float
 
 
@@ -63,15 +74,29 @@ class StageLatency:
 class StageDone:
     """The stage has answered everything it will for this session."""
 
-    stage: str
+    stage: StageName
 
 
 @dataclass(frozen=True, slots=True)
 class StageFailed:
     """The stage is unavailable for this session; the session goes on without it."""
 
-    stage: str
+    stage: StageName
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageDecided:
+    """To the ASR stage: the session's language is settled. `lang` "" means none (the default route;
+    the engine detects the language itself)."""
+
+    lang: str
+    pool: str = ""
+
+
+# What the session sends to a running stage (through the driver): the ASR stage hears the VAD's
+# boundaries (its endpoints) and the language decision.
+StageInput = SpeechBoundary | LanguageDecided
 
 
 StageEvent = SpeechBoundary | RecordReady | LangDetected | Transcript | StageLatency | StageDone | StageFailed

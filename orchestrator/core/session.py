@@ -1,33 +1,42 @@
 """The session as a sans-I/O state machine (STYLE §1).
 
 Feed it what the client sent (`receive_text`, `receive_binary`, `receive_disconnect`), the clock
-(`tick`) and what the stages found (`stage_event`); read back the events for the client
-(`events_to_send`), the audio for the stages (`audio_to_stages`), whether the audio has ended
+(`tick`), what the stages found (`stage_event`) and how far behind they are (`stage_backlog`); read
+back the events for the client (`events_to_send`), the audio for the stages (`audio_to_stages`), what
+running stages must hear (`stage_inputs`: the ASR's endpoints and language), the stages it gave up
+on (`stages_to_stop`), whether to read the socket (`accepts_audio`), whether the audio has ended
 (`audio_ended`) and, last, how to close the socket (`close`). Nothing here awaits or does I/O.
+
+The session decides: which stages run (`stages`), the language and the pool it routes to
+(`language`, core/language.py), and when a stage is given up (behind the audio for too long, or no
+answer in time after its end). The driver only carries these decisions out.
 """
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from common.audio import CHANNELS, SAMPLE_RATE
 from orchestrator.core.events import (
     LangDetected,
+    LanguageDecided,
     RecordReady,
     SpeechBoundary,
     StageDone,
     StageEvent,
     StageFailed,
+    StageInput,
     StageLatency,
+    StageName,
     Transcript,
 )
+from orchestrator.core.figures import PartialThrottle, SessionFigures
+from orchestrator.core.language import LanguageDecider, LanguageDecision, Route
 from orchestrator.core.protocol import (
-    CHANNELS,
     CODEC,
     FATAL_CLOSE,
-    SAMPLE_RATE,
     Close,
     ErrorCode,
     ProtocolError,
@@ -39,11 +48,11 @@ from orchestrator.core.protocol import (
 from orchestrator.core.reframer import AudioBlock, Reframer
 
 UNAVAILABLE_CODE = {
-    "vad": ErrorCode.VAD_UNAVAILABLE,
-    "denoise": ErrorCode.DENOISE_UNAVAILABLE,
-    "lid": ErrorCode.LID_UNAVAILABLE,
-    "asr": ErrorCode.ASR_UNAVAILABLE,
-    "compress": ErrorCode.ARCHIVE_UNAVAILABLE,
+    StageName.VAD: ErrorCode.VAD_UNAVAILABLE,
+    StageName.DENOISE: ErrorCode.DENOISE_UNAVAILABLE,
+    StageName.LID: ErrorCode.LID_UNAVAILABLE,
+    StageName.ASR: ErrorCode.ASR_UNAVAILABLE,
+    StageName.COMPRESS: ErrorCode.ARCHIVE_UNAVAILABLE,
 }
 
 # Which `return` family each event type belongs to; types not listed are always sent.
@@ -74,34 +83,33 @@ class SessionConfig:
     start_timeout_s: float = 10.0
     max_session_s: float = 4 * 3600.0
     partial_interval_ms: int = 250
-    stages: tuple[str, ...] = ("vad", "compress")
+    stages: tuple[StageName, ...] = (StageName.VAD, StageName.COMPRESS)
     # A session whose ASR is unavailable goes on as record-only and is transcribed later.
     deferred_transcripts: bool = False
-
-
-@dataclass
-class _Figures:
-    bytes_in: int = 0
-    messages_in: int = 0
-    speech_s: float = 0.0
-    segments: int = 0
-    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    # Backpressure (SPEC §4): while a stage holds more than this much unsent audio, the client's
+    # socket is not read; a stage that stays that far behind for `stage_timeout_s` is failed.
+    stage_backlog_s: float = 10.0
+    # A stage that has not answered everything this long after the end of audio is failed.
+    stage_timeout_s: float = 15.0
 
 
 class Session:
     """One client stream from `start` to `end`."""
 
-    def __init__(self, config: SessionConfig, now: float, new_flow_id: str) -> None:
+    def __init__(self, config: SessionConfig, now: float, new_flow_id: str, route: Route | None = None) -> None:
         self.config = config
         self.state = State.AWAITING_START
         self.flow_id: str | None = None
         self.start: StartRequest | None = None
         self.end_reason: str | None = None
         self.close: tuple[Close, str] | None = None
-        self.pending_stages: set[str] = set()
-        self.failed_stages: set[str] = set()
+        # The stages this session runs, known at `start` (LID is left out when a hint decides).
+        self.stages: tuple[StageName, ...] = ()
+        self.pending_stages: set[StageName] = set()
+        self.failed_stages: set[StageName] = set()
         self.record_url: str | None = None
-        self.lang = ""
+        self.language: LanguageDecider | None = None
+        self._route = route
         self._new_flow_id = new_flow_id
         self._opened_at = now
         self._started_at = now
@@ -110,11 +118,13 @@ class Session:
         self._events: list[dict[str, Any]] = []
         self._audio: list[AudioBlock] = []
         self._fatal: tuple[ErrorCode, str] | None = None
-        self._speech_open_at: float | None = None
-        self._figures = _Figures()
-        # PartialThrottle (SPEC §2): at most one asr_partial per interval, the newest text wins.
-        self._last_partial_at: float | None = None
-        self._pending_partial: Transcript | None = None
+        self._figures = SessionFigures()
+        self._partials = PartialThrottle(config.partial_interval_ms / 1000)
+        self._stage_inputs: list[tuple[StageName, StageInput]] = []
+        self._stages_to_stop: list[StageName] = []
+        self._behind_since: dict[StageName, float] = {}  # stages over the backlog limit, since when
+        self._audio_ended_at: float | None = None
+        self._last_heard: dict[StageName, float] = {}  # when each stage last said anything
 
     # ----- inputs from the client -----
 
@@ -135,11 +145,11 @@ class Session:
             elif kind == "flush":
                 if self.state is State.AWAITING_START:
                     raise ProtocolError(ErrorCode.FLUSH_BEFORE_START, "flush before start")
-                self._end_audio("flush")
+                self._end_audio("flush", now)
             else:
                 raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown control type {kind!r}")
         except ProtocolError as exc:
-            self._fail(exc.code, exc.message)
+            self._fail(exc.code, exc.message, now)
 
     def receive_binary(self, data: bytes, now: float) -> None:
         if self.state is State.CLOSED:
@@ -159,8 +169,7 @@ class Session:
         if self.state is State.AWAITING_START:
             self._fail(ErrorCode.AUDIO_BEFORE_START, "binary audio before the start frame")
             return
-        self._figures.bytes_in += len(data)
-        self._figures.messages_in += 1
+        self._figures.on_audio(len(data))
         self._last_audio_at = now
         block = self._reframer.feed(data)
         if block is not None:
@@ -169,34 +178,45 @@ class Session:
     def receive_disconnect(self, now: float) -> None:
         """The client went away: flush what was accepted (SPEC §2 auto flush)."""
         if self.state is State.STREAMING:
-            self._end_audio("disconnect")
+            self._end_audio("disconnect", now)
         elif self.state is State.AWAITING_START:
             self._finish(Close.NORMAL, "disconnect")
 
     def tick(self, now: float) -> None:
         """Timers: held partial, start timeout, idle flush (FLUSH_IDLE_SEC), session length cap."""
-        due = self.partial_due_at
-        if due is not None and now >= due and self._pending_partial is not None:
-            self._send_partial(self._pending_partial, now)
+        held = self._partials.release(now)
+        if held is not None:
+            self._emit(held.to_event(self.flow_id))
         if self.state is State.AWAITING_START and now - self._opened_at >= self.config.start_timeout_s:
             self._fail(ErrorCode.START_TIMEOUT, f"no start frame within {self.config.start_timeout_s:g} s")
         elif self.state is State.STREAMING:
-            if now - self._last_audio_at >= self.config.flush_idle_s:
-                self._end_audio("idle")
+            if self.accepts_audio and now - self._last_audio_at >= self.config.flush_idle_s:
+                self._end_audio("idle", now)
             elif now - self._started_at >= self.config.max_session_s:
-                self._fail(ErrorCode.SESSION_TOO_LONG, f"session exceeds {self.config.max_session_s:g} s")
+                self._fail(ErrorCode.SESSION_TOO_LONG, f"session exceeds {self.config.max_session_s:g} s", now)
+        self._apply_stage_policy(now)
 
     def refuse(self, code: ErrorCode, message: str) -> None:
         """Refuse the connection before anything else (capacity, draining)."""
         self._fail(code, message)
+
+    def stage_backlog(self, stage: StageName, backlog_s: float, now: float) -> None:
+        """How much audio a stage has not taken yet (the driver reports it as it changes)."""
+        if backlog_s > self.config.stage_backlog_s:
+            self._behind_since.setdefault(stage, now)
+        elif self._behind_since.pop(stage, None) is not None and not self._behind_since:
+            self._last_audio_at = max(self._last_audio_at, now)  # we held the client; it was not idle
 
     # ----- inputs from the stages -----
 
     def stage_event(self, event: StageEvent, now: float) -> None:
         if self.state is State.CLOSED:
             return
+        self._last_heard[_stage_of(event)] = now
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
+            if StageName.ASR in self.pending_stages:
+                self._stage_inputs.append((StageName.ASR, event))  # the ASR link's endpoints
         elif isinstance(event, RecordReady):
             self.record_url = event.url
             self._emit(
@@ -211,22 +231,15 @@ class Session:
                 }
             )
         elif isinstance(event, LangDetected):
-            self.lang = event.lang
-            lid = {
-                "type": "lid",
-                "flowId": self.flow_id,
-                "lang": event.lang,
-                "score": round(event.score, 4),
-                "source": event.source,
-            }
-            if event.pool:
-                lid["pool"] = event.pool
-            self._emit(lid)
+            if self.language is not None:
+                self._decided(self.language.on_lid_answer(event.lang, event.score))
         elif isinstance(event, Transcript):
             self._on_transcript(event, now)
         elif isinstance(event, StageLatency):
-            self._figures.latencies_ms.setdefault(event.stage, []).append(event.ms)
+            self._figures.on_latency(event.stage, event.ms)
         elif isinstance(event, StageFailed):
+            if event.stage in self.failed_stages or event.stage not in self.pending_stages:
+                return
             self.failed_stages.add(event.stage)
             code = UNAVAILABLE_CODE.get(event.stage, ErrorCode.INTERNAL_ERROR)
             error = error_event(self.flow_id, code, f"{event.stage}: {event.message}", fatal=False)
@@ -249,12 +262,31 @@ class Session:
         out, self._audio = self._audio, []
         return out
 
+    def stage_inputs(self) -> list[tuple[StageName, StageInput]]:
+        """What running stages must hear: the ASR's endpoints and language."""
+        out, self._stage_inputs = self._stage_inputs, []
+        return out
+
+    def stages_to_stop(self) -> list[StageName]:
+        """Stages the session gave up on (no answer in time, stalled): cancel their work."""
+        out, self._stages_to_stop = self._stages_to_stop, []
+        return out
+
+    @property
+    def accepts_audio(self) -> bool:
+        """False while a stage is too far behind: the driver stops reading the socket (backpressure)."""
+        return not self._behind_since
+
+    @property
+    def lang(self) -> str:
+        """The decided language ("" if none, or not yet)."""
+        decision = self.language.decision if self.language is not None else None
+        return decision.lang if decision is not None else ""
+
     @property
     def partial_due_at(self) -> float | None:
         """When the held partial may go out, if one is held."""
-        if self._pending_partial is None or self._last_partial_at is None:
-            return None
-        return self._last_partial_at + self.config.partial_interval_ms / 1000.0
+        return self._partials.due_at
 
     @property
     def audio_ended(self) -> bool:
@@ -280,9 +312,16 @@ class Session:
         self.start = parse_start(msg, self._new_flow_id)
         self.flow_id = self.start.flow_id
         self.state = State.STREAMING
-        self.pending_stages = set(self.config.stages)
         self._started_at = now
         self._last_audio_at = now
+        self.language = LanguageDecider(
+            self._route if StageName.ASR in self.config.stages else None,
+            self.start.domain,
+            self.start.lang_pref,
+            lid_configured=StageName.LID in self.config.stages,
+        )
+        self.stages = tuple(s for s in self.config.stages if s is not StageName.LID or self.language.asks_lid)
+        self.pending_stages = set(self.stages)
         self._emit(
             {
                 "type": "ack",
@@ -302,44 +341,73 @@ class Session:
                 },
             }
         )
+        if self.language.decision is not None:
+            self._decided(self.language.decision)
+
+    def _decided(self, decision: LanguageDecision | None) -> None:
+        """The language is settled: tell the client (unless nobody answered) and the ASR stage."""
+        if decision is None:
+            return
+        if decision.source != "default":
+            lid = {
+                "type": "lid",
+                "flowId": self.flow_id,
+                "lang": decision.heard,
+                "score": round(decision.score, 4),
+                "source": decision.source,
+            }
+            if decision.pool:
+                lid["pool"] = decision.pool
+            self._emit(lid)
+        if StageName.ASR in self.pending_stages:
+            self._stage_inputs.append((StageName.ASR, LanguageDecided(decision.lang, decision.pool)))
 
     def _on_transcript(self, event: Transcript, now: float) -> None:
         if event.final:
-            self._pending_partial = None  # the final supersedes it
+            self._partials.drop()  # the final supersedes it
             self._emit(event.to_event(self.flow_id))
             return
-        if self._last_partial_at is None or now - self._last_partial_at >= self.config.partial_interval_ms / 1000:
-            self._send_partial(event, now)
-        else:
-            self._pending_partial = event
-
-    def _send_partial(self, event: Transcript, now: float) -> None:
-        self._pending_partial = None
-        self._last_partial_at = now
-        self._emit(event.to_event(self.flow_id))
+        partial = self._partials.offer(event, now)
+        if partial is not None:
+            self._emit(partial.to_event(self.flow_id))
 
     def _on_boundary(self, event: SpeechBoundary) -> None:
         ts = event.pts_ns / 1e9
-        if event.kind == "start":
-            self._speech_open_at = ts
-        elif self._speech_open_at is not None:
-            self._figures.speech_s += max(0.0, ts - self._speech_open_at)
-            self._figures.segments += 1
-            self._speech_open_at = None
+        self._figures.on_boundary(event.kind, ts)
         self._emit({"type": "vad", "flowId": self.flow_id, "event": f"speech_{event.kind}", "ts": round(ts, 3)})
 
-    def _fail(self, code: ErrorCode, message: str) -> None:
+    def _fail(self, code: ErrorCode, message: str, now: float | None = None) -> None:
         self._emit(error_event(self.flow_id, code, message, fatal=True))
         if self.state is State.AWAITING_START:
             self._finish(FATAL_CLOSE[code], code.value)
         else:
             self._fatal = (code, message)
-            self._end_audio("error")
+            self._end_audio("error", now)
 
-    def _end_audio(self, reason: str) -> None:
+    def _apply_stage_policy(self, now: float) -> None:
+        """Fail the stages that stalled behind the audio or did not answer in time after its end."""
+        limit = self.config.stage_timeout_s
+        for stage, since in sorted(self._behind_since.items()):
+            if now - since >= limit:
+                self._give_up(stage, f"more than {self.config.stage_backlog_s:g} s behind the audio for {limit:g} s")
+        if self._audio_ended_at is not None:
+            # A stage still working through the audio (a batch client's ASR) keeps answering: only
+            # one silent for the whole timeout after the end of audio is given up.
+            for stage in sorted(self.pending_stages):
+                if now - max(self._audio_ended_at, self._last_heard.get(stage, 0.0)) >= limit:
+                    self._give_up(stage, f"nothing from it for {limit:g} s after the end of audio")
+
+    def _give_up(self, stage: StageName, why: str) -> None:
+        self._behind_since.pop(stage, None)
+        if stage in self.pending_stages:
+            self._stages_to_stop.append(stage)
+            self.stage_event(StageFailed(stage, why), self._last_audio_at)
+
+    def _end_audio(self, reason: str, now: float | None = None) -> None:
         if self.state is not State.STREAMING:
             return
         self.end_reason = reason
+        self._audio_ended_at = now if now is not None else self._last_audio_at
         block, odd = self._reframer.flush()
         if block is not None:
             self._audio.append(block)
@@ -355,15 +423,18 @@ class Session:
         self.state = State.DRAINING
         self._maybe_finish()
 
-    def _stage_over(self, stage: str) -> None:
+    def _stage_over(self, stage: StageName) -> None:
         self.pending_stages.discard(stage)
+        self._behind_since.pop(stage, None)
+        if stage is StageName.LID and self.language is not None:
+            self._decided(self.language.on_lid_over())
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
         if self.state is not State.DRAINING or self.pending_stages:
             return
-        self._pending_partial = None
-        self._emit(self._metrics_event())
+        self._partials.drop()
+        self._emit(self._figures.to_event(self.flow_id, self.audio_s))
         self._emit(
             {
                 "type": "end",
@@ -381,27 +452,21 @@ class Session:
         self.state = State.CLOSED
         self.close = (code, reason)
 
-    def _metrics_event(self) -> dict[str, Any]:
-        stages = {}
-        for stage, values in sorted(self._figures.latencies_ms.items()):
-            stages[stage] = {
-                "count": len(values),
-                "latency_ms_p50": round(statistics.median(values), 2),
-                "latency_ms_max": round(max(values), 2),
-            }
-        return {
-            "type": "metrics",
-            "flowId": self.flow_id,
-            "audio_s": round(self.audio_s, 3),
-            "bytes_in": self._figures.bytes_in,
-            "messages_in": self._figures.messages_in,
-            "speech_s": round(self._figures.speech_s, 3),
-            "speech_segments": self._figures.segments,
-            "stages": stages,
-        }
-
     def _emit(self, event: dict[str, Any]) -> None:
         family = FAMILY_OF.get(event["type"])
         if family is not None and not self.wants(family):
             return
         self._events.append(event)
+
+
+def _stage_of(event: StageEvent) -> StageName:
+    """Which stage an event comes from."""
+    if isinstance(event, SpeechBoundary):
+        return StageName.VAD
+    if isinstance(event, RecordReady):
+        return StageName.COMPRESS
+    if isinstance(event, LangDetected):
+        return StageName.LID
+    if isinstance(event, Transcript):
+        return StageName.ASR
+    return event.stage

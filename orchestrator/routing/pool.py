@@ -218,6 +218,10 @@ class AsrPool:
         await asyncio.gather(*(m.close() for m in self.members))
 
 
+class MemberBusy(Exception):
+    """The member is alive and answered, but refused the stream for load: no verdict on its health."""
+
+
 class PoolExhausted(RuntimeError):
     """No member of the pool could take the session: the caller degrades to record-only (SPEC §4).
     `reason` is "busy" (some member was at its limit) or "unavailable" (down, failing, breaker open)."""
@@ -259,9 +263,10 @@ async def open_with_retries(
 ) -> Lease[T]:
     """Open one stream, trying members in `pick` order, at most `max_attempts` of them.
 
-    `open_fn(member)` returns once the stream is known to be up, or raises grpc.aio.AioRpcError (or
-    TimeoutError for its own deadline). Failure codes count for the member's breaker and the next
-    member is tried; RESOURCE_EXHAUSTED is "busy": the next member is tried, the breaker is left alone.
+    `open_fn(member)` returns once the stream is known to be up, or raises MemberBusy, grpc.aio.AioRpcError
+    or TimeoutError (its own deadline). Failure codes count for the member's breaker and the next
+    member is tried; MemberBusy and RESOURCE_EXHAUSTED are "busy": the next member is tried and the
+    breaker is left alone, so load never opens a breaker.
     Any other error is the request's fault, not the member's: it propagates unchanged.
     Raises PoolExhausted when nobody could take the stream.
     """
@@ -276,6 +281,12 @@ async def open_with_retries(
         member.acquire()
         try:
             value = await open_fn(member)
+        except MemberBusy:
+            member.release()
+            member.record_busy(now_fn())
+            busy = True
+            attempts.append((member.addr, "busy"))
+            continue
         except grpc.aio.AioRpcError as exc:
             member.release()
             code = exc.code()

@@ -14,24 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 
+from common.audio import CHANNELS, SAMPLE_RATE
 from orchestrator import metrics
-from orchestrator.core.events import SpeechBoundary, StageLatency, Transcript
-from orchestrator.core.protocol import CHANNELS, SAMPLE_RATE
-from orchestrator.routing.pool import AsrPool, Lease, Member, PoolExhausted, PoolSet, open_with_retries
-from orchestrator.stages.base import StageContext
+from orchestrator.core.events import LanguageDecided, SpeechBoundary, StageLatency, StageName, Transcript
+from orchestrator.routing.pool import AsrPool, Lease, Member, MemberBusy, PoolExhausted, PoolSet, open_with_retries
+from orchestrator.stages.base import AudioSource, SendTimes, StageContext
 from orchestrator.stages.opus_link import OpusLink, OpusLinkConfig
 from proto import asr_pb2, asr_pb2_grpc
 
 log = logging.getLogger(__name__)
-_SENT_MEMORY = 512  # packets whose send time is kept for latency figures
 
 
 class AsrError(RuntimeError):
@@ -50,7 +47,7 @@ class _Wire:
         self._out: asyncio.Queue[asr_pb2.ClientFrame | None] | None = None
         self._log: list[asr_pb2.ClientFrame] | None = []
         self._ended = False
-        self.sent_at: OrderedDict[int, float] = OrderedDict()  # packet seq -> send time, for latency
+        self.sent_at = SendTimes()  # packet seq -> send time, for latency
 
     def send(self, frame: asr_pb2.ClientFrame) -> None:
         if self._log is not None:
@@ -83,8 +80,8 @@ class _Stream:
 
 
 class AsrStage:
-    name = "asr"
-    source = "clean"
+    name = StageName.ASR
+    source = AudioSource.CLEAN
 
     def __init__(
         self,
@@ -95,6 +92,9 @@ class AsrStage:
         partial_interval_ms: int,
         open_timeout_s: float,
         provisional: bool = True,
+        *,
+        admission_wait_s: float = 0.0,
+        admission_poll_s: float = 0.2,
     ) -> None:
         self._pools = pools
         self._link = link
@@ -103,6 +103,8 @@ class AsrStage:
         self._partial_interval_ms = partial_interval_ms
         self._open_timeout_s = open_timeout_s
         self._provisional = provisional
+        self._admission_wait_s = admission_wait_s
+        self._admission_poll_s = admission_poll_s
 
     def _start_frame(self, ctx: StageContext, codec: str, lang: str) -> asr_pb2.ClientFrame:
         return asr_pb2.ClientFrame(
@@ -122,48 +124,70 @@ class AsrStage:
         )
 
     async def run(self, ctx: StageContext) -> None:
+        """Every task of the stage lives in one task group (STYLE §6): an error in any of them
+        fails the stage with its own cause."""
         wire = _Wire()
-        # VAD endpoints travel with the audio, also those found before a stream is open.
-        ctx.on_boundary = lambda b: wire.send(_endpoint_frame(b))
         link = OpusLink(self._link)
-        language = ctx.language
-        provisional = self._provisional and language is not None and not language.done()
-        lang = "" if provisional or language is None else await language
+        language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        streams: list[_Stream] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                listener = tg.create_task(self._listen(ctx, wire, language))
+                await self._transcribe(ctx, tg, link, wire, language, streams)
+                listener.cancel()
+        finally:
+            for stream in streams:
+                stream.lease.value.cancel()
+                stream.lease.release()
+
+    async def _listen(self, ctx: StageContext, wire: _Wire, language: asyncio.Future[str]) -> None:
+        """What the session tells the stage: VAD endpoints travel with the audio (also those found
+        before a stream is open); the language settles the route."""
+        while True:
+            item = await ctx.inputs.get()
+            if isinstance(item, SpeechBoundary):
+                wire.send(_endpoint_frame(item))
+            elif isinstance(item, LanguageDecided) and not language.done():
+                language.set_result(item.lang)
+
+    async def _transcribe(
+        self,
+        ctx: StageContext,
+        tg: asyncio.TaskGroup,
+        link: OpusLink,
+        wire: _Wire,
+        language: asyncio.Future[str],
+        streams: list[_Stream],
+    ) -> None:
+        provisional = self._provisional and not language.done()
+        lang = "" if provisional else await language
         try:
             first = await self._open(ctx, link, wire, lang)
         except AsrUnavailable:
-            if not provisional or language is None:
+            if not provisional:
                 raise
             # The default pool cannot take it: wait for the language and its own pool instead.
             provisional = False
             first = await self._open(ctx, link, wire, await language)
+        streams.append(first)
         if not provisional:
             wire.settle()
             first.held_finals = None
-        producer = asyncio.create_task(self._produce(ctx, link, wire))
-        streams = [first]
-        try:
-            reader = asyncio.create_task(self._read(ctx, first, wire))
-            if provisional:
-                assert language is not None
-                waiting: set[asyncio.Future[Any]] = {reader, language}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if reader.done() and reader.exception() is not None:
-                    await reader  # the provisional stream failed: the session degrades (record-only)
-                chosen = await self._settle(ctx, link, wire, first, await language)
-                if chosen is not first:
-                    streams.append(chosen)
-                    reader.cancel()
-                    first.lease.value.cancel()
-                    first.lease.release()
-                    reader = asyncio.create_task(self._read(ctx, chosen, wire))
-            await reader
-        finally:
-            ctx.on_boundary = None
-            producer.cancel()
-            for stream in streams:
-                stream.lease.value.cancel()
-                stream.lease.release()
+        tg.create_task(self._produce(ctx, link, wire))
+        reader = tg.create_task(self._read(ctx, first, wire))
+        if provisional:
+            waiting: set[asyncio.Future[object]] = {reader, language}  # type: ignore[arg-type]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                await reader  # the provisional stream ended or failed before the language came
+            chosen = await self._settle(ctx, link, wire, first, await language)
+            if chosen is not first:
+                streams.append(chosen)
+                reader.cancel()
+                first.lease.value.cancel()
+                first.lease.release()
+                reader = tg.create_task(self._read(ctx, chosen, wire))
+        await reader
 
     async def _settle(self, ctx: StageContext, link: OpusLink, wire: _Wire, first: _Stream, lang: str) -> _Stream:
         """The language is known: open the chosen pool's stream with that language (even on the same
@@ -177,7 +201,7 @@ class AsrStage:
             except AsrUnavailable as exc:
                 log.warning(
                     "chosen ASR pool unavailable; staying on the provisional one",
-                    extra={"flowId": ctx.flow_id, "stage": "asr", "lang": lang, "err_code": str(exc)},
+                    extra={"flowId": ctx.flow_id, "stage": self.name, "lang": lang, "err_code": str(exc)},
                 )
         wire.settle()
         if chosen is first and first.held_finals is not None:
@@ -204,24 +228,19 @@ class AsrStage:
                 raise AsrError("asr_closed: the ASR closed the stream before admitting it")
             if first.type == "error":
                 call.cancel()
-                if first.code == "busy":  # the refusal; its status may arrive as INTERNAL (grpc#36066)
-                    raise grpc.aio.AioRpcError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(), first.text
-                    )
+                if first.code == "busy":  # the member's admission refusal (its status may arrive as INTERNAL)
+                    raise MemberBusy(first.text)
                 raise AsrError(f"{first.code or 'asr_error'}: {first.text}")
             wire.attach(out)
             return call
 
-        try:
-            lease = await open_with_retries(pool, open_on, time.monotonic, self._pools.table.max_attempts)
-        except PoolExhausted as exc:
-            raise AsrUnavailable(f"record-only: {exc}") from None
+        lease = await self._admit(pool, open_on)
         metrics.ASR_LINK_SESSIONS.labels(link.codec).inc()
         log.info(
             "asr link open",
             extra={
                 "flowId": ctx.flow_id,
-                "stage": "asr",
+                "stage": self.name,
                 "asr_link_codec": link.codec,
                 "lang": lang,
                 "model": f"{pool.name}@{lease.member.addr}",
@@ -229,34 +248,59 @@ class AsrStage:
         )
         return _Stream(pool, lease)
 
+    async def _admit(
+        self, pool: AsrPool, open_on: Callable[[Member], Awaitable[grpc.aio.StreamStreamCall]]
+    ) -> Lease[grpc.aio.StreamStreamCall]:
+        """Open a stream on the pool. Past capacity (every member busy) the session waits up to
+        ASR_ADMISSION_WAIT_SEC in line for a member, its audio kept on the wire, before it is
+        refused: degrade in order, a short queue before record-only."""
+        deadline = time.monotonic() + self._admission_wait_s
+        while True:
+            try:
+                return await open_with_retries(pool, open_on, time.monotonic, self._pools.table.max_attempts)
+            except PoolExhausted as exc:
+                if exc.reason != "busy" or time.monotonic() + self._admission_poll_s > deadline:
+                    raise AsrUnavailable(f"record-only: {exc}") from None
+            metrics.ASR_ADMISSION_WAITING.inc()
+            try:
+                await asyncio.sleep(self._admission_poll_s)
+            finally:
+                metrics.ASR_ADMISSION_WAITING.dec()
+
     async def _produce(self, ctx: StageContext, link: OpusLink, wire: _Wire) -> None:
         loop = asyncio.get_running_loop()
         async for block in ctx.feed.blocks():
-            packets, failed = await loop.run_in_executor(self._executor, link.encode, block.pcm, block.seq)
-            if failed:
-                metrics.PCM_TO_OPUS_FAIL.inc()
-                log.warning(
-                    "opus encoder failed; PCM passthrough from here",
-                    extra={
-                        "flowId": ctx.flow_id,
-                        "stage": "asr",
-                        "asr_link_codec": "pcm",
-                        "seq": block.seq,
-                        "err_code": link.failed_reason,
-                    },
-                )
-            now = time.monotonic()
-            for p in packets:
-                wire.sent_at[p.seq] = now
-                codec = "pcm" if p.pcm or link.start_codec == "pcm" else "opus"
-                metrics.ASR_LINK_BYTES.labels(codec).inc(len(p.data))
-            while len(wire.sent_at) > _SENT_MEMORY:
-                wire.sent_at.popitem(last=False)
-            if len(packets) == 1:
-                wire.send(asr_pb2.ClientFrame(opus=packets[0]))
-            else:
-                wire.send(asr_pb2.ClientFrame(batch=asr_pb2.OpusBatch(packets=packets)))
+            packets, failed = await loop.run_in_executor(self._executor, link.encode, block.pcm, block.pts_ns)
+            self._send(ctx, link, wire, packets, failed)
+        self._send(ctx, link, wire, *link.flush())
         wire.end()
+
+    def _send(
+        self, ctx: StageContext, link: OpusLink, wire: _Wire, packets: list[asr_pb2.OpusPacket], failed: bool
+    ) -> None:
+        if failed:
+            metrics.PCM_TO_OPUS_FAIL.inc()
+            log.warning(
+                "opus encoder failed; PCM passthrough from here",
+                extra={
+                    "flowId": ctx.flow_id,
+                    "stage": self.name,
+                    "asr_link_codec": "pcm",
+                    "seq": packets[0].seq if packets else None,
+                    "err_code": link.failed_reason,
+                },
+            )
+        if not packets:
+            return
+        now = time.monotonic()
+        for p in packets:
+            codec = "pcm" if p.pcm or link.start_codec == "pcm" else "opus"
+            metrics.ASR_LINK_BYTES.labels(codec).inc(len(p.data))
+        wire.sent_at.mark(packets[0].seq, now)
+        if len(packets) == 1:
+            wire.send(asr_pb2.ClientFrame(opus=packets[0]))
+        else:
+            wire.send(asr_pb2.ClientFrame(batch=asr_pb2.OpusBatch(packets=packets)))
 
     async def _read(self, ctx: StageContext, stream: _Stream, wire: _Wire) -> None:
         call = stream.lease.value
@@ -269,7 +313,7 @@ class AsrStage:
                         stream.held_finals.append(transcript)  # provisional: wait for the route
                         continue
                     ctx.report(transcript)
-                    sent = wire.sent_at.get(int(end_s * 1000) // self._link.frame_ms - 1)
+                    sent = wire.sent_at.take(int(end_s * 1000) // self._link.frame_ms - 1)
                     if transcript.final and sent is not None:
                         ctx.report(StageLatency(self.name, (time.monotonic() - sent) * 1000))
                 elif ev.type == "error":

@@ -10,31 +10,40 @@ from __future__ import annotations
 
 from collections import deque
 
-from common.audio import NS_PER_S
+from common.audio import NS_PER_S, SAMPLE_RATE
+from orchestrator.core.events import StageName
 from orchestrator.core.reframer import BYTES_PER_SAMPLE, AudioBlock
-from orchestrator.stages.base import StageFeed
+from orchestrator.stages.base import AudioSource, StageFeed
 
 
 class AudioPaths:
-    def __init__(self, sample_rate: int) -> None:
+    def __init__(self, sample_rate: int = SAMPLE_RATE) -> None:
         self._sr = sample_rate
-        self.raw: dict[str, StageFeed] = {}
-        self.clean: dict[str, StageFeed] = {}
+        self.raw: dict[StageName, StageFeed] = {}
+        self.clean: dict[StageName, StageFeed] = {}
         self.denoise: StageFeed | None = None
         self._unreturned: deque[AudioBlock] = deque()
         self._returned_samples = 0
         self._audio_ended = False
 
-    def feeds(self) -> dict[str, StageFeed]:
+    def feeds(self) -> dict[StageName, StageFeed]:
         out = {**self.raw, **self.clean}
         if self.denoise is not None:
-            out["denoise"] = self.denoise
+            out[StageName.DENOISE] = self.denoise
         return out
 
-    def remove(self, name: str) -> StageFeed | None:
-        """Drop a failed stage's feed (closing it); a failed denoise hands over to raw audio."""
+    def add(self, name: StageName, source: AudioSource, feed: StageFeed) -> None:
+        if source is AudioSource.TRANSFORM:
+            self.denoise = feed
+        elif source is AudioSource.RAW:
+            self.raw[name] = feed
+        else:
+            self.clean[name] = feed
+
+    def remove(self, name: StageName) -> StageFeed | None:
+        """Drop a stage's feed (closing it); a failed denoise hands over to raw audio."""
         feed: StageFeed | None
-        if name == "denoise" and self.denoise is not None:
+        if name == StageName.DENOISE and self.denoise is not None:
             feed, self.denoise = self.denoise, None
             self._replay_unreturned()
             if self._audio_ended:

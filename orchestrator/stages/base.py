@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
-from common.audio import NS_PER_SAMPLE
-from orchestrator.core.events import SpeechBoundary, StageEvent
-from orchestrator.core.protocol import CHANNELS, SAMPLE_RATE, StartRequest
+from common.audio import CHANNELS, NS_PER_SAMPLE, SAMPLE_RATE
+from orchestrator.core.events import StageEvent, StageInput, StageName
+from orchestrator.core.protocol import StartRequest
 from orchestrator.core.reframer import BYTES_PER_SAMPLE, AudioBlock
 from proto import common_pb2
 
@@ -19,20 +21,19 @@ class StageFeed:
 
     Blocks are gathered until `batch_bytes` and only then queued, so a stage's task wakes once per
     message it sends, not once per client chunk (the capacity benchmark shows why). The backlog
-    is bounded in audio seconds (STAGE_BACKLOG_SEC): a stage that falls that far behind is failed
-    rather than let memory grow (SPEC §4 backpressure).
+    is reported to `on_backlog` whenever it changes; the session decides what a large one means
+    (backpressure on the client, then failing the stage: SPEC §4).
     """
 
-    def __init__(self, batch_bytes: int, max_backlog_bytes: int) -> None:
+    def __init__(self, batch_bytes: int, on_backlog: Callable[[int], None] | None = None) -> None:
         self._queue: asyncio.Queue[AudioBlock | None] = asyncio.Queue()
         self._batch = batch_bytes
-        self._max = max_backlog_bytes
+        self._on_backlog = on_backlog
         self._buf = bytearray()
         self._seq = 0
         self._pts = 0
         self.backlog_bytes = 0
         self.closed = False
-        self.overflowed = False
 
     def put(self, block: AudioBlock) -> None:
         if self.closed:
@@ -41,8 +42,6 @@ class StageFeed:
             self._seq, self._pts = block.seq, block.pts_ns
         self._buf += block.pcm
         self.backlog_bytes += len(block.pcm)
-        if self.backlog_bytes > self._max:
-            self.overflowed = True
         if len(self._buf) >= self._batch:
             self._push()
 
@@ -63,7 +62,17 @@ class StageFeed:
             if block is None:
                 return
             self.backlog_bytes -= len(block.pcm)
+            if self._on_backlog is not None:
+                self._on_backlog(self.backlog_bytes)
             yield block
+
+
+class AudioSource(StrEnum):
+    """Which audio a stage reads (SPEC §1: VAD -> Denoise -> (Compress tap) -> LID -> ASR)."""
+
+    RAW = "raw"  # the client's audio (VAD)
+    CLEAN = "clean"  # after denoise (archive, LID, ASR)
+    TRANSFORM = "transform"  # produces the clean audio (denoise), through ctx.emit_audio
 
 
 @dataclass
@@ -74,18 +83,14 @@ class StageContext:
     report: Callable[[StageEvent], None]
     # Where a transform stage (denoise) sends the audio it produces.
     emit_audio: Callable[[AudioBlock], None] | None = None
-    # The session's language once known (hint, LID answer, or "" for the default route).
-    language: asyncio.Future[str] | None = None
-    # Set by a stage that wants the VAD's speech boundaries (the ASR link's endpoints).
-    on_boundary: Callable[[SpeechBoundary], None] | None = None
+    # What the session tells the running stage (the ASR hears its endpoints and language here).
+    inputs: asyncio.Queue[StageInput] = field(default_factory=asyncio.Queue)
 
 
 class Stage(Protocol):
-    name: str
+    name: StageName
     batch_ms: int  # audio per message on this stage's link
-    # "raw": the client's audio (VAD); "clean": after denoise (archive, LID, ASR);
-    # "transform": produces the clean audio (denoise), through ctx.emit_audio.
-    source: str
+    source: AudioSource
 
     async def run(self, ctx: StageContext) -> None:
         """Consume ctx.feed until it ends, report results; return when the stage has answered
@@ -116,3 +121,27 @@ def make_frame(flow_id: str, seq: int, pts: int, pcm: bytes, last: bool) -> comm
         pcm=pcm,
         last=last,
     )
+
+
+class SendTimes:
+    """When each message of a stream was sent, for latency figures; bounded, whatever the service
+    answers. Keys increase with time (seq or pts); `take(key)` answers when the message holding
+    `key` went out (the last one sent at or before it) and forgets it and everything before."""
+
+    def __init__(self, limit: int = 512) -> None:
+        self._sent: OrderedDict[int, float] = OrderedDict()
+        self._limit = limit
+
+    def mark(self, key: int, at: float) -> None:
+        self._sent[key] = at
+        while len(self._sent) > self._limit:
+            self._sent.popitem(last=False)
+
+    def take(self, key: int) -> float | None:
+        at = None
+        while self._sent and next(iter(self._sent)) <= key:
+            at = self._sent.popitem(last=False)[1]
+        return at
+
+    def __len__(self) -> int:
+        return len(self._sent)

@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.core.events import RecordReady, StageLatency
-from orchestrator.stages.base import StageContext, frames
+from orchestrator.core.events import RecordReady, StageLatency, StageName
+from orchestrator.stages.base import AudioSource, StageContext, frames
 from proto import common_pb2, compress_pb2_grpc
 
 
 class CompressStage:
-    name = "compress"
-    source = "clean"
+    name = StageName.COMPRESS
+    source = AudioSource.CLEAN
 
     def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
         self._stub = compress_pb2_grpc.CompressStub(channel)

@@ -8,15 +8,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.core.events import StageLatency
+from orchestrator.core.events import StageLatency, StageName
 from orchestrator.core.reframer import AudioBlock
-from orchestrator.stages.base import StageContext, frames
+from orchestrator.stages.base import AudioSource, SendTimes, StageContext, frames
 from proto import common_pb2, denoise_pb2_grpc
 
 
 class DenoiseStage:
-    name = "denoise"
-    source = "transform"
+    name = StageName.DENOISE
+    source = AudioSource.TRANSFORM
 
     def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
         self._stub = denoise_pb2_grpc.DenoiseStub(channel)
@@ -24,18 +24,18 @@ class DenoiseStage:
 
     async def run(self, ctx: StageContext) -> None:
         assert ctx.emit_audio is not None
-        sent_at: dict[int, float] = {}
+        sent_at = SendTimes()
 
         async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
             async for frame in frames(ctx):
-                sent_at[frame.pts] = time.monotonic()
+                sent_at.mark(frame.pts, time.monotonic())
                 yield frame
 
         call = self._stub.Stream(requests())
         async for out in call:
             if out.pcm:
                 ctx.emit_audio(AudioBlock(out.seq, out.pts, out.pcm))
-                sent = sent_at.pop(out.pts, None)
+                sent = sent_at.take(out.pts)
                 if sent is not None:
                     ctx.report(StageLatency(self.name, (time.monotonic() - sent) * 1000))
             if out.last:

@@ -1,5 +1,11 @@
-"""LID adapter: the first LID_FIRST_N_SECONDS of clean audio to `lid.v1.Lid/Detect`; the answer
-picks the ASR pool (SPEC §4). The service may answer early, before all of it is sent."""
+"""LID adapter: the session's clean audio to `lid.v1.Lid/Detect` until the service answers; the
+answer settles the session's language and so its ASR pool (SPEC §4, core/language.py).
+
+The service decides when it knows: it listens to speech only and answers after LID_FIRST_N_SECONDS
+of speech (earlier when sure), or `und` at the end of the audio if it heard none. So the stream has
+no deadline of its own: a long silent lead-in is not a failure. The session's stage timeout still
+bounds the wait after the end of audio.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +14,30 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.core.events import LangDetected, StageLatency
-from orchestrator.stages.base import StageContext, frames
+from orchestrator.core.events import LangDetected, StageLatency, StageName
+from orchestrator.stages.base import AudioSource, StageContext, frames
 from proto import common_pb2, lid_pb2_grpc
 
 
 class LidStage:
-    name = "lid"
-    source = "clean"
+    name = StageName.LID
+    source = AudioSource.CLEAN
 
-    def __init__(self, channel: grpc.aio.Channel, batch_ms: int, first_n_s: float, timeout_s: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
         self._stub = lid_pb2_grpc.LidStub(channel)
         self.batch_ms = batch_ms
-        self._first_ns = int(first_n_s * 1e9)
-        self._timeout_s = timeout_s
 
     async def run(self, ctx: StageContext) -> None:
-        first_sent: float | None = None
+        last_sent: float | None = None
 
         async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
-            nonlocal first_sent
+            nonlocal last_sent
             async for frame in frames(ctx):
-                first_sent = first_sent or time.monotonic()
-                last = frame.last or frame.pts + frame.ns >= self._first_ns
-                frame.last = last
+                last_sent = time.monotonic()
                 yield frame
-                if last:
-                    return
 
-        result = await self._stub.Detect(requests(), timeout=self._timeout_s)
-        if first_sent is not None:
-            ctx.report(StageLatency(self.name, (time.monotonic() - first_sent) * 1000))
+        result = await self._stub.Detect(requests())
+        if last_sent is not None:
+            # From the audio that made it answer to the answer.
+            ctx.report(StageLatency(self.name, (time.monotonic() - last_sent) * 1000))
         ctx.report(LangDetected(result.lang, result.score))

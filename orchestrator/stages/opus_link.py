@@ -1,8 +1,11 @@
 """PCM -> Opus for the orchestrator->ASR link, the only Opus link of the system (SPEC §1, §4).
 
-`OpusLink` turns whole 20 ms PCM frames into `OpusPacket`s. If the encoder fails, the session
-falls back to PCM passthrough for the rest of the stream (`pcm_to_opus_fail_total`), and the
-packets say so (`OpusPacket.pcm`), so the ASR side decodes each packet by what it is.
+`OpusLink` turns the session's audio into `OpusPacket`s of ASR_LINK_FRAME_MS each. Packet `seq` n
+covers [n * frame_ms, (n + 1) * frame_ms) of the session timeline (SPEC §3), whatever the size of
+the blocks it is given: it numbers from the first block's pts (silence-padded back to a frame
+boundary) and carries a part frame over to the next call. If the encoder fails, the session falls
+back to PCM passthrough for the rest of the stream (`pcm_to_opus_fail_total`), and the packets say
+so (`OpusPacket.pcm`), so the ASR side decodes each packet by what it is.
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ from dataclasses import dataclass
 
 import opuslib
 
-from orchestrator.core.reframer import BYTES_PER_SAMPLE
+from common.audio import BYTES_PER_SAMPLE, SAMPLE_RATE
 from proto import asr_pb2
 
 log = logging.getLogger(__name__)
-from common.audio import SAMPLE_RATE  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class OpusLink:
         self.codec = config.codec
         self.failed_reason: str | None = None
         self._frames = 0
+        self._next_seq: int | None = None
+        self._carry = b""  # the start of a frame whose end has not come yet
         self._encoder: opuslib.Encoder | None = None
         if config.codec == "opus":
             try:
@@ -70,16 +74,33 @@ class OpusLink:
         """What the Start message announces: the codec chosen when the stream opened."""
         return self.config.codec
 
-    def encode(self, pcm: bytes, first_seq: int) -> tuple[list[asr_pb2.OpusPacket], bool]:
-        """Whole frames of `pcm` (the last may be short: it is zero-padded) -> packets, and
-        whether the encoder failed during this call."""
+    def encode(self, pcm: bytes, pts_ns: int) -> tuple[list[asr_pb2.OpusPacket], bool]:
+        """The whole frames of the audio so far -> packets, and whether the encoder failed during
+        this call. `pts_ns` places the first block on the timeline; later blocks follow it."""
+        if self._next_seq is None:
+            # The first packet starts on a frame boundary: silence fills the audio before `pts_ns`.
+            frame_ns = self.config.frame_ms * 1_000_000
+            self._next_seq, lead_ns = divmod(pts_ns, frame_ns)
+            self._carry = bytes(lead_ns * SAMPLE_RATE // 1_000_000_000 * BYTES_PER_SAMPLE)
+        data = self._carry + pcm
+        whole = len(data) - len(data) % self.frame_bytes
+        self._carry = data[whole:]
+        return self._encode_frames(data[:whole])
+
+    def flush(self) -> tuple[list[asr_pb2.OpusPacket], bool]:
+        """End of audio: the part frame left, zero-padded."""
+        if not self._carry:
+            return [], False
+        data, self._carry = self._carry + bytes(self.frame_bytes - len(self._carry)), b""
+        return self._encode_frames(data)
+
+    def _encode_frames(self, pcm: bytes) -> tuple[list[asr_pb2.OpusPacket], bool]:
         packets = []
         failed_now = False
-        for i, off in enumerate(range(0, len(pcm), self.frame_bytes)):
+        for off in range(0, len(pcm), self.frame_bytes):
             frame = pcm[off : off + self.frame_bytes]
-            if len(frame) < self.frame_bytes:
-                frame = frame + bytes(self.frame_bytes - len(frame))
-            seq = first_seq + i
+            assert self._next_seq is not None
+            seq, self._next_seq = self._next_seq, self._next_seq + 1
             if self._encoder is not None:
                 try:
                     self._frames += 1

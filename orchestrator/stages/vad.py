@@ -7,25 +7,25 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.core.events import SpeechBoundary, StageLatency
-from orchestrator.stages.base import StageContext, frames
+from orchestrator.core.events import SpeechBoundary, StageLatency, StageName
+from orchestrator.stages.base import AudioSource, SendTimes, StageContext, frames
 from proto import common_pb2, vad_pb2_grpc
 
 
 class VadStage:
-    name = "vad"
-    source = "raw"
+    name = StageName.VAD
+    source = AudioSource.RAW
 
     def __init__(self, channel: grpc.aio.Channel, batch_ms: int) -> None:
         self._stub = vad_pb2_grpc.VadStub(channel)
         self.batch_ms = batch_ms
 
     async def run(self, ctx: StageContext) -> None:
-        sent_at: dict[int, float] = {}
+        sent_at = SendTimes()
 
         async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
             async for frame in frames(ctx):
-                sent_at[frame.seq] = time.monotonic()
+                sent_at.mark(frame.seq, time.monotonic())
                 yield frame
 
         call = self._stub.Stream(requests())
@@ -33,7 +33,7 @@ class VadStage:
             if out.activity in (common_pb2.SPEECH_START, common_pb2.SPEECH_END):
                 start = out.activity == common_pb2.SPEECH_START
                 ctx.report(SpeechBoundary("start" if start else "end", out.pts))
-                sent = sent_at.get(out.seq)
+                sent = sent_at.take(out.seq)
                 if sent is not None:
                     ctx.report(StageLatency(self.name, (time.monotonic() - sent) * 1000))
             if out.last:

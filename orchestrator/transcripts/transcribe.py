@@ -12,7 +12,6 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +20,9 @@ import aiohttp
 import grpc
 import numpy as np
 
-from common.envconf import ConfigError, env_float, env_int
+from common.envconf import ConfigError
 from common.server import GRPC_OPTIONS
-from orchestrator.transcripts.jobs import PermanentJobError
+from orchestrator.transcripts.store import PermanentJobError
 from proto import asr_pb2, asr_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -57,15 +56,6 @@ class TranscribeConfig:
             raise ConfigError("TRANSCRIBE_DEADLINE_SEC and TRANSCRIBE_DOWNLOAD_TIMEOUT_SEC must be > 0")
         if self.frame_ms not in (10, 20, 40, 60) or self.batch_packets < 1 or self.max_download_bytes < 1:
             raise ConfigError("bad TRANSCRIBE_* frame, batch or size limit")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> TranscribeConfig:
-        return cls(
-            deadline_s=env_float(env, "TRANSCRIBE_DEADLINE_SEC", cls.deadline_s),
-            download_timeout_s=env_float(env, "TRANSCRIBE_DOWNLOAD_TIMEOUT_SEC", cls.download_timeout_s),
-            max_download_bytes=env_int(env, "TRANSCRIBE_MAX_DOWNLOAD_BYTES", cls.max_download_bytes),
-            batch_packets=env_int(env, "TRANSCRIBE_BATCH_PACKETS", cls.batch_packets),
-        )
 
 
 async def download(url: str, timeout_s: float, max_bytes: int) -> bytes:

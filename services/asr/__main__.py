@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import numpy as np
 
-from common.logs import setup_logging
-from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
+from common.server import ServiceRunner
+from common.service import Service, grpc_main
 from proto import asr_pb2_grpc
 from services.asr.config import AsrConfig
 from services.asr.engines import Engine, build_engine
@@ -41,21 +42,15 @@ def warm(engine: Engine) -> float:
     return time.perf_counter() - t0
 
 
-async def main() -> None:
-    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+@asynccontextmanager
+async def asr_service(config: AsrConfig) -> AsyncIterator[Service]:
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per decode
-    config = AsrConfig.from_env(os.environ)
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(None, build_engine, config)
     scheduler = DecodeScheduler(config.decode_workers)
     servicer = RecognizeServicer(engine, config, scheduler)
-    runner = ServiceRunner(
-        "asr",
-        ServerConfig.from_env(os.environ, "ASR"),
-        lambda server: asr_pb2_grpc.add_RecognizeServicer_to_server(servicer, server),
-    )
 
-    async def warmup() -> None:
+    async def warmup(runner: ServiceRunner) -> None:
         took = await loop.run_in_executor(None, warm, engine)
         log.info(
             "warm",
@@ -69,10 +64,10 @@ async def main() -> None:
         )
 
     try:
-        await run_until_signalled(runner, warmup)
+        yield Service(lambda server: asr_pb2_grpc.add_RecognizeServicer_to_server(servicer, server), warmup)
     finally:
         scheduler.shutdown()
 
 
 if __name__ == "__main__":
-    run_main(main)
+    grpc_main("asr", AsrConfig, asr_service)

@@ -1,41 +1,58 @@
-"""The one config loader of the ASR service (STYLE §4). Every limit has a unit in its name."""
+"""The ASR service's config, read by `common.envconf.load_env` (STYLE §4). Every limit has a unit in its name."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from common.envconf import ConfigError, env_float, env_int, env_str
+from common.envconf import ConfigError, env_name, nested, setting
+from common.server import ServerConfig
 
 ENGINES = ("whisper", "sphinx")
 WHISPER_MODELS = ("tiny.en", "base")
+
+
+def _model_default(loaded: Mapping[str, Any]) -> str:
+    """ASR_MODEL when unset: Whisper tiny.en, or the only Sphinx model."""
+    return "tiny.en" if loaded.get("engine", "whisper") == "whisper" else "en-us"
+
+
+def _min_partial_audio_default(loaded: Mapping[str, Any]) -> int:
+    """ASR_MIN_PARTIAL_AUDIO_MS when unset: an incremental engine (sphinx) can say something after 60 ms."""
+    return 300 if loaded.get("engine", "whisper") == "whisper" else 60
 
 
 @dataclass(frozen=True)
 class AsrConfig:
     """Engine choice, concurrency limits and stream handling of one ASR process."""
 
-    engine: str = "whisper"
-    model: str = "tiny.en"
-    lang: str = "en"  # used when Start.lang_hint is empty or "auto"; "" lets a multilingual model detect
-    cpu_threads: int = 1
-    decode_workers: int = 1
-    beam_size: int = 1
+    engine: str = setting("whisper", env="ASR_ENGINE")
+    model: str = setting("tiny.en", env="ASR_MODEL", default_from=_model_default)
+    # used when Start.lang_hint is empty or "auto"; "" lets a multilingual model detect
+    lang: str = setting("en", env="ASR_LANG")
+    cpu_threads: int = setting(1, env="ASR_CPU_THREADS")
+    decode_workers: int = setting(1, env="ASR_DECODE_WORKERS")
+    beam_size: int = setting(1, env="ASR_BEAM_SIZE")
     # Whisper encoder window for audio shorter than it (services/asr/window.py; 0 = Whisper's 30 s).
     # Partials: 10 s, first partial ~3.6x sooner at equal WER; finals keep 30 s (one worse final
     # through the full stack on 10 s; figures in docs/services/asr.md).
-    partial_window_s: float = 10.0
-    final_window_s: float = 0.0
-    max_sessions: int = 4
-    queue: int = 8
-    queue_timeout_ms: int = 10_000
-    partial_interval_ms: int = 250  # used when Start.partial_interval_ms is 0 (SPEC §5)
-    min_partial_interval_ms: int = 50
-    min_partial_audio_ms: int = 300  # whisper; an incremental engine (sphinx) defaults to 60
-    reorder_window_packets: int = 3
-    max_gap_packets: int = 250
-    max_utterance_ms: int = 25_000
-    preroll_ms: int = 2_000
+    partial_window_s: float = setting(10.0, env="ASR_WINDOW_S")
+    final_window_s: float = setting(0.0, env="ASR_FINAL_WINDOW_S")
+    max_sessions: int = setting(4, env="ASR_MAX_SESSIONS")
+    queue: int = setting(8, env="ASR_QUEUE")
+    queue_timeout_ms: int = setting(10_000, env="ASR_QUEUE_TIMEOUT_MS")
+    # used when Start.partial_interval_ms is 0 (SPEC §5)
+    partial_interval_ms: int = setting(250, env="PARTIAL_INTERVAL_MS")
+    min_partial_interval_ms: int = setting(50, env="ASR_MIN_PARTIAL_INTERVAL_MS")
+    min_partial_audio_ms: int = setting(
+        300, env="ASR_MIN_PARTIAL_AUDIO_MS", default_from=_min_partial_audio_default
+    )  # whisper; an incremental engine (sphinx) defaults to 60
+    reorder_window_packets: int = setting(3, env="ASR_REORDER_WINDOW")
+    max_gap_packets: int = setting(250, env="ASR_MAX_GAP_PACKETS")
+    max_utterance_ms: int = setting(25_000, env="ASR_MAX_UTTERANCE_MS")
+    preroll_ms: int = setting(2_000, env="ASR_PREROLL_MS")
+    server: ServerConfig = nested(ServerConfig, prefix="ASR_")
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -53,41 +70,15 @@ class AsrConfig:
             "partial_interval_ms",
         ):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{env_name(AsrConfig, name)}={getattr(self, name)} must be >= 1")
         for name in ("partial_window_s", "final_window_s"):
             if not 0.0 <= getattr(self, name) <= 30.0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be 0 (off) or at most 30 s")
+                raise ConfigError(f"{env_name(AsrConfig, name)}={getattr(self, name)} must be 0 (off) or at most 30 s")
         for name in ("queue", "queue_timeout_ms", "min_partial_audio_ms", "preroll_ms"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+                raise ConfigError(f"{env_name(AsrConfig, name)}={getattr(self, name)} must be >= 0")
 
     @property
     def model_label(self) -> str:
         """The `model` label of metrics and logs, e.g. `whisper-tiny.en`, `sphinx-en-us`."""
         return f"whisper-{self.model}" if self.engine == "whisper" else "sphinx-en-us"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AsrConfig:
-        engine = env_str(env, "ASR_ENGINE", cls.engine)
-        return cls(
-            engine=engine,
-            model=env_str(env, "ASR_MODEL", cls.model if engine == "whisper" else "en-us"),
-            lang=env_str(env, "ASR_LANG", cls.lang),
-            cpu_threads=env_int(env, "ASR_CPU_THREADS", cls.cpu_threads),
-            decode_workers=env_int(env, "ASR_DECODE_WORKERS", cls.decode_workers),
-            beam_size=env_int(env, "ASR_BEAM_SIZE", cls.beam_size),
-            partial_window_s=env_float(env, "ASR_WINDOW_S", cls.partial_window_s),
-            final_window_s=env_float(env, "ASR_FINAL_WINDOW_S", cls.final_window_s),
-            max_sessions=env_int(env, "ASR_MAX_SESSIONS", cls.max_sessions),
-            queue=env_int(env, "ASR_QUEUE", cls.queue),
-            queue_timeout_ms=env_int(env, "ASR_QUEUE_TIMEOUT_MS", cls.queue_timeout_ms),
-            partial_interval_ms=env_int(env, "PARTIAL_INTERVAL_MS", cls.partial_interval_ms),
-            min_partial_interval_ms=env_int(env, "ASR_MIN_PARTIAL_INTERVAL_MS", cls.min_partial_interval_ms),
-            min_partial_audio_ms=env_int(
-                env, "ASR_MIN_PARTIAL_AUDIO_MS", cls.min_partial_audio_ms if engine == "whisper" else 60
-            ),
-            reorder_window_packets=env_int(env, "ASR_REORDER_WINDOW", cls.reorder_window_packets),
-            max_gap_packets=env_int(env, "ASR_MAX_GAP_PACKETS", cls.max_gap_packets),
-            max_utterance_ms=env_int(env, "ASR_MAX_UTTERANCE_MS", cls.max_utterance_ms),
-            preroll_ms=env_int(env, "ASR_PREROLL_MS", cls.preroll_ms),
-        )

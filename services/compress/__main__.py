@@ -7,16 +7,17 @@ import contextlib
 import logging
 import socket
 import tempfile
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 
-from common.envconf import current_env, env_str
-from common.logs import setup_logging
-from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
+from common.server import ServiceRunner
+from common.service import Service, grpc_main
 from proto import compress_pb2_grpc
-from services.compress.config import CompressConfig, S3Config
+from services.compress.config import CompressConfig
 from services.compress.encoder import audio_duration_s, encode_pcm_file
 from services.compress.service import ArchivePipeline, CompressServicer, record_routes
 from services.compress.spool import PendingSpool
@@ -36,32 +37,24 @@ def warm_encoder(cfg: CompressConfig) -> float:
         return audio_duration_s(out.path)
 
 
-async def serve() -> None:
-    env = current_env()
-    cfg = CompressConfig.from_env(env)
-    server_cfg = ServerConfig.from_env(env, "COMPRESS")
+@asynccontextmanager
+async def compress_service(cfg: CompressConfig) -> AsyncIterator[Service]:
     executor = ThreadPoolExecutor(max_workers=cfg.encode_workers, thread_name_prefix="compress")
     local: LocalStore | None = None
     store: Store
     if cfg.backend == "s3":
-        store = S3Store(S3Config.from_env(env), cfg.public_base)
+        store = S3Store(cfg.s3, cfg.public_base)
     else:
         store = local = LocalStore(cfg.store_dir, cfg.public_base)
     spool = PendingSpool(cfg.spool_dir)
     uploader = Uploader(store, spool, executor, cfg.retry_base_s, cfg.retry_max_s)
     pipeline = ArchivePipeline(cfg, store, spool, uploader, executor)
-    runner = ServiceRunner(
-        "compress",
-        server_cfg,
-        lambda server: compress_pb2_grpc.add_CompressServicer_to_server(CompressServicer(pipeline), server),
-        http_routes=record_routes(local) if local is not None else None,
-    )
     tasks: list[asyncio.Task[None]] = []
 
-    async def warmup() -> None:
+    async def warmup(runner: ServiceRunner) -> None:
         loop = asyncio.get_running_loop()
         if local is not None and not local.public_base:
-            host = socket.getfqdn() if server_cfg.host in ("0.0.0.0", "::", "") else server_cfg.host
+            host = socket.getfqdn() if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
             local.public_base = f"http://{host}:{runner.http_port}"
             log.warning(
                 "PUBLIC_BASE is not set: record URLs use %s; production must set PUBLIC_BASE",
@@ -88,7 +81,11 @@ async def serve() -> None:
         tasks.append(asyncio.create_task(uploader.run(), name="compress-uploader"))
 
     try:
-        await run_until_signalled(runner, warmup)
+        yield Service(
+            lambda server: compress_pb2_grpc.add_CompressServicer_to_server(CompressServicer(pipeline), server),
+            warmup,
+            record_routes(local) if local is not None else None,
+        )
     finally:
         for task in tasks:
             task.cancel()
@@ -97,10 +94,5 @@ async def serve() -> None:
         executor.shutdown(wait=True)
 
 
-def main() -> None:
-    setup_logging(env_str(current_env(), "LOG_LEVEL", "INFO"))
-    run_main(serve)
-
-
 if __name__ == "__main__":
-    main()
+    grpc_main("compress", CompressConfig, compress_service)

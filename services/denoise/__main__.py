@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from common.envconf import ConfigError, current_env
-from common.logs import setup_logging
-from common.models import ModelMissing
-from common.server import ServerConfig, ServiceRunner, run_main, run_until_signalled
+from common.server import ServiceRunner
+from common.service import Service, StartupError, grpc_main
 from proto import denoise_pb2_grpc
 from services.denoise.config import DenoiseConfig
 from services.denoise.engines import SAMPLE_RATE, EngineUnavailable, make_engine, probe_gtcrn
@@ -38,49 +38,45 @@ def _warm_up(pool: EnginePool) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-async def main() -> None:
-    env = current_env()
-    setup_logging(env.get("LOG_LEVEL", "INFO"))
-    config = DenoiseConfig.from_env(env)
+@asynccontextmanager
+async def denoise_service(config: DenoiseConfig) -> AsyncIterator[Service]:
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="denoise")
-    model: Path | None = None
-    if config.engine == "gtcrn":
-        model = (
-            Path(config.gtcrn_model) if config.gtcrn_model else await loop.run_in_executor(executor, ensure_gtcrn_onnx)
-        )
-        await loop.run_in_executor(executor, probe_gtcrn, model, config.probe_timeout_s)
-    factory = partial(make_engine, config.engine, model, config.num_threads, config.rnnoise_resample_quality)
-    pool = EnginePool(factory, config.idle_engines)
-    servicer = DenoiseServicer(
-        pool, executor, config.engine, config.frame_samples, config.max_streams, config.max_flows_per_stream
-    )
-
-    def add(server: grpc.aio.Server) -> None:
-        denoise_pb2_grpc.add_DenoiseServicer_to_server(servicer, server)
-
-    async def warmup() -> None:
-        took_ms = await loop.run_in_executor(executor, _warm_up, pool)
-        log.info(
-            "warmed up",
-            extra={
-                "stage": "denoise",
-                "model": config.engine,
-                "latency_ms": round(took_ms, 1),
-                "event": "warmup",
-            },
-        )
-
-    runner = ServiceRunner("denoise", ServerConfig.from_env(env, "DENOISE"), add)
     try:
-        await run_until_signalled(runner, warmup)
+        model: Path | None = None
+        if config.engine == "gtcrn":
+            model = (
+                Path(config.gtcrn_model)
+                if config.gtcrn_model
+                else await loop.run_in_executor(executor, ensure_gtcrn_onnx)
+            )
+            try:
+                await loop.run_in_executor(executor, probe_gtcrn, model, config.probe_timeout_s)
+            except EngineUnavailable as exc:
+                raise StartupError(str(exc), "engine_unavailable") from None
+        factory = partial(make_engine, config.engine, model, config.num_threads, config.rnnoise_resample_quality)
+        pool = EnginePool(factory, config.idle_engines)
+        servicer = DenoiseServicer(
+            pool, executor, config.engine, config.frame_samples, config.max_streams, config.max_flows_per_stream
+        )
+
+        def add(server: grpc.aio.Server) -> None:
+            denoise_pb2_grpc.add_DenoiseServicer_to_server(servicer, server)
+
+        async def warmup(runner: ServiceRunner) -> None:
+            try:
+                took_ms = await loop.run_in_executor(executor, _warm_up, pool)
+            except EngineUnavailable as exc:
+                raise StartupError(str(exc), "engine_unavailable") from None
+            log.info(
+                "warmed up",
+                extra={"stage": "denoise", "model": config.engine, "latency_ms": round(took_ms, 1), "event": "warmup"},
+            )
+
+        yield Service(add, warmup)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
 
 
 if __name__ == "__main__":
-    try:
-        run_main(main)
-    except (ConfigError, EngineUnavailable, ModelMissing) as exc:
-        log.error("cannot start: %s", exc, extra={"stage": "denoise", "err_code": type(exc).__name__})
-        raise SystemExit(1) from None
+    grpc_main("denoise", DenoiseConfig, denoise_service)

@@ -1,11 +1,11 @@
-"""Configuration of the Denoise service; the only place its environment is read (STYLE §4)."""
+"""Configuration of the Denoise service, read by `common.envconf.load_env` (STYLE §4)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.envconf import ConfigError, env_float, env_int, env_str
+from common.envconf import ConfigError, env_name, nested, setting
+from common.server import ServerConfig
 from services.denoise.engines import ENGINES
 
 RESAMPLE_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
@@ -13,16 +13,21 @@ RESAMPLE_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 
 @dataclass(frozen=True)
 class DenoiseConfig:
-    engine: str = "gtcrn"  # DENOISE_ENGINE: gtcrn | rnnoise
-    gtcrn_model: str = ""  # DENOISE_GTCRN_MODEL: "" = the model prepared under MODELS_DIR/gtcrn
-    num_threads: int = 1  # DENOISE_NUM_THREADS: onnxruntime threads per GTCRN instance
-    workers: int = 2  # DENOISE_WORKERS: executor threads running the engines
-    max_streams: int = 256  # DENOISE_MAX_STREAMS: concurrent calls; more get RESOURCE_EXHAUSTED
-    max_flows_per_stream: int = 16  # DENOISE_MAX_FLOWS_PER_STREAM: open flows on one call
-    frame_ms: int = 20  # DENOISE_FRAME_MS: output is emitted in whole frames of this length
-    idle_engines: int = 8  # DENOISE_IDLE_ENGINES: reset engines kept for reuse
-    rnnoise_resample_quality: str = "LQ"  # DENOISE_RNNOISE_RESAMPLE_QUALITY: soxr QQ|LQ|MQ|HQ|VHQ
-    probe_timeout_s: float = 30.0  # DENOISE_PROBE_TIMEOUT_S: child-process model probe at start
+    """Engine choice and service limits of one Denoise process."""
+
+    engine: str = setting("gtcrn", env="DENOISE_ENGINE", parse=lambda raw: raw.strip().lower())  # gtcrn | rnnoise
+    gtcrn_model: str = setting("", env="DENOISE_GTCRN_MODEL")  # "" = the model prepared under MODELS_DIR/gtcrn
+    num_threads: int = setting(1, env="DENOISE_NUM_THREADS")  # onnxruntime threads per GTCRN instance
+    workers: int = setting(2, env="DENOISE_WORKERS")  # executor threads running the engines
+    max_streams: int = setting(256, env="DENOISE_MAX_STREAMS")  # concurrent calls; more get RESOURCE_EXHAUSTED
+    max_flows_per_stream: int = setting(16, env="DENOISE_MAX_FLOWS_PER_STREAM")  # open flows on one call
+    frame_ms: int = setting(20, env="DENOISE_FRAME_MS")  # output is emitted in whole frames of this length
+    idle_engines: int = setting(8, env="DENOISE_IDLE_ENGINES")  # reset engines kept for reuse
+    rnnoise_resample_quality: str = setting(
+        "LQ", env="DENOISE_RNNOISE_RESAMPLE_QUALITY", parse=lambda raw: raw.strip().upper()
+    )  # soxr QQ|LQ|MQ|HQ|VHQ
+    probe_timeout_s: float = setting(30.0, env="DENOISE_PROBE_TIMEOUT_S")  # child-process model probe at start
+    server: ServerConfig = nested(ServerConfig, prefix="DENOISE_")
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -34,27 +39,10 @@ class DenoiseConfig:
             )
         for name in ("num_threads", "workers", "max_streams", "max_flows_per_stream", "frame_ms"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"denoise {name} must be positive")
+                raise ConfigError(f"{env_name(DenoiseConfig, name)}={getattr(self, name)} must be positive")
         if self.idle_engines < 0 or self.probe_timeout_s <= 0:
-            raise ConfigError("denoise idle_engines must be >= 0 and probe_timeout_s > 0")
+            raise ConfigError("DENOISE_IDLE_ENGINES must be >= 0 and DENOISE_PROBE_TIMEOUT_S > 0")
 
     @property
     def frame_samples(self) -> int:
         return 16 * self.frame_ms
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> DenoiseConfig:
-        return cls(
-            engine=env_str(env, "DENOISE_ENGINE", cls.engine).strip().lower(),
-            gtcrn_model=env_str(env, "DENOISE_GTCRN_MODEL", cls.gtcrn_model),
-            num_threads=env_int(env, "DENOISE_NUM_THREADS", cls.num_threads),
-            workers=env_int(env, "DENOISE_WORKERS", cls.workers),
-            max_streams=env_int(env, "DENOISE_MAX_STREAMS", cls.max_streams),
-            max_flows_per_stream=env_int(env, "DENOISE_MAX_FLOWS_PER_STREAM", cls.max_flows_per_stream),
-            frame_ms=env_int(env, "DENOISE_FRAME_MS", cls.frame_ms),
-            idle_engines=env_int(env, "DENOISE_IDLE_ENGINES", cls.idle_engines),
-            rnnoise_resample_quality=env_str(env, "DENOISE_RNNOISE_RESAMPLE_QUALITY", cls.rnnoise_resample_quality)
-            .strip()
-            .upper(),
-            probe_timeout_s=env_float(env, "DENOISE_PROBE_TIMEOUT_S", cls.probe_timeout_s),
-        )

@@ -1,12 +1,14 @@
-"""LID service configuration (SPEC §4, §5, STYLE §4): one frozen dataclass, env read only in `from_env`."""
+"""LID service configuration (SPEC §4, §5, STYLE §4): one frozen dataclass, read by `common.envconf.load_env`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
 from dataclasses import dataclass
 
 from common.audio import SAMPLE_RATE
-from common.envconf import ConfigError, env_float, env_int, env_list, env_str
+from common.envconf import ConfigError, nested, parse_list, setting
+from common.server import ServerConfig
+from services.lid.speech import WINDOW_SAMPLES
 
 # Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES), kept here so that the
 # config and the sans-I/O policy do not import the model stack.
@@ -24,23 +26,42 @@ class LidConfig:
     """Early-answer policy, engine and service limits. Env keys: `LID_` + upper-cased field name,
     except `first_n_s`, which is SPEC §5's `LID_FIRST_N_SECONDS`, and `min_s` (`LID_MIN_SECONDS`)."""
 
-    first_n_s: float = 3.0  # audio used at most; answer when it is in, confident or not (SPEC §4)
-    min_s: float = 1.0  # first detection once this much audio has arrived
-    step_ms: int = 500  # new audio needed before the next detection (one in flight at a time)
-    confidence: float = 0.9  # top probability that answers early
-    idle_timeout_s: float = 10.0  # no frame for this long: answer with the audio at hand
-    langs: tuple[str, ...] = ()  # candidate languages; empty = all Whisper languages
-    window_s: float = 10.0  # encoder input: audio zero-padded to this (30 = faster-whisper's default)
-    cpu_threads: int = 1  # CTranslate2 intra-op threads per inference
-    workers: int = 1  # parallel inferences (CTranslate2 num_workers = executor threads)
-    max_sessions: int = 32  # concurrent Detect calls; more get RESOURCE_EXHAUSTED
-    model_dir: str = ""  # empty: the multilingual Whisper base from `make setup` (SPEC §9)
+    # speech used at most, counted from the first speech; answer when it is in (SPEC §4), or this
+    # long after the first speech
+    first_n_s: float = setting(3.0, env="LID_FIRST_N_SECONDS")
+    min_s: float = setting(1.0, env="LID_MIN_SECONDS")  # first detection once this much speech has arrived
+    # new speech needed before the next detection (one in flight at a time)
+    step_ms: int = setting(500, env="LID_STEP_MS")
+    confidence: float = setting(0.9, env="LID_CONFIDENCE")  # top probability that answers early
+    min_score: float = setting(0.5, env="LID_MIN_SCORE")  # below it the answer is "und", not a guess
+    vad_threshold: float = setting(0.5, env="LID_VAD_THRESHOLD")  # Silero probability that starts speech
+    # a run of speech windows shorter than this (a click) is not speech
+    min_speech_ms: int = setting(96, env="LID_MIN_SPEECH_MS")
+    speech_pad_ms: int = setting(192, env="LID_SPEECH_PAD_MS")  # audio kept before and after each run of speech
+    # no frame for this long: answer with the audio at hand
+    idle_timeout_s: float = setting(10.0, env="LID_IDLE_TIMEOUT_S")
+    # candidate languages; empty = all Whisper languages
+    langs: tuple[str, ...] = setting((), env="LID_LANGS", parse=lambda raw: parse_list(raw.lower()))
+    # encoder input: audio zero-padded to this (30 = faster-whisper's default)
+    window_s: float = setting(10.0, env="LID_WINDOW_S")
+    cpu_threads: int = setting(1, env="LID_CPU_THREADS")  # CTranslate2 intra-op threads per inference
+    workers: int = setting(1, env="LID_WORKERS")  # parallel inferences (CTranslate2 num_workers = executor threads)
+    max_sessions: int = setting(32, env="LID_MAX_SESSIONS")  # concurrent Detect calls; more get RESOURCE_EXHAUSTED
+    # empty: the multilingual Whisper base from `make setup` (SPEC §9)
+    model_dir: str = setting("", env="LID_MODEL_DIR")
+    server: ServerConfig = nested(ServerConfig, prefix="LID_")
 
     def __post_init__(self) -> None:
         if self.min_s <= 0 or self.first_n_s < self.min_s:
             raise ConfigError(f"need 0 < LID_MIN_SECONDS ({self.min_s}) <= LID_FIRST_N_SECONDS ({self.first_n_s})")
         if not 0.0 < self.confidence <= 1.0:
             raise ConfigError(f"LID_CONFIDENCE={self.confidence} must be in (0, 1]")
+        if not 0.0 <= self.min_score <= self.confidence:
+            raise ConfigError(f"LID_MIN_SCORE={self.min_score} must be in [0, LID_CONFIDENCE={self.confidence}]")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ConfigError(f"LID_VAD_THRESHOLD={self.vad_threshold} must be in (0, 1)")
+        if self.min_speech_ms < 0 or self.speech_pad_ms < 0:
+            raise ConfigError("LID_MIN_SPEECH_MS and LID_SPEECH_PAD_MS must be >= 0")
         if self.window_s <= 0 or self.window_s > 30:
             raise ConfigError(f"LID_WINDOW_S={self.window_s} must be in (0, 30] (Whisper's context)")
         if self.idle_timeout_s <= 0:
@@ -64,19 +85,11 @@ class LidConfig:
     def step_samples(self) -> int:
         return self.step_ms * SAMPLE_RATE // 1000
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> LidConfig:
-        d = cls()
-        return cls(
-            first_n_s=env_float(env, "LID_FIRST_N_SECONDS", d.first_n_s),
-            min_s=env_float(env, "LID_MIN_SECONDS", d.min_s),
-            step_ms=env_int(env, "LID_STEP_MS", d.step_ms),
-            confidence=env_float(env, "LID_CONFIDENCE", d.confidence),
-            idle_timeout_s=env_float(env, "LID_IDLE_TIMEOUT_S", d.idle_timeout_s),
-            langs=tuple(x.lower() for x in env_list(env, "LID_LANGS", d.langs)),
-            window_s=env_float(env, "LID_WINDOW_S", d.window_s),
-            cpu_threads=env_int(env, "LID_CPU_THREADS", d.cpu_threads),
-            workers=env_int(env, "LID_WORKERS", d.workers),
-            max_sessions=env_int(env, "LID_MAX_SESSIONS", d.max_sessions),
-            model_dir=env_str(env, "LID_MODEL_DIR", d.model_dir),
-        )
+    @property
+    def min_speech_windows(self) -> int:
+        """Silero windows (32 ms) a run of speech needs, at least one."""
+        return max(1, math.ceil(self.min_speech_ms * SAMPLE_RATE / 1000 / WINDOW_SAMPLES))
+
+    @property
+    def pad_windows(self) -> int:
+        return math.ceil(self.speech_pad_ms * SAMPLE_RATE / 1000 / WINDOW_SAMPLES)

@@ -1,30 +1,36 @@
-"""VAD service configuration (SPEC §3, STYLE §4): one frozen dataclass, env read only in `from_env`."""
+"""VAD service configuration (SPEC §3, STYLE §4): one frozen dataclass, read by `common.envconf.load_env`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.audio import SAMPLE_RATE
-from common.envconf import ConfigError, env_float, env_int, env_str
+from common.envconf import ConfigError, nested, setting
+from common.server import ServerConfig
 
 
 @dataclass(frozen=True)
 class VadConfig:
     """Detector and service limits. Env keys are the upper-cased field names with the `VAD_` prefix."""
 
-    threshold: float = 0.5  # Silero speech probability above which a window counts as speech
-    min_silence_ms: int = 300  # silence that ends a segment
-    min_speech_ms: int = 250  # speech needed before a segment starts
-    pad_start_ms: int = 0  # moved earlier on SPEECH_START (never before the flow's first sample)
-    pad_end_ms: int = 0  # moved later on SPEECH_END (never past the audio seen)
-    chunk_ms: int = 32  # model window: 32 ms = 512 samples, what Silero v5+ needs at 16 kHz
-    max_speech_s: float = 20.0  # a longer segment is cut: SPEECH_END, then a new SPEECH_START
-    num_threads: int = 1  # onnxruntime intra-op threads per detector
-    max_streams: int = 64  # concurrent Stream calls; more get RESOURCE_EXHAUSTED
-    max_flows_per_stream: int = 16  # distinct live flow_ids on one call; more get RESOURCE_EXHAUSTED
-    workers: int = 2  # executor threads running inference
-    model_path: str = ""  # empty: silero_vad.onnx from the silero-vad wheel (SPEC §9)
+    # Silero speech probability above which a window counts as speech
+    threshold: float = setting(0.5, env="VAD_THRESHOLD")
+    min_silence_ms: int = setting(300, env="VAD_MIN_SILENCE_MS")  # silence that ends a segment
+    min_speech_ms: int = setting(250, env="VAD_MIN_SPEECH_MS")  # speech needed before a segment starts
+    # moved earlier on SPEECH_START (never before the flow's first sample)
+    pad_start_ms: int = setting(0, env="VAD_PAD_START_MS")
+    pad_end_ms: int = setting(0, env="VAD_PAD_END_MS")  # moved later on SPEECH_END (never past the audio seen)
+    # model window: 32 ms = 512 samples, what Silero v5+ needs at 16 kHz
+    chunk_ms: int = setting(32, env="VAD_CHUNK_MS")
+    # a longer segment is cut: SPEECH_END, then a new SPEECH_START
+    max_speech_s: float = setting(20.0, env="VAD_MAX_SPEECH_S")
+    num_threads: int = setting(1, env="VAD_NUM_THREADS")  # onnxruntime intra-op threads per detector
+    max_streams: int = setting(64, env="VAD_MAX_STREAMS")  # concurrent Stream calls; more get RESOURCE_EXHAUSTED
+    # distinct live flow_ids on one call; more get RESOURCE_EXHAUSTED
+    max_flows_per_stream: int = setting(16, env="VAD_MAX_FLOWS_PER_STREAM")
+    workers: int = setting(2, env="VAD_WORKERS")  # executor threads running inference
+    model_path: str = setting("", env="VAD_MODEL_PATH")  # empty: silero_vad.onnx from the silero-vad wheel (SPEC §9)
+    server: ServerConfig = nested(ServerConfig, prefix="VAD_")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -41,21 +47,3 @@ class VadConfig:
     @property
     def window_samples(self) -> int:
         return self.chunk_ms * SAMPLE_RATE // 1000
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> VadConfig:
-        d = cls()
-        return cls(
-            threshold=env_float(env, "VAD_THRESHOLD", d.threshold),
-            min_silence_ms=env_int(env, "VAD_MIN_SILENCE_MS", d.min_silence_ms),
-            min_speech_ms=env_int(env, "VAD_MIN_SPEECH_MS", d.min_speech_ms),
-            pad_start_ms=env_int(env, "VAD_PAD_START_MS", d.pad_start_ms),
-            pad_end_ms=env_int(env, "VAD_PAD_END_MS", d.pad_end_ms),
-            chunk_ms=env_int(env, "VAD_CHUNK_MS", d.chunk_ms),
-            max_speech_s=env_float(env, "VAD_MAX_SPEECH_S", d.max_speech_s),
-            num_threads=env_int(env, "VAD_NUM_THREADS", d.num_threads),
-            max_streams=env_int(env, "VAD_MAX_STREAMS", d.max_streams),
-            max_flows_per_stream=env_int(env, "VAD_MAX_FLOWS_PER_STREAM", d.max_flows_per_stream),
-            workers=env_int(env, "VAD_WORKERS", d.workers),
-            model_path=env_str(env, "VAD_MODEL_PATH", d.model_path),
-        )

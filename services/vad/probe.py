@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import sys
 
-from common.envconf import ConfigError, current_env
+from common.envconf import ConfigError, load_env
 from services.vad.config import VadConfig
 from services.vad.detector import exercise, make_detector, model_path
 
 
 def main() -> int:
     try:
-        config = VadConfig.from_env(current_env())
+        config = load_env(VadConfig)
         path = model_path(config)
         if not path.is_file():
             raise FileNotFoundError(f"{path} is not a file")

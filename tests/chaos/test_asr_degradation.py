@@ -18,7 +18,7 @@ import pytest
 from devtools.client import load_wav, stream_pcm
 from devtools.launcher import RunningService, launch
 from devtools.stack import Stack
-from tests.conftest import seconds, wait_for
+from tests.poll import seconds, wait_for
 from tests.wer import wer
 
 pytestmark = pytest.mark.chaos

@@ -11,6 +11,7 @@ import pytest
 
 from devtools.client import load_wav, stream_pcm
 from devtools.stack import Stack
+from tests.poll import seconds
 
 pytestmark = pytest.mark.chaos
 
@@ -65,7 +66,7 @@ def test_vad_dies_mid_session_other_sessions_unharmed(fresh_stack: Stack, clips:
             )
             for _ in range(3)
         ]
-        await asyncio.wait_for(all_acked.wait(), 10)  # every session is streaming: pull the plug
+        await asyncio.wait_for(all_acked.wait(), seconds(10))  # every session is streaming: pull the plug
         fresh_stack.running["vad"].kill()
         return [await s for s in sessions]
 

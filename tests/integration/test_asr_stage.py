@@ -3,79 +3,51 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
-from orchestrator.core.events import SpeechBoundary, StageEvent, Transcript
+from orchestrator.core.events import LanguageDecided, SpeechBoundary, StageEvent, Transcript
 from orchestrator.core.protocol import StartRequest
 from orchestrator.core.reframer import AudioBlock
+from orchestrator.driver import root_cause
 from orchestrator.routing.pool import PoolSet
 from orchestrator.routing.table import RoutingTable
-from orchestrator.stages.asr import AsrStage
+from orchestrator.stages.asr import AsrStage, AsrUnavailable
 from orchestrator.stages.base import StageContext, StageFeed
 from orchestrator.stages.opus_link import OpusLinkConfig
-from proto import asr_pb2, asr_pb2_grpc
+from tests.fakes import FakeAsrServer, FakeRecognizer
+from tests.poll import seconds, until
 
 pytestmark = pytest.mark.integration
 
 
-class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
-    """Admits every stream, records what it receives, answers one final `text` at the end."""
-
-    def __init__(self, text: str = "fake") -> None:
-        self.text = text
-        self.streams: list[list[str]] = []  # what each stream received, in order
-        self.lang_hints: list[str] = []
-
-    async def Stream(
-        self, request_iterator: AsyncIterator[asr_pb2.ClientFrame], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[asr_pb2.AsrEvent]:
-        first = True
-        received: list[str] = []
-        self.streams.append(received)
-        async for frame in request_iterator:
-            received.append(frame.WhichOneof("payload"))
-            if first:
-                first = False
-                self.lang_hints.append(frame.start.lang_hint)
-                yield asr_pb2.AsrEvent(type="ready")
-        yield asr_pb2.AsrEvent(type="final", text=self.text, ts=[0.0, 0.5], lang="en")
-        yield asr_pb2.AsrEvent(type="end")
-
-
-async def serve(fake: FakeRecognizer) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
-    asr_pb2_grpc.add_RecognizeServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
+def recognizer(text: str = "fake") -> FakeRecognizer:
+    return FakeRecognizer(text, final_ts=(0.0, 0.5))
 
 
 async def test_endpoints_found_while_the_language_is_pending_reach_the_asr() -> None:
-    fake = FakeRecognizer()
-    server, addr = await serve(fake)
-    pools = PoolSet(RoutingTable.single_pool((addr,)))
+    server = await FakeAsrServer(recognizer()).start()
+    fake = server.recognizer
+    pools = PoolSet(RoutingTable.single_pool((server.addr,)))
     stage = AsrStage(pools, OpusLinkConfig(), 20, None, 250, open_timeout_s=5.0)
     events: list[StageEvent] = []
-    language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    feed = StageFeed(640, 10**9)
-    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append, language=language)
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
     try:
         task = asyncio.create_task(stage.run(ctx))
         for seq in range(3):
             feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
-        await asyncio.sleep(0)  # the stage is now waiting for the language
-        assert ctx.on_boundary is not None
-        ctx.on_boundary(SpeechBoundary("start", 0))
-        ctx.on_boundary(SpeechBoundary("end", 40_000_000))
-        language.set_result("en")
+        # One turn of the loop, not a poll: the stage waits for the language but has sent no audio
+        # yet, so the endpoints reach the ASR ahead of the audio.
+        await asyncio.sleep(0)
+        ctx.inputs.put_nowait(SpeechBoundary("start", 0))
+        ctx.inputs.put_nowait(SpeechBoundary("end", 40_000_000))
+        ctx.inputs.put_nowait(LanguageDecided("en"))
         feed.close()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, seconds(10))
     finally:
         await pools.close()
-        await server.stop(None)
+        await server.stop()
     # the provisional stream, then the language's stream with everything replayed
     assert fake.lang_hints == ["", "en"]
     assert fake.streams[-1] == ["start", "endpoint", "endpoint", "opus", "opus", "opus"]
@@ -95,18 +67,16 @@ def two_pools(multi: str, en: str) -> RoutingTable:
 async def run_session(stage: AsrStage, decide: str, blocks: int = 3) -> list[StageEvent]:
     """Audio arrives while LID listens; then the language `decide` is known; then the audio ends."""
     events: list[StageEvent] = []
-    language: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    feed = StageFeed(640, 10**9)
-    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append, language=language)
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
     task = asyncio.create_task(stage.run(ctx))
     for seq in range(blocks):
         feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
-    await asyncio.sleep(0)
-    assert ctx.on_boundary is not None
-    ctx.on_boundary(SpeechBoundary("start", 0))
-    language.set_result(decide)
+    await asyncio.sleep(0)  # one turn: no audio sent yet (see the first test)
+    ctx.inputs.put_nowait(SpeechBoundary("start", 0))
+    ctx.inputs.put_nowait(LanguageDecided(decide))
     feed.close()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, seconds(10))
     return events
 
 
@@ -114,16 +84,15 @@ def finals(events: list[StageEvent]) -> list[str]:
     return [e.text for e in events if isinstance(e, Transcript) and e.final]
 
 
-async def two_fakes() -> tuple[FakeRecognizer, FakeRecognizer, PoolSet, list[grpc.aio.Server]]:
-    multi, en = FakeRecognizer("from multi"), FakeRecognizer("from en")
-    (s1, a1), (s2, a2) = await serve(multi), await serve(en)
-    return multi, en, PoolSet(two_pools(a1, a2)), [s1, s2]
+async def two_fakes() -> tuple[FakeRecognizer, FakeRecognizer, PoolSet, list[FakeAsrServer]]:
+    s1, s2 = await FakeAsrServer(recognizer("from multi")).start(), await FakeAsrServer(recognizer("from en")).start()
+    return s1.recognizer, s2.recognizer, PoolSet(two_pools(s1.addr, s2.addr)), [s1, s2]
 
 
-async def close(pools: PoolSet, servers: list[grpc.aio.Server]) -> None:
+async def close(pools: PoolSet, servers: list[FakeAsrServer]) -> None:
     await pools.close()
     for server in servers:
-        await server.stop(None)
+        await server.stop()
 
 
 async def test_language_routes_elsewhere_the_chosen_pool_hears_everything() -> None:
@@ -160,9 +129,8 @@ async def test_no_language_keeps_the_provisional_stream() -> None:
 
 
 async def test_chosen_pool_down_the_provisional_one_keeps_the_session() -> None:
-    multi = FakeRecognizer("from multi")
-    server, addr = await serve(multi)
-    pools = PoolSet(two_pools(addr, "127.0.0.1:9"))  # nothing listens on the discard port
+    server = await FakeAsrServer(recognizer("from multi")).start()
+    pools = PoolSet(two_pools(server.addr, "127.0.0.1:9"))  # nothing listens on the discard port
     try:
         events = await run_session(AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0), "en")
     finally:
@@ -181,12 +149,71 @@ async def test_without_provisional_routing_the_stream_waits_for_the_language() -
 
 
 async def test_default_pool_down_the_session_waits_for_its_own_pool() -> None:
-    en = FakeRecognizer("from en")
-    server, addr = await serve(en)
-    pools = PoolSet(two_pools("127.0.0.1:9", addr))  # the provisional (default) pool is down
+    server = await FakeAsrServer(recognizer("from en")).start()
+    en = server.recognizer
+    pools = PoolSet(two_pools("127.0.0.1:9", server.addr))  # the provisional (default) pool is down
     try:
         events = await run_session(AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0), "en")
     finally:
         await close(pools, [server])
     assert en.lang_hints == ["en"] and en.streams == [["start", "endpoint", "opus", "opus", "opus"]]
     assert finals(events) == ["from en"]
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 40, 60])
+async def test_packets_land_on_the_session_timeline_at_any_link_frame(frame_ms: int) -> None:
+    """Audio that starts 1.5 s into the session, in 100 ms blocks, then a stream reopened on the
+    language: every packet n covers [n * frame_ms, (n + 1) * frame_ms) of the session timeline."""
+    server = await FakeAsrServer(recognizer()).start()
+    fake = server.recognizer
+    pools = PoolSet(RoutingTable.single_pool((server.addr,)))
+    stage = AsrStage(pools, OpusLinkConfig(frame_ms=frame_ms), 100, None, 250, open_timeout_s=5.0)
+    feed = StageFeed(3200)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, lambda e: None)
+    start_ms, audio_ms = 1500, 1000
+    try:
+        task = asyncio.create_task(stage.run(ctx))
+        for i in range(audio_ms // 20):
+            ms = start_ms + 20 * i
+            feed.put(AudioBlock(ms // 20, ms * 1_000_000, b"\x00\x01" * 320))
+            if i == 25:
+                await until(lambda: fake.packets != [] and fake.packets[0] != [], what="audio on the first stream")
+                ctx.inputs.put_nowait(LanguageDecided("en"))  # opens a second stream mid-session
+        feed.close()
+        await asyncio.wait_for(task, seconds(10))
+    finally:
+        await pools.close()
+        await server.stop()
+    expected = list(range(start_ms // frame_ms, -(-(start_ms + audio_ms) // frame_ms)))
+    assert len(fake.packets) == 2 and [p.seq for p in fake.packets[-1]] == expected
+
+
+@pytest.mark.parametrize(("wait_s", "admitted"), [(5.0, True), (0.0, False)])
+async def test_past_capacity_a_session_waits_in_line_then_is_refused(wait_s: float, admitted: bool) -> None:
+    server = await FakeAsrServer(FakeRecognizer("admitted", final_ts=(0.0, 0.5), refusals=3)).start()
+    fake = server.recognizer
+    pools = PoolSet(RoutingTable.single_pool((server.addr,)))
+    stage = AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0, False, admission_wait_s=wait_s, admission_poll_s=0.01)
+    events: list[StageEvent] = []
+    feed = StageFeed(640)
+    ctx = StageContext("f1", StartRequest("f1", frozenset({"asr"})), feed, events.append)
+    ctx.inputs.put_nowait(LanguageDecided("en"))
+    try:
+        for seq in range(3):
+            feed.put(AudioBlock(seq, seq * 20_000_000, b"\x00\x01" * 320))
+        feed.close()
+        if admitted:
+            await asyncio.wait_for(stage.run(ctx), seconds(10))
+        else:
+            with pytest.raises(ExceptionGroup) as refused:  # from the stage's task group
+                await asyncio.wait_for(stage.run(ctx), seconds(10))
+            cause = root_cause(refused.value)
+            assert isinstance(cause, AsrUnavailable) and "busy" in str(cause)
+        (member,) = pools.members()
+        assert member.breaker.state.name == "CLOSED"  # busy is never a failure
+    finally:
+        await pools.close()
+        await server.stop()
+    if admitted:
+        assert finals(events) == ["admitted"] and fake.streams[-1][:1] == ["start"]
+        assert fake.streams[-1].count("opus") == 3  # the audio sent while it waited was kept

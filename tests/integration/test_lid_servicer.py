@@ -13,30 +13,22 @@ from proto import common_pb2, lid_pb2_grpc
 from services.lid.config import LidConfig
 from services.lid.engine import LanguageDetector
 from services.lid.servicer import LidServicer
-from tests.conftest import seconds
+from services.lid.speech import WINDOW_SAMPLES
+from tests.fakes import FakeLidEngine, FakeSpeechProbability
+from tests.poll import seconds
 
 pytestmark = pytest.mark.integration
 
 POISON = b"\xff\x7f"  # a flow whose audio starts with this sample makes the fake engine fail
 
 
-class FakeLidEngine:
-    """Implements the LidEngine protocol: English, unless the audio starts with POISON."""
-
-    name = "fake"
-
-    def probabilities(self, pcm: bytes) -> list[tuple[str, float]]:
-        if pcm.startswith(POISON):
-            raise RuntimeError("fake engine failure")
-        return [("en", 0.95), ("zh", 0.05)]
-
-
 @pytest.fixture
 async def stub() -> AsyncIterator[lid_pb2_grpc.LidStub]:
-    executor = ThreadPoolExecutor(max_workers=1)
+    executor, vad_executor = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
     server = grpc.aio.server()
-    detector = LanguageDetector(FakeLidEngine())
-    lid_pb2_grpc.add_LidServicer_to_server(LidServicer(LidConfig(), executor, detector), server)
+    detector = LanguageDetector(FakeLidEngine(fail_on=POISON))  # English, but fails on POISON
+    servicer = LidServicer(LidConfig(), executor, detector, vad_executor, FakeSpeechProbability)
+    lid_pb2_grpc.add_LidServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -45,6 +37,7 @@ async def stub() -> AsyncIterator[lid_pb2_grpc.LidStub]:
     finally:
         await server.stop(None)
         executor.shutdown(wait=True)
+        vad_executor.shutdown(wait=True)
 
 
 def second_of(first_sample: bytes, flow_id: str) -> common_pb2.AudioFrame:
@@ -58,5 +51,6 @@ async def test_engine_failure_is_internal_and_ends_only_its_call(stub: lid_pb2_g
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "fake engine failure" in (err.value.details() or "")
     result = await stub.Detect(iter([second_of(b"\x00\x00", "fine")]), timeout=seconds(10))
-    assert (result.flow_id, result.lang, result.audio_ms) == ("fine", "en", 1000)
+    # All 31 whole VAD windows of the second are speech to the fake VAD; the last 8 ms are not a window.
+    assert (result.flow_id, result.lang, result.audio_ms) == ("fine", "en", 31 * WINDOW_SAMPLES // 16)
     assert result.score == pytest.approx(0.95)

@@ -3,21 +3,20 @@ an in-process fake ASR servicer on 127.0.0.1:0, the job runner end to end, and t
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import soundfile as sf
 from aiohttp import web
 
-from common.server import GRPC_OPTIONS
 from devtools.launcher import RunningService, launch
-from orchestrator.transcripts.jobs import AsyncJobStore, Job, JobRunner, JobsConfig, transcript_response
+from orchestrator.transcripts.runner import JobRunner
+from orchestrator.transcripts.store import AsyncJobStore, Job, JobsConfig
 from orchestrator.transcripts.transcribe import (
     AsrRefused,
     RecordingUnreadable,
@@ -25,8 +24,10 @@ from orchestrator.transcripts.transcribe import (
     TranscribeError,
     transcribe_recording,
 )
-from proto import asr_pb2, asr_pb2_grpc
-from tests.conftest import seconds
+from orchestrator.transcripts.view import transcript_response
+from tests.clock import FakeClock
+from tests.fakes import FakeAsrServer, FakeRecognizer, RecognizerMode
+from tests.poll import seconds, until
 from tests.wer import wer
 
 pytestmark = pytest.mark.integration
@@ -35,59 +36,10 @@ CLIP = ("en", "quick_brown_fox")
 WER_BOUND = 0.12
 
 
-class FakeRecognizer(asr_pb2_grpc.RecognizeServicer):
-    """Counts the PCM it is sent and answers one final "fake transcript" over [0, duration].
-    `mode`: "ok", "error" (an error event), "unavailable" (aborts UNAVAILABLE), "hang"."""
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.starts: list[asr_pb2.Start] = []
-        self.pcm_bytes = 0
-        self.packet_sizes: set[int] = set()
-        self.seqs: list[int] = []
-        self.messages: dict[str, int] = {}
-
-    async def Stream(
-        self, request_iterator: AsyncIterator[asr_pb2.ClientFrame], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[asr_pb2.AsrEvent]:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("payload") != "start":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first frame must be Start")
-        assert first is not None
-        start = first.start
-        self.starts.append(start)
-        if self.mode == "unavailable":
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "fake pool is down")
-        self.pcm_bytes = 0
-        async for frame in request_iterator:
-            kind = frame.WhichOneof("payload") or "empty"
-            self.messages[kind] = self.messages.get(kind, 0) + 1
-            packets = [frame.opus] if kind == "opus" else list(frame.batch.packets) if kind == "batch" else []
-            for p in packets:
-                self.pcm_bytes += len(p.data)
-                self.packet_sizes.add(len(p.data))
-                self.seqs.append(p.seq)
-        if self.mode == "hang":
-            await asyncio.Event().wait()
-        if self.mode == "error":
-            yield asr_pb2.AsrEvent(type="error", flow_id=start.flow_id, code="decode_failed", text="fake")
-            return
-        duration_s = self.pcm_bytes / 2 / start.sr
-        yield asr_pb2.AsrEvent(
-            type="final", flow_id=start.flow_id, text="fake transcript", ts=[0.0, duration_s], lang="en"
-        )
-        yield asr_pb2.AsrEvent(type="end", flow_id=start.flow_id)
-
-
 @pytest.fixture
 async def fake_asr() -> AsyncIterator[tuple[FakeRecognizer, str]]:
-    fake = FakeRecognizer()
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    asr_pb2_grpc.add_RecognizeServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield fake, f"127.0.0.1:{port}"
-    await server.stop(None)
+    async with FakeAsrServer() as server:
+        yield server.recognizer, server.addr
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +83,10 @@ async def test_recording_is_streamed_as_pcm_frames(
     start = fake.starts[0]
     assert (start.codec, start.sr, start.channels, start.frame_ms) == ("pcm", 16000, 1, 20)
     assert (start.flow_id, start.lang_hint, start.domain) == ("it-1", "en", "meetings")
-    assert fake.packet_sizes == {640} and fake.seqs == list(range(len(fake.seqs)))
-    assert fake.messages == {"opus": len(fake.seqs)}
+    packets = [p for stream in fake.packets for p in stream]
+    seqs = [p.seq for p in packets]
+    assert {len(p.data) for p in packets} == {640} and seqs == list(range(len(seqs)))
+    assert Counter(fake.streams[-1][1:]) == {"opus": len(seqs)}  # after the Start, one packet a message
 
 
 async def test_batched_packets(fake_asr: tuple[FakeRecognizer, str], archive: str) -> None:
@@ -140,8 +94,9 @@ async def test_batched_packets(fake_asr: tuple[FakeRecognizer, str], archive: st
     config = TranscribeConfig(batch_packets=50)
     finals = await transcribe_recording(f"{archive}/records/fox.ogg", addr, "en", "d", config=config)
     assert finals[0]["text"] == "fake transcript"
-    assert fake.seqs == list(range(145))  # 2.89 s in 20 ms packets, the last one padded
-    assert fake.messages == {"batch": 3}  # 50 + 50 + 45 packets
+    seqs = [p.seq for stream in fake.packets for p in stream]
+    assert seqs == list(range(145))  # 2.89 s in 20 ms packets, the last one padded
+    assert fake.streams[-1][1:] == ["batch"] * 3  # 50 + 50 + 45 packets
 
 
 @pytest.mark.parametrize(
@@ -164,7 +119,7 @@ async def test_download_and_decode_failures(
 
 @pytest.mark.parametrize(("mode", "error"), [("error", AsrRefused), ("unavailable", TranscribeError)])
 async def test_asr_failures_raise(
-    fake_asr: tuple[FakeRecognizer, str], archive: str, mode: str, error: type[Exception]
+    fake_asr: tuple[FakeRecognizer, str], archive: str, mode: RecognizerMode, error: type[Exception]
 ) -> None:
     fake, addr = fake_asr
     fake.mode = mode
@@ -190,22 +145,17 @@ async def test_no_asr_listening_is_transient(archive: str) -> None:
         )
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 async def _until_job(store: AsyncJobStore, flow_id: str, status: str, attempts: int) -> Job:
-    deadline = time.monotonic() + seconds(15)
-    while time.monotonic() < deadline:
+    job: Job | None = None
+
+    async def reached() -> bool:
+        nonlocal job
         job = await store.get(flow_id)
-        if job is not None and job.status == status and job.attempts == attempts:
-            return job
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{flow_id} never reached {status} after {attempts} attempts: {job}")
+        return job is not None and job.status == status and job.attempts == attempts
+
+    await until(reached, 15, f"{flow_id} to reach {status} after {attempts} attempts")
+    assert job is not None
+    return job
 
 
 async def test_job_survives_asr_outage(fake_asr: tuple[FakeRecognizer, str], archive: str, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from common.envconf import load_env
 from proto import common_pb2
 from services.compress.config import CompressConfig, S3Config
 from services.compress.encoder import encode_pcm_file
@@ -102,7 +103,7 @@ def main() -> None:
 
             with running_seaweed(Path(tmp) / "weed") as weed:
                 env = weed.env("bench")
-                s3 = S3Store(S3Config.from_env(env))
+                s3 = S3Store(load_env(S3Config, env))
                 for fmt in ("ogg_opus", "flac"):
                     for flow_s in (3.0, args.flow_s):
                         ms = asyncio.run(bench_latency(pcm, fmt, flow_s, args.runs, Path(tmp) / f"s3{fmt}", s3))

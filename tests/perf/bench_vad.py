@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import statistics
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from common.envconf import current_env
+from common.envconf import load_env
 from proto import common_pb2
 from services.vad.config import SAMPLE_RATE, VadConfig
 from services.vad.core import VadSession
@@ -136,8 +137,8 @@ def detector_footprint(config: VadConfig, n: int = 10) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     clips = Path(argv[1]) if len(argv) > 1 else default_clips_dir()
-    config = VadConfig.from_env(current_env())
-    result: dict[str, object] = {"config": dict(vars(config))}
+    config = load_env(VadConfig)
+    result: dict[str, object] = {"config": dataclasses.asdict(config)}
     result.update(detector_footprint(config))
     result.update(cost(config, clips))
     result["quiet"] = accuracy(config, clips)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from common.models import whisper_tiny_en_dir
 from services.asr.config import AsrConfig
 from services.asr.engines import WhisperEngine
@@ -102,11 +102,11 @@ def test_window_frames_and_compression_ratio() -> None:
 
 
 def test_config_reads_the_windows() -> None:
-    default = AsrConfig.from_env({})
+    default = load_env(AsrConfig, {})
     assert (default.partial_window_s, default.final_window_s) == (10.0, 0.0)
-    both = AsrConfig.from_env({"ASR_WINDOW_S": "0", "ASR_FINAL_WINDOW_S": "8.5"})
+    both = load_env(AsrConfig, {"ASR_WINDOW_S": "0", "ASR_FINAL_WINDOW_S": "8.5"})
     assert (both.partial_window_s, both.final_window_s) == (0.0, 8.5)
     with pytest.raises(ConfigError):
-        AsrConfig.from_env({"ASR_WINDOW_S": "31"})
+        load_env(AsrConfig, {"ASR_WINDOW_S": "31"})
     with pytest.raises(ConfigError):
-        AsrConfig.from_env({"ASR_FINAL_WINDOW_S": "-1"})
+        load_env(AsrConfig, {"ASR_FINAL_WINDOW_S": "-1"})

@@ -23,10 +23,10 @@ def drain(feed: StageFeed) -> bytes:
 
 def make(denoise: bool) -> tuple[AudioPaths, StageFeed, StageFeed, StageFeed | None]:
     paths = AudioPaths(16000)
-    raw, clean = StageFeed(FRAME, 10**9), StageFeed(FRAME, 10**9)
+    raw, clean = StageFeed(FRAME), StageFeed(FRAME)
     paths.raw["vad"] = raw
     paths.clean["asr"] = clean
-    dn = StageFeed(FRAME, 10**9) if denoise else None
+    dn = StageFeed(FRAME) if denoise else None
     paths.denoise = dn
     return paths, raw, clean, dn
 

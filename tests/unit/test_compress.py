@@ -4,7 +4,7 @@ validation, encoder round trip, spool layout, config, and the uploader against a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from proto import common_pb2
 from services.compress.config import CompressConfig, S3Config
 from services.compress.encoder import audio_duration_s, encode_pcm_file
@@ -29,7 +29,7 @@ from services.compress.session import (
 from services.compress.spool import PendingSpool
 from services.compress.store import LocalStore, S3Store, StoreUnavailable
 from services.compress.uploader import Uploader
-from tests.conftest import seconds
+from tests.poll import until
 
 pytestmark = pytest.mark.unit
 
@@ -160,14 +160,15 @@ def test_flac_is_lossless(tmp_path: Path) -> None:
 
 
 def test_config_defaults_and_env() -> None:
-    assert CompressConfig.from_env({}) == CompressConfig()
-    cfg = CompressConfig.from_env(
+    assert load_env(CompressConfig, {}) == CompressConfig()
+    cfg = load_env(
+        CompressConfig,
         {
             "COMPRESS_FORMAT": "FLAC",
             "STORAGE_BACKEND": "s3",
             "PUBLIC_BASE": "https://x/",
             "COMPRESS_LEVEL": "0.5",
-        }
+        },
     )
     assert (cfg.format, cfg.backend, cfg.public_base, cfg.compression_level) == (
         "flac",
@@ -175,7 +176,7 @@ def test_config_defaults_and_env() -> None:
         "https://x",
         0.5,
     )
-    s3 = S3Config.from_env({"S3_URL_MODE": "public", "S3_PRESIGN_EXPIRY_S": "60", "S3_BUCKET": "b"})
+    s3 = load_env(S3Config, {"S3_URL_MODE": "public", "S3_PRESIGN_EXPIRY_S": "60", "S3_BUCKET": "b"})
     assert (s3.url_mode, s3.presign_expiry_s, s3.bucket) == ("public", 60, "b")
 
 
@@ -191,13 +192,13 @@ def test_config_defaults_and_env() -> None:
 )
 def test_config_refuses_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
-        CompressConfig.from_env(env)
+        load_env(CompressConfig, env)
 
 
 @pytest.mark.parametrize("env", [{"S3_URL_MODE": "cdn"}, {"S3_PRESIGN_EXPIRY_S": "604801"}, {"S3_BUCKET": ""}])
 def test_s3_config_refuses_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
-        S3Config.from_env(env)
+        load_env(S3Config, env)
 
 
 def test_s3_urls_are_computed_offline() -> None:
@@ -266,14 +267,6 @@ class FakeStore(LocalStore):
         super().put(path, key, content_type)
 
 
-async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(seconds(timeout_s)):
-        while True:  # polling a plain predicate on a thread-updated fake: there is no event to await
-            if cond():
-                return
-            await asyncio.sleep(0.01)
-
-
 async def test_uploader_stores_spools_and_retries_until_the_store_is_back(tmp_path: Path) -> None:
     store, spool = FakeStore(tmp_path / "store"), PendingSpool(tmp_path / "spool")
     spool.prepare()
@@ -290,10 +283,10 @@ async def test_uploader_stores_spools_and_retries_until_the_store_is_back(tmp_pa
         assert store.puts == [b"one"]
         task = asyncio.create_task(up.run())
         try:
-            await _until(lambda: store.refused >= 3)  # the loop probes, backs off, probes again
+            await until(lambda: store.refused >= 3)  # the loop probes, backs off, probes again
             assert spool.pending_flows() == ["f2", "f3"]
             store.up = True
-            await _until(lambda: not spool.pending_flows())
+            await until(lambda: not spool.pending_flows())
         finally:
             task.cancel()
         assert store.path_of("records/f3.ogg").read_bytes() == b"three" and not up.store_down
@@ -387,4 +380,4 @@ async def test_pipeline_cancelled_mid_stream_leaves_no_partial_archive(tmp_path:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await _until(lambda: not list(cfg.spool_dir.glob("pending/*/*.part")))
+        await until(lambda: not list(cfg.spool_dir.glob("pending/*/*.part")))

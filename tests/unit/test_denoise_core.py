@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from services.denoise.config import DenoiseConfig
 from services.denoise.core import (
     NS_PER_S,
@@ -19,30 +19,9 @@ from services.denoise.core import (
     TooManyFlows,
     check_frame,
 )
+from tests.fakes import FakeDelayEngine
 
 pytestmark = pytest.mark.unit
-
-
-class FakeDelayEngine:
-    """Engine twin: an identity 'denoiser' with `delay_samples` of leading zeros that releases its
-    output only in blocks, like an STFT engine does."""
-
-    name = "fake"
-
-    def __init__(self, delay_samples: int = 100, block: int = 256) -> None:
-        self.delay_samples = delay_samples
-        self._block = block
-        self._buf = np.zeros(delay_samples, dtype=np.float32)
-
-    def process(self, samples: np.ndarray) -> np.ndarray:
-        self._buf = np.concatenate((self._buf, samples))
-        whole = (self._buf.size // self._block) * self._block
-        out, self._buf = self._buf[:whole], self._buf[whole:]
-        return out
-
-    def flush(self) -> np.ndarray:
-        out, self._buf = self._buf, np.zeros(self.delay_samples, dtype=np.float32)
-        return out
 
 
 def frame(
@@ -210,12 +189,12 @@ def test_session_limits_open_flows_and_flushes_all_at_half_close() -> None:
 
 
 def test_config_defaults_and_errors() -> None:
-    config = DenoiseConfig.from_env({})
+    config = load_env(DenoiseConfig, {})
     assert (config.engine, config.num_threads, config.frame_samples) == ("gtcrn", 1, 320)
-    assert DenoiseConfig.from_env({"DENOISE_ENGINE": "RNNoise"}).engine == "rnnoise"
+    assert load_env(DenoiseConfig, {"DENOISE_ENGINE": "RNNoise"}).engine == "rnnoise"
     with pytest.raises(ConfigError, match="DENOISE_ENGINE"):
-        DenoiseConfig.from_env({"DENOISE_ENGINE": "speex"})
+        load_env(DenoiseConfig, {"DENOISE_ENGINE": "speex"})
     with pytest.raises(ConfigError, match="QUALITY"):
-        DenoiseConfig.from_env({"DENOISE_RNNOISE_RESAMPLE_QUALITY": "best"})
+        load_env(DenoiseConfig, {"DENOISE_RNNOISE_RESAMPLE_QUALITY": "best"})
     with pytest.raises(ConfigError):
-        DenoiseConfig.from_env({"DENOISE_WORKERS": "0"})
+        load_env(DenoiseConfig, {"DENOISE_WORKERS": "0"})

@@ -6,48 +6,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.transcripts.jobs import (
-    AsyncJobStore,
-    Backoff,
-    Job,
-    JobRunner,
-    JobsConfig,
-    JobStore,
-    PermanentJobError,
-    to_srt,
-    transcript_response,
-    transcript_view,
-)
-from tests.conftest import seconds
+from orchestrator.transcripts.runner import JobRunner
+from orchestrator.transcripts.srt import to_srt
+from orchestrator.transcripts.store import AsyncJobStore, Backoff, Job, JobsConfig, JobStore, PermanentJobError
+from orchestrator.transcripts.view import transcript_response, transcript_view
+from tests.clock import T0, FakeClock
+from tests.poll import seconds, until
 
 pytestmark = pytest.mark.unit
-T0 = 1_800_000_000.0
 FINALS = [{"text": "hello world", "ts": [0.5, 1.25], "lang": "en"}]
-
-
-class FakeClock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-async def eventually(cond: Callable[[], Awaitable[bool]], timeout_s: float = 5.0, what: str = "") -> None:
-    """Poll an async condition until true, or fail after `timeout_s` (scaled)."""
-    deadline = time.monotonic() + seconds(timeout_s)
-    while time.monotonic() < deadline:
-        if await cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what or cond}")
 
 
 def cfg(**kw: Any) -> JobsConfig:
@@ -140,13 +113,15 @@ def test_backoff_schedule_is_exponential_capped_and_seeded() -> None:
 
 
 def test_config_rejects_bad_limits() -> None:
-    from common.envconf import ConfigError
+    from common.envconf import ConfigError, load_env
+    from orchestrator.config import GatewayConfig
 
     with pytest.raises(ConfigError):
         JobsConfig(max_attempts=0)
     with pytest.raises(ConfigError):
         JobsConfig(backoff_factor=0.5)
-    got = JobsConfig.from_env({"JOBS_DB": "/tmp/x.sqlite", "JOBS_MAX_ATTEMPTS": "2", "JOBS_JITTER_SEED": "3"})
+    env = {"JOBS_DB": "/tmp/x.sqlite", "JOBS_MAX_ATTEMPTS": "2", "JOBS_JITTER_SEED": "3"}
+    got = load_env(GatewayConfig, env).jobs
     assert got.db_path == "/tmp/x.sqlite" and got.max_attempts == 2 and got.jitter_seed == 3
 
 
@@ -161,7 +136,7 @@ async def test_runner_transcribes_and_stores_finals_and_srt(store: AsyncJobStore
     runner = JobRunner(store, transcribe, cfg())
     runner.start()
     await runner.enqueue("f1", "http://h/f1.ogg", "en", "default")
-    await eventually(status_is(store, "f1", "done"), what="done")
+    await until(status_is(store, "f1", "done"), what="done")
     await runner.stop()
     job = await store.get("f1")
     assert job is not None and job.attempts == 1 and job.finals == FINALS
@@ -183,17 +158,17 @@ async def test_failures_back_off_then_fail_with_last_error(store: AsyncJobStore,
     runner.start()
     await runner.enqueue("f1", "http://h/a", "en", "d")
     for attempt, delay in ((1, 10), (2, 20)):
-        await eventually(functools.partial(_attempts_pending, store, "f1", attempt), what=f"retry {attempt}")
+        await until(functools.partial(_attempts_pending, store, "f1", attempt), what=f"retry {attempt}")
         job = await store.get("f1")
         assert job is not None and job.next_attempt_at == clock() + delay
         assert job.last_error == f"ConnectionError: asr down #{attempt}"
         clock.t += delay - 0.5
         runner.wake()  # not yet due: the runner looks and runs nothing
-        await eventually(lambda: _checked(runner, clock()), what="a look at the queue")
+        await until(lambda: _checked(runner, clock()), what="a look at the queue")
         assert len(calls) == attempt
         clock.t += 0.5
         runner.wake()
-    await eventually(status_is(store, "f1", "failed"), what="failed")
+    await until(status_is(store, "f1", "failed"), what="failed")
     await runner.stop()
     job = await store.get("f1")
     assert job is not None and job.attempts == 3 and job.last_error == "ConnectionError: asr down #3"
@@ -218,7 +193,7 @@ async def test_permanent_error_fails_at_once(store: AsyncJobStore) -> None:
     runner = JobRunner(store, transcribe, cfg(max_attempts=5))
     runner.start()
     await runner.enqueue("f1", "http://h/a")
-    await eventually(status_is(store, "f1", "failed"))
+    await until(status_is(store, "f1", "failed"))
     await runner.stop()
     job = await store.get("f1")
     assert job is not None and job.attempts == 1 and job.last_error == "PermanentJobError: not audio"
@@ -244,14 +219,14 @@ async def test_concurrency_limit_holds(store: AsyncJobStore) -> None:
     async def two_running() -> bool:
         return (await store.counts())["running"] == 2
 
-    await eventually(two_running)
+    await until(two_running)
     assert len(runner.inflight) == 2
     release.set()
 
     async def all_done() -> bool:
         return (await store.counts())["done"] == 5
 
-    await eventually(all_done)
+    await until(all_done)
     await runner.stop()
     assert peak == 2
 
@@ -275,12 +250,12 @@ async def test_runner_waits_for_capacity(store: AsyncJobStore) -> None:
     async def polled_thrice() -> bool:
         return checks >= 3
 
-    await eventually(polled_thrice)  # re-checked every capacity_poll_s while busy
+    await until(polled_thrice)  # re-checked every capacity_poll_s while busy
     job = await store.get("f1")
     assert job is not None and job.status == "pending" and job.attempts == 0
     capacity = True
     runner.wake()
-    await eventually(status_is(store, "f1", "done"))
+    await until(status_is(store, "f1", "done"))
     await runner.stop()
 
 
@@ -314,7 +289,7 @@ async def test_restart_with_pending_job_completes_it(tmp_path: Path, clock: Fake
 
     runner2 = JobRunner(second, ok, cfg())
     runner2.start()
-    await eventually(status_is(second, "f1", "done"))
+    await until(status_is(second, "f1", "done"))
     await runner2.stop()
     job = await second.get("f1")
     assert job is not None and job.attempts == 2 and job.finals == FINALS
@@ -337,7 +312,7 @@ async def test_crash_on_last_attempt_fails_without_running(tmp_path: Path, clock
 
     runner = JobRunner(store, transcribe, cfg(max_attempts=1))
     runner.start()
-    await eventually(status_is(store, "f1", "failed"))
+    await until(status_is(store, "f1", "failed"))
     await runner.stop()
     job = await store.get("f1")
     assert calls == 0 and job is not None and job.last_error == "interrupted by a restart"
@@ -368,7 +343,7 @@ async def test_bad_final_shape_is_a_failed_attempt(store: AsyncJobStore) -> None
     runner = JobRunner(store, transcribe, cfg(max_attempts=1))
     runner.start()
     await runner.enqueue("f1", "http://h/a")
-    await eventually(status_is(store, "f1", "failed"))
+    await until(status_is(store, "f1", "failed"))
     await runner.stop()
     job = await store.get("f1")
     assert job is not None and job.last_error.startswith("KeyError")

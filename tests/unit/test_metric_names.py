@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 MODULES = (
     "orchestrator.metrics",
     "orchestrator.routing.pool",
-    "orchestrator.transcripts.jobs",
+    "orchestrator.transcripts.runner",
     "services.vad.servicer",
     "services.denoise.servicer",
     "services.lid.servicer",

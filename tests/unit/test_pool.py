@@ -14,6 +14,8 @@ from orchestrator.metrics import REGISTRY
 from orchestrator.routing.breaker import BreakerConfig, BreakerState
 from orchestrator.routing.pool import AsrPool, Lease, Member, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.routing.table import PoolSpec, RoutingTable
+from tests.clock import FakeClock
+from tests.poll import until
 
 pytestmark = pytest.mark.unit
 
@@ -33,14 +35,6 @@ def metric(name: str, **labels: str) -> float:
 
 def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=f"fake {code.name}")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def scripted(outcomes: dict[str, list[object]], calls: list[str]) -> Callable[[Member], Awaitable[str]]:
@@ -152,7 +146,7 @@ def test_unknown_member_address_is_a_clear_key_error() -> None:
 async def test_first_member_opens() -> None:
     pool, calls = make_pool(2), list[str]()
     a = pool.members[0]
-    lease = await open_with_retries(pool, scripted({a.addr: ["stream-a"]}, calls), Clock(), 3)
+    lease = await open_with_retries(pool, scripted({a.addr: ["stream-a"]}, calls), FakeClock(), 3)
     assert isinstance(lease, Lease) and lease.member is a and lease.value == "stream-a"
     assert a.inflight == 1 and lease.attempts == ()
     with lease:
@@ -162,7 +156,7 @@ async def test_first_member_opens() -> None:
 
 
 async def test_failure_retries_next_member_and_counts_for_breaker() -> None:
-    pool, calls, clock = make_pool(3), list[str](), Clock()
+    pool, calls, clock = make_pool(3), list[str](), FakeClock()
     a, b, c = pool.members
     fn = scripted({a.addr: [rpc_error(grpc.StatusCode.UNAVAILABLE)], b.addr: [TimeoutError()], c.addr: ["ok"]}, calls)
     lease = await open_with_retries(pool, fn, clock, 3)
@@ -176,7 +170,7 @@ async def test_failure_retries_next_member_and_counts_for_breaker() -> None:
     "code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL]
 )
 async def test_repeated_failures_open_the_breaker(code: grpc.StatusCode) -> None:
-    pool, calls, clock = make_pool(1), list[str](), Clock()
+    pool, calls, clock = make_pool(1), list[str](), FakeClock()
     a = pool.members[0]
     fn = scripted({a.addr: [rpc_error(code), rpc_error(code), "never"]}, calls)
     for _ in range(2):
@@ -190,7 +184,7 @@ async def test_repeated_failures_open_the_breaker(code: grpc.StatusCode) -> None
 
 
 async def test_busy_tries_next_but_keeps_breaker_closed() -> None:
-    pool, calls, clock = make_pool(2), list[str](), Clock()
+    pool, calls, clock = make_pool(2), list[str](), FakeClock()
     a, b = pool.members
     busy = rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED)
     fn = scripted({a.addr: [busy] * 5, b.addr: [busy] * 5}, calls)
@@ -205,7 +199,7 @@ async def test_busy_tries_next_but_keeps_breaker_closed() -> None:
 
 
 async def test_busy_and_down_members_report_busy() -> None:
-    pool, calls, clock = make_pool(2), list[str](), Clock()
+    pool, calls, clock = make_pool(2), list[str](), FakeClock()
     a, b = pool.members
     fn = scripted(
         {
@@ -220,7 +214,7 @@ async def test_busy_and_down_members_report_busy() -> None:
 
 
 async def test_client_side_cap_reports_busy_without_calling() -> None:
-    pool, calls, clock = make_pool(1, max_inflight=1), list[str](), Clock()
+    pool, calls, clock = make_pool(1, max_inflight=1), list[str](), FakeClock()
     pool.members[0].acquire()
     with pytest.raises(PoolExhausted) as err:
         await open_with_retries(pool, scripted({}, calls), clock, 3)
@@ -228,7 +222,7 @@ async def test_client_side_cap_reports_busy_without_calling() -> None:
 
 
 async def test_max_attempts_bounds_the_members_tried() -> None:
-    pool, calls, clock = make_pool(3), list[str](), Clock()
+    pool, calls, clock = make_pool(3), list[str](), FakeClock()
     fn = scripted({m.addr: [rpc_error(grpc.StatusCode.UNAVAILABLE)] for m in pool.members}, calls)
     with pytest.raises(PoolExhausted):
         await open_with_retries(pool, fn, clock, 2)
@@ -236,7 +230,7 @@ async def test_max_attempts_bounds_the_members_tried() -> None:
 
 
 async def test_request_errors_propagate_without_verdict() -> None:
-    pool, calls, clock = make_pool(2), list[str](), Clock()
+    pool, calls, clock = make_pool(2), list[str](), FakeClock()
     a = pool.members[0]
     fn = scripted({a.addr: [rpc_error(grpc.StatusCode.INVALID_ARGUMENT)]}, calls)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -246,7 +240,7 @@ async def test_request_errors_propagate_without_verdict() -> None:
 
 
 async def test_half_open_trial_success_closes_and_failure_reopens() -> None:
-    pool, calls, clock = make_pool(1), list[str](), Clock()
+    pool, calls, clock = make_pool(1), list[str](), FakeClock()
     a = pool.members[0]
     down = rpc_error(grpc.StatusCode.UNAVAILABLE)
     fn = scripted({a.addr: [down, down, down, "ok"]}, calls)
@@ -263,7 +257,7 @@ async def test_half_open_trial_success_closes_and_failure_reopens() -> None:
 
 
 async def test_cancelled_open_frees_the_member_and_its_trial() -> None:
-    pool, clock = make_pool(1), Clock()
+    pool, clock = make_pool(1), FakeClock()
     a = pool.members[0]
     a.record_failure(clock.t)
     a.record_failure(clock.t)
@@ -284,16 +278,17 @@ async def test_cancelled_open_frees_the_member_and_its_trial() -> None:
 
 
 async def test_concurrent_opens_spread_over_members() -> None:
-    pool, clock = make_pool(2), Clock()
-    gate = asyncio.Event()
+    pool, clock = make_pool(2), FakeClock()
+    gate, opening = asyncio.Event(), 0
 
     async def slow(member: Member) -> str:
+        nonlocal opening
+        opening += 1
         await gate.wait()
         return member.addr
 
     tasks = [asyncio.create_task(open_with_retries(pool, slow, clock, 3)) for _ in range(4)]
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await until(lambda: opening == 4, what="all four opens to be under way")
     assert [m.inflight for m in pool.members] == [2, 2]  # in flight while still opening
     gate.set()
     leases = await asyncio.gather(*tasks)

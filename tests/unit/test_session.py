@@ -10,6 +10,7 @@ from orchestrator.core.events import (
     StageDone,
     StageFailed,
     StageLatency,
+    StageName,
     Transcript,
 )
 from orchestrator.core.protocol import Close, ErrorCode
@@ -263,10 +264,10 @@ def test_partials_never_closer_than_interval_property() -> None:
 
 
 def test_lid_event_carries_source_and_pool_and_sets_the_language() -> None:
-    s = Session(SessionConfig(stages=("lid",)), 0.0, "gen")
+    s = Session(SessionConfig(stages=(StageName.LID, StageName.ASR)), 0.0, "gen", lambda lang, domain: "multi")
     s.receive_text(start_msg(**{"return": ["lid"]}), 0.0)
     s.events_to_send()
-    s.stage_event(LangDetected("zh", 0.98765, "lid", "multi"), 0.5)
+    s.stage_event(LangDetected("zh", 0.98765), 0.5)
     (event,) = s.events_to_send()
     check_event(event)
     assert event == {"type": "lid", "flowId": "f1", "lang": "zh", "score": 0.9877, "source": "lid", "pool": "multi"}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common.envconf import ConfigError
+from common.envconf import ConfigError, load_env
 from proto import common_pb2
 from services.vad.config import VadConfig
 from services.vad.core import InvalidFrame, TooManyFlows, VadSession
@@ -231,9 +231,9 @@ def test_flow_limit_per_stream() -> None:
 
 
 def test_config_from_env() -> None:
-    cfg = VadConfig.from_env({"VAD_THRESHOLD": "0.6", "VAD_MIN_SILENCE_MS": "500", "VAD_MAX_STREAMS": "3"})
+    cfg = load_env(VadConfig, {"VAD_THRESHOLD": "0.6", "VAD_MIN_SILENCE_MS": "500", "VAD_MAX_STREAMS": "3"})
     assert (cfg.threshold, cfg.min_silence_ms, cfg.max_streams) == (0.6, 500, 3)
-    assert VadConfig.from_env({}) == VadConfig()
+    assert load_env(VadConfig, {}) == VadConfig()
     assert VadConfig().window_samples == 512
     for env in (
         {"VAD_THRESHOLD": "1.5"},
@@ -242,4 +242,4 @@ def test_config_from_env() -> None:
         {"VAD_MAX_STREAMS": "many"},
     ):
         with pytest.raises(ConfigError):
-            VadConfig.from_env(env)
+            load_env(VadConfig, env)

@@ -1,47 +1,29 @@
-"""Deferred transcription of record-only sessions (SPEC §4 "ASR busy or down -> record only, transcribe
-later"; issue 4 items 3 and 4).
-
-- `JobStore`: one sqlite table (WAL), one row per flowId, durable across restarts. Blocking; the
-  gateway uses it through `AsyncJobStore`, which runs every call on one dedicated thread.
-- `JobRunner`: an asyncio task that transcribes due jobs, at most `concurrency` at once, while an
-  injected `capacity_available()` says the ASR can take them; failures retry with exponential backoff
-  up to `max_attempts`, then the job is `failed` with its last error (never retried forever).
-- `to_srt`, `transcript_view`, `transcript_response`: the body of `GET /v1/flows/{flowId}/transcript`.
+"""The durable store of deferred transcription jobs (SPEC §4 "ASR busy or down -> record only,
+transcribe later"): one sqlite table (WAL), one row per flowId, durable across restarts. `JobStore` is
+blocking; the gateway uses it through `AsyncJobStore`, which runs every call on one dedicated thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import Counter, Gauge
-
-from common.envconf import ConfigError, env_float, env_int, env_str
-from orchestrator.core.protocol import FLOW_ID_RE
-from orchestrator.metrics import REGISTRY
-from orchestrator.transcripts.srt import to_srt
+from common.envconf import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STATUSES = ("pending", "running", "done", "failed")
 MAX_ERROR_CHARS = 500
-
-JOB_OUTCOMES = Counter(
-    "transcribe_jobs_total", "Deferred transcription attempts, by outcome", ["outcome"], registry=REGISTRY
-)
-JOBS_INFLIGHT = Gauge("transcribe_jobs_inflight", "Deferred transcription jobs running now", registry=REGISTRY)
 
 
 class PermanentJobError(Exception):
@@ -74,22 +56,6 @@ class JobsConfig:
             raise ConfigError("JOBS_BACKOFF_JITTER must be in [0, 1)")
         if self.capacity_poll_s <= 0 or self.attempt_timeout_s <= 0:
             raise ConfigError("JOBS_CAPACITY_POLL_SEC and JOBS_ATTEMPT_TIMEOUT_SEC must be > 0")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> JobsConfig:
-        seed = env_str(env, "JOBS_JITTER_SEED", "")
-        return cls(
-            db_path=env_str(env, "JOBS_DB", cls.db_path),
-            concurrency=env_int(env, "JOBS_CONCURRENCY", cls.concurrency),
-            max_attempts=env_int(env, "JOBS_MAX_ATTEMPTS", cls.max_attempts),
-            backoff_base_s=env_float(env, "JOBS_BACKOFF_BASE_SEC", cls.backoff_base_s),
-            backoff_factor=env_float(env, "JOBS_BACKOFF_FACTOR", cls.backoff_factor),
-            backoff_cap_s=env_float(env, "JOBS_BACKOFF_CAP_SEC", cls.backoff_cap_s),
-            backoff_jitter=env_float(env, "JOBS_BACKOFF_JITTER", cls.backoff_jitter),
-            jitter_seed=env_int(env, "JOBS_JITTER_SEED", 0) if seed else None,
-            capacity_poll_s=env_float(env, "JOBS_CAPACITY_POLL_SEC", cls.capacity_poll_s),
-            attempt_timeout_s=env_float(env, "JOBS_ATTEMPT_TIMEOUT_SEC", cls.attempt_timeout_s),
-        )
 
 
 class Backoff:
@@ -336,204 +302,3 @@ class AsyncJobStore:
 
     async def counts(self) -> dict[str, int]:
         return await self._run(self.store.counts)
-
-
-Transcribe = Callable[[Job], Awaitable[list[dict[str, Any]]]]
-CapacityCheck = Callable[[], Awaitable[bool]]
-
-
-class JobRunner:
-    """Runs due jobs until stopped. It sleeps on an event (set by `enqueue`, `wake` and finished
-    attempts) or until the next job is due; while `capacity_available()` is false it re-checks every
-    `capacity_poll_s` (or on `wake`)."""
-
-    def __init__(
-        self,
-        store: AsyncJobStore,
-        transcribe: Transcribe,
-        config: JobsConfig,
-        capacity_available: CapacityCheck | None = None,
-    ) -> None:
-        self.store, self._transcribe, self.config = store, transcribe, config
-        self._capacity = capacity_available
-        self._backoff = Backoff(config)
-        self._wake = asyncio.Event()
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._loop_task: asyncio.Task[None] | None = None
-        self.checked_at: float | None = None  # store time of the last completed look for due jobs
-
-    @property
-    def inflight(self) -> frozenset[str]:
-        return frozenset(self._inflight)
-
-    def start(self) -> None:
-        if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._run(), name="job-runner")
-
-    def wake(self) -> None:
-        """Re-evaluate now (a job was queued, capacity may have returned, the clock moved)."""
-        self._wake.set()
-
-    async def enqueue(self, flow_id: str, record_url: str, lang: str = "", domain: str = "") -> Job:
-        job, created = await self.store.enqueue(flow_id, record_url, lang, domain)
-        if created:
-            log.info("transcription queued", extra={"flowId": flow_id, "stage": "jobs", "event": "queued"})
-        self.wake()
-        return job
-
-    async def stop(self) -> None:
-        """Cancel the loop and in-flight attempts; their jobs go back to pending, attempt not counted
-        (every `running` row belongs to this process: one store file per gateway). Call it before
-        closing the store."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-            self._loop_task = None
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.store.release_running()
-
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                delay = await self._dispatch()
-            except Exception:  # a store error must not end the runner; try again later
-                log.exception("job dispatch failed", extra={"stage": "jobs", "err_code": "jobs_store"})
-                delay = self.config.capacity_poll_s
-            if delay is None:
-                await self._wake.wait()
-            elif delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-
-    async def _dispatch(self) -> float | None:
-        """Start what is due; return how long to sleep (None: until woken)."""
-        free = self.config.concurrency - len(self._inflight)
-        if free <= 0:
-            return None  # a finishing attempt wakes the loop
-        started = False
-        now = self.store.now_fn()
-        for job in await self.store.due(free, now):
-            if job.attempts >= self.config.max_attempts:  # its last attempt was cut by a crash
-                await self._give_up(job, job.last_error or "interrupted")
-                started = True
-                continue
-            if self._capacity is not None and not await self._capacity():
-                return self.config.capacity_poll_s
-            claimed = await self.store.claim(job.flow_id)
-            if claimed is not None:
-                self._inflight[job.flow_id] = asyncio.create_task(self._attempt(claimed))
-                JOBS_INFLIGHT.set(len(self._inflight))
-                started = True
-        self.checked_at = now
-        if started:
-            return 0.0
-        next_at = await self.store.next_due_at()
-        return None if next_at is None else max(0.0, next_at - now)
-
-    async def _attempt(self, job: Job) -> None:
-        extra = {"flowId": job.flow_id, "stage": "jobs", "lang": job.lang}
-        t0 = time.monotonic()
-        try:
-            try:
-                raw = await asyncio.wait_for(self._transcribe(job), self.config.attempt_timeout_s)
-                finals = normalise_finals(raw)
-            except Exception as exc:
-                await self._after_failure(job, exc)
-                return
-            await self.store.complete(job.flow_id, {"finals": finals, "srt": to_srt(finals)})
-            JOB_OUTCOMES.labels("done").inc()
-            log.info(
-                "transcription done: %d finals",
-                len(finals),
-                extra={**extra, "event": "done", "latency_ms": round((time.monotonic() - t0) * 1000)},
-            )
-        except Exception:  # the store failed; the job stays running and is recovered at the next start
-            log.exception("job bookkeeping failed", extra={**extra, "err_code": "jobs_store"})
-        finally:
-            self._inflight.pop(job.flow_id, None)
-            JOBS_INFLIGHT.set(len(self._inflight))
-            self._wake.set()
-
-    async def _after_failure(self, job: Job, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if isinstance(exc, PermanentJobError) or job.attempts >= self.config.max_attempts:
-            await self._give_up(job, error)
-            return
-        delay = self._backoff.delay_s(job.attempts)
-        await self.store.retry(job.flow_id, error, self.store.now_fn() + delay)
-        JOB_OUTCOMES.labels("retry").inc()
-        log.warning(
-            "transcription attempt %d failed, retry in %.1f s: %s",
-            job.attempts,
-            delay,
-            error,
-            extra={"flowId": job.flow_id, "stage": "jobs", "err_code": "transcribe_failed"},
-        )
-
-    async def _give_up(self, job: Job, error: str) -> None:
-        await self.store.fail(job.flow_id, error)
-        JOB_OUTCOMES.labels("failed").inc()
-        log.error(
-            "transcription failed after %d attempts: %s",
-            job.attempts,
-            error,
-            extra={"flowId": job.flow_id, "stage": "jobs", "err_code": "transcribe_failed"},
-        )
-
-
-def normalise_finals(finals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep {text, ts:[start, end], lang} of each final with text; raises ValueError on a bad shape."""
-    out = []
-    for f in finals:
-        text = str(f["text"]).strip()
-        start, end = (float(x) for x in f["ts"])
-        if text:
-            out.append(
-                {
-                    "text": text,
-                    "ts": [round(start, 3), round(max(start, end), 3)],
-                    "lang": str(f.get("lang", "")),
-                }
-            )
-    return out
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def transcript_view(job: Job) -> dict[str, Any]:
-    """The 200 body of `GET /v1/flows/{flowId}/transcript` (docs/transcripts.md)."""
-    return {
-        "flowId": job.flow_id,
-        "status": job.status,
-        "attempts": job.attempts,
-        "finals": job.finals if job.status == "done" else [],
-        "srt": job.srt if job.status == "done" else "",
-        "error": job.last_error or None,
-        "updated_at": _iso(job.updated_at),
-        "next_attempt_at": _iso(job.next_attempt_at) if job.status == "pending" else None,
-    }
-
-
-def transcript_response(flow_id: str, job: Job | None) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, JSON body): 200 with the view, 400 for a malformed flowId, 404 when unknown."""
-    if not FLOW_ID_RE.match(flow_id):
-        return 400, {
-            "flowId": flow_id,
-            "code": "invalid_flow_id",
-            "message": "flowId must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
-        }
-    if job is None:
-        return 404, {
-            "flowId": flow_id,
-            "code": "transcript_not_found",
-            "message": "no deferred transcription is known for this flowId",
-        }
-    return 200, transcript_view(job)

@@ -1,0 +1,172 @@
+"""`JobRunner`: transcribes due deferred jobs, at most `concurrency` at once, while an injected
+`capacity_available()` says the ASR can take them; failures retry with exponential backoff up to
+`max_attempts`, then the job is `failed` with its last error (never retried forever)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from orchestrator.metrics import REGISTRY
+from orchestrator.transcripts.srt import to_srt
+from orchestrator.transcripts.store import AsyncJobStore, Backoff, Job, JobsConfig, PermanentJobError
+from orchestrator.transcripts.view import normalise_finals
+
+log = logging.getLogger(__name__)
+Transcribe = Callable[[Job], Awaitable[list[dict[str, Any]]]]
+CapacityCheck = Callable[[], Awaitable[bool]]
+
+JOB_OUTCOMES = Counter(
+    "transcribe_jobs_total", "Deferred transcription attempts, by outcome", ["outcome"], registry=REGISTRY
+)
+JOBS_INFLIGHT = Gauge("transcribe_jobs_inflight", "Deferred transcription jobs running now", registry=REGISTRY)
+
+
+class JobRunner:
+    """Runs due jobs until stopped. It sleeps on an event (set by `enqueue`, `wake` and finished
+    attempts) or until the next job is due; while `capacity_available()` is false it re-checks every
+    `capacity_poll_s` (or on `wake`)."""
+
+    def __init__(
+        self,
+        store: AsyncJobStore,
+        transcribe: Transcribe,
+        config: JobsConfig,
+        capacity_available: CapacityCheck | None = None,
+    ) -> None:
+        self.store, self._transcribe, self.config = store, transcribe, config
+        self._capacity = capacity_available
+        self._backoff = Backoff(config)
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self.checked_at: float | None = None  # store time of the last completed look for due jobs
+
+    @property
+    def inflight(self) -> frozenset[str]:
+        return frozenset(self._inflight)
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self.run(), name="job-runner")
+
+    def wake(self) -> None:
+        """Re-evaluate now (a job was queued, capacity may have returned, the clock moved)."""
+        self._wake.set()
+
+    async def enqueue(self, flow_id: str, record_url: str, lang: str = "", domain: str = "") -> Job:
+        job, created = await self.store.enqueue(flow_id, record_url, lang, domain)
+        if created:
+            log.info("transcription queued", extra={"flowId": flow_id, "stage": "jobs", "event": "queued"})
+        self.wake()
+        return job
+
+    async def stop(self) -> None:
+        """Cancel the loop and in-flight attempts; their jobs go back to pending, attempt not counted
+        (every `running` row belongs to this process: one store file per gateway). Call it before
+        closing the store."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.release_running()
+
+    async def run(self) -> None:
+        """The dispatch loop, forever: `start()` runs it as its own task, or a supervisor runs it."""
+        while True:
+            self._wake.clear()
+            try:
+                delay = await self._dispatch()
+            except Exception:  # a store error must not end the runner; try again later
+                log.exception("job dispatch failed", extra={"stage": "jobs", "err_code": "jobs_store"})
+                delay = self.config.capacity_poll_s
+            if delay is None:
+                await self._wake.wait()
+            elif delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _dispatch(self) -> float | None:
+        """Start what is due; return how long to sleep (None: until woken)."""
+        free = self.config.concurrency - len(self._inflight)
+        if free <= 0:
+            return None  # a finishing attempt wakes the loop
+        started = False
+        now = self.store.now_fn()
+        for job in await self.store.due(free, now):
+            if job.attempts >= self.config.max_attempts:  # its last attempt was cut by a crash
+                await self._give_up(job, job.last_error or "interrupted")
+                started = True
+                continue
+            if self._capacity is not None and not await self._capacity():
+                return self.config.capacity_poll_s
+            claimed = await self.store.claim(job.flow_id)
+            if claimed is not None:
+                self._inflight[job.flow_id] = asyncio.create_task(self._attempt(claimed))
+                JOBS_INFLIGHT.set(len(self._inflight))
+                started = True
+        self.checked_at = now
+        if started:
+            return 0.0
+        next_at = await self.store.next_due_at()
+        return None if next_at is None else max(0.0, next_at - now)
+
+    async def _attempt(self, job: Job) -> None:
+        extra = {"flowId": job.flow_id, "stage": "jobs", "lang": job.lang}
+        t0 = time.monotonic()
+        try:
+            try:
+                raw = await asyncio.wait_for(self._transcribe(job), self.config.attempt_timeout_s)
+                finals = normalise_finals(raw)
+            except Exception as exc:
+                await self._after_failure(job, exc)
+                return
+            await self.store.complete(job.flow_id, {"finals": finals, "srt": to_srt(finals)})
+            JOB_OUTCOMES.labels("done").inc()
+            log.info(
+                "transcription done: %d finals",
+                len(finals),
+                extra={**extra, "event": "done", "latency_ms": round((time.monotonic() - t0) * 1000)},
+            )
+        except Exception:  # the store failed; the job stays running and is recovered at the next start
+            log.exception("job bookkeeping failed", extra={**extra, "err_code": "jobs_store"})
+        finally:
+            self._inflight.pop(job.flow_id, None)
+            JOBS_INFLIGHT.set(len(self._inflight))
+            self._wake.set()
+
+    async def _after_failure(self, job: Job, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, PermanentJobError) or job.attempts >= self.config.max_attempts:
+            await self._give_up(job, error)
+            return
+        delay = self._backoff.delay_s(job.attempts)
+        await self.store.retry(job.flow_id, error, self.store.now_fn() + delay)
+        JOB_OUTCOMES.labels("retry").inc()
+        log.warning(
+            "transcription attempt %d failed, retry in %.1f s: %s",
+            job.attempts,
+            delay,
+            error,
+            extra={"flowId": job.flow_id, "stage": "jobs", "err_code": "transcribe_failed"},
+        )
+
+    async def _give_up(self, job: Job, error: str) -> None:
+        await self.store.fail(job.flow_id, error)
+        JOB_OUTCOMES.labels("failed").inc()
+        log.error(
+            "transcription failed after %d attempts: %s",
+            job.attempts,
+            error,
+            extra={"flowId": job.flow_id, "stage": "jobs", "err_code": "transcribe_failed"},
+        )

@@ -1,0 +1,63 @@
+"""The body of `GET /v1/flows/{flowId}/transcript`: a job's status, finals and SRT."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.core.protocol import FLOW_ID_RE
+from orchestrator.transcripts.store import Job
+
+
+def normalise_finals(finals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep {text, ts:[start, end], lang} of each final with text; raises ValueError on a bad shape."""
+    out = []
+    for f in finals:
+        text = str(f["text"]).strip()
+        start, end = (float(x) for x in f["ts"])
+        if text:
+            out.append(
+                {
+                    "text": text,
+                    "ts": [round(start, 3), round(max(start, end), 3)],
+                    "lang": str(f.get("lang", "")),
+                }
+            )
+    return out
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def transcript_view(job: Job) -> dict[str, Any]:
+    """The 200 body of `GET /v1/flows/{flowId}/transcript` (docs/transcripts.md)."""
+    return {
+        "flowId": job.flow_id,
+        "status": job.status,
+        "attempts": job.attempts,
+        "finals": job.finals if job.status == "done" else [],
+        "srt": job.srt if job.status == "done" else "",
+        "error": job.last_error or None,
+        "updated_at": _iso(job.updated_at),
+        "next_attempt_at": _iso(job.next_attempt_at) if job.status == "pending" else None,
+    }
+
+
+def transcript_response(flow_id: str, job: Job | None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body): 200 with the view, 400 for a malformed flowId, 404 when unknown."""
+    if not FLOW_ID_RE.match(flow_id):
+        return 400, {
+            "flowId": flow_id,
+            "code": "invalid_flow_id",
+            "message": "flowId must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        }
+    if job is None:
+        return 404, {
+            "flowId": flow_id,
+            "code": "transcript_not_found",
+            "message": "no deferred transcription is known for this flowId",
+        }
+    return 200, transcript_view(job)

@@ -1,0 +1,152 @@
+"""What the session decides on its own: the language and pool, what running stages hear, when a
+stage is given up, when the client is held (backpressure). No sockets, no tasks."""
+
+import json
+
+import pytest
+
+from orchestrator.core.events import (
+    LangDetected,
+    LanguageDecided,
+    SpeechBoundary,
+    StageDone,
+    StageFailed,
+    StageName,
+    Transcript,
+)
+from orchestrator.core.session import Session, SessionConfig, State
+
+pytestmark = pytest.mark.unit
+ALL = (StageName.VAD, StageName.LID, StageName.ASR, StageName.COMPRESS)
+POOLS = {"en": "asr.en", "zh": "asr.multi"}
+
+
+def route(lang: str, domain: str) -> str:
+    return POOLS.get(lang, "asr.default")
+
+
+def started(pref: str = "auto", stages: tuple[StageName, ...] = ALL, **cfg: float) -> Session:
+    s = Session(SessionConfig(stages=stages, **cfg), 0.0, "gen", route)  # type: ignore[arg-type]
+    start = {
+        "type": "start",
+        "flowId": "f1",
+        "audio": {"codec": "pcm_s16le", "sr": 16000, "channels": 1},
+        "return": ["lid", "asr", "record_url", "metrics"],
+        "hints": {"user_lang_pref": pref},
+    }
+    s.receive_text(json.dumps(start), 0.0)
+    return s
+
+
+def lid_events(s: Session) -> list[dict[str, object]]:
+    return [e for e in s.events_to_send() if e["type"] == "lid"]
+
+
+def test_a_hint_decides_at_start_and_lid_is_not_run() -> None:
+    s = started(pref="en")
+    assert StageName.LID not in s.stages and StageName.LID not in s.pending_stages
+    (lid,) = lid_events(s)
+    assert (lid["lang"], lid["source"], lid["pool"], lid["score"]) == ("en", "hint", "asr.en", 1.0)
+    assert s.stage_inputs() == [(StageName.ASR, LanguageDecided("en", "asr.en"))]
+    assert s.lang == "en"
+
+
+def test_the_lid_answer_decides_once() -> None:
+    s = started()
+    s.events_to_send()
+    assert StageName.LID in s.stages and s.stage_inputs() == []
+    s.stage_event(LangDetected("zh", 0.93), 1.0)
+    s.stage_event(LangDetected("en", 0.99), 1.1)  # a second answer changes nothing
+    (lid,) = lid_events(s)
+    assert (lid["lang"], lid["source"], lid["pool"]) == ("zh", "lid", "asr.multi")
+    assert s.stage_inputs() == [(StageName.ASR, LanguageDecided("zh", "asr.multi"))]
+
+
+def test_undetermined_is_reported_and_routes_to_the_default_pool_without_a_language() -> None:
+    s = started()
+    s.events_to_send()
+    s.stage_event(LangDetected("und", 0.31), 1.0)
+    (lid,) = lid_events(s)
+    assert (lid["lang"], lid["pool"]) == ("und", "asr.default")
+    assert s.stage_inputs() == [(StageName.ASR, LanguageDecided("", "asr.default"))]
+    assert s.lang == ""
+
+
+@pytest.mark.parametrize("over", [StageFailed(StageName.LID, "UNAVAILABLE: down"), StageDone(StageName.LID)])
+def test_lid_without_an_answer_means_the_default_route(over: StageFailed | StageDone) -> None:
+    s = started()
+    s.events_to_send()
+    s.stage_event(over, 1.0)
+    assert lid_events(s) == []  # nobody answered: no lid event
+    assert s.stage_inputs() == [(StageName.ASR, LanguageDecided("", "asr.default"))]
+
+
+def test_without_lid_the_default_route_is_decided_at_start() -> None:
+    s = started(stages=(StageName.VAD, StageName.ASR))
+    assert lid_events(s) == []
+    assert s.stage_inputs() == [(StageName.ASR, LanguageDecided("", "asr.default"))]
+
+
+def test_vad_boundaries_reach_the_asr_while_it_runs() -> None:
+    s = started(pref="en")
+    s.stage_inputs()
+    s.stage_event(SpeechBoundary("start", 500_000_000), 0.6)
+    assert s.stage_inputs() == [(StageName.ASR, SpeechBoundary("start", 500_000_000))]
+    s.stage_event(StageFailed(StageName.ASR, "down"), 0.7)
+    s.stage_event(SpeechBoundary("end", 900_000_000), 1.0)
+    assert s.stage_inputs() == []
+
+
+def test_stages_without_an_answer_are_given_up_after_the_timeout() -> None:
+    s = started(pref="en", stage_timeout_s=5.0)
+    s.receive_text('{"type":"flush"}', 10.0)
+    s.stage_event(StageDone(StageName.VAD), 10.5)
+    s.events_to_send()
+    s.tick(14.9)
+    assert s.stages_to_stop() == [] and s.state is State.DRAINING
+    s.tick(15.0)
+    assert sorted(s.stages_to_stop()) == [StageName.ASR, StageName.COMPRESS]
+    kinds = [(e["type"], e.get("code")) for e in s.events_to_send()]
+    assert ("error", "asr_unavailable") in kinds and ("error", "archive_unavailable") in kinds
+    assert kinds[-1] == ("end", None) and s.state is State.CLOSED
+
+
+def test_a_stage_far_behind_holds_the_client_and_is_not_mistaken_for_idle() -> None:
+    s = started(pref="en", stage_backlog_s=2.0, stage_timeout_s=5.0, flush_idle_s=3.0)
+    s.stage_backlog(StageName.ASR, 1.0, 0.0)
+    assert s.accepts_audio
+    s.stage_backlog(StageName.ASR, 2.5, 0.5)
+    assert not s.accepts_audio
+    s.tick(4.0)  # no audio for 4 s, but we held the client: no idle flush
+    assert s.state is State.STREAMING
+    s.stage_backlog(StageName.ASR, 0.5, 4.2)
+    assert s.accepts_audio
+    s.tick(6.0)  # idle counts from the release, not from the last audio
+    assert s.state is State.STREAMING
+    s.tick(7.3)
+    assert s.state is State.DRAINING and s.end_reason == "idle"
+
+
+def test_a_stage_that_stays_behind_is_failed_and_the_client_released() -> None:
+    s = started(pref="en", stage_backlog_s=2.0, stage_timeout_s=5.0)
+    s.events_to_send()
+    s.stage_backlog(StageName.COMPRESS, 3.0, 1.0)
+    s.tick(5.9)
+    assert s.stages_to_stop() == [] and not s.accepts_audio
+    s.tick(6.0)
+    assert s.stages_to_stop() == [StageName.COMPRESS] and s.accepts_audio
+    (error,) = [e for e in s.events_to_send() if e["type"] == "error"]
+    assert error["code"] == "archive_unavailable" and "behind the audio" in error["message"]
+    assert s.state is State.STREAMING  # the session goes on without it
+
+
+def test_a_stage_still_answering_after_the_end_of_audio_is_not_given_up() -> None:
+    """A batch client's audio ends long before its ASR has worked through it."""
+    s = started(pref="en", stages=(StageName.ASR,), stage_timeout_s=5.0)
+    s.receive_text('{"type":"flush"}', 10.0)
+    for t in (13.0, 17.0, 21.0):
+        s.stage_event(Transcript(True, "more", 0.0, 1.0, "en"), t)
+        s.tick(t + 4.9)
+        assert s.stages_to_stop() == []
+    s.tick(26.0)
+    assert s.stages_to_stop() == [StageName.ASR]
