@@ -56,7 +56,9 @@ test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 test-unit: ## unit tests only
 	$(BIN)/pytest -m unit -q
 
-bench: ## benchmarks that print figures (docs/performance.md); a few minutes each
+bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 min, the others a few minutes each
+	$(BIN)/python -m tests.perf.bench_live --json var/bench_live.json
+	$(BIN)/python -m tests.perf.bench_batch
 	$(BIN)/python -m tests.perf.bench_capacity
 	$(BIN)/python -m tests.perf.bench_asr --latency
 	$(BIN)/python -m tests.perf.bench_lid
