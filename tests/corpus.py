@@ -191,6 +191,15 @@ def noise(kind: str, n: int, level_dbfs: float, seed: int) -> np.ndarray:
             x[at : at + 160] += rng.choice([-1.0, 1.0]) * np.exp(-np.arange(160) / 20.0)
     elif kind.startswith("tone"):  # "tone440": a steady sine
         x = np.sin(2 * np.pi * float(kind[4:] or 440) * t)
+    elif kind == "sweep":  # a sine gliding from 200 Hz to 3 kHz over the clip
+        dur = max(n / SR, 1 / SR)
+        x = np.sin(2 * np.pi * (200 * t + (3000 - 200) * t**2 / (2 * dur)))
+    elif kind == "babble":  # speech-shaped noise with syllable-rate bursts of 6 talkers, no words in it
+        spec = np.fft.rfft(rng.standard_normal(n))
+        f = np.fft.rfftfreq(n, 1 / SR)
+        shaped = np.fft.irfft(spec * np.exp(-(((np.log(f + 1) - np.log(800)) / 1.0) ** 2)), n)
+        env = sum(0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6.3)) for _ in range(6))
+        x = shaped * env
     elif kind == "chords":  # music-like: triads with overtones, a new chord every 0.5 s
         x = np.zeros(n)
         roots = (261.63, 349.23, 392.0, 220.0)
