@@ -78,7 +78,9 @@ async def stream_pcm(
         "audio": {"codec": "pcm_s16le", "sr": SAMPLE_RATE, "channels": 1, "chunk_ms": chunk_ms},
     }
     msg.update(start or {})
-    async with connect(url, max_size=2**22, compression=None, open_timeout=open_timeout_s) as ws:
+    # No ping timeout: when the gateway holds a client that sends faster than real time
+    # (backpressure), the pong waits behind the audio already in the TCP buffers.
+    async with connect(url, max_size=2**22, compression=None, open_timeout=open_timeout_s, ping_timeout=None) as ws:
 
         async def reader() -> None:
             try:

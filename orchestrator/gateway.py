@@ -109,6 +109,10 @@ class Gateway:
             max_size=cfg.listen.ws_max_message_bytes,
             compression=None,  # PCM does not deflate; compression would only burn CPU
             max_queue=64,
+            # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
+            # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
+            # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).
+            ping_timeout=None,
         )
         self._background.start("sweeper", self._sweep)
         self._background.start("stage-health", self._watch_stage_health)

@@ -44,16 +44,22 @@ async def run_batch(url: str, case: Case, parallel: int) -> dict[str, Any]:
     pcm = case.pcm()
     start = {"return": ["asr", "record_url", "lid"], "hints": {"user_lang_pref": "auto"}}
     t0 = time.monotonic()
-    results = await asyncio.gather(*(stream_pcm(url, pcm, speed=0.0, start=start) for _ in range(parallel)))
+    outcomes = await asyncio.gather(
+        *(stream_pcm(url, pcm, speed=0.0, start=start) for _ in range(parallel)), return_exceptions=True
+    )
     wall_s = time.monotonic() - t0
+    results = [r for r in outcomes if isinstance(r, StreamResult)]
     hyps = [" ".join(e["text"] for e in r.of_type("asr_final")) for r in results]
+    hyps += [""] * (parallel - len(results))  # a client that failed got nothing
     return {
         "file_s": round(case.duration_s, 1),
         "parallel": parallel,
         "wall_s": round(wall_s, 1),
         "audio_s_per_wall_s": round(parallel * case.duration_s / wall_s, 2),
         "whole": sum(whole(case, r) for r in results),
-        "errors": sorted({e["code"] for r in results for e in r.of_type("error")}),
+        "errors": sorted({f"{e['code']}: {e['message']}" for r in results for e in r.of_type("error")}),
+        "client_failures": sorted({repr(r) for r in outcomes if not isinstance(r, StreamResult)}),
+        "close_codes": sorted({r.close_code for r in results if r.close_code is not None}),
         "wer": round(wer([case.reference] * parallel, hyps), 3),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
