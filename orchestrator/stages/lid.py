@@ -9,14 +9,14 @@ bounds the wait after the end of audio.
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
 from orchestrator.core.events import LangDetected, StageLatency, StageName
 from orchestrator.stages.base import AudioSource, StageContext, frames
-from proto import lid_pb2_grpc
+from proto import common_pb2, lid_pb2_grpc
 
 
 class LidStage:
@@ -28,25 +28,17 @@ class LidStage:
         self.batch_ms = batch_ms
 
     async def run(self, ctx: StageContext) -> None:
-        call = self._stub.Detect()
         last_sent: float | None = None
 
-        async def send() -> None:
+        async def requests() -> AsyncIterator[common_pb2.AudioFrame]:
             nonlocal last_sent
-            try:
-                async for frame in frames(ctx):
-                    last_sent = time.monotonic()
-                    await call.write(frame)
-                await call.done_writing()
-            except asyncio.InvalidStateError:
-                return  # the service answered before the audio ended: it stopped listening
+            async for frame in frames(ctx):
+                last_sent = time.monotonic()
+                yield frame
 
-        # The writer is ours, in the stage's task group: once the answer is in, it is cancelled and
-        # awaited, so no request task outlives the call.
-        async with asyncio.TaskGroup() as tg:
-            writer = tg.create_task(send())
-            result = await call
-            writer.cancel()
+        # The service may answer before the audio ends; the request iterator then ends when the
+        # session closes this stage's feed (StageDone), so its writer task finishes too.
+        result = await self._stub.Detect(requests())
         if last_sent is not None:
             # From the audio that made it answer to the answer.
             ctx.report(StageLatency(self.name, (time.monotonic() - last_sent) * 1000))
