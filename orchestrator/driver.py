@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from common.audio import BYTES_PER_S, bytes_for_ms
@@ -37,8 +37,8 @@ class ConnectionClosedError(Exception):
 class Connection(Protocol):
     """What the driver needs of a client connection; the WebSocket adapter is one (gateway.py)."""
 
-    def messages(self) -> AsyncGenerator[str | bytes]:
-        """The client's messages until it goes away (no exception on a closed connection)."""
+    async def receive(self) -> str | bytes | None:
+        """The client's next message; None once it has gone away."""
 
     async def send(self, text: str) -> None:
         """Raise ConnectionClosedError once the client is gone."""
@@ -67,6 +67,7 @@ class SessionDriver:
         self._stages_started = False
         self._feeds_closed = False
         self._close_queued = False
+        self._backlog_limit_bytes = session.config.stage_backlog_s * BYTES_PER_S
         self._reading = asyncio.Event()  # set while the session accepts audio (backpressure)
         self._reading.set()
         self.closed = asyncio.Event()
@@ -78,28 +79,28 @@ class SessionDriver:
                 self._tg = tg
                 tg.create_task(self._write_loop())
                 self.pump()
-                reader = tg.create_task(self._read_loop())
+                await self._read_loop()  # ends when the client goes or the writer closes the connection
                 await self.closed.wait()
-                for task in [reader, *self._tasks.values()]:
+                for task in self._tasks.values():
                     task.cancel()
         finally:
             if self._partial_timer is not None:
                 self._partial_timer.cancel()
 
     async def _read_loop(self) -> None:
-        async with contextlib.aclosing(self.conn.messages()) as messages:
-            while self.session.state is not State.CLOSED:
+        while self.session.state is not State.CLOSED:
+            if not self._reading.is_set():
                 await self._reading.wait()  # a stage is too far behind: hold the client (SPEC §4)
-                message = await anext(messages, None)
-                if message is None:
-                    break
-                now = time.monotonic()
-                if isinstance(message, str):
-                    self.session.receive_text(message, now)
-                else:
-                    metrics.INGRESS_BYTES.inc(len(message))
-                    self.session.receive_binary(message, now)
-                self.pump()
+            message = await self.conn.receive()
+            if message is None:
+                break
+            now = time.monotonic()
+            if isinstance(message, str):
+                self.session.receive_text(message, now)
+            else:
+                metrics.INGRESS_BYTES.inc(len(message))
+                self.session.receive_binary(message, now)
+            self.pump()
         self.session.receive_disconnect(time.monotonic())
         self.pump()
 
@@ -113,16 +114,20 @@ class SessionDriver:
         if s.start is not None and self._tg is not None and not self._stages_started:
             self._stages_started = True
             self._start_stages()
-        for block in s.audio_to_stages():
-            self._paths.push(block)
-        self._report_backlogs()
-        for name in s.stages_to_stop():
-            self._stop_stage(name)
-        for name, value in s.stage_inputs():
-            ctx = self._contexts.get(name)
-            if ctx is not None:
-                ctx.inputs.put_nowait(value)
-        if s.audio_ended and not self._feeds_closed:
+        # This runs once per client message: the common case (audio in, nothing decided) stays cheap.
+        blocks = s.audio_to_stages()
+        if blocks:
+            for block in blocks:
+                self._paths.push(block)
+            self._report_backlogs()
+        if s.has_stage_orders:
+            for name in s.stages_to_stop():
+                self._stop_stage(name)
+            for name, value in s.stage_inputs():
+                ctx = self._contexts.get(name)
+                if ctx is not None:
+                    ctx.inputs.put_nowait(value)
+        if not self._feeds_closed and s.audio_ended:
             self._feeds_closed = True
             self._paths.end_of_audio()
         for event in s.events_to_send():
@@ -135,10 +140,10 @@ class SessionDriver:
             self._partial_timer = asyncio.get_running_loop().call_later(
                 max(0.0, due - time.monotonic()), self._release_partial
             )
-        if s.accepts_audio or s.state is State.CLOSED:
-            self._reading.set()
-        else:
+        if not s.accepts_audio and s.state is not State.CLOSED:
             self._reading.clear()
+        elif not self._reading.is_set():
+            self._reading.set()
         if s.close is not None and not self._close_queued:
             self._close_queued = True
             self._out.put_nowait(_CLOSE)
@@ -161,12 +166,17 @@ class SessionDriver:
         self.pump()
 
     def _report_backlogs(self) -> None:
-        now = time.monotonic()
-        for name, feed in self._paths.feeds().items():
-            self.session.stage_backlog(name, feed.backlog_bytes / BYTES_PER_S, now)
+        """Tell the session of every backlog that matters: over its limit, or while it holds the client
+        (a backlog under the limit with nobody held changes nothing; this runs per client message)."""
+        s = self.session
+        limit, holding = self._backlog_limit_bytes, not s.accepts_audio
+        for name, feed in self._paths.feeds.items():
+            if holding or feed.backlog_bytes > limit:
+                s.stage_backlog(name, feed.backlog_bytes / BYTES_PER_S, time.monotonic())
 
     def _feed_drained(self) -> None:
         if not self.session.accepts_audio:  # only a held client needs the news at once
+            self._report_backlogs()
             self.pump()
 
     def _clean_audio(self, block: AudioBlock) -> None:

@@ -8,7 +8,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
@@ -273,10 +272,11 @@ class WebSocketConnection:
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
 
-    async def messages(self) -> AsyncGenerator[str | bytes]:
-        with contextlib.suppress(ConnectionClosed):
-            async for message in self._ws:
-                yield message
+    async def receive(self) -> str | bytes | None:
+        try:
+            return await self._ws.recv()
+        except ConnectionClosed:
+            return None
 
     async def send(self, text: str) -> None:
         try:

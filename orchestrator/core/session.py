@@ -267,6 +267,11 @@ class Session:
         out, self._stage_inputs = self._stage_inputs, []
         return out
 
+    @property
+    def has_stage_orders(self) -> bool:
+        """Whether `stage_inputs` or `stages_to_stop` has anything (a cheap check per message)."""
+        return bool(self._stage_inputs or self._stages_to_stop)
+
     def stages_to_stop(self) -> list[StageName]:
         """Stages the session gave up on (no answer in time, stalled): cancel their work."""
         out, self._stages_to_stop = self._stages_to_stop, []

@@ -22,17 +22,13 @@ class AudioPaths:
         self.raw: dict[StageName, StageFeed] = {}
         self.clean: dict[StageName, StageFeed] = {}
         self.denoise: StageFeed | None = None
+        self.feeds: dict[StageName, StageFeed] = {}  # every stage's feed still open, by stage
         self._unreturned: deque[AudioBlock] = deque()
         self._returned_samples = 0
         self._audio_ended = False
 
-    def feeds(self) -> dict[StageName, StageFeed]:
-        out = {**self.raw, **self.clean}
-        if self.denoise is not None:
-            out[StageName.DENOISE] = self.denoise
-        return out
-
     def add(self, name: StageName, source: AudioSource, feed: StageFeed) -> None:
+        self.feeds[name] = feed
         if source is AudioSource.TRANSFORM:
             self.denoise = feed
         elif source is AudioSource.RAW:
@@ -43,6 +39,7 @@ class AudioPaths:
     def remove(self, name: StageName) -> StageFeed | None:
         """Drop a stage's feed (closing it); a failed denoise hands over to raw audio."""
         feed: StageFeed | None
+        self.feeds.pop(name, None)
         if name == StageName.DENOISE and self.denoise is not None:
             feed, self.denoise = self.denoise, None
             self._replay_unreturned()
@@ -87,6 +84,7 @@ class AudioPaths:
         """Denoise answered everything: the clean stages have all their audio."""
         if self.denoise is not None:
             self.denoise = None
+            self.feeds.pop(StageName.DENOISE, None)
             self._replay_unreturned()  # normally empty: denoise returns as much as it got
         if self._audio_ended:
             self._close_clean()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -32,10 +31,11 @@ class FakeConnection:
         start = {"type": "start", "flowId": "f1", "return": ["lid", "asr"], "hints": {"user_lang_pref": pref}}
         self.incoming.put_nowait(json.dumps(start))
 
-    async def messages(self) -> AsyncGenerator[str | bytes]:
-        while (message := await self.incoming.get()) is not None:
+    async def receive(self) -> str | bytes | None:
+        message = await self.incoming.get()
+        if message is not None:
             self.taken += 1
-            yield message
+        return message
 
     async def send(self, text: str) -> None:
         if self.close_code is not None:
@@ -44,6 +44,7 @@ class FakeConnection:
 
     async def close(self, code: int, reason: str) -> None:
         self.close_code = code
+        self.incoming.put_nowait(None)  # like a socket: closing it ends the reading
 
     def kinds(self) -> list[str]:
         return [e["type"] for e in self.sent]
