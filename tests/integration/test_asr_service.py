@@ -83,15 +83,7 @@ def asr() -> Iterator[RunningService]:
         timeout_s=seconds(60),
     )
     yield service
-    assert stop(service) == 0
-
-
-def stop(service: RunningService) -> int:
-    """Stop the process and close its stdout pipe (RunningService.stop leaves it open)."""
-    code = service.stop()
-    if service.proc.stdout is not None:
-        service.proc.stdout.close()
-    return code
+    assert service.stop() == 0
 
 
 def metrics_text(service: RunningService) -> str:
@@ -211,7 +203,7 @@ async def test_second_stream_is_refused_when_busy(clips: Path) -> None:
         assert events[-1].type == "end" and any(e.type == "final" for e in events)
         assert 'asr_refused_total{engine="whisper",model="whisper-tiny.en"} 1.0' in metrics_text(service)
     finally:
-        stop(service)
+        service.stop()
 
 
 async def test_sphinx_engine_streams_partials_and_a_final(clips: Path) -> None:
@@ -226,7 +218,7 @@ async def test_sphinx_engine_streams_partials_and_a_final(clips: Path) -> None:
         assert len(partials) >= 2 and all(e.model == "sphinx-en-us" for e in partials + finals)
         assert wer([reference], [" ".join(f.text for f in finals)]) <= SPHINX_WER_BOUND
     finally:
-        stop(service)
+        service.stop()
 
 
 def pcm_packets(audio: np.ndarray) -> list[bytes]:

@@ -72,14 +72,6 @@ def decoded_s(data: bytes) -> float:
     return info.frames / info.samplerate
 
 
-def stop(svc: RunningService) -> int:
-    """Stop the process and close the stdout pipe the launcher opened (no ResourceWarning)."""
-    code = svc.stop()
-    if svc.proc.stdout is not None:
-        svc.proc.stdout.close()
-    return code
-
-
 def metric(text: str, sample: str) -> float:
     """Value of one Prometheus sample line (`name{labels}`), 0 when absent."""
     for line in text.splitlines():
@@ -144,7 +136,7 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]
             lambda flow: sorted(str(p.relative_to(store)) for p in (store / "records").glob(f"*{flow}*")),
         )
     finally:
-        stop(svc)
+        svc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +145,7 @@ def s3_backend(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         yield Backend("s3", svc, lambda flow: seaweed.keys(BUCKET, f"records/{flow}"))
     finally:
-        stop(svc)
+        svc.stop()
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -291,7 +283,7 @@ async def test_s3_outage_spools_and_loses_nothing(
         try:
             assert (await archive(other.grpc_addr, make_frames(restarted_flow, pcm))).status == "spooled"
         finally:
-            assert stop(other) == 0
+            assert other.stop() == 0
         assert list((tmp_path / "spool" / "pending" / restarted_flow).glob("*.ogg"))
     finally:
         seaweed.start()
@@ -301,7 +293,7 @@ async def test_s3_outage_spools_and_loses_nothing(
     try:
         wait_for(lambda: seaweed.keys(BUCKET, f"records/{restarted_flow}") != [], 20, "upload at start-up")
     finally:
-        stop(again)
+        again.stop()
     assert not list((tmp_path / "spool" / "pending").glob("*/*"))
     fresh = await archive(s3_backend.svc.grpc_addr, make_frames(new_flow("after"), pcm))
     assert fresh.status == "stored"

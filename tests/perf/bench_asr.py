@@ -276,9 +276,7 @@ async def first_partial_latencies(
                     out.append(latency)
         return out
     finally:
-        service.stop()
-        if service.proc.stdout is not None:
-            service.proc.stdout.close()
+        service.stop()  # also closes its stdout pipe
 
 
 def bench_latency(runs: int, windows: list[float]) -> None:

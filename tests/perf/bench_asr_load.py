@@ -174,9 +174,7 @@ def main() -> None:
         for n in (int(x) for x in args.sessions.split(",")):
             asyncio.run(bench(service.grpc_addr, service.http_base, n, not args.no_vad))
     finally:
-        service.stop()
-        if service.proc.stdout is not None:
-            service.proc.stdout.close()
+        service.stop()  # also closes its stdout pipe
 
 
 if __name__ == "__main__":

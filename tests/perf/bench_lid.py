@@ -127,9 +127,7 @@ async def bench_service(clips: list[tuple[str, str, bytes]], cpu_threads: int) -
                 }
                 print(json.dumps(row), flush=True)
     finally:
-        svc.stop()
-        if svc.proc.stdout is not None:
-            svc.proc.stdout.close()
+        svc.stop()  # also closes its stdout pipe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -234,9 +234,7 @@ async def service(
                 print(json.dumps(row), flush=True)
         print(json.dumps({"part": "service metrics", **await mean_ms(svc.http_base)}), flush=True)
     finally:
-        svc.stop()
-        if svc.proc.stdout is not None:
-            svc.proc.stdout.close()
+        svc.stop()  # also closes its stdout pipe
 
 
 def main(argv: list[str] | None = None) -> int:
