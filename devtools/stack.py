@@ -93,6 +93,9 @@ class Stack:
             routing = workdir / "routing.toml"
             routing.write_text(routing_toml(pools))
             env["ROUTING_FILE"] = str(routing)
+            if "en" in pools:
+                # The provisional stream bets on English, the cheapest pool (docs/routing.md).
+                env.setdefault("ASR_PROVISIONAL_LANG", "en")
         return env
 
     def _start_object_storage(self) -> None:

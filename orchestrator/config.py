@@ -126,6 +126,9 @@ class AsrLinkConfig:
     open_timeout_s: float = setting(3.0, env="ASR_OPEN_TIMEOUT_SEC")
     # While LID listens, stream to the default route's pool and show its partials (docs/routing.md).
     provisional: bool = setting(True, env="ASR_PROVISIONAL")
+    # The language the provisional stream is opened with (its route's pool); "" = the default route,
+    # language unknown. When LID then picks this language, the provisional stream is kept: no replay.
+    provisional_lang: str = setting("", env="ASR_PROVISIONAL_LANG")
     # Past capacity, a new session waits this long for a member to free up before it is refused
     # (record-only); 0 refuses at once.
     admission_wait_s: float = setting(2.0, env="ASR_ADMISSION_WAIT_SEC")

@@ -94,6 +94,7 @@ class Gateway:
                     cfg.asr.open_timeout_s,
                     cfg.asr.provisional,
                     admission_wait_s=cfg.asr.admission_wait_s,
+                    provisional_lang=cfg.asr.provisional_lang,
                     vad_endpoints="vad" in cfg.active_stages,
                 )
             )
