@@ -55,7 +55,8 @@ async def compress_service(cfg: CompressConfig) -> AsyncIterator[Service]:
         loop = asyncio.get_running_loop()
         if local is not None and not local.public_base:
             host = socket.getfqdn() if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
-            local.public_base = f"http://{host}:{runner.http_port}"
+            scheme = "https" if cfg.tls.enabled else "http"
+            local.public_base = f"{scheme}://{host}:{runner.http_port}"
             log.warning(
                 "PUBLIC_BASE is not set: record URLs use %s; production must set PUBLIC_BASE",
                 local.public_base,
