@@ -94,7 +94,7 @@ class Stack:
         if self.certs_dir is None:
             self.certs_dir = self.workdir / "certs" if self.workdir is not None else Path("var/certs")
         self.certs_dir = self.certs_dir.resolve()
-        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge"])
+        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge", "seaweed"])
 
     def tls_env(self, name: str) -> dict[str, str]:
         """The TLS variables of one process (empty without TLS)."""
@@ -136,7 +136,12 @@ class Stack:
         from devtools.seaweed import SeaweedS3
 
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="speechgw-stack-"))
-        self._seaweed = SeaweedS3(self.workdir / "seaweed")
+        tls = None
+        if self.tls:  # HTTPS on the S3 port; no client certificate asked: record URLs are opened by clients
+            ident, ca = self._identities["seaweed"], self.ca_file
+            assert ca is not None
+            tls = (ident.cert, ident.key, ca)
+        self._seaweed = SeaweedS3(self.workdir / "seaweed", tls=tls)
         self._seaweed.start()
         self.env = {**self.env, **self._seaweed.env(self.env.get("S3_BUCKET", "speechgw-records"))}
 
@@ -149,8 +154,8 @@ class Stack:
                 "JOBS_DB": str(self.workdir / "jobs.sqlite"),
                 **self.env,
             }
-        self._start_object_storage()
         self._make_certs()
+        self._start_object_storage()
 
         def one(name: str) -> RunningService:
             module, _, pool = name.partition(".")

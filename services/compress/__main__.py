@@ -43,7 +43,8 @@ async def compress_service(cfg: CompressConfig) -> AsyncIterator[Service]:
     local: LocalStore | None = None
     store: Store
     if cfg.backend == "s3":
-        store = S3Store(cfg.s3, cfg.public_base)
+        # This process's internal identity is its client certificate towards an S3 endpoint that wants one.
+        store = S3Store(cfg.s3, cfg.public_base, (cfg.tls.cert_file, cfg.tls.key_file) if cfg.tls.enabled else None)
     else:
         store = local = LocalStore(cfg.store_dir, cfg.public_base)
     spool = PendingSpool(cfg.spool_dir)

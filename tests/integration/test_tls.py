@@ -24,9 +24,12 @@ from common.envconf import load_env
 from common.server import ServerConfig, ServiceRunner
 from common.tls import RELOADS, TlsConfig, grpc_channel
 from devtools.certs import DevCA, Identity
+from devtools.seaweed import SeaweedS3
 from orchestrator.config import GatewayConfig
 from orchestrator.gateway import Gateway
 from orchestrator.transcripts.transcribe import TranscribeError, download
+from services.compress.config import S3Config
+from services.compress.store import S3Store, StoreUnavailable
 from tests.poll import seconds, until
 
 pytestmark = pytest.mark.integration
@@ -261,3 +264,25 @@ def test_plaintext_off_loopback_exits_2_naming_the_fix(module: str, env: dict[st
     assert proc.returncode == 2, proc.stderr
     assert "listening" not in proc.stdout
     assert "without TLS" in proc.stderr and "MODE=off" in proc.stderr
+
+
+def test_the_archive_uploads_over_mtls_to_an_s3_endpoint_that_requires_it(
+    ca: DevCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seaweed = ca.issue("seaweed", out=tmp_path)
+    server = SeaweedS3(tmp_path / "weed", tls=(seaweed.cert, seaweed.key, ca.cert_file), verify_clients=True)
+    server.start(timeout_s=seconds(45))
+    try:
+        env = server.env("tls-records")
+        monkeypatch.setenv("AWS_CA_BUNDLE", env["AWS_CA_BUNDLE"])
+        cfg = load_env(S3Config, env)
+        assert cfg.endpoint_url.startswith("https://")
+        archive = tmp_path / "a.flac"
+        archive.write_bytes(b"fLaC" + bytes(64))
+        compress = ca.issue("compress", out=tmp_path)
+        S3Store(cfg, client_cert=(str(compress.cert), str(compress.key))).put(archive, "t/a.flac", "audio/flac")
+        assert server.keys("tls-records", "t/") == ["t/a.flac"]
+        with pytest.raises(StoreUnavailable):  # no client certificate: the handshake is refused
+            S3Store(cfg).put(archive, "t/b.flac", "audio/flac")
+    finally:
+        server.stop()
