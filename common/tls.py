@@ -45,7 +45,8 @@ HTTP_CLIENT_CERT = ("optional", "required")
 
 CERT_EXPIRY = Gauge(
     "tls_certificate_expiry_timestamp_seconds",
-    "notAfter of the certificate this process presents, by use (edge: wss; grpc; http: the HTTP port)",
+    "notAfter of the certificate this process presents, by use: edge (wss), grpc and http (its servers), "
+    "client (the newest outgoing gRPC channel)",
     ["use"],
 )
 RELOADS = Counter(
@@ -382,6 +383,7 @@ def grpc_channel(addr: str, cfg: TlsConfig | None, options: Sequence[tuple[str, 
     if cfg is None or not cfg.enabled:
         return grpc.aio.insecure_channel(addr, options=list(options))
     identity = read_identity(cfg.cert_file, cfg.key_file, cfg.ca_file)
+    CERT_EXPIRY.labels("client").set(identity.not_after)
     creds = grpc.ssl_channel_credentials(identity.ca_pem, identity.key_pem, identity.cert_pem)
     return grpc.aio.secure_channel(addr, creds, options=list(options))
 

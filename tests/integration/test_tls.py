@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 
 from common.envconf import load_env
 from common.server import ServerConfig, ServiceRunner
-from common.tls import RELOADS, TlsConfig, grpc_channel
+from common.tls import CERT_EXPIRY, RELOADS, TlsConfig, grpc_channel
 from devtools.certs import DevCA, Identity
 from devtools.seaweed import SeaweedS3
 from orchestrator.config import GatewayConfig
@@ -87,8 +87,11 @@ async def served_certificate(port: int, ca: DevCA, client: Identity | None = Non
 async def test_a_client_with_a_certificate_of_the_ca_is_served(
     service: ServiceRunner, ca: DevCA, tmp_path: Path
 ) -> None:
-    async with grpc_channel(f"127.0.0.1:{service.grpc_port}", tls_of(ca.issue("gateway", out=tmp_path), ca)) as ch:
+    client = ca.issue("gateway", out=tmp_path)
+    async with grpc_channel(f"127.0.0.1:{service.grpc_port}", tls_of(client, ca)) as ch:
         assert await health_check(ch) == health_pb2.HealthCheckResponse.SERVING
+    not_after = x509.load_pem_x509_certificate(client.cert.read_bytes()).not_valid_after_utc.timestamp()
+    assert CERT_EXPIRY.labels("client")._value.get() == not_after
 
 
 async def refused(channel: grpc.aio.Channel) -> grpc.StatusCode:
@@ -286,3 +289,21 @@ def test_the_archive_uploads_over_mtls_to_an_s3_endpoint_that_requires_it(
             S3Store(cfg).put(archive, "t/b.flac", "audio/flac")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("module", ["orchestrator", "tests.fakes"])
+def test_a_missing_certificate_exits_2_naming_the_file(module: str, tmp_path: Path) -> None:
+    missing = tmp_path / "gone.pem"
+    env = {"TLS_CERT_FILE": str(missing), "TLS_KEY_FILE": str(missing), "JOBS_DB": str(tmp_path / "j.sqlite")}
+    if module == "tests.fakes":
+        env = {"GRPC_TLS_CERT_FILE": str(missing), "GRPC_TLS_KEY_FILE": str(missing), "TLS_CA_FILE": str(missing)}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *(["vad"] if module == "tests.fakes" else [])],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=seconds(60),
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "gone.pem" in proc.stderr
