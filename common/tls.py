@@ -236,14 +236,17 @@ def _read(path: str, what: str) -> bytes:
         raise TlsError(f"{what} file {path}: {exc.strerror or exc}") from None
 
 
+Stamp = tuple[tuple[int, int, int], ...]
+
+
 class FileStamps:
     """Notices a replaced or rewritten file (inode, size, mtime) among `paths`."""
 
     def __init__(self, paths: Sequence[str]) -> None:
         self.paths = [p for p in paths if p]
-        self._last = self._now()
+        self._last = self.current()
 
-    def _now(self) -> tuple[tuple[int, int, int], ...]:
+    def current(self) -> Stamp:
         out = []
         for p in self.paths:
             try:
@@ -254,7 +257,7 @@ class FileStamps:
         return tuple(out)
 
     def changed(self) -> bool:
-        now = self._now()
+        now = self.current()
         if now == self._last:
             return False
         self._last = now
@@ -262,12 +265,19 @@ class FileStamps:
 
 
 class _Reloader:
-    """Re-reads an identity when its files change; keeps the last good one when the new one is bad."""
+    """Re-reads an identity when its files change; keeps the last good one when the new one is bad.
+
+    A rotation replaces two files one after the other, so a pair that does not load is looked at again
+    at the next poll and reported only if the files are still the same then: a key already replaced
+    beside a certificate about to be is not an error."""
 
     def __init__(self, use: str, cert_file: str, key_file: str, ca_file: str) -> None:
         self.use = use
         self._files = (cert_file, key_file, ca_file)
         self._stamps = FileStamps(self._files)
+        self._loaded = self._stamps.current()
+        self._failing: Stamp | None = None
+        self._reported: Stamp | None = None
         self.identity = read_identity(*self._files)
         CERT_EXPIRY.labels(use).set(self.identity.not_after)
         RELOADS.labels(use, "ok")
@@ -275,11 +285,16 @@ class _Reloader:
 
     def poll(self) -> PemIdentity | None:
         """The new identity when the files changed and load, else None."""
-        if not self._stamps.changed():
+        stamp = self._stamps.current()
+        if stamp in (self._loaded, self._reported):
             return None
         try:
             identity = read_identity(*self._files)
         except TlsError as exc:
+            if stamp != self._failing:
+                self._failing = stamp  # maybe half-way through a rotation: look again next time
+                return None
+            self._reported = stamp
             RELOADS.labels(self.use, "error").inc()
             log.error(
                 "certificate reload refused, the previous one keeps serving: %s",
@@ -287,6 +302,7 @@ class _Reloader:
                 extra={"stage": "tls", "err_code": "tls_reload_failed", "event": self.use},
             )
             return None
+        self._loaded, self._failing, self._reported = stamp, None, None
         self.identity = identity
         RELOADS.labels(self.use, "ok").inc()
         CERT_EXPIRY.labels(self.use).set(identity.not_after)

@@ -186,7 +186,14 @@ def test_the_grpc_fetcher_answers_new_pairs_only_and_keeps_the_old_on_a_bad_one(
     other = ca.issue("other", out=tmp_path)
     os.replace(other.key, ident.key)  # a key that does not match the certificate
     assert fetcher() is None
+    # Maybe half-way through a rotation: reported only when the files are the same at the next look.
+    assert RELOADS.labels("grpc", "error")._value.get() == errors
+    assert fetcher() is None
     assert RELOADS.labels("grpc", "error")._value.get() == errors + 1
+    assert fetcher() is None  # reported once
+    assert RELOADS.labels("grpc", "error")._value.get() == errors + 1
+    os.replace(other.cert, ident.cert)  # the rotation completes: the pair matches again
+    assert fetcher() is not None
 
 
 def test_a_fetcher_with_reload_off_never_looks_again(ca: DevCA, tmp_path: Path) -> None:
