@@ -17,7 +17,7 @@ class VadConfig:
     # Silero speech probability above which a window counts as speech
     threshold: float = setting(0.5, env="VAD_THRESHOLD")
     min_silence_ms: int = setting(300, env="VAD_MIN_SILENCE_MS")  # silence that ends a segment
-    min_speech_ms: int = setting(250, env="VAD_MIN_SPEECH_MS")  # speech needed before a segment starts
+    min_speech_ms: int = setting(100, env="VAD_MIN_SPEECH_MS")  # speech needed before a segment starts
     # moved earlier on SPEECH_START (never before the flow's first sample)
     pad_start_ms: int = setting(0, env="VAD_PAD_START_MS")
     pad_end_ms: int = setting(0, env="VAD_PAD_END_MS")  # moved later on SPEECH_END (never past the audio seen)
