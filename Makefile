@@ -67,7 +67,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_vad
 	$(BIN)/python -m tests.perf.bench_compress
 
-run: ## the whole stack on localhost in the foreground; Ctrl-C stops it
+run: ## the whole stack on localhost in the foreground; Ctrl-C stops it (STACK_TLS=1: wss:// and mTLS, dev CA in var/certs)
 	$(BIN)/speechgw-stack run
 
 demo: setup ## set up, start the stack, stream a sample clip in real time, print the events, stop

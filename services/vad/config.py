@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common.audio import SAMPLE_RATE
 from common.envconf import ConfigError, nested, setting
 from common.server import ServerConfig
+from common.tls import TlsConfig
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class VadConfig:
     workers: int = setting(2, env="VAD_WORKERS")  # executor threads running inference
     model_path: str = setting("", env="VAD_MODEL_PATH")  # empty: silero_vad.onnx from the silero-vad wheel (SPEC §9)
     server: ServerConfig = nested(ServerConfig, prefix="VAD_")
+    tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
