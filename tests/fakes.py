@@ -7,12 +7,14 @@ and do no real work. Test fixtures only, never the product.
   127.0.0.1): an ASR pool member in process.
 - FakeLidEngine (the LidEngine protocol), FakeSpeechProbability (the LID service's speech gate) and
   FakeDelayEngine (the denoise Engine protocol).
+- FakeBatchAsrEngine (the ASR Engine protocol with Whisper's batched partials): records batch sizes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from common.server import GRPC_OPTIONS, ServerConfig
 from common.service import Service, grpc_main
 from common.tls import TlsConfig
 from proto import asr_pb2, asr_pb2_grpc, common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
+from services.asr.engines import EngineStream, PartialRequest, Result
 from services.lid.speech import WINDOW_SAMPLES
 
 
@@ -274,3 +277,46 @@ def main(kind: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+class FakeBatchAsrEngine:
+    """An ASR engine that re-decodes like Whisper and decodes partials in batches
+    (`transcribe_partials`). Its text names what it heard: "level L, N ms" (L the loudest sample in
+    PCM16 units), so each session can recognise its own audio. Every batch's size is recorded in
+    `batches`; while `gate` is clear decodes wait on it (at most 5 s); a request whose level is in
+    `fail_levels` makes any decode containing it raise."""
+
+    name = "fake-batch"
+    model = "fake-batch-model"
+    supports_hotwords = True
+    incremental = False
+
+    def __init__(self, fail_levels: Sequence[int] = ()) -> None:
+        self.batches: list[int] = []
+        self.fail_levels = set(fail_levels)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()  # a decode is on a worker
+
+    @staticmethod
+    def level(pcm: np.ndarray) -> int:
+        return round(float(np.max(np.abs(pcm))) * 32768) if pcm.size else 0
+
+    def _text(self, pcm: np.ndarray) -> str:
+        if self.level(pcm) in self.fail_levels:
+            raise RuntimeError(f"cannot decode level {self.level(pcm)}")
+        return f"level {self.level(pcm)}, {pcm.size * 1000 // 16000} ms"
+
+    def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        self.started.set()
+        self.gate.wait(5)
+        return Result(self._text(pcm), lang or "en")
+
+    def transcribe_partials(self, requests: Sequence[PartialRequest]) -> list[Result]:
+        self.started.set()
+        self.gate.wait(5)
+        self.batches.append(len(requests))
+        return [Result(self._text(r.pcm), r.lang or "en") for r in requests]
+
+    def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream:
+        raise AssertionError("a batch-capable engine's partials go through transcribe_partials")

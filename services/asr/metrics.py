@@ -26,6 +26,12 @@ ASR_PARTIALS_SKIPPED = Counter(
     ["engine", "model"],
 )
 ASR_QUEUE_DEPTH = Gauge("asr_queue_depth", "Decodes waiting for a decode worker", ["engine", "model"])
+ASR_BATCH_SIZE = Histogram(
+    "asr_partial_batch_size",
+    "Partials decoded together in one batched decode, per partial (ASR_BATCH_MAX)",
+    ["engine", "model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+)
 ASR_DECODE_SECONDS = Counter(
     "asr_decode_seconds_total", "Wall time spent decoding, by kind", ["engine", "model", "kind"]
 )

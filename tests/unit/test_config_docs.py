@@ -84,4 +84,4 @@ def test_the_loaders_read_the_known_set() -> None:
     # speech gate and floor and the ASR's gating, window and hallucination-guard settings included;
     # a variable lost from a loader shows up here as well as in the page check. Nine TLS variables
     # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG.
-    assert len(loader_vars()) == 170
+    assert len(loader_vars()) == 171
