@@ -30,7 +30,7 @@ from common.server import GRPC_OPTIONS, ServerConfig
 from common.service import Service, grpc_main
 from common.tls import TlsConfig
 from proto import asr_pb2, asr_pb2_grpc, common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
-from services.asr.engines import EngineStream, PartialRequest, Result
+from services.asr.engines import BatchRequest, EngineStream, Result
 from services.lid.speech import WINDOW_SAMPLES
 
 
@@ -280,11 +280,11 @@ if __name__ == "__main__":
 
 
 class FakeBatchAsrEngine:
-    """An ASR engine that re-decodes like Whisper and decodes partials in batches
-    (`transcribe_partials`). Its text names what it heard: "level L, N ms" (L the loudest sample in
+    """An ASR engine that re-decodes like Whisper and decodes in batches (`transcribe_partials`,
+    `transcribe_finals`). Its text names what it heard: "level L, N ms" (L the loudest sample in
     PCM16 units), so each session can recognise its own audio. Every batch's size is recorded in
-    `batches`; while `gate` is clear decodes wait on it (at most 5 s); a request whose level is in
-    `fail_levels` makes any decode containing it raise."""
+    `batches` (partials) or `final_batches`; while `gate` is clear decodes wait on it (at most
+    5 s); a request whose level is in `fail_levels` makes any decode containing it raise."""
 
     name = "fake-batch"
     model = "fake-batch-model"
@@ -293,6 +293,7 @@ class FakeBatchAsrEngine:
 
     def __init__(self, fail_levels: Sequence[int] = ()) -> None:
         self.batches: list[int] = []
+        self.final_batches: list[int] = []
         self.fail_levels = set(fail_levels)
         self.gate = threading.Event()
         self.gate.set()
@@ -312,11 +313,17 @@ class FakeBatchAsrEngine:
         self.gate.wait(5)
         return Result(self._text(pcm), lang or "en")
 
-    def transcribe_partials(self, requests: Sequence[PartialRequest]) -> list[Result]:
+    def transcribe_partials(self, requests: Sequence[BatchRequest]) -> list[Result]:
         self.started.set()
         self.gate.wait(5)
         self.batches.append(len(requests))
         return [Result(self._text(r.pcm), r.lang or "en") for r in requests]
 
+    def transcribe_finals(self, requests: Sequence[BatchRequest]) -> list[Result]:
+        self.started.set()
+        self.gate.wait(5)
+        self.final_batches.append(len(requests))
+        return [Result(self._text(r.pcm), r.lang or "en") for r in requests]
+
     def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream:
-        raise AssertionError("a batch-capable engine's partials go through transcribe_partials")
+        raise AssertionError("a batch-capable engine's decodes go through transcribe_partials/_finals")

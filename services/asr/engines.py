@@ -66,8 +66,8 @@ def _max_tokens(audio_s: float) -> int:
 
 
 @dataclass(frozen=True)
-class PartialRequest:
-    """One session's partial decode in a batch (`WhisperEngine.transcribe_partials`)."""
+class BatchRequest:
+    """One session's decode in a batch (`WhisperEngine.transcribe_partials`, `transcribe_finals`)."""
 
     pcm: np.ndarray
     lang: str = ""
@@ -132,16 +132,23 @@ class WhisperEngine:
         """Open utterance so far: the partial window when the audio fits in it."""
         return self.decode(pcm, lang, hotwords, self._partial_window)
 
-    def transcribe_partials(self, requests: Sequence[PartialRequest]) -> list[Result]:
-        """Several sessions' partials at once, each as `transcribe_partial` would decode it, guards
-        included: the clips that go on the partial window with one language and one prompt share one
+    def transcribe_partials(self, requests: Sequence[BatchRequest]) -> list[Result]:
+        """Several sessions' partials at once (`_transcribe_batch` on the partial window)."""
+        return self._transcribe_batch(requests, self._partial_window)
+
+    def transcribe_finals(self, requests: Sequence[BatchRequest]) -> list[Result]:
+        """Several sessions' finals at once (`_transcribe_batch` on the final window)."""
+        return self._transcribe_batch(requests, self._final_window)
+
+    def _transcribe_batch(self, requests: Sequence[BatchRequest], window: WindowedDecoder) -> list[Result]:
+        """Several decodes at once, each as `decode` would do it alone on `window`, guards
+        included: the clips that go on the window with one language and one prompt share one
         encoder and one `generate` call on the longest clip's window (shorter ones padded to it;
         measured cheaper than batching only clips of one window size, docs/services/asr.md). The
         clips whose text looks like a loop are decoded again together on the longer windows."""
         results: list[Result | None] = [None] * len(requests)
         groups: dict[tuple[str | None, str | None], list[int]] = {}
         for i, req in enumerate(requests):
-            window = self._partial_window
             if (req.pcm.size and guards.is_silent(req.pcm, self._guard)) or not window.fits(req.pcm.size):
                 results[i] = self.decode(req.pcm, req.lang, req.hotwords, window)  # alone, as today
             else:
@@ -149,7 +156,7 @@ class WhisperEngine:
                 groups.setdefault(key, []).append(i)
         for (language, prompt), members in groups.items():
             pcms = {i: requests[i].pcm for i in members}
-            frames = max(self._window_frames(self._partial_window, pcm.size) for pcm in pcms.values())
+            frames = max(self._window_frames(window, pcm.size) for pcm in pcms.values())
             for i, result in self._windowed_batch(pcms, language, prompt, frames).items():
                 results[i] = result
         return [r for r in results if r is not None]

@@ -27,9 +27,9 @@ ASR_PARTIALS_SKIPPED = Counter(
 )
 ASR_QUEUE_DEPTH = Gauge("asr_queue_depth", "Decodes waiting for a decode worker", ["engine", "model"])
 ASR_BATCH_SIZE = Histogram(
-    "asr_partial_batch_size",
-    "Partials decoded together in one batched decode, per partial (ASR_BATCH_MAX)",
-    ["engine", "model"],
+    "asr_batch_size",
+    "Decodes (partials or finals) run together in one batched decode, observed per decode (ASR_BATCH_MAX)",
+    ["engine", "model", "kind"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16),
 )
 ASR_DECODE_SECONDS = Counter(

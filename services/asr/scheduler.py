@@ -2,8 +2,8 @@
 
 `DecodeScheduler` owns the decode threads: finals wait for a free worker in FIFO order ahead of every
 partial; partials wait in a priority queue, the session that waited longest for a partial first.
-With `batch_max` > 1, the partials waiting in one batch group when a worker frees run together as
-one batched decode (`DecodeScheduler.batch`, ASR_BATCH_MAX). `Admission` caps sessions per process
+With `batch_max` > 1, the finals, or else the partials, waiting in one batch group when a worker
+frees run together as one batched decode (`DecodeScheduler.batch`, ASR_BATCH_MAX). `Admission` caps sessions per process
 with a bounded wait queue.
 """
 
@@ -67,16 +67,18 @@ class DecodeScheduler:
     granted, so under load partials thin out (fewer per session, each on fresher audio) instead of
     queueing up stale work; finals are never delayed by partials.
 
-    A partial asked with `batch` joins a batch group (one engine, one language and prompt): when a
-    worker goes to such a partial, up to `batch_max - 1` more waiting partials of its group, in
-    key order, go with it, and their jobs run as one call on that worker."""
+    A decode asked with `batch` joins a batch group (one engine, one language and prompt): when a
+    worker goes to such a final (partial), up to `batch_max - 1` more waiting finals (partials) of
+    its group, oldest (in key order) first, go with it, and their jobs run as one call on that
+    worker."""
 
     def __init__(self, workers: int, batch_max: int = 1) -> None:
         self.workers = workers
         self.batch_max = batch_max
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="asr-decode")
         self._free = workers
-        self._finals: deque[asyncio.Future[None]] = deque()
+        # (waiter, batch group or None), oldest first
+        self._finals: deque[tuple[asyncio.Future[Any], Hashable | None]] = deque()
         # (key, arrival, waiter, batch group or None); a batch member's waiter gets its `_Batch`
         self._partials: list[tuple[tuple[int, float], int, asyncio.Future[Any], Hashable | None]] = []
         self._seq = itertools.count()
@@ -89,11 +91,11 @@ class DecodeScheduler:
     @property
     def depth(self) -> int:
         """Decodes waiting for a worker."""
-        return sum(not f.done() for f in self._finals) + sum(not e[2].done() for e in self._partials)
+        return sum(not f[0].done() for f in self._finals) + sum(not e[2].done() for e in self._partials)
 
     @property
     def finals_waiting(self) -> bool:
-        return any(not f.done() for f in self._finals)
+        return any(not f[0].done() for f in self._finals)
 
     @contextlib.asynccontextmanager
     async def slot(self, partial_key: tuple[int, float] | None = None) -> AsyncIterator[None]:
@@ -103,7 +105,7 @@ class DecodeScheduler:
         else:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if partial_key is None:
-                self._finals.append(waiter)
+                self._finals.append((waiter, None))
             else:
                 heapq.heappush(self._partials, (partial_key, next(self._seq), waiter, None))
             try:
@@ -119,10 +121,14 @@ class DecodeScheduler:
 
     def _release(self) -> None:
         while self._finals:
-            waiter = self._finals.popleft()
-            if not waiter.done():
+            waiter, group = self._finals.popleft()
+            if waiter.done():
+                continue
+            if group is None:
                 waiter.set_result(None)
-                return
+            else:
+                self._grant(waiter, self._pop_finals(group, self.batch_max - 1))
+            return
         while self._partials:
             _, _, waiter, group = heapq.heappop(self._partials)
             if waiter.done():
@@ -130,12 +136,30 @@ class DecodeScheduler:
             if group is None:
                 waiter.set_result(None)
             else:
-                members = [waiter, *self._pop_group(group, self.batch_max - 1)]
-                batch: _Batch[Any, Any] = _Batch(self, len(members))
-                for member in members:
-                    member.set_result(batch)
+                self._grant(waiter, self._pop_group(group, self.batch_max - 1))
             return
         self._free += 1
+
+    def _grant(self, first: asyncio.Future[Any], others: list[asyncio.Future[Any]]) -> None:
+        members = [first, *others]
+        batch: _Batch[Any, Any] = _Batch(self, len(members))
+        for member in members:
+            member.set_result(batch)
+
+    def _pop_finals(self, group: Hashable, limit: int) -> list[asyncio.Future[Any]]:
+        """Up to `limit` live final waiters of `group`, oldest first, taken off the queue."""
+        taken: list[asyncio.Future[Any]] = []
+        kept: deque[tuple[asyncio.Future[Any], Hashable | None]] = deque()
+        while self._finals:
+            entry = self._finals.popleft()
+            if entry[0].done():
+                continue
+            if entry[1] == group and len(taken) < limit:
+                taken.append(entry[0])
+            else:
+                kept.append(entry)
+        self._finals = kept
+        return taken
 
     def _pop_group(self, group: Hashable, limit: int) -> list[asyncio.Future[Any]]:
         """Up to `limit` live waiters of `group`, in key order, taken off the queue."""
@@ -155,12 +179,14 @@ class DecodeScheduler:
 
     async def batch(
         self,
-        partial_key: tuple[int, float],
         group: Hashable,
         prepare: Callable[[], J | None],
         decode: BatchDecode[J, R],
+        partial_key: tuple[int, float] | None = None,
     ) -> BatchOutcome[R] | None:
-        """A partial that may run batched with others of `group`. When the worker is granted,
+        """A decode that may run batched with others of `group`: a final when `partial_key` is None
+        (oldest first, ahead of every partial; finals batch only with finals), else a partial ordered
+        by the key. When the worker is granted,
         `prepare()` (on the event loop) returns this member's job, or None to withdraw; the jobs of
         the batch then run as `decode(jobs)` on one decode thread (members of a group pass the same
         `decode`). Returns this job's outcome, or None when withdrawn; raises the job's exception
@@ -170,7 +196,10 @@ class DecodeScheduler:
             batch: _Batch[Any, Any] = _Batch(self, 1)
         else:
             waiter: asyncio.Future[_Batch[Any, Any]] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._partials, (partial_key, next(self._seq), waiter, group))
+            if partial_key is None:
+                self._finals.append((waiter, group))
+            else:
+                heapq.heappush(self._partials, (partial_key, next(self._seq), waiter, group))
             try:
                 batch = await waiter
             except asyncio.CancelledError:

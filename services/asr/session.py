@@ -22,7 +22,7 @@ from proto import asr_pb2
 from services.asr import metrics
 from services.asr.codec import BadPacket, FrameDecoder
 from services.asr.config import AsrConfig
-from services.asr.engines import Engine, EngineStream, PartialRequest, Result
+from services.asr.engines import BatchRequest, Engine, EngineStream, Result
 from services.asr.reorder import GapTooLarge, PacketReorderBuffer
 from services.asr.scheduler import DecodeScheduler
 from services.asr.segmenter import NS_PER_S, OpenUtterance, Utterance, UtteranceSegmenter
@@ -137,10 +137,10 @@ class AsrSession:
         self._partial_running = False
         self._labels = {"engine": engine.name, "model": engine.model}
         self._audio_seconds = metrics.ASR_AUDIO_SECONDS.labels(**self._labels)
-        # Whisper's partials re-decode the whole utterance and can share a batched decode with other
-        # sessions' (DecodeScheduler.batch); an incremental engine decodes its own stream.
-        batch_decode = getattr(engine, "transcribe_partials", None)
-        self._batch_decode = None if engine.incremental else batch_decode
+        # Whisper's partials and finals re-decode the whole utterance and can share a batched decode
+        # with other sessions' (DecodeScheduler.batch); an incremental engine decodes its own stream.
+        self._batch_decode = None if engine.incremental else getattr(engine, "transcribe_partials", None)
+        self._batch_finals = None if engine.incremental else getattr(engine, "transcribe_finals", None)
 
     async def run(self, frames: AsyncIterator[asr_pb2.ClientFrame], emit: Emit) -> None:
         try:
@@ -241,21 +241,8 @@ class AsrSession:
                     self._close_stream_locked()
             result = Result(reused, self.params.lang)
         else:
-
-            def decode() -> tuple[Result, int, float]:
-                t0 = time.perf_counter()
-                with self._lock:
-                    if self._engine.incremental and self._stream_index == utt.index and self._stream:
-                        stream, self._stream = self._stream, None
-                        rest = utt.pcm[self._stream_fed :]
-                        stream.accept(rest)
-                        return stream.finish(), rest.size, time.perf_counter() - t0
-                    self._close_stream_locked()
-                    result = self._engine.transcribe(utt.pcm, self.params.lang, self.params.hotwords)
-                    return result, utt.pcm.size, time.perf_counter() - t0
-
             try:
-                result, decoded, took = await self._scheduler.run(decode)
+                result, decoded, took = await self._decode_final(utt)
             except Exception as exc:  # an engine failure costs this utterance, not the stream
                 log.exception("final decode failed", extra={"flowId": self.params.flow_id, "err_code": "decode_failed"})
                 event = asr_pb2.AsrEvent(type="error", code="decode_failed", text=str(exc), ts=list(utt.ts))
@@ -268,6 +255,31 @@ class AsrSession:
                 type="final", text=result.text, ts=list(utt.ts), lang=result.lang or self.params.lang
             )
             await self._send(emit, event, since=closed.closed_at)
+
+    async def _decode_final(self, utt: Utterance) -> tuple[Result, int, float]:
+        """Decode a closed utterance: (result, samples decoded, decode seconds). Whisper's finals can
+        share a batched decode with other sessions' finals (DecodeScheduler.batch, ASR_BATCH_MAX)."""
+        if self._batch_finals is not None:
+            request = BatchRequest(utt.pcm, self.params.lang, self.params.hotwords)
+            group = (self.params.lang, self.params.hotwords)
+            outcome = await self._scheduler.batch(group, lambda: request, self._batch_finals)
+            assert outcome is not None  # prepare never withdraws
+            metrics.ASR_BATCH_SIZE.labels(kind="final", **self._labels).observe(outcome.size)
+            return outcome.result, utt.pcm.size, outcome.seconds
+
+        def decode() -> tuple[Result, int, float]:
+            t0 = time.perf_counter()
+            with self._lock:
+                if self._engine.incremental and self._stream_index == utt.index and self._stream:
+                    stream, self._stream = self._stream, None
+                    rest = utt.pcm[self._stream_fed :]
+                    stream.accept(rest)
+                    return stream.finish(), rest.size, time.perf_counter() - t0
+                self._close_stream_locked()
+                result = self._engine.transcribe(utt.pcm, self.params.lang, self.params.hotwords)
+                return result, utt.pcm.size, time.perf_counter() - t0
+
+        return await self._scheduler.run(decode)
 
     def _reusable(self, utt: Utterance) -> str | None:
         """The last partial's text when it decoded all of this utterance's audio, speech end and tail
@@ -344,25 +356,25 @@ class AsrSession:
         key: tuple[int, float],
         asked: float,
         interval_s: float,
-        decode: Callable[[Sequence[PartialRequest]], Sequence[Result]],
+        decode: Callable[[Sequence[BatchRequest]], Sequence[Result]],
     ) -> None:
         """The partial as one member of a cross-session batch (ASR_BATCH_MAX; a batch of one alone)."""
         taken: _Taken | None = None
 
-        def prepare() -> PartialRequest | None:
+        def prepare() -> BatchRequest | None:
             nonlocal taken
             self._partial_running = True  # granted: a final waits for this decode from now on
             taken = self._take_partial_audio(asked, interval_s)
-            return None if taken is None else PartialRequest(taken.utt.pcm, self.params.lang, self.params.hotwords)
+            return None if taken is None else BatchRequest(taken.utt.pcm, self.params.lang, self.params.hotwords)
 
         group = (self.params.lang, self.params.hotwords)
         try:
-            outcome = await self._scheduler.batch(key, group, prepare, decode)
+            outcome = await self._scheduler.batch(group, prepare, decode, partial_key=key)
         finally:
             self._partial_running = False
         if outcome is None or taken is None:
             return
-        metrics.ASR_BATCH_SIZE.labels(**self._labels).observe(outcome.size)
+        metrics.ASR_BATCH_SIZE.labels(kind="partial", **self._labels).observe(outcome.size)
         result = outcome.result
         await self._partial_result(
             emit, taken, taken.utt.pcm.size, outcome.seconds, result.text, result.refused, interval_s

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.models import whisper_tiny_en_dir
-from services.asr.engines import PartialRequest, Result, WhisperEngine
+from services.asr.engines import BatchRequest, Result, WhisperEngine
 from tests import corpus
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def sized() -> WhisperEngine:
 def test_a_batch_of_one_window_size_returns_the_texts_decoded_one_at_a_time(sized: WhisperEngine) -> None:
     """Partials of four sessions, all on the 3 s window: the batch is today's decode of each."""
     pcms = prefixes([1.5, 1.7, 1.8, 1.9])
-    batched = sized.transcribe_partials([PartialRequest(p) for p in pcms])
+    batched = sized.transcribe_partials([BatchRequest(p) for p in pcms])
     alone = [sized.transcribe_partial(p) for p in pcms]
     assert batched == alone
     assert sum(bool(r.text) for r in batched) >= 3, batched  # real speech, real words
@@ -57,7 +57,7 @@ def test_a_batch_of_different_sizes_decodes_each_on_the_longest_window(sized: Wh
     windows = [sized._window_frames(sized._partial_window, p.size) for p in pcms]
     assert len(set(windows)) > 1
     fixed = engine(partial_window_s=max(windows) / 100, min_window_s=0.0)
-    batched = sized.transcribe_partials([PartialRequest(p) for p in pcms])
+    batched = sized.transcribe_partials([BatchRequest(p) for p in pcms])
     assert batched == [fixed.transcribe_partial(p) for p in pcms]
     assert sum(bool(r.text) for r in batched) >= 3, batched
 
@@ -70,7 +70,7 @@ def test_guards_apply_to_each_item_of_a_batch(sized: WhisperEngine) -> None:
     silence = np.zeros(3 * SR // 2, np.float32)
     hiss = (np.random.default_rng(7).standard_normal(3 * SR // 2) * 10 ** (-50 / 20)).astype(np.float32)
     pcms = [speech[1], silence, speech[2], hiss]
-    batched = sized.transcribe_partials([PartialRequest(p) for p in pcms])
+    batched = sized.transcribe_partials([BatchRequest(p) for p in pcms])
     assert batched == [sized.transcribe_partial(p) for p in pcms]
     assert batched[1] == Result("", "en", "silence")
     assert batched[0].text and batched[2].text
@@ -80,6 +80,6 @@ def test_audio_longer_than_the_partial_window_is_decoded_alone(sized: WhisperEng
     """A partial over the partial window takes faster-whisper's own path, alone; the others batch."""
     long = np.concatenate([*clips(), *clips()])[: 11 * SR]
     pcms = [*prefixes([1.5, 1.8, 2.0, 2.2])[:2], long]
-    batched = sized.transcribe_partials([PartialRequest(p) for p in pcms])
+    batched = sized.transcribe_partials([BatchRequest(p) for p in pcms])
     assert batched == [sized.transcribe_partial(p) for p in pcms]
     assert batched[2].text

@@ -5,6 +5,7 @@ the partials queue, so which decodes share a batch does not depend on timing."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -56,7 +57,7 @@ async def hold_worker(scheduler: DecodeScheduler) -> tuple[asyncio.Event, asynci
 def member(
     scheduler: DecodeScheduler, job: str | None, decode: Callable[[Sequence[str]], Sequence[str]], order: float
 ) -> asyncio.Task[BatchOutcome[str] | None]:
-    return asyncio.create_task(scheduler.batch((1, order), "en", lambda: job, decode))
+    return asyncio.create_task(scheduler.batch("en", lambda: job, decode, partial_key=(1, order)))
 
 
 async def queue_members(
@@ -91,7 +92,7 @@ async def test_batch_max_1_decodes_one_at_a_time() -> None:
 
 async def test_a_free_worker_decodes_a_lone_partial_at_once() -> None:
     scheduler, decode = DecodeScheduler(1, batch_max=4), Recorder()
-    outcome = await asyncio.wait_for(scheduler.batch((0, 0.0), "en", lambda: "a", decode), seconds(5))
+    outcome = await asyncio.wait_for(scheduler.batch("en", lambda: "a", decode, partial_key=(0, 0.0)), seconds(5))
     assert outcome is not None and (outcome.result, outcome.size) == ("text of a", 1)
     assert decode.calls == [["a"]] and scheduler.idle
 
@@ -107,11 +108,23 @@ async def test_finals_go_before_a_waiting_batch() -> None:
     assert decode.calls == [["final"], ["a", "b"]]
 
 
+async def test_waiting_finals_batch_together_oldest_first_and_never_with_partials() -> None:
+    scheduler, decode = DecodeScheduler(1, batch_max=2), Recorder()
+    release, holder = await hold_worker(scheduler)
+    partial = member(scheduler, "p", decode, 0)
+    finals = [asyncio.create_task(scheduler.batch("en", functools.partial(str, job), decode)) for job in "xyz"]
+    await until(lambda: scheduler.depth == 4, what="the decodes queued")
+    release.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(partial, *finals, holder), seconds(5))
+    assert decode.calls == [["x", "y"], ["z"], ["p"]]  # finals first, oldest first, up to batch_max
+    assert [o.result for o in outcomes[1:4] if o] == ["text of x", "text of y", "text of z"]
+
+
 async def test_groups_are_not_mixed_in_a_batch() -> None:
     scheduler, decode = DecodeScheduler(1, batch_max=4), Recorder()
     release, holder = await hold_worker(scheduler)
     tasks = [
-        asyncio.create_task(scheduler.batch((1, float(i)), group, lambda job=job: job, decode))
+        asyncio.create_task(scheduler.batch(group, functools.partial(str, job), decode, partial_key=(1, float(i))))
         for i, (group, job) in enumerate([("en", "a"), ("de", "x"), ("en", "b"), ("de", "y")])
     ]
     await until(lambda: scheduler.depth == 4, what="the partials queued")
@@ -238,6 +251,7 @@ async def test_sessions_share_a_batch_and_each_gets_its_own_text() -> None:
     done.set()
     await asyncio.wait_for(asyncio.gather(*sessions), seconds(5))
     assert engine.batches[:2] == [1, 3]  # the first alone (the worker was free), then the 3 waiting together
+    assert sum(engine.final_batches) == len(levels)  # one final each, batched or not
     for level, session_events in events.items():
         texts = [e.text for e in session_events if e.type in ("partial", "final")]
         assert texts and all(t.startswith(f"level {level},") for t in texts), texts
@@ -285,3 +299,34 @@ def test_batch_max_is_validated() -> None:
     assert load_env(AsrConfig, {}).batch_max == AsrConfig().batch_max
     with pytest.raises(ConfigError, match="ASR_BATCH_MAX"):
         load_env(AsrConfig, {"ASR_BATCH_MAX": "0"})
+
+
+async def test_finals_of_sessions_closing_together_share_a_batch() -> None:
+    engine = FakeBatchAsrEngine()
+    scheduler = DecodeScheduler(1, batch_max=4)
+    config = AsrConfig(min_partial_audio_ms=10_000, speech_preroll_ms=0, speech_tail_ms=0)  # no partials
+    levels = (1000, 2000, 3000)
+    ends = {level: asyncio.Event() for level in levels}
+    events: dict[int, list[asr_pb2.AsrEvent]] = {level: [] for level in levels}
+
+    async def one(level: int) -> None:
+        start = asr_pb2.Start(flow_id=f"f{level}", codec="pcm", sr=16000, frame_ms=20, vad_endpoints=True)
+
+        async def emit(event: asr_pb2.AsrEvent) -> None:
+            events[level].append(event)
+
+        await AsrSession(StreamParams.from_start(start, config), engine, scheduler, config).run(
+            stream(level, 10 + level // 100, ends[level]), emit
+        )
+
+    release, holder = await hold_worker(scheduler)  # the worker is busy while the utterances close
+    sessions = [asyncio.create_task(one(level)) for level in levels]
+    for level in levels:
+        ends[level].set()
+    await until(lambda: scheduler.depth == len(levels), what="3 finals waiting")
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*sessions, holder), seconds(5))
+    assert engine.final_batches == [3] and engine.batches == []
+    for level in levels:
+        finals = [e for e in events[level] if e.type == "final"]
+        assert [e.text for e in finals] == [f"level {level}, {(10 + level // 100) * 20} ms"]
