@@ -25,9 +25,21 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from common.audio import SAMPLE_RATE
+from devtools.devauth import default_token
+from orchestrator.edge.auth import BEARER_PROTOCOL_PREFIX, SUBPROTOCOL
 from orchestrator.transcripts.srt import to_srt
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/stream"
+TOKEN_VIA = ("header", "subprotocol", "start")
+
+
+def connect_kwargs(token: str | None, via: str = "header") -> dict[str, Any]:
+    """How `websockets.connect` presents `token` before the upgrade (docs/protocol.md)."""
+    if not token or via == "start":
+        return {}
+    if via == "subprotocol":
+        return {"subprotocols": [SUBPROTOCOL, BEARER_PROTOCOL_PREFIX + token]}
+    return {"additional_headers": {"Authorization": f"Bearer {token}"}}
 
 
 def load_wav(path: str | Path) -> bytes:
@@ -68,19 +80,33 @@ async def stream_pcm(
     flush: bool = True,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     open_timeout_s: float = 10.0,
+    token: str | None = None,
+    token_via: str = "header",
 ) -> StreamResult:
     """Send `start`, the audio paced at `speed` x real time (0 = as fast as possible), then `flush`;
-    collect events until the server closes."""
+    collect events until the server closes. `token` None: `devauth.default_token()`; "": none sent.
+    `token_via`: an Authorization header, a `bearer.` subprotocol, or `start.auth.token`."""
+    if token is None:
+        token = default_token()
     result = StreamResult()
     chunk = SAMPLE_RATE * chunk_ms // 1000 * 2
     msg = {
         "type": "start",
         "audio": {"codec": "pcm_s16le", "sr": SAMPLE_RATE, "channels": 1, "chunk_ms": chunk_ms},
     }
+    if token and token_via == "start":
+        msg["auth"] = {"token": token}
     msg.update(start or {})
     # No ping timeout: when the gateway holds a client that sends faster than real time
     # (backpressure), the pong waits behind the audio already in the TCP buffers.
-    async with connect(url, max_size=2**22, compression=None, open_timeout=open_timeout_s, ping_timeout=None) as ws:
+    async with connect(
+        url,
+        max_size=2**22,
+        compression=None,
+        open_timeout=open_timeout_s,
+        ping_timeout=None,
+        **connect_kwargs(token, token_via),
+    ) as ws:
 
         async def reader() -> None:
             try:
@@ -130,7 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--lang", default="auto", help="hints.user_lang_pref")
     p.add_argument("--domain", default="default")
-    p.add_argument("--token", default=None)
+    p.add_argument(
+        "--token",
+        default=None,
+        help="JWT; default: $SPEECHGW_TOKEN, else one minted from the local stack's development key",
+    )
+    p.add_argument("--token-via", choices=TOKEN_VIA, default="header", help="how the token is sent")
     p.add_argument("--srt", type=Path, default=None, help="write the finals as SRT")
     p.add_argument("--json", type=Path, default=None, help="write all events as a JSON array")
     args = p.parse_args(argv)
@@ -141,14 +172,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         start["flowId"] = args.flow_id
     if args.families:
         start["return"] = [f for f in args.families.split(",") if f]
-    if args.token:
-        start["auth"] = {"token": args.token}
 
     def show(event: dict[str, Any]) -> None:
         print(json.dumps(event, ensure_ascii=False), flush=True)
 
     result = asyncio.run(
-        stream_pcm(args.url, pcm, start=start, chunk_ms=args.chunk_ms, speed=args.speed, on_event=show)
+        stream_pcm(
+            args.url,
+            pcm,
+            start=start,
+            chunk_ms=args.chunk_ms,
+            speed=args.speed,
+            on_event=show,
+            token=args.token,
+            token_via=args.token_via,
+        )
     )
     if args.srt:
         args.srt.write_text(to_srt(result.of_type("asr_final")), encoding="utf-8")

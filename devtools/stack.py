@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.devauth import mint, with_dev_keys
 from devtools.launcher import RunningService, launch
 
 # Two ASR pools with different models (SPEC §4): English on Whisper tiny.en, the rest on the
@@ -78,6 +79,20 @@ class Stack:
     def http_base(self) -> str:
         return self.running["gateway"].http_base
 
+    def token(self, sub: str = "dev", ttl_s: float = 3600.0, **limits: Any) -> str | None:
+        """A token for tenant `sub` that this stack's gateway accepts (None when authentication is off)."""
+        secret = self.env.get("AUTH_JWT_SECRET", "")
+        if not secret or self.env.get("AUTH_MODE") == "off":
+            return None
+        return mint(
+            secret,
+            sub,
+            ttl_s,
+            audience=self.env.get("AUTH_JWT_AUDIENCE", ""),
+            issuer=self.env.get("AUTH_JWT_ISSUER", ""),
+            **limits,
+        )
+
     def gateway_env(self) -> dict[str, str]:
         """The environment that points a gateway at these services."""
         env = dict(self.env)
@@ -115,6 +130,8 @@ class Stack:
                 "JOBS_DB": str(self.workdir / "jobs.sqlite"),
                 **self.env,
             }
+        # Authentication on with the development keys unless the environment configures it (README).
+        self.env = with_dev_keys(self.env)
         self._start_object_storage()
 
         def one(name: str) -> RunningService:
@@ -195,6 +212,7 @@ def cmd_demo(clip: Path, speed: float) -> int:
                 stack.url,
                 load_wav(clip),
                 speed=speed,
+                token=stack.token(),
                 start={
                     "flowId": "demo-" + clip.stem,
                     "return": ["lid", "asr", "record_url", "metrics", "vad"],

@@ -32,7 +32,10 @@ async def _one_session(url: str, seconds: float, start_at: float, out: list[dict
 
     pcm = b"\x10\x00\xf0\xff" * (CHUNK // 4)
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    async with connect(url, compression=None, open_timeout=60, max_size=2**22) as ws:
+    from devtools.client import connect_kwargs
+    from devtools.devauth import default_token
+
+    async with connect(url, compression=None, open_timeout=60, max_size=2**22, **connect_kwargs(default_token())) as ws:
         t_start = time.monotonic()
         await ws.send(json.dumps({"type": "start", "return": ["record_url", "metrics", "vad"]}))
         ack = json.loads(await ws.recv())
