@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from devtools.devauth import dev_env
 from devtools.launcher import launch
 
 CHUNK = 640  # 20 ms of PCM16 at 16 kHz
@@ -141,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra gateway setting, e.g. VAD_BATCH_MS=20 to send every chunk as its own message",
     )
+    p.add_argument(
+        "--auth", action="store_true", help="JWT on (the development secret): every session's token is verified"
+    )
     args = p.parse_args(argv)
+    auth_env = {k: v for k, v in dev_env().items() if k.startswith("AUTH_")} if args.auth else {}
     fakes = [
         launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING"})
         for k in ("vad", "compress")
@@ -155,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             "GATEWAY_PORT": "0",
             "LOG_LEVEL": "WARNING",
             "MAX_SESSIONS": "2000",
+            **auth_env,
             **dict(kv.split("=", 1) for kv in args.gateway_env),
         },
     )
     url = f"ws://127.0.0.1:{gw.http_port}/ws/stream"
     print(
         f"# capacity: gateway + fake VAD/compress, {args.seconds:g} s real-time audio per session, "
-        f"{os.cpu_count()} cores, settings {args.gateway_env or 'default'}",
+        f"{os.cpu_count()} cores, settings {args.gateway_env or 'default'}, auth {'jwt' if args.auth else 'off'}",
         flush=True,
     )
     try:
