@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.devauth import mint, with_dev_keys
+from devtools.devauth import keys_dir, mint, with_dev_keys
 from devtools.launcher import RunningService, launch
 
 # Two ASR pools with different models (SPEC §4): English on Whisper tiny.en, the rest on the
@@ -193,6 +193,13 @@ def cmd_run(port: int) -> int:
     stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True)
     with stack:
         print(f"stack up: {stack.url}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+        if stack.token() is not None:
+            print(
+                "authentication on: speechgw-client mints its token from the development key in "
+                f"{keys_dir()} (another client: --token or SPEECHGW_TOKEN)",
+                file=sys.stderr,
+                flush=True,
+            )
         # Wait for Ctrl-C or SIGTERM without a Python handler (an Event.set in a handler can deadlock
         # the main thread). The children are already started, so they keep the default mask.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

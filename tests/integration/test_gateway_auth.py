@@ -315,3 +315,13 @@ def test_a_gateway_off_loopback_without_auth_refuses_to_start() -> None:
     errors = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert [e["err_code"] for e in errors if e["level"] == "error"] == ["config_invalid"]
     assert "AUTH_MODE=off" in errors[-1]["msg"] and "0.0.0.0" in errors[-1]["msg"]
+
+
+async def test_an_explicit_auth_off_starts_anywhere_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="orchestrator.gateway"):
+        gw = await running_gateway(tmp_path, GATEWAY_HOST="0.0.0.0", AUTH_MODE="off")
+        await gw.stop()
+    off = [r for r in caplog.records if getattr(r, "event", "") == "auth_off"]
+    assert [r.levelname for r in off] == ["WARNING"] and "non-loopback" in off[0].getMessage()
