@@ -369,7 +369,7 @@ async def test_s3_outage_spools_and_loses_nothing(
             assert (await archive(other.grpc_addr, make_frames(restarted_flow, pcm))).status == "spooled"
         finally:
             assert other.stop() == 0
-        assert list((tmp_path / "spool" / "pending" / restarted_flow).glob("*.ogg"))
+        assert list((tmp_path / "spool" / "pending" / "public" / restarted_flow).glob("*.ogg"))
     finally:
         seaweed.start()
     wait_for(lambda: seaweed.keys(BUCKET, f"records/public/{live_flow}") != [], 20, "background upload after outage")
@@ -379,7 +379,7 @@ async def test_s3_outage_spools_and_loses_nothing(
         wait_for(lambda: seaweed.keys(BUCKET, f"records/public/{restarted_flow}") != [], 20, "upload at start-up")
     finally:
         again.stop()
-    assert not list((tmp_path / "spool" / "pending").glob("*/*"))
+    assert not list((tmp_path / "spool" / "pending").glob("*/*/*"))
     fresh = await archive(s3_backend.svc.grpc_addr, make_frames(new_flow("after"), pcm))
     assert fresh.status == "stored"
     metrics = download(f"{s3_backend.svc.http_base}/metrics").decode()
