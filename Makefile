@@ -58,6 +58,7 @@ test-unit: ## unit tests only
 
 bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 min, the others a few minutes each
 	$(BIN)/python -m tests.perf.bench_live --json var/bench_live.json
+	$(BIN)/python -m tests.perf.plot_live var/bench_live.json --out var/live_capacity.png
 	$(BIN)/python -m tests.perf.bench_batch
 	$(BIN)/python -m tests.perf.bench_capacity
 	$(BIN)/python -m tests.perf.bench_asr --latency
