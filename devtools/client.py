@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from orchestrator.edge.auth import BEARER_PROTOCOL_PREFIX, SUBPROTOCOL
 from orchestrator.transcripts.srt import to_srt
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/stream"
+DEV_CA = Path("var/certs/ca.pem")  # written by `speechgw-stack run --tls` (devtools/certs.py)
 TOKEN_VIA = ("header", "subprotocol", "start")
 
 
@@ -82,10 +84,12 @@ async def stream_pcm(
     open_timeout_s: float = 10.0,
     token: str | None = None,
     token_via: str = "header",
+    ca_file: str | Path | None = None,
 ) -> StreamResult:
     """Send `start`, the audio paced at `speed` x real time (0 = as fast as possible), then `flush`;
     collect events until the server closes. `token` None: `devauth.default_token()`; "": none sent.
-    `token_via`: an Authorization header, a `bearer.` subprotocol, or `start.auth.token`."""
+    `token_via`: an Authorization header, a `bearer.` subprotocol, or `start.auth.token`. A `wss://`
+    server is verified against `ca_file` (a private CA) or, without it, the system's CAs."""
     if token is None:
         token = default_token()
     result = StreamResult()
@@ -99,12 +103,14 @@ async def stream_pcm(
     msg.update(start or {})
     # No ping timeout: when the gateway holds a client that sends faster than real time
     # (backpressure), the pong waits behind the audio already in the TCP buffers.
+    tls = ssl_context(ca_file) if url.startswith("wss://") else None
     async with connect(
         url,
         max_size=2**22,
         compression=None,
         open_timeout=open_timeout_s,
         ping_timeout=None,
+        ssl=tls,
         **connect_kwargs(token, token_via),
     ) as ws:
 
@@ -141,6 +147,11 @@ async def stream_pcm(
     return result
 
 
+def ssl_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    """Verify the server against `ca_file`, else the system's CAs."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="speechgw-client", description=__doc__.split("\n")[1])
     p.add_argument("input", help="WAV (any rate/channels) or '-' for raw PCM16 LE 16 kHz mono on stdin")
@@ -162,6 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="JWT; default: $SPEECHGW_TOKEN, else one minted from the local stack's development key",
     )
     p.add_argument("--token-via", choices=TOKEN_VIA, default="header", help="how the token is sent")
+    p.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        help=f"CA that signed a wss:// server's certificate (default: {DEV_CA} when it exists, else the system's)",
+    )
     p.add_argument("--srt", type=Path, default=None, help="write the finals as SRT")
     p.add_argument("--json", type=Path, default=None, help="write all events as a JSON array")
     args = p.parse_args(argv)
@@ -176,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show(event: dict[str, Any]) -> None:
         print(json.dumps(event, ensure_ascii=False), flush=True)
 
+    ca = args.ca or (DEV_CA if DEV_CA.is_file() else None)
     result = asyncio.run(
         stream_pcm(
             args.url,
@@ -186,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_event=show,
             token=args.token,
             token_via=args.token_via,
+            ca_file=ca,
         )
     )
     if args.srt:
