@@ -321,7 +321,7 @@ async def test_an_explicit_auth_off_starts_anywhere_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level("INFO", logger="orchestrator.gateway"):
-        gw = await running_gateway(tmp_path, GATEWAY_HOST="0.0.0.0", AUTH_MODE="off")
+        gw = await running_gateway(tmp_path, GATEWAY_HOST="0.0.0.0", AUTH_MODE="off", TLS_MODE="off")
         await gw.stop()
     off = [r for r in caplog.records if getattr(r, "event", "") == "auth_off"]
     assert [r.levelname for r in off] == ["WARNING"] and "non-loopback" in off[0].getMessage()

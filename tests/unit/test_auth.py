@@ -342,11 +342,12 @@ def test_a_token_that_expired_after_the_handshake_is_refused_at_start() -> None:
 def test_auth_off_is_only_implicit_on_loopback() -> None:
     assert not load_env(GatewayConfig, {}).auth.enabled  # 127.0.0.1, nothing configured: off
     for host in ("0.0.0.0", "::", "10.0.0.5", "gateway.example"):
+        plain = {"GATEWAY_HOST": host, "TLS_MODE": "off"}  # TLS has its own rule (test_tls.py)
         with pytest.raises(ConfigError, match="AUTH_MODE"):
-            load_env(GatewayConfig, {"GATEWAY_HOST": host})
-        explicit = load_env(GatewayConfig, {"GATEWAY_HOST": host, "AUTH_MODE": "off"})
+            load_env(GatewayConfig, plain)
+        explicit = load_env(GatewayConfig, {**plain, "AUTH_MODE": "off"})
         assert not explicit.auth.enabled
-        on = load_env(GatewayConfig, {"GATEWAY_HOST": host, "AUTH_JWT_SECRET": SECRET})
+        on = load_env(GatewayConfig, {**plain, "AUTH_JWT_SECRET": SECRET})
         assert on.auth.enabled
     assert load_env(GatewayConfig, {"GATEWAY_HOST": "::1"}).auth.mode == ""
 
