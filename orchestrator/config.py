@@ -89,7 +89,7 @@ class StagePolicy:
 class VadLinkConfig:
     enabled: bool = setting(True, env="ENABLE_VAD")
     addr: str = setting("", env="VAD_ADDR")  # host:port; empty = stage off
-    batch_ms: int = setting(40, env="VAD_BATCH_MS")
+    batch_ms: int = setting(100, env="VAD_BATCH_MS")
 
 
 @dataclass(frozen=True)
