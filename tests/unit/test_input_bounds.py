@@ -15,7 +15,6 @@ from orchestrator.core.protocol import (
     MAX_HOTWORDS,
     MAX_JSON_DEPTH,
     Close,
-    ErrorCode,
     json_depth_exceeds,
     parse_control,
     valid_flow_id,
