@@ -112,17 +112,7 @@ class Gateway:
         if "compress" in self._channels:
             self._stages.append(CompressStage(self._channels["compress"], cfg.compress.batch_ms))
         self._server = await serve(
-            self._handle,
-            cfg.listen.host,
-            cfg.listen.port,
-            process_request=self._http,
-            max_size=cfg.listen.ws_max_message_bytes,
-            compression=None,  # PCM does not deflate; compression would only burn CPU
-            max_queue=64,
-            # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
-            # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
-            # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).
-            ping_timeout=None,
+            self._handle, cfg.listen.host, cfg.listen.port, process_request=self._http, **websocket_options(cfg)
         )
         self._background.start("sweeper", self._sweep)
         self._background.start("stage-health", self._watch_stage_health)
@@ -332,6 +322,19 @@ class WebSocketConnection:
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self._ws.close(code, reason)
+
+
+def websocket_options(config: GatewayConfig) -> dict[str, Any]:
+    """How the gateway's WebSocket layer is set up (also what the Autobahn run checks, tests/fuzz/autobahn.py)."""
+    return {
+        "max_size": config.listen.ws_max_message_bytes,
+        "compression": None,  # PCM does not deflate; compression would only burn CPU
+        "max_queue": 64,
+        # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
+        # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
+        # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).
+        "ping_timeout": None,
+    }
 
 
 def client_ip(ws: ServerConnection) -> str:
