@@ -30,8 +30,9 @@ MAX_RETURN_ENTRIES = 16
 MAX_DOMAIN_CHARS = 64
 MAX_TOKEN_CHARS = 16 * 1024
 LANG_PREF_RE = re.compile(r"^(?:auto|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3})?\Z")
-# Strings and brackets of a JSON text: a string's brackets do not nest.
-_JSON_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+# For the depth check: a JSON string (its brackets do not nest), and what is not a bracket.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 class Close(int, Enum):
@@ -140,18 +141,17 @@ class StartRequest:
 
 def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether `text` nests arrays and objects deeper than `limit`, found without parsing it: a count
-    of the brackets rules out almost every frame, and only one with more brackets than the limit is
-    scanned (linear, brackets inside strings skipped)."""
+    of brackets rules out almost every frame; otherwise strings are cut out (their brackets do not
+    nest) and only the brackets are walked, one step per bracket."""
     if text.count("[") + text.count("{") <= limit:
         return False
     depth = 0
-    for match in _JSON_STRING_OR_BRACKET.finditer(text):
-        token = match.group()
-        if token in ("[", "{"):
+    for bracket in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if bracket in "[{":
             depth += 1
             if depth > limit:
                 return True
-        elif token in ("]", "}"):
+        else:
             depth -= 1
     return False
 
