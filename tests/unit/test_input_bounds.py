@@ -22,7 +22,7 @@ from orchestrator.core.protocol import (
 from orchestrator.core.session import Session, SessionConfig, State
 from orchestrator.driver import SessionDriver
 from tests.poll import seconds
-from tests.schemas import check_event
+from tests.schemas import check_event, validator
 from tests.unit.test_driver import SECOND, FakeConnection, FakeStage
 
 pytestmark = pytest.mark.unit
@@ -200,3 +200,23 @@ async def test_a_bug_on_a_client_message_drains_the_session_instead_of_dropping_
     assert archive.audio_bytes == len(SECOND)
     assert [e["code"] for e in conn.sent if e["type"] == "error"] == ["internal_error"]
     assert conn.kinds()[-1] == "end" and conn.close_code == 1011
+
+
+@pytest.mark.parametrize(
+    ("start", "valid"),
+    [
+        (
+            {"type": "start", "flowId": "a.b", "hints": {"hotwords": ["k"] * MAX_HOTWORDS, "user_lang_pref": "zh-TW"}},
+            True,
+        ),
+        ({"type": "start", "flowId": "a..b"}, False),
+        ({"type": "start", "hints": {"hotwords": ["k"] * (MAX_HOTWORDS + 1)}}, False),
+        ({"type": "start", "hints": {"hotwords": ["x" * (MAX_HOTWORD_CHARS + 1)]}}, False),
+        ({"type": "start", "hints": {"domain": "d" * 65}}, False),
+    ],
+)
+def test_the_published_start_schema_states_the_same_bounds(start: dict[str, Any], valid: bool) -> None:
+    assert validator("start").is_valid(start) is valid
+    s = Session(CFG, 0.0, "gen")
+    s.receive_text(json.dumps(start), 0.0)
+    assert (s.state is State.STREAMING) is valid
