@@ -19,6 +19,8 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
+from typing import Any
 
 import psutil
 
@@ -27,7 +29,7 @@ from devtools.launcher import launch
 CHUNK = 640  # 20 ms of PCM16 at 16 kHz
 
 
-async def _one_session(url: str, seconds: float, start_at: float, out: list[dict[str, float]]) -> None:
+async def _one_session(url: str, seconds: float, start_at: float, out: list[dict[str, Any]]) -> None:
     from websockets.asyncio.client import connect
 
     pcm = b"\x10\x00\xf0\xff" * (CHUNK // 4)
@@ -53,15 +55,19 @@ async def _one_session(url: str, seconds: float, start_at: float, out: list[dict
         t_flush = time.monotonic()
         await ws.send('{"type":"flush"}')
         end_ms = float("nan")
+        errors: list[str] = []
         async for raw in ws:
-            if json.loads(raw).get("type") == "end":
+            event = json.loads(raw)
+            if event.get("type") == "error":
+                errors.append(str(event.get("code")))
+            elif event.get("type") == "end":
                 end_ms = (time.monotonic() - t_flush) * 1000
-        out.append({"ack_ms": ack_ms, "end_ms": end_ms, "late_ms": late * 1000})
+        out.append({"ack_ms": ack_ms, "end_ms": end_ms, "late_ms": late * 1000, "errors": errors})
 
 
 def _client_proc(url: str, n: int, seconds: float, ramp_s: float, q: mp.Queue) -> None:  # type: ignore[type-arg]
-    async def run() -> list[dict[str, float]]:
-        out: list[dict[str, float]] = []
+    async def run() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
         t = time.monotonic() + 0.5
         await asyncio.gather(
             *[_one_session(url, seconds, t + ramp_s * i / max(1, n), out) for i in range(n)],
@@ -77,7 +83,7 @@ def _client_proc(url: str, n: int, seconds: float, ramp_s: float, q: mp.Queue) -
         q.put(asyncio.run(run()))
 
 
-def run_level(url: str, gw_pid: int, sessions: int, seconds: float, procs: int) -> dict[str, float]:
+def run_level(url: str, gw_pid: int, sessions: int, seconds: float, procs: int) -> dict[str, Any]:
     gw = psutil.Process(gw_pid)
     ramp_s = min(5.0, seconds / 4)
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
@@ -88,7 +94,7 @@ def run_level(url: str, gw_pid: int, sessions: int, seconds: float, procs: int) 
     peak_rss = 0
     for w in workers:
         w.start()
-    results: list[dict[str, float]] = []
+    results: list[dict[str, Any]] = []
     pending = len(workers)
     while pending:
         peak_rss = max(peak_rss, gw.memory_info().rss)
@@ -103,10 +109,13 @@ def run_level(url: str, gw_pid: int, sessions: int, seconds: float, procs: int) 
     cpu1 = gw.cpu_times()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     ok = [r for r in results if "end_ms" in r]
+    codes = Counter(code for r in ok for code in r["errors"])
     audio_s = len(ok) * seconds
     return {
         "sessions": sessions,
         "completed": len(ok),
+        "with_errors": sum(1 for r in ok if r["errors"]),
+        "error_codes": dict(codes),
         "gateway_cpu_s_per_session_s": cpu / audio_s if audio_s else float("nan"),
         "gateway_cores_busy": cpu / wall,
         "gateway_peak_rss_mb": peak_rss / 2**20,
