@@ -71,6 +71,7 @@ autobahn: fuzz-deps ## the Autobahn conformance cases (kosoku) against the gatew
 
 bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 min, the others a few minutes each
 	$(BIN)/python -m tests.perf.bench_live --json var/bench_live.json
+	$(BIN)/python -m tests.perf.plot_live var/bench_live.json --out var/live_capacity.png
 	$(BIN)/python -m tests.perf.bench_batch
 	$(BIN)/python -m tests.perf.bench_capacity
 	$(BIN)/python -m tests.perf.bench_asr --latency
@@ -80,7 +81,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_vad
 	$(BIN)/python -m tests.perf.bench_compress
 
-run: ## the whole stack on localhost in the foreground; Ctrl-C stops it
+run: ## the whole stack on localhost in the foreground; Ctrl-C stops it (STACK_TLS=1: wss:// and mTLS, dev CA in var/certs)
 	$(BIN)/speechgw-stack run
 
 demo: setup ## set up, start the stack, stream a sample clip in real time, print the events, stop

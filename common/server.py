@@ -5,6 +5,7 @@ drain with grace, exit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -17,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.envconf import ConfigError, setting
+from common.tls import TlsConfig, grpc_server_credentials, server_http_context
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ AddServicers = Callable[[grpc.aio.Server], None]
 
 
 class ServiceRunner:
-    """Owns the servers of one service process. `ready()` flips health to SERVING."""
+    """Owns the servers of one service process. `ready()` flips health to SERVING. With `tls` enabled,
+    gRPC is mTLS and the HTTP port HTTPS, both with certificates reloaded from disk (common/tls.py)."""
 
     def __init__(
         self,
@@ -60,14 +63,23 @@ class ServiceRunner:
         config: ServerConfig,
         add_servicers: AddServicers,
         http_routes: list[web.RouteDef] | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.name = name
         self.config = config
+        self.tls = tls or TlsConfig()
+        self.tls.check_plaintext(f"{name} listens", [config.host])
         self.health = health.aio.HealthServicer()
         self.grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
         add_servicers(self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        addr = f"{config.host}:{config.grpc_port}"
+        if self.tls.enabled:
+            self.grpc_port = self.grpc_server.add_secure_port(addr, grpc_server_credentials(self.tls))
+        else:
+            self.grpc_port = self.grpc_server.add_insecure_port(addr)
+        self._http_tls = server_http_context(self.tls)
+        self._tls_watch: asyncio.Task[None] | None = None
         self.app = web.Application()
         self.app.add_routes([web.get("/healthz", self._healthz), web.get("/metrics", self._metrics)])
         if http_routes:
@@ -80,8 +92,11 @@ class ServiceRunner:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc_server.start()
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        ssl_context = self._http_tls.context if self._http_tls is not None else None
+        site = web.TCPSite(self._runner, self.config.host, self.config.http_port, ssl_context=ssl_context)
         await site.start()
+        if self._http_tls is not None:
+            self._tls_watch = asyncio.create_task(self._http_tls.watch(self.tls.reload_s), name="tls-reload")
         sockets = getattr(site._server, "sockets", None)
         assert sockets, "HTTP site did not bind"
         self.http_port = sockets[0].getsockname()[1]
@@ -89,10 +104,14 @@ class ServiceRunner:
     async def ready(self) -> None:
         self.serving = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        announce(self.name, self.config.host, self.grpc_port, self.http_port)
+        announce(self.name, self.config.host, self.grpc_port, self.http_port, tls=self.tls.enabled)
 
     async def stop(self) -> None:
         self.serving = False
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_watch
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.config.grace_s)
         await self._runner.cleanup()
@@ -106,9 +125,16 @@ class ServiceRunner:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def announce(name: str, host: str, grpc_port: int, http_port: int) -> None:
-    """One JSON line on stdout that launchers read to learn the bound ports."""
-    line = {"event": "listening", "service": name, "host": host, "grpc_port": grpc_port, "http_port": http_port}
+def announce(name: str, host: str, grpc_port: int, http_port: int, tls: bool = False) -> None:
+    """One JSON line on stdout that launchers read to learn the bound ports (and whether they speak TLS)."""
+    line = {
+        "event": "listening",
+        "service": name,
+        "host": host,
+        "grpc_port": grpc_port,
+        "http_port": http_port,
+        "tls": tls,
+    }
     sys.stdout.write(json.dumps(line) + "\n")
     sys.stdout.flush()
 

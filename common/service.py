@@ -30,6 +30,7 @@ from common.envconf import ConfigError, load_env, setting
 from common.logs import setup_logging
 from common.models import ModelMissing
 from common.server import AddServicers, ServerConfig, ServiceRunner, run_main
+from common.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,13 @@ class Service:
 
 
 class ServiceConfig(Protocol):
-    """A service's root config: its own settings and where it listens."""
+    """A service's root config: its own settings, where it listens, and its TLS identity."""
 
     @property
     def server(self) -> ServerConfig: ...
+
+    @property
+    def tls(self) -> TlsConfig: ...
 
 
 S = TypeVar("S", bound=ServiceConfig)
@@ -135,17 +139,21 @@ def grpc_main(name: str, config_cls: type[S], factory: ServiceFactory[S]) -> NoR
     """The `__main__` of a gRPC service."""
 
     async def body(config: S, stop: asyncio.Event) -> None:
-        await serve_grpc(name, config.server, factory(config), stop)
+        await serve_grpc(name, config.server, factory(config), stop, config.tls)
 
     main(name, config_cls, body)
 
 
 async def serve_grpc(
-    name: str, server: ServerConfig, service_cm: AbstractAsyncContextManager[Service], stop: asyncio.Event
+    name: str,
+    server: ServerConfig,
+    service_cm: AbstractAsyncContextManager[Service],
+    stop: asyncio.Event,
+    tls: TlsConfig | None = None,
 ) -> None:
     """Start, warm up, report SERVING, wait for `stop`, then drain with grace."""
     async with service_cm as service:
-        runner = ServiceRunner(name, server, service.add_servicers, service.http_routes)
+        runner = ServiceRunner(name, server, service.add_servicers, service.http_routes, tls)
         await runner.start()
         try:
             if service.warmup is not None:

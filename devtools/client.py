@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from common.audio import SAMPLE_RATE
 from orchestrator.transcripts.srt import to_srt
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/stream"
+DEV_CA = Path("var/certs/ca.pem")  # written by `speechgw-stack run --tls` (devtools/certs.py)
 
 
 def load_wav(path: str | Path) -> bytes:
@@ -68,9 +70,11 @@ async def stream_pcm(
     flush: bool = True,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     open_timeout_s: float = 10.0,
+    ca_file: str | Path | None = None,
 ) -> StreamResult:
     """Send `start`, the audio paced at `speed` x real time (0 = as fast as possible), then `flush`;
-    collect events until the server closes."""
+    collect events until the server closes. A `wss://` server is verified against `ca_file` (a
+    private CA) or, without it, the system's CAs."""
     result = StreamResult()
     chunk = SAMPLE_RATE * chunk_ms // 1000 * 2
     msg = {
@@ -80,7 +84,10 @@ async def stream_pcm(
     msg.update(start or {})
     # No ping timeout: when the gateway holds a client that sends faster than real time
     # (backpressure), the pong waits behind the audio already in the TCP buffers.
-    async with connect(url, max_size=2**22, compression=None, open_timeout=open_timeout_s, ping_timeout=None) as ws:
+    tls = ssl_context(ca_file) if url.startswith("wss://") else None
+    async with connect(
+        url, max_size=2**22, compression=None, open_timeout=open_timeout_s, ping_timeout=None, ssl=tls
+    ) as ws:
 
         async def reader() -> None:
             try:
@@ -115,6 +122,11 @@ async def stream_pcm(
     return result
 
 
+def ssl_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    """Verify the server against `ca_file`, else the system's CAs."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="speechgw-client", description=__doc__.split("\n")[1])
     p.add_argument("input", help="WAV (any rate/channels) or '-' for raw PCM16 LE 16 kHz mono on stdin")
@@ -131,6 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lang", default="auto", help="hints.user_lang_pref")
     p.add_argument("--domain", default="default")
     p.add_argument("--token", default=None)
+    p.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        help=f"CA that signed a wss:// server's certificate (default: {DEV_CA} when it exists, else the system's)",
+    )
     p.add_argument("--srt", type=Path, default=None, help="write the finals as SRT")
     p.add_argument("--json", type=Path, default=None, help="write all events as a JSON array")
     args = p.parse_args(argv)
@@ -147,8 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show(event: dict[str, Any]) -> None:
         print(json.dumps(event, ensure_ascii=False), flush=True)
 
+    ca = args.ca or (DEV_CA if DEV_CA.is_file() else None)
     result = asyncio.run(
-        stream_pcm(args.url, pcm, start=start, chunk_ms=args.chunk_ms, speed=args.speed, on_event=show)
+        stream_pcm(args.url, pcm, start=start, chunk_ms=args.chunk_ms, speed=args.speed, on_event=show, ca_file=ca)
     )
     if args.srt:
         args.srt.write_text(to_srt(result.of_type("asr_final")), encoding="utf-8")

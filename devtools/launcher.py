@@ -28,6 +28,7 @@ class RunningService:
     host: str
     grpc_port: int
     http_port: int
+    tls: bool = False  # its HTTP port (and, for the gateway, its WebSocket) speaks TLS
     _lines: queue.Queue[bytes] = field(repr=False, default_factory=queue.Queue)
     _pump: threading.Thread | None = field(repr=False, default=None)
 
@@ -37,7 +38,7 @@ class RunningService:
 
     @property
     def http_base(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}"
 
     def stop(self, timeout_s: float = 10.0) -> int:
         """SIGTERM, wait for the graceful drain, SIGKILL as the last resort."""
@@ -113,4 +114,13 @@ def launch(
         except ValueError:
             continue
         if isinstance(msg, dict) and msg.get("event") == "listening":
-            return RunningService(name, proc, msg["host"], int(msg["grpc_port"]), int(msg["http_port"]), lines, pump)
+            return RunningService(
+                name,
+                proc,
+                msg["host"],
+                int(msg["grpc_port"]),
+                int(msg["http_port"]),
+                bool(msg.get("tls", False)),
+                lines,
+                pump,
+            )

@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -60,10 +61,14 @@ class SeaweedS3:
     ports: dict[str, int] = field(default_factory=lambda: dict(zip(PORT_NAMES, free_ports(8), strict=True)))
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # (certificate, key, CA) of the S3 port: HTTPS instead of HTTP (the local stack with --tls);
+    # `verify_clients` also requires a client certificate of that CA (mTLS on the upload link).
+    tls: tuple[Path, Path, Path] | None = None
+    verify_clients: bool = False
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3']}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.ports['s3']}"
 
     def env(self, bucket: str) -> dict[str, str]:
         """Compress-service environment for this server."""
@@ -74,6 +79,8 @@ class SeaweedS3:
             "S3_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            # boto3 trusts this CA bundle for the HTTPS endpoint (a private CA is not in the system's).
+            **({"AWS_CA_BUNDLE": str(self.tls[2])} if self.tls else {}),
         }
 
     def client(self) -> Any:
@@ -83,12 +90,14 @@ class SeaweedS3:
             region_name="us-east-1",
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
+            verify=str(self.tls[2]) if self.tls else None,
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
                 retries={"max_attempts": 1},
                 connect_timeout=2,
                 read_timeout=10,
+                client_cert=(str(self.tls[0]), str(self.tls[1])) if self.tls else None,
             ),
         )
 
@@ -137,6 +146,11 @@ class SeaweedS3:
             f"-filer.localSocket={self.root / 'filer.sock'}",
             f"-s3.localSocket={self.root / 's3.sock'}",
         ]
+        if self.tls:
+            cert, key, _ = self.tls
+            cmd += [f"-s3.cert.file={cert}", f"-s3.key.file={key}"]
+            if self.verify_clients:
+                cmd += [f"-s3.cacert.file={self.tls[2]}", "-s3.tlsVerifyClientCert"]
         self.starts += 1
         log = (self.root / f"weed.{self.starts}.log").open("wb")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
@@ -152,7 +166,7 @@ class SeaweedS3:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.root}/weed.*.log")
             try:
-                urllib.request.urlopen(self.endpoint_url, timeout=1)
+                urllib.request.urlopen(self.endpoint_url, timeout=1, context=self._ssl_context())
             except urllib.error.HTTPError:
                 pass  # any HTTP answer (403 without credentials) means the S3 port is up
             except OSError as exc:
@@ -169,6 +183,14 @@ class SeaweedS3:
                 time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"SeaweedFS S3 not ready within {timeout_s} s: {last}")
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """For the readiness probe: trusts the CA, and shows the server's own identity (it has clientAuth)."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls[2]))
+        context.load_cert_chain(self.tls[0], self.tls[1])
+        return context
 
     def stop(self) -> None:
         """Kill weed (an abrupt outage); data on disk stays for `start()`."""

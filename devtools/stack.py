@@ -2,6 +2,7 @@
 
 speechgw-stack run            # foreground; Ctrl-C stops everything
 speechgw-stack demo [FILE]    # start, stream a sample clip in real time, print events, stop
+speechgw-stack run --tls      # wss:// and mTLS everywhere, certificates from a throwaway CA in var/certs
 """
 
 from __future__ import annotations
@@ -78,12 +79,45 @@ class Stack:
     echo: bool = False
     running: dict[str, RunningService] = field(default_factory=dict)
     workdir: Path | None = None
+    # wss:// at the gateway and mTLS on every internal link, with a throwaway CA (devtools/certs.py)
+    # written to `certs_dir` (default: the workdir's `certs`, else var/certs).
+    tls: bool = False
+    certs_dir: Path | None = None
+    _identities: dict[str, Any] = field(default_factory=dict, repr=False)
     _seaweed: Any = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         gw = self.running["gateway"]
-        return f"ws://{gw.host}:{gw.http_port}/ws/stream"
+        return f"{'wss' if gw.tls else 'ws'}://{gw.host}:{gw.http_port}/ws/stream"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA a client trusts for `url` (None without TLS)."""
+        return self.certs_dir / "ca.pem" if self.tls and self.certs_dir is not None else None
+
+    def _make_certs(self) -> None:
+        """One identity per process, plus `edge` for the gateway's public port; all from one fresh CA."""
+        if not self.tls:
+            return
+        from devtools.certs import dev_certs
+
+        if self.certs_dir is None:
+            self.certs_dir = self.workdir / "certs" if self.workdir is not None else Path("var/certs")
+        self.certs_dir = self.certs_dir.resolve()
+        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge", "seaweed"])
+
+    def tls_env(self, name: str) -> dict[str, str]:
+        """The TLS variables of one process (empty without TLS)."""
+        if not self.tls:
+            return {}
+        ident = self._identities[name]
+        env = {"GRPC_TLS_CERT_FILE": str(ident.cert), "GRPC_TLS_KEY_FILE": str(ident.key)}
+        env["TLS_CA_FILE"] = str(self.ca_file)
+        if name == "gateway":
+            edge = self._identities["edge"]
+            env |= {"TLS_CERT_FILE": str(edge.cert), "TLS_KEY_FILE": str(edge.key)}
+        return env
 
     @property
     def http_base(self) -> str:
@@ -91,7 +125,7 @@ class Stack:
 
     def gateway_env(self) -> dict[str, str]:
         """The environment that points a gateway at these services."""
-        env = {**LOOPBACK_LIMITS, **self.env}
+        env = {**LOOPBACK_LIMITS, **self.env, **self.tls_env("gateway")}
         pools: dict[str, list[str]] = {}
         for name, svc in self.running.items():
             if name.startswith("asr."):
@@ -104,6 +138,9 @@ class Stack:
             routing = workdir / "routing.toml"
             routing.write_text(routing_toml(pools))
             env["ROUTING_FILE"] = str(routing)
+            if "en" in pools:
+                # The provisional stream bets on English, the cheapest pool (docs/routing.md).
+                env.setdefault("ASR_PROVISIONAL_LANG", "en")
         return env
 
     def _start_object_storage(self) -> None:
@@ -113,7 +150,12 @@ class Stack:
         from devtools.seaweed import SeaweedS3
 
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="speechgw-stack-"))
-        self._seaweed = SeaweedS3(self.workdir / "seaweed")
+        tls = None
+        if self.tls:  # HTTPS on the S3 port; no client certificate asked: record URLs are opened by clients
+            ident, ca = self._identities["seaweed"], self.ca_file
+            assert ca is not None
+            tls = (ident.cert, ident.key, ca)
+        self._seaweed = SeaweedS3(self.workdir / "seaweed", tls=tls)
         self._seaweed.start()
         self.env = {**self.env, **self._seaweed.env(self.env.get("S3_BUCKET", "speechgw-records"))}
 
@@ -126,11 +168,13 @@ class Stack:
                 "JOBS_DB": str(self.workdir / "jobs.sqlite"),
                 **self.env,
             }
+        self._make_certs()
         self._start_object_storage()
 
         def one(name: str) -> RunningService:
             module, _, pool = name.partition(".")
             env = {**self.env, **POOL_ENV.get(pool, {})} if module == "asr" else dict(self.env)
+            env |= self.tls_env(name)
             return launch(
                 name, [sys.executable, "-m", f"services.{module}"], env=env, timeout_s=timeout_s, echo_stdout=self.echo
             )
@@ -183,10 +227,17 @@ def _services_from_env() -> tuple[str, ...]:
     return tuple(s for s in raw.split(",") if s) or DEFAULT_SERVICES
 
 
-def cmd_run(port: int) -> int:
-    stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True)
+def _tls_from_env() -> bool:
+    from common.envconf import parse_bool
+
+    return parse_bool(os.environ.get("STACK_TLS", "") or "false")
+
+
+def cmd_run(port: int, tls: bool) -> int:
+    stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True, tls=tls)
     with stack:
-        print(f"stack up: {stack.url}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+        ca = f"; clients trust {stack.ca_file} (speechgw-client --ca)" if stack.ca_file else ""
+        print(f"stack up: {stack.url}{ca}  (Ctrl-C stops)", file=sys.stderr, flush=True)
         # Wait for Ctrl-C or SIGTERM without a Python handler (an Event.set in a handler can deadlock
         # the main thread). The children are already started, so they keep the default mask.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -195,11 +246,11 @@ def cmd_run(port: int) -> int:
     return 0
 
 
-def cmd_demo(clip: Path, speed: float) -> int:
+def cmd_demo(clip: Path, speed: float, tls: bool) -> int:
     from devtools.client import load_wav, stream_pcm
 
     env = {**os.environ, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}
-    with Stack(_services_from_env(), env=env) as stack:
+    with Stack(_services_from_env(), env=env, tls=tls) as stack:
         print(f"# stack up at {stack.url}; streaming {clip.name} at {speed:g}x real time", file=sys.stderr)
         result = asyncio.run(
             stream_pcm(
@@ -211,6 +262,7 @@ def cmd_demo(clip: Path, speed: float) -> int:
                     "return": ["lid", "asr", "record_url", "metrics", "vad"],
                 },
                 on_event=lambda e: print(json.dumps(e, ensure_ascii=False), flush=True),
+                ca_file=stack.ca_file,
             )
         )
     finals = " ".join(e["text"].strip() for e in result.of_type("asr_final"))
@@ -227,10 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="stream a sample clip through the stack and print the events")
     demo.add_argument("clip", nargs="?", type=Path, default=None)
     demo.add_argument("--speed", type=float, default=1.0)
+    for cmd in (run, demo):
+        cmd.add_argument(
+            "--tls",
+            action="store_true",
+            default=_tls_from_env(),
+            help="wss:// and mTLS with a throwaway CA in var/certs (or STACK_TLS=1)",
+        )
     args = p.parse_args(argv)
     if args.cmd == "run":
-        return cmd_run(args.port)
-    return cmd_demo(args.clip or sample_clip(), args.speed)
+        return cmd_run(args.port, args.tls)
+    return cmd_demo(args.clip or sample_clip(), args.speed, args.tls)
 
 
 if __name__ == "__main__":

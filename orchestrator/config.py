@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from common.envconf import ConfigError, nested, setting
+from common.tls import EdgeTlsConfig, TlsConfig, host_of
 from orchestrator.core.events import StageName
 from orchestrator.core.session import SessionConfig
 from orchestrator.edge.limits import LimitsConfig
@@ -89,7 +90,7 @@ class StagePolicy:
 class VadLinkConfig:
     enabled: bool = setting(True, env="ENABLE_VAD")
     addr: str = setting("", env="VAD_ADDR")  # host:port; empty = stage off
-    batch_ms: int = setting(100, env="VAD_BATCH_MS")
+    batch_ms: int = setting(40, env="VAD_BATCH_MS")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class AsrLinkConfig:
     open_timeout_s: float = setting(3.0, env="ASR_OPEN_TIMEOUT_SEC")
     # While LID listens, stream to the default route's pool and show its partials (docs/routing.md).
     provisional: bool = setting(True, env="ASR_PROVISIONAL")
+    # The language the provisional stream is opened with (its route's pool); "" = the default route,
+    # language unknown. When LID then picks this language, the provisional stream is kept: no replay.
+    provisional_lang: str = setting("", env="ASR_PROVISIONAL_LANG")
     # Past capacity, a new session waits this long for a member to free up before it is refused
     # (record-only); 0 refuses at once.
     admission_wait_s: float = setting(2.0, env="ASR_ADMISSION_WAIT_SEC")
@@ -151,6 +155,8 @@ class GatewayConfig:
     compress: CompressLinkConfig = nested(CompressLinkConfig)
     jobs: JobsConfig = nested(JobsConfig, env=JOBS_ENV)
     transcribe: TranscribeConfig = nested(TranscribeConfig, env=TRANSCRIBE_ENV)
+    edge_tls: EdgeTlsConfig = nested(EdgeTlsConfig)  # wss:// (TLS_CERT_FILE, TLS_KEY_FILE)
+    tls: TlsConfig = nested(TlsConfig)  # mTLS towards every service (GRPC_TLS_*, TLS_CA_FILE)
 
     def __post_init__(self) -> None:
         if self.session.max_frame_bytes > self.listen.ws_max_message_bytes:
@@ -174,6 +180,16 @@ class GatewayConfig:
             stage_timeout_s=self.stages.timeout_s,
         )
         object.__setattr__(self, "session", session)
+        # No plaintext off loopback unless it is asked for (docs/security.md#tls).
+        self.edge_tls.check_plaintext(self.listen.host)
+        self.tls.check_plaintext("the gateway dials", [host_of(a) for a in self.stage_addrs()])
+
+    def stage_addrs(self) -> list[str]:
+        """Every service address this gateway dials, the ASR members of ASR_ADDR included."""
+        addrs = [getattr(self, name).addr for name in self.active_stages if name != StageName.ASR]
+        if StageName.ASR in self.active_stages and not self.asr.routing_file:
+            addrs += [a.strip() for a in self.asr.addr.split(",") if a.strip()]
+        return addrs
 
     @property
     def active_stages(self) -> tuple[StageName, ...]:
@@ -189,6 +205,9 @@ class GatewayConfig:
 
     def routing_table(self) -> RoutingTable:
         if self.asr.routing_file:
-            return RoutingTable.load(self.asr.routing_file)
+            table = RoutingTable.load(self.asr.routing_file)
+            members = [a for spec in table.pools for a in spec.addrs]
+            self.tls.check_plaintext("the gateway dials", [host_of(a) for a in members])
+            return table
         addrs = tuple(a.strip() for a in self.asr.addr.split(",") if a.strip())
         return RoutingTable.single_pool(addrs)

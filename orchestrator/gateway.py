@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from common.server import GRPC_OPTIONS, announce
+from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig
 from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, ProtocolError, StartRequest, valid_flow_id
@@ -82,7 +83,7 @@ class Gateway:
             if name == "asr":
                 continue  # ASR members live in pools, with their own health and breakers
             addr = getattr(cfg, name).addr
-            self._channels[name] = grpc.aio.insecure_channel(addr, options=GRPC_OPTIONS)
+            self._channels[name] = grpc_channel(addr, cfg.tls, GRPC_OPTIONS)
             self._stage_health[name] = False
         if "vad" in self._channels:
             self._stages.append(VadStage(self._channels["vad"], cfg.vad.batch_ms))
@@ -91,7 +92,7 @@ class Gateway:
         if "lid" in self._channels:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages and self._given_stages is None:
-            self.pools = PoolSet(cfg.routing_table())
+            self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
             self._opus_pool = ThreadPoolExecutor(cfg.asr.opus_threads, thread_name_prefix="opus")
@@ -105,15 +106,24 @@ class Gateway:
                     cfg.asr.open_timeout_s,
                     cfg.asr.provisional,
                     admission_wait_s=cfg.asr.admission_wait_s,
+                    provisional_lang=cfg.asr.provisional_lang,
                     vad_endpoints="vad" in cfg.active_stages,
                 )
             )
             await self._start_jobs()
         if "compress" in self._channels:
             self._stages.append(CompressStage(self._channels["compress"], cfg.compress.batch_ms))
+        edge_tls = edge_context(cfg.edge_tls)  # wss://, its certificate reloaded from disk
         self._server = await serve(
-            self._handle, cfg.listen.host, cfg.listen.port, process_request=self._http, **websocket_options(cfg)
+            self._handle,
+            cfg.listen.host,
+            cfg.listen.port,
+            ssl=edge_tls.context if edge_tls is not None else None,
+            process_request=self._http,
+            **websocket_options(cfg),
         )
+        if edge_tls is not None:
+            self._background.start("tls-reload", lambda: edge_tls.watch(cfg.tls.reload_s))
         self._background.start("sweeper", self._sweep)
         self._background.start("stage-health", self._watch_stage_health)
         log.info("gateway listening", extra={"stage": "gateway", "event": f"listening:{self.port}"})
@@ -230,6 +240,7 @@ class Gateway:
                 job.domain,
                 flow_id=job.flow_id,
                 config=self.config.transcribe,
+                tls=self.config.tls,
             )
 
     async def _asr_capacity(self) -> bool:
@@ -360,6 +371,6 @@ async def serve_forever(config: GatewayConfig, stop: asyncio.Event) -> None:
     """Serve until `stop` is set (SIGTERM), then drain (STYLE §6)."""
     gateway = Gateway(config)
     await gateway.start()
-    announce("gateway", config.listen.host, 0, gateway.port)
+    announce("gateway", config.listen.host, 0, gateway.port, tls=config.edge_tls.enabled)
     await stop.wait()
     await gateway.drain()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from common import tls
 from orchestrator.edge.limits import REFUSAL_REASONS
 
 # The gateway's own registry: the stage latencies below share their SPEC §7 names with the services'
 # metrics (the gateway's view vs the service's processing time), which a test process imports too.
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
+# The certificate metrics of common/tls.py live in the services' default registry; the gateway shows them too.
+REGISTRY.register(tls.CERT_EXPIRY)
+REGISTRY.register(tls.RELOADS)
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 2000, 5000, 10000)
 

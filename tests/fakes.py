@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from common.envconf import nested
 from common.server import GRPC_OPTIONS, ServerConfig
 from common.service import Service, grpc_main
+from common.tls import TlsConfig
 from proto import asr_pb2, asr_pb2_grpc, common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
 from services.lid.speech import WINDOW_SAMPLES
 
@@ -252,6 +253,7 @@ class FakeDelayEngine:
 @dataclass(frozen=True)
 class FakeConfig:
     server: ServerConfig = nested(ServerConfig, prefix="FAKE_")
+    tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)
 
 
 def main(kind: str) -> None:

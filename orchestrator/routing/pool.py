@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from common.server import GRPC_OPTIONS
+from common.tls import TlsConfig, grpc_channel
 from orchestrator.metrics import REGISTRY
 from orchestrator.routing.breaker import BreakerConfig, CircuitBreaker
 from orchestrator.routing.table import PoolSpec, RoutingTable
@@ -70,6 +71,7 @@ class Member:
         breaker: CircuitBreaker,
         max_inflight: int = 0,
         channel_options: Sequence[tuple[str, Any]] = tuple(GRPC_OPTIONS),
+        tls: TlsConfig | None = None,
     ) -> None:
         self.pool = pool
         self.addr = addr
@@ -82,6 +84,7 @@ class Member:
         self.last_check_at: float | None = None
         self.last_check_error = ""
         self._channel_options = list(channel_options)
+        self._tls = tls
         self._channel: grpc.aio.Channel | None = None
 
     def __repr__(self) -> str:
@@ -94,7 +97,7 @@ class Member:
     def channel(self) -> grpc.aio.Channel:
         """The member's channel, created on first use (inside the running loop)."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.addr, options=self._channel_options)
+            self._channel = grpc_channel(self.addr, self._tls, self._channel_options)
         return self._channel
 
     def acquire(self) -> None:
@@ -166,10 +169,12 @@ class AsrPool:
         spec: PoolSpec,
         breaker: BreakerConfig | None = None,
         channel_options: Sequence[tuple[str, Any]] = tuple(GRPC_OPTIONS),
+        tls: TlsConfig | None = None,
     ) -> None:
         self.name = spec.name
         self.members = tuple(
-            Member(spec.name, addr, CircuitBreaker(breaker), spec.max_inflight, channel_options) for addr in spec.addrs
+            Member(spec.name, addr, CircuitBreaker(breaker), spec.max_inflight, channel_options, tls)
+            for addr in spec.addrs
         )
         self._next = 0  # round-robin start among equally loaded members
         MEMBERS_HEALTHY.labels(self.name).set(self.healthy_count)
@@ -321,11 +326,12 @@ class PoolSet:
         self,
         table: RoutingTable,
         channel_options: Sequence[tuple[str, Any]] | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.table = table
         options = list(channel_options if channel_options is not None else GRPC_OPTIONS)
         options.append(("grpc.max_reconnect_backoff_ms", table.health.max_reconnect_backoff_ms))
-        self.pools = {spec.name: AsrPool(spec, table.breaker, options) for spec in table.pools}
+        self.pools = {spec.name: AsrPool(spec, table.breaker, options, tls) for spec in table.pools}
         self._watcher: asyncio.Task[None] | None = None
 
     def pool(self, name: str) -> AsrPool:

@@ -96,6 +96,7 @@ class AsrStage:
         admission_wait_s: float = 0.0,
         admission_poll_s: float = 0.2,
         vad_endpoints: bool = False,
+        provisional_lang: str = "",
     ) -> None:
         self._vad_endpoints = vad_endpoints  # VAD runs: the ASR hears only the speech it marks
         self._pools = pools
@@ -105,6 +106,7 @@ class AsrStage:
         self._partial_interval_ms = partial_interval_ms
         self._open_timeout_s = open_timeout_s
         self._provisional = provisional
+        self._provisional_lang = provisional_lang
         self._admission_wait_s = admission_wait_s
         self._admission_poll_s = admission_poll_s
 
@@ -163,7 +165,7 @@ class AsrStage:
         streams: list[_Stream],
     ) -> None:
         provisional = self._provisional and not language.done()
-        lang = "" if provisional else await language
+        lang = self._provisional_lang if provisional else await language
         try:
             first = await self._open(ctx, link, wire, lang)
         except AsrUnavailable:
@@ -195,10 +197,11 @@ class AsrStage:
     async def _settle(self, ctx: StageContext, link: OpusLink, wire: _Wire, first: _Stream, lang: str) -> _Stream:
         """The language is known: open the chosen pool's stream with that language (even on the same
         pool: the engine needs the language from the start, a multilingual model guesses worse) and
-        replay the session to it. Without a language, or if the chosen pool cannot take the session,
-        the provisional stream keeps it."""
+        replay the session to it. The provisional stream keeps the session when it already has that
+        language (ASR_PROVISIONAL_LANG), when there is no language and it is on the default route, or
+        when the chosen pool cannot take the session."""
         chosen = first
-        if lang:
+        if lang != self._provisional_lang:
             try:
                 chosen = await self._open(ctx, link, wire, lang)  # replays the session so far
             except AsrUnavailable as exc:

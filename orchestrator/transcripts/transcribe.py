@@ -22,6 +22,7 @@ import numpy as np
 
 from common.envconf import ConfigError
 from common.server import GRPC_OPTIONS
+from common.tls import TlsConfig, client_ssl_context, grpc_channel
 from orchestrator.transcripts.store import PermanentJobError
 from proto import asr_pb2, asr_pb2_grpc
 
@@ -58,14 +59,17 @@ class TranscribeConfig:
             raise ConfigError("bad TRANSCRIBE_* frame, batch or size limit")
 
 
-async def download(url: str, timeout_s: float, max_bytes: int) -> bytes:
+async def download(url: str, timeout_s: float, max_bytes: int, tls: TlsConfig | None = None) -> bytes:
     """GET the archive. 404/408/429/5xx and network errors are transient (the object store may be
-    catching up); other 4xx are permanent."""
+    catching up); other 4xx are permanent. With `tls`, HTTPS trusts the internal CA as well as the
+    system's and presents this process's certificate to an archive that asks for one."""
     if not url.startswith(("http://", "https://")):
         raise RecordingUnreadable(f"record_url {url!r} is not http(s)")
+    ssl_context = client_ssl_context(tls)
+    connector = aiohttp.TCPConnector(ssl=ssl_context) if ssl_context is not None else None
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), connector=connector) as http,
             http.get(url) as resp,
         ):
             if resp.status != 200:
@@ -172,6 +176,7 @@ async def transcribe_recording(
     flow_id: str = "",
     config: TranscribeConfig = TranscribeConfig(),
     executor: Executor | None = None,
+    tls: TlsConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Transcribe one archived recording; returns finals `{text, ts: [start, end], lang}`.
 
@@ -180,7 +185,7 @@ async def transcribe_recording(
     extra: dict[str, Any] = {"flowId": flow_id, "stage": "transcribe", "asr_link_codec": "pcm"}
     try:
         async with asyncio.timeout(config.deadline_s):
-            data = await download(record_url, config.download_timeout_s, config.max_download_bytes)
+            data = await download(record_url, config.download_timeout_s, config.max_download_bytes, tls)
             loop = asyncio.get_running_loop()
             pcm = await loop.run_in_executor(executor, decode_to_pcm16, data)
             start = asr_pb2.Start(
@@ -194,7 +199,7 @@ async def transcribe_recording(
             )
             frames = client_frames(pcm, start, config.frame_ms, config.batch_packets)
             remaining = config.deadline_s - (time.monotonic() - t0)
-            async with grpc.aio.insecure_channel(asr_addr, options=GRPC_OPTIONS) as channel:
+            async with grpc_channel(asr_addr, tls, GRPC_OPTIONS) as channel:
                 finals = await recognise(channel, frames, max(remaining, 0.001), lang_hint)
     except TimeoutError as exc:
         raise TranscribeError(f"transcription passed its {config.deadline_s:g} s deadline") from exc

@@ -8,6 +8,7 @@ from typing import Any
 
 from common.envconf import ConfigError, env_name, nested, setting
 from common.server import ServerConfig
+from common.tls import TlsConfig
 from services.asr.guards import GuardConfig
 
 ENGINES = ("whisper", "sphinx")
@@ -63,6 +64,7 @@ class AsrConfig:
     reuse_partial_final: bool = setting(True, env="ASR_REUSE_PARTIAL_FINAL")
     guard: GuardConfig = nested(GuardConfig, prefix="ASR_GUARD_")
     server: ServerConfig = nested(ServerConfig, prefix="ASR_")
+    tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

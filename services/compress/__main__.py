@@ -43,7 +43,8 @@ async def compress_service(cfg: CompressConfig) -> AsyncIterator[Service]:
     local: LocalStore | None = None
     store: Store
     if cfg.backend == "s3":
-        store = S3Store(cfg.s3, cfg.public_base)
+        # This process's internal identity is its client certificate towards an S3 endpoint that wants one.
+        store = S3Store(cfg.s3, cfg.public_base, (cfg.tls.cert_file, cfg.tls.key_file) if cfg.tls.enabled else None)
     else:
         store = local = LocalStore(cfg.store_dir, cfg.public_base)
     spool = PendingSpool(cfg.spool_dir)
@@ -55,7 +56,8 @@ async def compress_service(cfg: CompressConfig) -> AsyncIterator[Service]:
         loop = asyncio.get_running_loop()
         if local is not None and not local.public_base:
             host = socket.getfqdn() if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
-            local.public_base = f"http://{host}:{runner.http_port}"
+            scheme = "https" if cfg.tls.enabled else "http"
+            local.public_base = f"{scheme}://{host}:{runner.http_port}"
             log.warning(
                 "PUBLIC_BASE is not set: record URLs use %s; production must set PUBLIC_BASE",
                 local.public_base,

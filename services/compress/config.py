@@ -7,6 +7,7 @@ from pathlib import Path
 
 from common.envconf import ConfigError, nested, setting
 from common.server import ServerConfig
+from common.tls import TlsConfig
 
 FORMATS = ("ogg_opus", "flac")
 BACKENDS = ("local", "s3")
@@ -62,6 +63,7 @@ class CompressConfig:
     retry_max_s: float = setting(30.0, env="COMPRESS_RETRY_MAX_S")  # back-off cap
     s3: S3Config = nested(S3Config)  # read whatever STORAGE_BACKEND says, so a bad value fails at start
     server: ServerConfig = nested(ServerConfig, prefix="COMPRESS_")
+    tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

@@ -70,7 +70,9 @@ class S3Store:
 
     name = "s3"
 
-    def __init__(self, cfg: S3Config, public_base: str = "") -> None:
+    def __init__(self, cfg: S3Config, public_base: str = "", client_cert: tuple[str, str] | None = None) -> None:
+        """`client_cert` (certificate, key files): presented to an HTTPS endpoint that asks for one (mTLS);
+        the endpoint's certificate is checked against boto3's CA bundle (`AWS_CA_BUNDLE`)."""
         self.cfg = cfg
         self.public_base = public_base.rstrip("/")
         self._bucket_ready = False
@@ -86,6 +88,7 @@ class S3Store:
                 connect_timeout=cfg.connect_timeout_s,
                 read_timeout=cfg.read_timeout_s,
                 retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+                client_cert=client_cert,
             ),
         )
         self._transfer = TransferConfig(multipart_threshold=cfg.multipart_threshold_bytes, max_concurrency=2)

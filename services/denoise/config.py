@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from common.envconf import ConfigError, env_name, nested, setting
 from common.server import ServerConfig
+from common.tls import TlsConfig
 from services.denoise.engines import ENGINES
 
 RESAMPLE_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
@@ -28,6 +29,7 @@ class DenoiseConfig:
     )  # soxr QQ|LQ|MQ|HQ|VHQ
     probe_timeout_s: float = setting(30.0, env="DENOISE_PROBE_TIMEOUT_S")  # child-process model probe at start
     server: ServerConfig = nested(ServerConfig, prefix="DENOISE_")
+    tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

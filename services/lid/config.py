@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from common.audio import SAMPLE_RATE
 from common.envconf import ConfigError, nested, parse_list, setting
 from common.server import ServerConfig
+from common.tls import TlsConfig
 from services.lid.speech import WINDOW_SAMPLES
 
 # Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES), kept here so that the
@@ -50,6 +51,7 @@ class LidConfig:
     # empty: the multilingual Whisper base from `make setup` (SPEC §9)
     model_dir: str = setting("", env="LID_MODEL_DIR")
     server: ServerConfig = nested(ServerConfig, prefix="LID_")
+    tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)
 
     def __post_init__(self) -> None:
         if self.min_s <= 0 or self.first_n_s < self.min_s:

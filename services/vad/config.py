@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common.audio import SAMPLE_RATE
 from common.envconf import ConfigError, nested, setting
 from common.server import ServerConfig
+from common.tls import TlsConfig
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class VadConfig:
     # Silero speech probability above which a window counts as speech
     threshold: float = setting(0.5, env="VAD_THRESHOLD")
     min_silence_ms: int = setting(300, env="VAD_MIN_SILENCE_MS")  # silence that ends a segment
-    min_speech_ms: int = setting(250, env="VAD_MIN_SPEECH_MS")  # speech needed before a segment starts
+    min_speech_ms: int = setting(100, env="VAD_MIN_SPEECH_MS")  # speech needed before a segment starts
     # moved earlier on SPEECH_START (never before the flow's first sample)
     pad_start_ms: int = setting(0, env="VAD_PAD_START_MS")
     pad_end_ms: int = setting(0, env="VAD_PAD_END_MS")  # moved later on SPEECH_END (never past the audio seen)
@@ -31,6 +32,7 @@ class VadConfig:
     workers: int = setting(2, env="VAD_WORKERS")  # executor threads running inference
     model_path: str = setting("", env="VAD_MODEL_PATH")  # empty: silero_vad.onnx from the silero-vad wheel (SPEC §9)
     server: ServerConfig = nested(ServerConfig, prefix="VAD_")
+    tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:

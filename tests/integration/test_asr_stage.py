@@ -148,6 +148,42 @@ async def test_without_provisional_routing_the_stream_waits_for_the_language() -
     assert multi.streams == [] and en.lang_hints == ["en"] and finals(events) == ["from en"]
 
 
+def english_first(pools: PoolSet) -> AsrStage:
+    return AsrStage(pools, OpusLinkConfig(), 20, None, 250, 5.0, provisional_lang="en")
+
+
+async def test_provisional_language_confirmed_keeps_its_stream_without_a_replay() -> None:
+    multi, en, pools, servers = await two_fakes()
+    try:
+        events = await run_session(english_first(pools), "en")
+    finally:
+        await close(pools, servers)
+    assert multi.streams == [] and en.lang_hints == ["en"]
+    assert en.streams == [["start", "endpoint", "opus", "opus", "opus"]]  # one stream: nothing replayed
+    assert finals(events) == ["from en"]  # its held finals are released, not dropped
+
+
+async def test_provisional_language_overruled_moves_to_the_chosen_pool() -> None:
+    multi, en, pools, servers = await two_fakes()
+    try:
+        events = await run_session(english_first(pools), "zh")
+    finally:
+        await close(pools, servers)
+    assert en.lang_hints == ["en"] and multi.lang_hints == ["zh"]
+    assert multi.streams == [["start", "endpoint", "opus", "opus", "opus"]]
+    assert finals(events) == ["from multi"]  # the provisional stream's final is dropped
+
+
+async def test_no_language_leaves_a_provisional_language_for_the_default_route() -> None:
+    multi, en, pools, servers = await two_fakes()
+    try:
+        events = await run_session(english_first(pools), "")
+    finally:
+        await close(pools, servers)
+    assert en.lang_hints == ["en"] and multi.lang_hints == [""]
+    assert finals(events) == ["from multi"]
+
+
 async def test_default_pool_down_the_session_waits_for_its_own_pool() -> None:
     server = await FakeAsrServer(recognizer("from en")).start()
     en = server.recognizer

@@ -6,7 +6,10 @@ sending 20 ms PCM chunks at real-time pace. Printed per N: the gateway's CPU sec
 session-second of audio, its RSS, the achieved send rate, and event lag (flush -> end, and
 ack after start). Quote medians; the machine is shared.
 
-    python -m tests.perf.bench_capacity [--sessions 100,200,500] [--seconds 20]
+    python -m tests.perf.bench_capacity [--sessions 100,200,500] [--seconds 20] [--tls]
+
+`--tls` runs the same load over wss:// with mTLS on the gateway's gRPC links (certificates from a
+throwaway CA, devtools/certs.py): the difference is the cost of TLS.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import ssl
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -30,12 +36,15 @@ from devtools.stack import LOOPBACK_LIMITS
 CHUNK = 640  # 20 ms of PCM16 at 16 kHz
 
 
-async def _one_session(url: str, seconds: float, start_at: float, out: list[dict[str, Any]]) -> None:
+async def _one_session(
+    url: str, seconds: float, start_at: float, out: list[dict[str, Any]], ca_file: str | None = None
+) -> None:
     from websockets.asyncio.client import connect
 
     pcm = b"\x10\x00\xf0\xff" * (CHUNK // 4)
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    async with connect(url, compression=None, open_timeout=60, max_size=2**22) as ws:
+    tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    async with connect(url, compression=None, open_timeout=60, max_size=2**22, ssl=tls) as ws:
         t_start = time.monotonic()
         await ws.send(json.dumps({"type": "start", "return": ["record_url", "metrics", "vad"]}))
         ack = json.loads(await ws.recv())
@@ -66,12 +75,12 @@ async def _one_session(url: str, seconds: float, start_at: float, out: list[dict
         out.append({"ack_ms": ack_ms, "end_ms": end_ms, "late_ms": late * 1000, "errors": errors})
 
 
-def _client_proc(url: str, n: int, seconds: float, ramp_s: float, q: mp.Queue) -> None:  # type: ignore[type-arg]
+def _client_proc(url: str, n: int, seconds: float, ramp_s: float, q: mp.Queue, ca_file: str | None) -> None:  # type: ignore[type-arg]
     async def run() -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         t = time.monotonic() + 0.5
         await asyncio.gather(
-            *[_one_session(url, seconds, t + ramp_s * i / max(1, n), out) for i in range(n)],
+            *[_one_session(url, seconds, t + ramp_s * i / max(1, n), out, ca_file) for i in range(n)],
             return_exceptions=True,
         )
         return out
@@ -84,12 +93,14 @@ def _client_proc(url: str, n: int, seconds: float, ramp_s: float, q: mp.Queue) -
         q.put(asyncio.run(run()))
 
 
-def run_level(url: str, gw_pid: int, sessions: int, seconds: float, procs: int) -> dict[str, Any]:
+def run_level(
+    url: str, gw_pid: int, sessions: int, seconds: float, procs: int, ca_file: str | None = None
+) -> dict[str, Any]:
     gw = psutil.Process(gw_pid)
     ramp_s = min(5.0, seconds / 4)
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     per = [sessions // procs + (1 if i < sessions % procs else 0) for i in range(procs)]
-    workers = [mp.Process(target=_client_proc, args=(url, n, seconds, ramp_s, q)) for n in per if n]
+    workers = [mp.Process(target=_client_proc, args=(url, n, seconds, ramp_s, q, ca_file)) for n in per if n]
     cpu0 = gw.cpu_times()
     t0 = time.monotonic()
     peak_rss = 0
@@ -139,9 +150,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra gateway setting, e.g. VAD_BATCH_MS=20 to send every chunk as its own message",
     )
+    p.add_argument("--tls", action="store_true", help="wss:// at the gateway and mTLS to the fakes")
     args = p.parse_args(argv)
+    tls: dict[str, dict[str, str]] = {"vad": {}, "compress": {}, "gateway": {}}
+    ca_file = None
+    if args.tls:
+        from devtools.certs import DevCA
+
+        ca = DevCA.create(Path(tempfile.mkdtemp(prefix="bench-certs-")))
+        ca_file = str(ca.cert_file)
+        for name in tls:
+            ident = ca.issue(name)
+            tls[name] = {
+                "GRPC_TLS_CERT_FILE": str(ident.cert),
+                "GRPC_TLS_KEY_FILE": str(ident.key),
+                "TLS_CA_FILE": ca_file,
+            }
+        edge = ca.issue("edge")
+        tls["gateway"] |= {"TLS_CERT_FILE": str(edge.cert), "TLS_KEY_FILE": str(edge.key)}
     fakes = [
-        launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING"})
+        launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING", **tls[k]})
         for k in ("vad", "compress")
     ]
     gw = launch(
@@ -154,18 +182,19 @@ def main(argv: list[str] | None = None) -> int:
             "LOG_LEVEL": "WARNING",
             "MAX_SESSIONS": "2000",
             **LOOPBACK_LIMITS,  # every simulated client is 127.0.0.1
+            **tls["gateway"],
             **dict(kv.split("=", 1) for kv in args.gateway_env),
         },
     )
-    url = f"ws://127.0.0.1:{gw.http_port}/ws/stream"
+    url = f"{'wss' if args.tls else 'ws'}://127.0.0.1:{gw.http_port}/ws/stream"
     print(
         f"# capacity: gateway + fake VAD/compress, {args.seconds:g} s real-time audio per session, "
-        f"{os.cpu_count()} cores, settings {args.gateway_env or 'default'}",
+        f"{os.cpu_count()} cores, settings {args.gateway_env or 'default'}, TLS {'on' if args.tls else 'off'}",
         flush=True,
     )
     try:
         for n in (int(x) for x in args.sessions.split(",")):
-            row = run_level(url, gw.proc.pid, n, args.seconds, args.client_procs)
+            row = run_level(url, gw.proc.pid, n, args.seconds, args.client_procs, ca_file)
             print(
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
                 flush=True,
