@@ -14,6 +14,7 @@ from common.envconf import ConfigError, nested, setting
 from common.tls import EdgeTlsConfig, TlsConfig, host_of
 from orchestrator.core.events import StageName
 from orchestrator.core.session import SessionConfig
+from orchestrator.edge.limits import LimitsConfig
 from orchestrator.routing.table import RoutingTable
 from orchestrator.stages.opus_link import OpusLinkConfig
 from orchestrator.transcripts.store import JobsConfig
@@ -144,6 +145,7 @@ class AsrLinkConfig:
 @dataclass(frozen=True)
 class GatewayConfig:
     listen: ListenConfig = nested(ListenConfig)
+    limits: LimitsConfig = nested(LimitsConfig)
     session: SessionConfig = nested(SessionConfig, env=SESSION_ENV)
     stages: StagePolicy = nested(StagePolicy)
     vad: VadLinkConfig = nested(VadLinkConfig)

@@ -8,7 +8,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,10 @@ from common.server import GRPC_OPTIONS, announce
 from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig
-from orchestrator.core.protocol import FLOW_ID_RE, ErrorCode
+from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, ProtocolError, StartRequest, valid_flow_id
 from orchestrator.core.session import Session
 from orchestrator.driver import ConnectionClosedError, SessionDriver
+from orchestrator.edge.limits import ClientLimits, Refusal, Ticket
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
@@ -46,12 +49,18 @@ WS_PATH = "/ws/stream"
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, stages: list[Stage] | None = None) -> None:
+        """`stages`: run these instead of the configured gRPC stages (in-process tests)."""
         self.config = config
+        self.session_config = config.session
+        self.limits = ClientLimits(config.limits, config.listen.max_sessions)
         self.drivers: set[SessionDriver] = set()
         self.draining = False
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stages: list[Stage] = []
+        self._given_stages = stages
+        if stages is not None:
+            self.session_config = replace(config.session, stages=tuple(s.name for s in stages))
         self._stage_health: dict[str, bool] = {}
         self._server: Server | None = None
         self._background = Supervisor()
@@ -68,7 +77,9 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
-        for name in cfg.active_stages:
+        if self._given_stages is not None:
+            self._stages = list(self._given_stages)
+        for name in cfg.active_stages if self._given_stages is None else ():
             if name == "asr":
                 continue  # ASR members live in pools, with their own health and breakers
             addr = getattr(cfg, name).addr
@@ -80,7 +91,7 @@ class Gateway:
             self._stages.append(DenoiseStage(self._channels["denoise"], cfg.denoise.batch_ms))
         if "lid" in self._channels:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
-        if "asr" in cfg.active_stages:
+        if "asr" in cfg.active_stages and self._given_stages is None:
             self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
@@ -109,13 +120,7 @@ class Gateway:
             cfg.listen.port,
             ssl=edge_tls.context if edge_tls is not None else None,
             process_request=self._http,
-            max_size=cfg.listen.ws_max_message_bytes,
-            compression=None,  # PCM does not deflate; compression would only burn CPU
-            max_queue=64,
-            # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
-            # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
-            # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).
-            ping_timeout=None,
+            **websocket_options(cfg),
         )
         if edge_tls is not None:
             self._background.start("tls-reload", lambda: edge_tls.watch(cfg.tls.reload_s))
@@ -147,17 +152,43 @@ class Gateway:
         if self._opus_pool is not None:
             self._opus_pool.shutdown(wait=False, cancel_futures=True)
 
+    def tenant_of(self, ws: ServerConnection, start: StartRequest) -> str:
+        """Who a session belongs to, for the limits per tenant: the client's address until sessions
+        are authenticated (then the token's subject)."""
+        return client_ip(ws)
+
+    def _admit(self, ws: ServerConnection, ticket: Ticket | None) -> Callable[[StartRequest, float], None]:
+        """The session's admission at `start`: live-session room and the tenant's limits."""
+
+        def admit(start: StartRequest, now: float) -> None:
+            if ticket is None:
+                return
+            refusal = self.limits.start_session(ticket, self.tenant_of(ws, start), now)
+            if refusal is not None:
+                refused(refusal)
+                raise ProtocolError(refusal.code, refusal.message)
+            metrics.PENDING_CONNECTIONS.set(self.limits.pending)
+
+        return admit
+
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
         route = self.pools.table.route if self.pools is not None else None
-        session = Session(self.config.session, now, uuid.uuid4().hex, route)
+        ticket: Ticket | None = None
+        refusal: Refusal | None = None
         if self.draining:
-            session.refuse(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
-        elif len(self.drivers) >= self.config.listen.max_sessions:
-            session.refuse(
-                ErrorCode.TOO_MANY_SESSIONS,
-                f"the gateway holds its maximum of {self.config.listen.max_sessions} sessions",
-            )
+            refusal = Refusal(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
+        else:
+            admitted = self.limits.connect(client_ip(ws))
+            if isinstance(admitted, Refusal):
+                refusal = admitted
+            else:
+                ticket = admitted
+        session = Session(self.session_config, now, uuid.uuid4().hex, route, admit=self._admit(ws, ticket))
+        if refusal is not None:
+            refused(refusal)
+            session.refuse(refusal.code, refusal.message)
+        metrics.PENDING_CONNECTIONS.set(self.limits.pending)
         driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end)
         self.drivers.add(driver)
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
@@ -171,6 +202,9 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await ws.close(1011, "internal error")
         finally:
+            if ticket is not None:
+                self.limits.release(ticket)
+                metrics.PENDING_CONNECTIONS.set(self.limits.pending)
             self.drivers.discard(driver)
             if self.draining and not self.drivers:
                 self._all_closed.set()
@@ -249,7 +283,12 @@ class Gateway:
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == WS_PATH:
-            return None
+            refusal = self.limits.check_origin(request.headers.get_all("Origin"))
+            if refusal is None:
+                return None
+            refused(refusal)
+            refusal_body = {"code": refusal.code.value, "message": refusal.message}
+            return _response(HTTPStatus.FORBIDDEN, json.dumps(refusal_body).encode() + b"\n", "application/json")
         if path.startswith("/v1/flows/") and path.endswith("/transcript"):
             return await self._transcript(path[len("/v1/flows/") : -len("/transcript")])
         if path == "/healthz":
@@ -268,7 +307,7 @@ class Gateway:
 
     async def _transcript(self, flow_id: str) -> Response:
         """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session."""
-        job = await self._job_store.get(flow_id) if self._job_store is not None and FLOW_ID_RE.match(flow_id) else None
+        job = await self._job_store.get(flow_id) if self._job_store is not None and valid_flow_id(flow_id) else None
         status, body = transcript_response(flow_id, job)
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
 
@@ -294,6 +333,33 @@ class WebSocketConnection:
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self._ws.close(code, reason)
+
+
+def websocket_options(config: GatewayConfig) -> dict[str, Any]:
+    """How the gateway's WebSocket layer is set up (also what the Autobahn run checks, tests/fuzz/autobahn.py)."""
+    return {
+        "max_size": config.listen.ws_max_message_bytes,
+        "compression": None,  # PCM does not deflate; compression would only burn CPU
+        "max_queue": 64,
+        # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
+        # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
+        # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).
+        "ping_timeout": None,
+    }
+
+
+def client_ip(ws: ServerConnection) -> str:
+    """The peer's address (IPv4 or IPv6 text) as the limits per address see it."""
+    peer = ws.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def refused(refusal: Refusal) -> None:
+    metrics.REFUSALS.labels(refusal.code.value).inc()
+    log.info(
+        "connection refused",
+        extra={"stage": "gateway", "err_code": refusal.code.value, "event": FATAL_CLOSE[refusal.code].name},
+    )
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:

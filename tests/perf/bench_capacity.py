@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 
 from devtools.launcher import launch
+from devtools.stack import LOOPBACK_LIMITS
 
 CHUNK = 640  # 20 ms of PCM16 at 16 kHz
 
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "GATEWAY_PORT": "0",
             "LOG_LEVEL": "WARNING",
             "MAX_SESSIONS": "2000",
+            **LOOPBACK_LIMITS,  # every simulated client is 127.0.0.1
             **tls["gateway"],
             **dict(kv.split("=", 1) for kv in args.gateway_env),
         },
