@@ -16,6 +16,7 @@ from common.tls import EdgeTlsConfig, TlsConfig, host_of
 from orchestrator.core.events import StageName
 from orchestrator.core.session import SessionConfig
 from orchestrator.edge.auth import MIN_SECRET_BYTES
+from orchestrator.edge.limits import LimitsConfig
 from orchestrator.routing.table import RoutingTable
 from orchestrator.stages.opus_link import OpusLinkConfig
 from orchestrator.transcripts.store import JobsConfig
@@ -91,7 +92,7 @@ class StagePolicy:
 class VadLinkConfig:
     enabled: bool = setting(True, env="ENABLE_VAD")
     addr: str = setting("", env="VAD_ADDR")  # host:port; empty = stage off
-    batch_ms: int = setting(40, env="VAD_BATCH_MS")
+    batch_ms: int = setting(100, env="VAD_BATCH_MS")
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ def is_loopback(host: str) -> bool:
 class GatewayConfig:
     listen: ListenConfig = nested(ListenConfig)
     auth: AuthConfig = nested(AuthConfig)
+    limits: LimitsConfig = nested(LimitsConfig)
     session: SessionConfig = nested(SessionConfig, env=SESSION_ENV)
     stages: StagePolicy = nested(StagePolicy)
     vad: VadLinkConfig = nested(VadLinkConfig)

@@ -109,11 +109,20 @@ class SessionDriver:
             if message is None:
                 break
             now = time.monotonic()
-            if isinstance(message, str):
-                self.session.receive_text(message, now)
-            else:
-                metrics.INGRESS_BYTES.inc(len(message))
-                self.session.receive_binary(message, now)
+            try:
+                if isinstance(message, str):
+                    self.session.receive_text(message, now)
+                else:
+                    metrics.INGRESS_BYTES.inc(len(message))
+                    self.session.receive_binary(message, now)
+            except Exception:
+                # A bug must not cost the client its accepted audio: the session drains as after
+                # any fatal error, instead of the task group cancelling every stage.
+                log.exception(
+                    "client message failed",
+                    extra={"flowId": self.session.flow_id, "stage": "gateway", "err_code": "internal_error"},
+                )
+                self.session.internal_error("the gateway failed on this message", now)
             self.pump()
         self.session.receive_disconnect(time.monotonic())
         self.pump()

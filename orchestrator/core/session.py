@@ -81,7 +81,7 @@ class SessionConfig:
     frame_ms: int = 20
     max_frame_bytes: int = 64 * 1024
     flush_idle_s: float = 3.0
-    start_timeout_s: float = 10.0
+    start_timeout_s: float = 5.0  # short: connections before start hold a slot of their own
     max_session_s: float = 4 * 3600.0
     partial_interval_ms: int = 250
     stages: tuple[StageName, ...] = (StageName.VAD, StageName.COMPRESS)
@@ -93,14 +93,21 @@ class SessionConfig:
     # A stage that has not answered everything this long after the end of audio is failed.
     stage_timeout_s: float = 15.0
     # Hold every session after `start` until the gateway `admit`s or `refuse`s it (docs/security.md):
-    # nothing is acknowledged and no audio is read before its token and ownership are checked.
+    # nothing is acknowledged and no audio is read before its token, its ownership of the flowId and
+    # the limits per client and per tenant (orchestrator/edge/) are checked.
     admission: bool = False
 
 
 class Session:
     """One client stream from `start` to `end`."""
 
-    def __init__(self, config: SessionConfig, now: float, new_flow_id: str, route: Route | None = None) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        now: float,
+        new_flow_id: str,
+        route: Route | None = None,
+    ) -> None:
         self.config = config
         self.state = State.AWAITING_START
         self.flow_id: str | None = None
@@ -137,10 +144,11 @@ class Session:
     def receive_text(self, text: str, now: float) -> None:
         if self.state in (State.DRAINING, State.CLOSED):
             return
-        if len(text) > self.config.max_frame_bytes:
+        size = utf8_size(text, self.config.max_frame_bytes)
+        if size > self.config.max_frame_bytes:
             self._fail(
                 ErrorCode.FRAME_TOO_LARGE,
-                f"control frame of {len(text)} bytes exceeds {self.config.max_frame_bytes}",
+                f"control frame exceeds {self.config.max_frame_bytes} bytes",
             )
             return
         try:
@@ -153,7 +161,7 @@ class Session:
                     raise ProtocolError(ErrorCode.FLUSH_BEFORE_START, "flush before start")
                 self._end_audio("flush", now)
             else:
-                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown control type {kind!r}")
+                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown control type {kind[:64]!r}")
         except ProtocolError as exc:
             self._fail(exc.code, exc.message, now)
 
@@ -219,6 +227,12 @@ class Session:
         if self.state is State.ADMITTING:
             self.tenant = tenant
             self._begin(now)
+
+    def internal_error(self, message: str, now: float) -> None:
+        """A bug met while handling the client's input: fatal (1011), but like any other fatal error
+        the audio accepted so far still drains through every stage (archived, transcribed)."""
+        if self.state is not State.CLOSED:
+            self._fail(ErrorCode.INTERNAL_ERROR, message, now)
 
     def stage_backlog(self, stage: StageName, backlog_s: float, now: float) -> None:
         """How much audio a stage has not taken yet (the driver reports it as it changes)."""
@@ -335,7 +349,8 @@ class Session:
     def _on_start(self, msg: dict[str, Any], now: float) -> None:
         if self.state is not State.AWAITING_START:
             raise ProtocolError(ErrorCode.DUPLICATE_START, "start was already received")
-        self.start = parse_start(msg, self._new_flow_id)
+        start = parse_start(msg, self._new_flow_id)
+        self.start = start
         self.flow_id = self.start.flow_id
         if self.config.admission:
             self.state = State.ADMITTING
@@ -491,6 +506,14 @@ class Session:
         if family is not None and not self.wants(family):
             return
         self._events.append(event)
+
+
+def utf8_size(text: str, limit: int) -> int:
+    """The size of `text` on the wire (UTF-8 bytes, which a frame limit counts), encoding it only
+    when its length in characters cannot decide against `limit` (a character is 1 to 4 bytes)."""
+    if len(text) > limit or 4 * len(text) <= limit:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _stage_of(event: StageEvent) -> StageName:

@@ -1,1 +1,1 @@
-"""Edge security of the gateway: what it checks of a client before it accepts any audio."""
+"""The gateway's edge: what it checks of a client before and around a session (limits, authentication)."""

@@ -178,14 +178,6 @@ def check_returns(principal: Principal, returns: Iterable[str]) -> None:
         raise AuthError(ErrorCode.AUTH_FORBIDDEN, f"the token does not allow the event families {denied}")
 
 
-def check_session_count(principal: Principal, live: int) -> None:
-    """`live` sessions of this tenant are open already; its token may cap them."""
-    if principal.max_sessions is not None and live >= principal.max_sessions:
-        raise AuthError(
-            ErrorCode.AUTH_FORBIDDEN, f"the token allows at most {principal.max_sessions} concurrent sessions"
-        )
-
-
 def check_fresh(principal: Principal, now: float, leeway_s: float) -> None:
     """A token verified at the handshake may have expired by the time `start` arrives."""
     if principal.expires_at + leeway_s < now:

@@ -54,10 +54,15 @@ CASES = [
     ("unsupported_channels", [json.dumps({**START, "audio": {"channels": 2}})], 1003),
     ("invalid_start", [json.dumps({**START, "return": "asr"})], 1002),
     ("invalid_flow_id", [json.dumps({**START, "flowId": "a/b"})], 1002),
+    # issue 10: what was accepted (or crashed the session) before the input bounds
+    ("json_too_deep", ["[" * 25_000 + "]" * 25_000], 1008),
+    ("invalid_start", [json.dumps({**START, "hints": {"hotwords": ["w"] * 10_000}})], 1002),
+    ("invalid_flow_id", [json.dumps({**START, "flowId": "a" + "." * 127})], 1002),
+    ("frame_too_large", ['{"type":"start","hints":{"domain":"' + "€" * 30_000 + '"}}'], 1009),
 ]
 
 
-@pytest.mark.parametrize(("code", "messages", "close"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("code", "messages", "close"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_before_or_at_start(stack: Stack, code: str, messages: list[str | bytes], close: int) -> None:
     events, close_code = asyncio.run(exchange(stack.url, messages))
     assert [e["type"] for e in events] == ["error"]
@@ -72,6 +77,7 @@ def test_bad_input_before_or_at_start(stack: Stack, code: str, messages: list[st
         ("unknown_type", '{"type":"pause"}', 1002),
         ("invalid_json", "{", 1002),
         ("frame_too_large", b"\x00" * 70_000, 1009),
+        ("json_too_deep", "[" * 25_000 + "]" * 25_000, 1008),  # was RecursionError, 1011, audio lost
     ],
 )
 def test_bad_input_mid_stream_keeps_accepted_audio(stack: Stack, code: str, bad: str | bytes, close: int) -> None:
@@ -146,7 +152,7 @@ def test_too_many_sessions_is_an_explicit_refusal(stack: Stack) -> None:
         async with connect(url) as first:
             await first.send(json.dumps(START))
             await first.recv()
-            refused, code = await exchange(url, [])
+            refused, code = await exchange(url, [json.dumps(START)])  # live sessions are counted at `start`
             await first.send('{"type":"flush"}')
             rest = [json.loads(m) async for m in first]
         return refused, code, rest

@@ -32,6 +32,7 @@ import psutil
 
 from devtools.devauth import dev_env
 from devtools.launcher import launch
+from devtools.stack import LOOPBACK_LIMITS
 
 CHUNK = 640  # 20 ms of PCM16 at 16 kHz
 
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             "LOG_LEVEL": "WARNING",
             "MAX_SESSIONS": "2000",
             **auth_env,
+            **LOOPBACK_LIMITS,  # every simulated client is 127.0.0.1
             **tls["gateway"],
             **dict(kv.split("=", 1) for kv in args.gateway_env),
         },

@@ -22,5 +22,6 @@ def test_every_code_is_documented() -> None:
 
 @pytest.mark.parametrize(("code", "close"), sorted(FATAL_CLOSE.items()))
 def test_every_fatal_code_names_its_close_code(code: ErrorCode, close: int) -> None:
-    cells = dict(ROW.findall(DOC))
-    assert cells[code.value].split()[0] == str(int(close)), (code, cells[code.value])
+    cell = dict(ROW.findall(DOC))[code.value]
+    # Refusals answered before the upgrade name their HTTP status instead (origin_not_allowed).
+    assert cell.split()[0] == str(int(close)) or cell.startswith("HTTP"), (code, cell)
