@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from http import HTTPStatus
@@ -22,14 +22,25 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from common.server import GRPC_OPTIONS, announce
 from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
-from orchestrator.config import GatewayConfig
-from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, ProtocolError, StartRequest, valid_flow_id
+from orchestrator.config import GatewayConfig, is_loopback
+from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, valid_flow_id
 from orchestrator.core.session import Session
 from orchestrator.driver import ConnectionClosedError, SessionDriver
+from orchestrator.edge.auth import (
+    SUBPROTOCOL,
+    AuthError,
+    Principal,
+    check_fresh,
+    check_returns,
+    may_read_transcripts,
+    token_from_handshake,
+)
+from orchestrator.edge.keys import JwksVerifier, Verifier, build_verifier
 from orchestrator.edge.limits import ClientLimits, Refusal, Ticket
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
@@ -69,6 +80,9 @@ class Gateway:
         self.jobs: JobRunner | None = None
         self._job_store: AsyncJobStore | None = None
         self._all_closed = asyncio.Event()
+        self.verifier: Verifier | None = None
+        # Ownership (docs/security.md): the live session of each (tenant, flowId).
+        self._live_flows: dict[tuple[str, str], SessionDriver] = {}
 
     @property
     def port(self) -> int:
@@ -77,6 +91,15 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        self.verifier = build_verifier(cfg.auth)
+        if isinstance(self.verifier, JwksVerifier):
+            await self.verifier.warm()
+        if self.verifier is None:
+            loopback = is_loopback(cfg.listen.host)
+            (log.info if loopback else log.warning)(
+                "authentication is off: any client may stream" + ("" if loopback else " on a non-loopback address"),
+                extra={"stage": "auth", "event": "auth_off"},
+            )
         if self._given_stages is not None:
             self._stages = list(self._given_stages)
         for name in cfg.active_stages if self._given_stages is None else ():
@@ -143,6 +166,8 @@ class Gateway:
             await self._server.wait_closed()
         for channel in self._channels.values():
             await channel.close()
+        if self.verifier is not None:
+            await self.verifier.close()
         if self.jobs is not None:
             await self.jobs.stop()
         if self._job_store is not None:
@@ -152,24 +177,59 @@ class Gateway:
         if self._opus_pool is not None:
             self._opus_pool.shutdown(wait=False, cancel_futures=True)
 
-    def tenant_of(self, ws: ServerConnection, start: StartRequest) -> str:
-        """Who a session belongs to, for the limits per tenant: the client's address until sessions
-        are authenticated (then the token's subject)."""
-        return client_ip(ws)
-
-    def _admit(self, ws: ServerConnection, ticket: Ticket | None) -> Callable[[StartRequest, float], None]:
-        """The session's admission at `start`: live-session room and the tenant's limits."""
-
-        def admit(start: StartRequest, now: float) -> None:
-            if ticket is None:
-                return
-            refusal = self.limits.start_session(ticket, self.tenant_of(ws, start), now)
+    async def _admit(
+        self,
+        session: Session,
+        driver: SessionDriver,
+        ws: ServerConnection,
+        ticket: Ticket | None,
+        principal: Principal | None,
+    ) -> tuple[ErrorCode, str] | str:
+        """Between `start` and `ack` (docs/security.md): the token (from the handshake or
+        `start.auth.token`) and its claims, the limits per client and per tenant, then the flowId not
+        live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal."""
+        assert session.start is not None and session.flow_id is not None
+        tenant = ""
+        if self.verifier is not None:
+            try:
+                if session.start.token is not None:
+                    in_start = await self.verifier.verify(session.start.token)
+                    if principal is not None and in_start.sub != principal.sub:
+                        raise AuthError(ErrorCode.AUTH_INVALID, "the start token and the handshake token differ in sub")
+                    principal = in_start
+                if principal is None:
+                    raise AuthError(
+                        ErrorCode.AUTH_REQUIRED,
+                        "a token is required: Authorization: Bearer, a bearer.<token> subprotocol, or start.auth.token",
+                    )
+                check_fresh(principal, time.time(), self.config.auth.leeway_s)
+                check_returns(principal, session.start.returns)
+            except AuthError as exc:
+                log.info(
+                    "session refused",
+                    extra={"flowId": session.flow_id, "stage": "auth", "err_code": exc.code.value},
+                )
+                return exc.code, exc.message
+            tenant = principal.sub
+        if ticket is not None:
+            # The limits per tenant count the token's subject; without authentication, the client's address.
+            # A start refused below still counts against the start rate: an attempt is an attempt.
+            max_sessions = principal.max_sessions if principal is not None else None
+            refusal = self.limits.start_session(ticket, tenant or client_ip(ws), time.monotonic(), max_sessions)
             if refusal is not None:
                 refused(refusal)
-                raise ProtocolError(refusal.code, refusal.message)
+                return refusal.code, refusal.message
             metrics.PENDING_CONNECTIONS.set(self.limits.pending)
+        key = (tenant, session.flow_id)
+        if key in self._live_flows:
+            return ErrorCode.FLOW_IN_USE, "another session is streaming this flowId; retry once it has ended"
+        self._live_flows[key] = driver
+        return tenant
 
-        return admit
+    def _release_flow(self, session: Session, driver: SessionDriver) -> None:
+        key = (session.tenant, session.flow_id or "")
+        if self._live_flows.get(key) is driver:
+            del self._live_flows[key]
 
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
@@ -184,12 +244,23 @@ class Gateway:
                 refusal = admitted
             else:
                 ticket = admitted
-        session = Session(self.session_config, now, uuid.uuid4().hex, route, admit=self._admit(ws, ticket))
+        session = Session(self.session_config, now, uuid.uuid4().hex, route)
         if refusal is not None:
             refused(refusal)
             session.refuse(refusal.code, refusal.message)
         metrics.PENDING_CONNECTIONS.set(self.limits.pending)
-        driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end)
+        principal: Principal | None = None
+        token = _handshake_token(ws.request.headers) if ws.request is not None else None
+        if self.verifier is not None and token is not None and session.close is None:
+            try:
+                principal = await self.verifier.verify(token)
+            except AuthError as exc:
+                session.refuse(exc.code, exc.message)
+
+        async def admit(s: Session) -> tuple[ErrorCode, str] | str:
+            return await self._admit(s, driver, ws, ticket, principal)
+
+        driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end, admit)
         self.drivers.add(driver)
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
         try:
@@ -206,6 +277,7 @@ class Gateway:
                 self.limits.release(ticket)
                 metrics.PENDING_CONNECTIONS.set(self.limits.pending)
             self.drivers.discard(driver)
+            self._release_flow(session, driver)
             if self.draining and not self.drivers:
                 self._all_closed.set()
             metrics.ACTIVE_SESSIONS.set(len(self.drivers))
@@ -217,7 +289,9 @@ class Gateway:
         """A record-only session's transcription job is stored before its `end` goes out."""
         if session.needs_deferred_transcript and self.jobs is not None and session.record_url:
             assert session.flow_id and session.start
-            await self.jobs.enqueue(session.flow_id, session.record_url, session.lang, session.start.domain)
+            await self.jobs.enqueue(
+                session.flow_id, session.record_url, session.lang, session.start.domain, tenant=session.tenant
+            )
 
     async def _start_jobs(self) -> None:
         """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""
@@ -282,6 +356,10 @@ class Gateway:
 
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if request.method != "GET":  # every route, the WebSocket upgrade included, is GET only
+            response = _response(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", "text/plain")
+            response.headers["Allow"] = "GET"
+            return response
         if path == WS_PATH:
             refusal = self.limits.check_origin(request.headers.get_all("Origin"))
             if refusal is None:
@@ -290,7 +368,7 @@ class Gateway:
             refusal_body = {"code": refusal.code.value, "message": refusal.message}
             return _response(HTTPStatus.FORBIDDEN, json.dumps(refusal_body).encode() + b"\n", "application/json")
         if path.startswith("/v1/flows/") and path.endswith("/transcript"):
-            return await self._transcript(path[len("/v1/flows/") : -len("/transcript")])
+            return await self._transcript(path[len("/v1/flows/") : -len("/transcript")], request.headers)
         if path == "/healthz":
             return _response(HTTPStatus.OK, b'{"status":"ok"}\n', "application/json")
         if path == "/readyz":
@@ -305,9 +383,28 @@ class Gateway:
             return _response(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
-    async def _transcript(self, flow_id: str) -> Response:
-        """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session."""
-        job = await self._job_store.get(flow_id) if self._job_store is not None and valid_flow_id(flow_id) else None
+    async def _transcript(self, flow_id: str, headers: Headers) -> Response:
+        """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session, to a
+        token of the tenant that owns it (docs/transcripts.md): 401 without a valid token, 403 for a
+        token that may not read transcripts, 404 for a flow this tenant does not own."""
+        tenant = ""
+        if self.verifier is not None:
+            token = token_from_handshake(headers.get("Authorization"), ())
+            try:
+                if token is None:
+                    raise AuthError(ErrorCode.AUTH_REQUIRED, "send Authorization: Bearer <token>")
+                principal = await self.verifier.verify(token)
+            except AuthError as exc:
+                body = {"code": exc.code.value, "message": exc.message}
+                response = _response(HTTPStatus.UNAUTHORIZED, json.dumps(body).encode(), "application/json")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="speechgw"'
+                return response
+            if not may_read_transcripts(principal):
+                body = {"code": ErrorCode.AUTH_FORBIDDEN.value, "message": "the token does not allow transcripts"}
+                return _response(HTTPStatus.FORBIDDEN, json.dumps(body).encode(), "application/json")
+            tenant = principal.sub
+        valid = self._job_store is not None and valid_flow_id(flow_id)
+        job = await self._job_store.get(flow_id, tenant=tenant) if valid and self._job_store is not None else None
         status, body = transcript_response(flow_id, job)
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
 
@@ -340,12 +437,24 @@ def websocket_options(config: GatewayConfig) -> dict[str, Any]:
     return {
         "max_size": config.listen.ws_max_message_bytes,
         "compression": None,  # PCM does not deflate; compression would only burn CPU
+        # Browsers send the token as a `bearer.<token>` subprotocol next to `speechgw.v1`, which is echoed
+        # (a browser fails a handshake that echoes none of its offers); the token is never echoed.
+        "select_subprotocol": _select_subprotocol,
         "max_queue": 64,
         # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
         # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
         # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).
         "ping_timeout": None,
     }
+
+
+def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Echo `speechgw.v1` when offered; a client that offers none (or only a token) gets none."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+
+
+def _handshake_token(headers: Headers) -> str | None:
+    return token_from_handshake(headers.get("Authorization"), headers.get_all("Sec-WebSocket-Protocol"))
 
 
 def client_ip(ws: ServerConnection) -> str:

@@ -68,6 +68,11 @@ class ErrorCode(StrEnum):
     TOO_MANY_SESSIONS = "too_many_sessions"
     SERVER_DRAINING = "server_draining"
     SESSION_TOO_LONG = "session_too_long"
+    AUTH_REQUIRED = "auth_required"
+    AUTH_INVALID = "auth_invalid"
+    AUTH_EXPIRED = "auth_expired"
+    AUTH_FORBIDDEN = "auth_forbidden"
+    FLOW_IN_USE = "flow_in_use"
     INTERNAL_ERROR = "internal_error"
     # Limits per client (orchestrator/edge/limits.py, docs/security.md).
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
@@ -105,6 +110,11 @@ FATAL_CLOSE: dict[ErrorCode, Close] = {
     ErrorCode.TOO_MANY_SESSIONS: Close.TRY_AGAIN_LATER,
     ErrorCode.SERVER_DRAINING: Close.TRY_AGAIN_LATER,
     ErrorCode.SESSION_TOO_LONG: Close.POLICY_VIOLATION,
+    ErrorCode.AUTH_REQUIRED: Close.POLICY_VIOLATION,
+    ErrorCode.AUTH_INVALID: Close.POLICY_VIOLATION,
+    ErrorCode.AUTH_EXPIRED: Close.POLICY_VIOLATION,
+    ErrorCode.AUTH_FORBIDDEN: Close.POLICY_VIOLATION,
+    ErrorCode.FLOW_IN_USE: Close.POLICY_VIOLATION,
     ErrorCode.INTERNAL_ERROR: Close.INTERNAL_ERROR,
     ErrorCode.ORIGIN_NOT_ALLOWED: Close.POLICY_VIOLATION,  # answered 403 before the upgrade
     ErrorCode.IP_CONNECTION_LIMIT: Close.POLICY_VIOLATION,

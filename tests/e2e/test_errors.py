@@ -13,7 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from devtools.client import stream_pcm
+from devtools.client import connect_kwargs, stream_pcm
+from devtools.devauth import default_token
 from devtools.launcher import launch
 from devtools.stack import Stack
 from tests.schemas import check_event
@@ -25,7 +26,7 @@ START = {"type": "start", "flowId": "bad", "return": ["record_url", "metrics"]}
 async def exchange(url: str, messages: list[str | bytes]) -> tuple[list[dict[str, Any]], int | None]:
     """Send `messages`, then read events until the server closes."""
     events: list[dict[str, Any]] = []
-    async with connect(url, max_size=2**22) as ws:
+    async with connect(url, max_size=2**22, **connect_kwargs(default_token())) as ws:
         try:
             for m in messages:
                 await ws.send(m)
@@ -97,7 +98,7 @@ def test_message_over_the_library_cap_is_closed_1009(stack: Stack) -> None:
 
     async def oversize_after_ack() -> tuple[dict[str, Any], int | None]:
         # Wait for the ack first: the library's close may otherwise overtake it on the wire.
-        async with connect(stack.url, max_size=2**22) as ws:
+        async with connect(stack.url, max_size=2**22, **connect_kwargs(stack.token())) as ws:
             await ws.send(json.dumps(START))
             ack = json.loads(await ws.recv())
             with contextlib.suppress(ConnectionClosed):
