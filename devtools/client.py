@@ -26,10 +26,22 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from common.audio import SAMPLE_RATE
+from devtools.devauth import default_token
+from orchestrator.edge.auth import BEARER_PROTOCOL_PREFIX, SUBPROTOCOL
 from orchestrator.transcripts.srt import to_srt
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/stream"
 DEV_CA = Path("var/certs/ca.pem")  # written by `speechgw-stack run --tls` (devtools/certs.py)
+TOKEN_VIA = ("header", "subprotocol", "start")
+
+
+def connect_kwargs(token: str | None, via: str = "header") -> dict[str, Any]:
+    """How `websockets.connect` presents `token` before the upgrade (docs/protocol.md)."""
+    if not token or via == "start":
+        return {}
+    if via == "subprotocol":
+        return {"subprotocols": [SUBPROTOCOL, BEARER_PROTOCOL_PREFIX + token]}
+    return {"additional_headers": {"Authorization": f"Bearer {token}"}}
 
 
 def load_wav(path: str | Path) -> bytes:
@@ -70,23 +82,36 @@ async def stream_pcm(
     flush: bool = True,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     open_timeout_s: float = 10.0,
+    token: str | None = None,
+    token_via: str = "header",
     ca_file: str | Path | None = None,
 ) -> StreamResult:
     """Send `start`, the audio paced at `speed` x real time (0 = as fast as possible), then `flush`;
-    collect events until the server closes. A `wss://` server is verified against `ca_file` (a
-    private CA) or, without it, the system's CAs."""
+    collect events until the server closes. `token` None: `devauth.default_token()`; "": none sent.
+    `token_via`: an Authorization header, a `bearer.` subprotocol, or `start.auth.token`. A `wss://`
+    server is verified against `ca_file` (a private CA) or, without it, the system's CAs."""
+    if token is None:
+        token = default_token()
     result = StreamResult()
     chunk = SAMPLE_RATE * chunk_ms // 1000 * 2
     msg = {
         "type": "start",
         "audio": {"codec": "pcm_s16le", "sr": SAMPLE_RATE, "channels": 1, "chunk_ms": chunk_ms},
     }
+    if token and token_via == "start":
+        msg["auth"] = {"token": token}
     msg.update(start or {})
     # No ping timeout: when the gateway holds a client that sends faster than real time
     # (backpressure), the pong waits behind the audio already in the TCP buffers.
     tls = ssl_context(ca_file) if url.startswith("wss://") else None
     async with connect(
-        url, max_size=2**22, compression=None, open_timeout=open_timeout_s, ping_timeout=None, ssl=tls
+        url,
+        max_size=2**22,
+        compression=None,
+        open_timeout=open_timeout_s,
+        ping_timeout=None,
+        ssl=tls,
+        **connect_kwargs(token, token_via),
     ) as ws:
 
         async def reader() -> None:
@@ -142,7 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--lang", default="auto", help="hints.user_lang_pref")
     p.add_argument("--domain", default="default")
-    p.add_argument("--token", default=None)
+    p.add_argument(
+        "--token",
+        default=None,
+        help="JWT; default: $SPEECHGW_TOKEN, else one minted from the local stack's development key",
+    )
+    p.add_argument("--token-via", choices=TOKEN_VIA, default="header", help="how the token is sent")
     p.add_argument(
         "--ca",
         type=Path,
@@ -159,15 +189,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         start["flowId"] = args.flow_id
     if args.families:
         start["return"] = [f for f in args.families.split(",") if f]
-    if args.token:
-        start["auth"] = {"token": args.token}
 
     def show(event: dict[str, Any]) -> None:
         print(json.dumps(event, ensure_ascii=False), flush=True)
 
     ca = args.ca or (DEV_CA if DEV_CA.is_file() else None)
     result = asyncio.run(
-        stream_pcm(args.url, pcm, start=start, chunk_ms=args.chunk_ms, speed=args.speed, on_event=show, ca_file=ca)
+        stream_pcm(
+            args.url,
+            pcm,
+            start=start,
+            chunk_ms=args.chunk_ms,
+            speed=args.speed,
+            on_event=show,
+            token=args.token,
+            token_via=args.token_via,
+            ca_file=ca,
+        )
     )
     if args.srt:
         args.srt.write_text(to_srt(result.of_type("asr_final")), encoding="utf-8")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.devauth import keys_dir, mint, with_dev_keys
 from devtools.launcher import RunningService, launch
 
 # Two ASR pools with different models (SPEC §4): English on Whisper tiny.en, the rest on the
@@ -31,6 +32,17 @@ ADDR_ENV = {
     "lid": "LID_ADDR",
     "asr": "ASR_ADDR",
     "compress": "COMPRESS_ADDR",
+}
+# Every client of the local stack is 127.0.0.1 (one address, one tenant until sessions are
+# authenticated): the limits per client of docs/security.md would count the tests, benchmarks and
+# demos of one machine as one client. The stack turns them off unless its environment sets them.
+LOOPBACK_LIMITS = {
+    "MAX_CONNECTIONS_PER_IP": "0",
+    "MAX_PENDING_CONNECTIONS": "0",
+    "MAX_PENDING_PER_IP": "0",
+    "MAX_SESSIONS_PER_IP": "0",
+    "MAX_SESSIONS_PER_TENANT": "0",
+    "SESSION_START_RATE": "0",
 }
 POOL_ENV = {
     "en": {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_LANG": "en"},
@@ -112,9 +124,23 @@ class Stack:
     def http_base(self) -> str:
         return self.running["gateway"].http_base
 
+    def token(self, sub: str = "dev", ttl_s: float = 3600.0, **limits: Any) -> str | None:
+        """A token for tenant `sub` that this stack's gateway accepts (None when authentication is off)."""
+        secret = self.env.get("AUTH_JWT_SECRET", "")
+        if not secret or self.env.get("AUTH_MODE") == "off":
+            return None
+        return mint(
+            secret,
+            sub,
+            ttl_s,
+            audience=self.env.get("AUTH_JWT_AUDIENCE", ""),
+            issuer=self.env.get("AUTH_JWT_ISSUER", ""),
+            **limits,
+        )
+
     def gateway_env(self) -> dict[str, str]:
         """The environment that points a gateway at these services."""
-        env = {**self.env, **self.tls_env("gateway")}
+        env = {**LOOPBACK_LIMITS, **self.env, **self.tls_env("gateway")}
         pools: dict[str, list[str]] = {}
         for name, svc in self.running.items():
             if name.startswith("asr."):
@@ -157,6 +183,8 @@ class Stack:
                 "JOBS_DB": str(self.workdir / "jobs.sqlite"),
                 **self.env,
             }
+        # Authentication on with the development keys unless the environment configures it (README).
+        self.env = with_dev_keys(self.env)
         self._make_certs()
         self._start_object_storage()
 
@@ -227,6 +255,13 @@ def cmd_run(port: int, tls: bool) -> int:
     with stack:
         ca = f"; clients trust {stack.ca_file} (speechgw-client --ca)" if stack.ca_file else ""
         print(f"stack up: {stack.url}{ca}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+        if stack.token() is not None:
+            print(
+                "authentication on: speechgw-client mints its token from the development key in "
+                f"{keys_dir()} (another client: --token or SPEECHGW_TOKEN)",
+                file=sys.stderr,
+                flush=True,
+            )
         # Wait for Ctrl-C or SIGTERM without a Python handler (an Event.set in a handler can deadlock
         # the main thread). The children are already started, so they keep the default mask.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -246,6 +281,7 @@ def cmd_demo(clip: Path, speed: float, tls: bool) -> int:
                 stack.url,
                 load_wav(clip),
                 speed=speed,
+                token=stack.token(),
                 start={
                     "flowId": "demo-" + clip.stem,
                     "return": ["lid", "asr", "record_url", "metrics", "vad"],

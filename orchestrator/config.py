@@ -8,12 +8,15 @@ not know the environment: their variables are listed here, next to the field the
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, replace
 
 from common.envconf import ConfigError, nested, setting
 from common.tls import EdgeTlsConfig, TlsConfig, host_of
 from orchestrator.core.events import StageName
 from orchestrator.core.session import SessionConfig
+from orchestrator.edge.auth import MIN_SECRET_BYTES
+from orchestrator.edge.limits import LimitsConfig
 from orchestrator.routing.table import RoutingTable
 from orchestrator.stages.opus_link import OpusLinkConfig
 from orchestrator.transcripts.store import JobsConfig
@@ -89,7 +92,7 @@ class StagePolicy:
 class VadLinkConfig:
     enabled: bool = setting(True, env="ENABLE_VAD")
     addr: str = setting("", env="VAD_ADDR")  # host:port; empty = stage off
-    batch_ms: int = setting(40, env="VAD_BATCH_MS")
+    batch_ms: int = setting(100, env="VAD_BATCH_MS")
 
 
 @dataclass(frozen=True)
@@ -141,9 +144,64 @@ class AsrLinkConfig:
             raise ConfigError("OPUS_THREADS must be at least 1")
 
 
+AUTH_MODES = ("", "jwt", "off")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may stream (docs/security.md). AUTH_MODE unset: `jwt` when a key source is set, else `off`,
+    which only a loopback listener may run without saying so."""
+
+    mode: str = setting("", env="AUTH_MODE", parse=lambda raw: raw.strip().lower())  # jwt | off | unset
+    # Exactly one key source: an HS256 secret, a PEM public key (RS256/ES256), or a JWKS endpoint.
+    jwt_secret: str = setting("", env="AUTH_JWT_SECRET")
+    jwt_public_key_file: str = setting("", env="AUTH_JWT_PUBLIC_KEY_FILE")
+    jwks_url: str = setting("", env="AUTH_JWKS_URL")
+    audience: str = setting("", env="AUTH_JWT_AUDIENCE")  # required `aud` when set
+    issuer: str = setting("", env="AUTH_JWT_ISSUER")  # required `iss` when set
+    # Clock skew tolerated on exp/nbf/iat between the token issuer and the gateway.
+    leeway_s: float = setting(30.0, env="AUTH_JWT_LEEWAY_SEC")
+    jwks_cache_s: float = setting(300.0, env="AUTH_JWKS_CACHE_SEC")
+    jwks_timeout_s: float = setting(5.0, env="AUTH_JWKS_TIMEOUT_SEC")
+
+    def __post_init__(self) -> None:
+        if self.mode not in AUTH_MODES:
+            raise ConfigError(f"AUTH_MODE={self.mode!r}: expected jwt or off")
+        sources = [s for s in (self.jwt_secret, self.jwt_public_key_file, self.jwks_url) if s]
+        if len(sources) > 1:
+            raise ConfigError("set only one of AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE, AUTH_JWKS_URL")
+        if self.mode == "jwt" and not sources:
+            raise ConfigError("AUTH_MODE=jwt needs AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE or AUTH_JWKS_URL")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"AUTH_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256, RFC 7518 §3.2)")
+        if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
+            raise ConfigError("AUTH_JWKS_URL must be an http(s) URL")
+        if not 0 <= self.leeway_s <= 300:
+            raise ConfigError("AUTH_JWT_LEEWAY_SEC must be within 0..300")
+        if self.jwks_cache_s <= 0 or self.jwks_timeout_s <= 0:
+            raise ConfigError("AUTH_JWKS_CACHE_SEC and AUTH_JWKS_TIMEOUT_SEC must be > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "jwt" or (
+            self.mode == "" and bool(self.jwt_secret or self.jwt_public_key_file or self.jwks_url)
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     listen: ListenConfig = nested(ListenConfig)
+    auth: AuthConfig = nested(AuthConfig)
+    limits: LimitsConfig = nested(LimitsConfig)
     session: SessionConfig = nested(SessionConfig, env=SESSION_ENV)
     stages: StagePolicy = nested(StagePolicy)
     vad: VadLinkConfig = nested(VadLinkConfig)
@@ -157,6 +215,11 @@ class GatewayConfig:
     tls: TlsConfig = nested(TlsConfig)  # mTLS towards every service (GRPC_TLS_*, TLS_CA_FILE)
 
     def __post_init__(self) -> None:
+        if not self.auth.enabled and self.auth.mode != "off" and not is_loopback(self.listen.host):
+            raise ConfigError(
+                f"AUTH_MODE: the gateway would listen on {self.listen.host} without authentication; set a key "
+                "(AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE or AUTH_JWKS_URL) or AUTH_MODE=off explicitly"
+            )
         if self.session.max_frame_bytes > self.listen.ws_max_message_bytes:
             raise ConfigError("MAX_FRAME_BYTES must not exceed WS_MAX_MESSAGE_BYTES")
         batches = (
@@ -176,6 +239,7 @@ class GatewayConfig:
             deferred_transcripts=StageName.ASR in stages,
             stage_backlog_s=self.stages.backlog_s,
             stage_timeout_s=self.stages.timeout_s,
+            admission=True,  # auth, ownership and flow_in_use are checked between `start` and `ack`
         )
         object.__setattr__(self, "session", session)
         # No plaintext off loopback unless it is asked for (docs/security.md#tls).

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from common.audio import BYTES_PER_S, bytes_for_ms
 from orchestrator import metrics
 from orchestrator.core.events import StageDone, StageEvent, StageFailed, StageLatency, StageName
+from orchestrator.core.protocol import ErrorCode
 from orchestrator.core.reframer import AudioBlock
 from orchestrator.core.session import Session, State
 from orchestrator.stages.audio_paths import AudioPaths
@@ -46,6 +47,11 @@ class Connection(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+# Decides whether a session that sent `start` may go on: the tenant (a str, "" with auth off) admits
+# it, a (code, message) pair refuses it (docs/security.md).
+Admit = Callable[[Session], Awaitable["tuple[ErrorCode, str] | str"]]
+
+
 class SessionDriver:
     def __init__(
         self,
@@ -53,6 +59,7 @@ class SessionDriver:
         conn: Connection,
         stages: Sequence[Stage],
         before_end: Callable[[Session], Awaitable[None]] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.session = session
         self.conn = conn
@@ -63,6 +70,8 @@ class SessionDriver:
         self._contexts: dict[StageName, StageContext] = {}
         self._partial_timer: asyncio.TimerHandle | None = None
         self._before_end = before_end
+        self._admit = admit
+        self._admission: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._stages_started = False
         self._feeds_closed = False
@@ -83,6 +92,8 @@ class SessionDriver:
                 await self.closed.wait()
                 for task in self._tasks.values():
                     task.cancel()
+                if self._admission is not None:
+                    self._admission.cancel()
         finally:
             if self._partial_timer is not None:
                 self._partial_timer.cancel()
@@ -90,16 +101,28 @@ class SessionDriver:
     async def _read_loop(self) -> None:
         while self.session.state is not State.CLOSED:
             if not self._reading.is_set():
-                await self._reading.wait()  # a stage is too far behind: hold the client (SPEC §4)
+                # A stage is too far behind (SPEC §4), or the session awaits admission: hold the client,
+                # then look at the state again (a refused session reads nothing more).
+                await self._reading.wait()
+                continue
             message = await self.conn.receive()
             if message is None:
                 break
             now = time.monotonic()
-            if isinstance(message, str):
-                self.session.receive_text(message, now)
-            else:
-                metrics.INGRESS_BYTES.inc(len(message))
-                self.session.receive_binary(message, now)
+            try:
+                if isinstance(message, str):
+                    self.session.receive_text(message, now)
+                else:
+                    metrics.INGRESS_BYTES.inc(len(message))
+                    self.session.receive_binary(message, now)
+            except Exception:
+                # A bug must not cost the client its accepted audio: the session drains as after
+                # any fatal error, instead of the task group cancelling every stage.
+                log.exception(
+                    "client message failed",
+                    extra={"flowId": self.session.flow_id, "stage": "gateway", "err_code": "internal_error"},
+                )
+                self.session.internal_error("the gateway failed on this message", now)
             self.pump()
         self.session.receive_disconnect(time.monotonic())
         self.pump()
@@ -111,7 +134,9 @@ class SessionDriver:
     def pump(self) -> None:
         """Carry out everything the session decided."""
         s = self.session
-        if s.start is not None and self._tg is not None and not self._stages_started:
+        if s.awaiting_admission and self._admission is None and self._tg is not None:
+            self._admission = self._tg.create_task(self._run_admission())
+        if s.acknowledged and self._tg is not None and not self._stages_started:
             self._stages_started = True
             self._start_stages()
         # This runs once per client message: the common case (audio in, nothing decided) stays cheap.
@@ -147,6 +172,23 @@ class SessionDriver:
         if s.close is not None and not self._close_queued:
             self._close_queued = True
             self._out.put_nowait(_CLOSE)
+
+    async def _run_admission(self) -> None:
+        """Ask the gateway whether the session may go on (token, ownership, limits); no audio is read
+        meanwhile (the session does not accept any while it is admitted)."""
+        s = self.session
+        try:
+            verdict = await self._admit(s) if self._admit is not None else ""
+        except Exception:
+            log.exception(
+                "admission failed", extra={"flowId": s.flow_id, "stage": "auth", "err_code": "internal_error"}
+            )
+            verdict = (ErrorCode.INTERNAL_ERROR, "the session could not be admitted")
+        if isinstance(verdict, tuple):
+            s.refuse(*verdict)
+        else:
+            s.admit(verdict, time.monotonic())
+        self.pump()
 
     def report(self, event: StageEvent) -> None:
         """A stage found something: update the feeds it implies, then let the session decide."""
@@ -194,7 +236,12 @@ class SessionDriver:
             feed = StageFeed(bytes_for_ms(stage.batch_ms), lambda _backlog: self._feed_drained())
             self._paths.add(name, stage.source, feed)
             ctx = StageContext(
-                self.session.flow_id, self.session.start, feed, self.report, emit_audio=self._clean_audio
+                self.session.flow_id,
+                self.session.start,
+                feed,
+                self.report,
+                emit_audio=self._clean_audio,
+                tenant=self.session.tenant,
             )
             self._contexts[name] = ctx
             self._tasks[name] = self._tg.create_task(self._run_stage(stage, ctx))

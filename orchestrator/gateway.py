@@ -8,7 +8,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,26 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from common.server import GRPC_OPTIONS, announce
 from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
-from orchestrator.config import GatewayConfig
-from orchestrator.core.protocol import FLOW_ID_RE, ErrorCode
+from orchestrator.config import GatewayConfig, is_loopback
+from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, valid_flow_id
 from orchestrator.core.session import Session
 from orchestrator.driver import ConnectionClosedError, SessionDriver
+from orchestrator.edge.auth import (
+    SUBPROTOCOL,
+    AuthError,
+    Principal,
+    check_fresh,
+    check_returns,
+    may_read_transcripts,
+    token_from_handshake,
+)
+from orchestrator.edge.keys import JwksVerifier, Verifier, build_verifier
+from orchestrator.edge.limits import ClientLimits, Refusal, Ticket
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
@@ -46,12 +60,18 @@ WS_PATH = "/ws/stream"
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, stages: list[Stage] | None = None) -> None:
+        """`stages`: run these instead of the configured gRPC stages (in-process tests)."""
         self.config = config
+        self.session_config = config.session
+        self.limits = ClientLimits(config.limits, config.listen.max_sessions)
         self.drivers: set[SessionDriver] = set()
         self.draining = False
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stages: list[Stage] = []
+        self._given_stages = stages
+        if stages is not None:
+            self.session_config = replace(config.session, stages=tuple(s.name for s in stages))
         self._stage_health: dict[str, bool] = {}
         self._server: Server | None = None
         self._background = Supervisor()
@@ -60,6 +80,9 @@ class Gateway:
         self.jobs: JobRunner | None = None
         self._job_store: AsyncJobStore | None = None
         self._all_closed = asyncio.Event()
+        self.verifier: Verifier | None = None
+        # Ownership (docs/security.md): the live session of each (tenant, flowId).
+        self._live_flows: dict[tuple[str, str], SessionDriver] = {}
 
     @property
     def port(self) -> int:
@@ -68,7 +91,18 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
-        for name in cfg.active_stages:
+        self.verifier = build_verifier(cfg.auth)
+        if isinstance(self.verifier, JwksVerifier):
+            await self.verifier.warm()
+        if self.verifier is None:
+            loopback = is_loopback(cfg.listen.host)
+            (log.info if loopback else log.warning)(
+                "authentication is off: any client may stream" + ("" if loopback else " on a non-loopback address"),
+                extra={"stage": "auth", "event": "auth_off"},
+            )
+        if self._given_stages is not None:
+            self._stages = list(self._given_stages)
+        for name in cfg.active_stages if self._given_stages is None else ():
             if name == "asr":
                 continue  # ASR members live in pools, with their own health and breakers
             addr = getattr(cfg, name).addr
@@ -80,7 +114,7 @@ class Gateway:
             self._stages.append(DenoiseStage(self._channels["denoise"], cfg.denoise.batch_ms))
         if "lid" in self._channels:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
-        if "asr" in cfg.active_stages:
+        if "asr" in cfg.active_stages and self._given_stages is None:
             self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
@@ -109,13 +143,7 @@ class Gateway:
             cfg.listen.port,
             ssl=edge_tls.context if edge_tls is not None else None,
             process_request=self._http,
-            max_size=cfg.listen.ws_max_message_bytes,
-            compression=None,  # PCM does not deflate; compression would only burn CPU
-            max_queue=64,
-            # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
-            # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
-            # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).
-            ping_timeout=None,
+            **websocket_options(cfg),
         )
         if edge_tls is not None:
             self._background.start("tls-reload", lambda: edge_tls.watch(cfg.tls.reload_s))
@@ -138,6 +166,8 @@ class Gateway:
             await self._server.wait_closed()
         for channel in self._channels.values():
             await channel.close()
+        if self.verifier is not None:
+            await self.verifier.close()
         if self.jobs is not None:
             await self.jobs.stop()
         if self._job_store is not None:
@@ -147,18 +177,90 @@ class Gateway:
         if self._opus_pool is not None:
             self._opus_pool.shutdown(wait=False, cancel_futures=True)
 
+    async def _admit(
+        self,
+        session: Session,
+        driver: SessionDriver,
+        ws: ServerConnection,
+        ticket: Ticket | None,
+        principal: Principal | None,
+    ) -> tuple[ErrorCode, str] | str:
+        """Between `start` and `ack` (docs/security.md): the token (from the handshake or
+        `start.auth.token`) and its claims, the limits per client and per tenant, then the flowId not
+        live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal."""
+        assert session.start is not None and session.flow_id is not None
+        tenant = ""
+        if self.verifier is not None:
+            try:
+                if session.start.token is not None:
+                    in_start = await self.verifier.verify(session.start.token)
+                    if principal is not None and in_start.sub != principal.sub:
+                        raise AuthError(ErrorCode.AUTH_INVALID, "the start token and the handshake token differ in sub")
+                    principal = in_start
+                if principal is None:
+                    raise AuthError(
+                        ErrorCode.AUTH_REQUIRED,
+                        "a token is required: Authorization: Bearer, a bearer.<token> subprotocol, or start.auth.token",
+                    )
+                check_fresh(principal, time.time(), self.config.auth.leeway_s)
+                check_returns(principal, session.start.returns)
+            except AuthError as exc:
+                log.info(
+                    "session refused",
+                    extra={"flowId": session.flow_id, "stage": "auth", "err_code": exc.code.value},
+                )
+                return exc.code, exc.message
+            tenant = principal.sub
+        if ticket is not None:
+            # The limits per tenant count the token's subject; without authentication, the client's address.
+            # A start refused below still counts against the start rate: an attempt is an attempt.
+            max_sessions = principal.max_sessions if principal is not None else None
+            refusal = self.limits.start_session(ticket, tenant or client_ip(ws), time.monotonic(), max_sessions)
+            if refusal is not None:
+                refused(refusal)
+                return refusal.code, refusal.message
+            metrics.PENDING_CONNECTIONS.set(self.limits.pending)
+        key = (tenant, session.flow_id)
+        if key in self._live_flows:
+            return ErrorCode.FLOW_IN_USE, "another session is streaming this flowId; retry once it has ended"
+        self._live_flows[key] = driver
+        return tenant
+
+    def _release_flow(self, session: Session, driver: SessionDriver) -> None:
+        key = (session.tenant, session.flow_id or "")
+        if self._live_flows.get(key) is driver:
+            del self._live_flows[key]
+
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
         route = self.pools.table.route if self.pools is not None else None
-        session = Session(self.config.session, now, uuid.uuid4().hex, route)
+        ticket: Ticket | None = None
+        refusal: Refusal | None = None
         if self.draining:
-            session.refuse(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
-        elif len(self.drivers) >= self.config.listen.max_sessions:
-            session.refuse(
-                ErrorCode.TOO_MANY_SESSIONS,
-                f"the gateway holds its maximum of {self.config.listen.max_sessions} sessions",
-            )
-        driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end)
+            refusal = Refusal(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
+        else:
+            admitted = self.limits.connect(client_ip(ws))
+            if isinstance(admitted, Refusal):
+                refusal = admitted
+            else:
+                ticket = admitted
+        session = Session(self.session_config, now, uuid.uuid4().hex, route)
+        if refusal is not None:
+            refused(refusal)
+            session.refuse(refusal.code, refusal.message)
+        metrics.PENDING_CONNECTIONS.set(self.limits.pending)
+        principal: Principal | None = None
+        token = _handshake_token(ws.request.headers) if ws.request is not None else None
+        if self.verifier is not None and token is not None and session.close is None:
+            try:
+                principal = await self.verifier.verify(token)
+            except AuthError as exc:
+                session.refuse(exc.code, exc.message)
+
+        async def admit(s: Session) -> tuple[ErrorCode, str] | str:
+            return await self._admit(s, driver, ws, ticket, principal)
+
+        driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end, admit)
         self.drivers.add(driver)
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
         try:
@@ -171,7 +273,11 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await ws.close(1011, "internal error")
         finally:
+            if ticket is not None:
+                self.limits.release(ticket)
+                metrics.PENDING_CONNECTIONS.set(self.limits.pending)
             self.drivers.discard(driver)
+            self._release_flow(session, driver)
             if self.draining and not self.drivers:
                 self._all_closed.set()
             metrics.ACTIVE_SESSIONS.set(len(self.drivers))
@@ -183,7 +289,9 @@ class Gateway:
         """A record-only session's transcription job is stored before its `end` goes out."""
         if session.needs_deferred_transcript and self.jobs is not None and session.record_url:
             assert session.flow_id and session.start
-            await self.jobs.enqueue(session.flow_id, session.record_url, session.lang, session.start.domain)
+            await self.jobs.enqueue(
+                session.flow_id, session.record_url, session.lang, session.start.domain, tenant=session.tenant
+            )
 
     async def _start_jobs(self) -> None:
         """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""
@@ -248,10 +356,19 @@ class Gateway:
 
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if request.method != "GET":  # every route, the WebSocket upgrade included, is GET only
+            response = _response(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", "text/plain")
+            response.headers["Allow"] = "GET"
+            return response
         if path == WS_PATH:
-            return None
+            refusal = self.limits.check_origin(request.headers.get_all("Origin"))
+            if refusal is None:
+                return None
+            refused(refusal)
+            refusal_body = {"code": refusal.code.value, "message": refusal.message}
+            return _response(HTTPStatus.FORBIDDEN, json.dumps(refusal_body).encode() + b"\n", "application/json")
         if path.startswith("/v1/flows/") and path.endswith("/transcript"):
-            return await self._transcript(path[len("/v1/flows/") : -len("/transcript")])
+            return await self._transcript(path[len("/v1/flows/") : -len("/transcript")], request.headers)
         if path == "/healthz":
             return _response(HTTPStatus.OK, b'{"status":"ok"}\n', "application/json")
         if path == "/readyz":
@@ -266,9 +383,28 @@ class Gateway:
             return _response(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
-    async def _transcript(self, flow_id: str) -> Response:
-        """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session."""
-        job = await self._job_store.get(flow_id) if self._job_store is not None and FLOW_ID_RE.match(flow_id) else None
+    async def _transcript(self, flow_id: str, headers: Headers) -> Response:
+        """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session, to a
+        token of the tenant that owns it (docs/transcripts.md): 401 without a valid token, 403 for a
+        token that may not read transcripts, 404 for a flow this tenant does not own."""
+        tenant = ""
+        if self.verifier is not None:
+            token = token_from_handshake(headers.get("Authorization"), ())
+            try:
+                if token is None:
+                    raise AuthError(ErrorCode.AUTH_REQUIRED, "send Authorization: Bearer <token>")
+                principal = await self.verifier.verify(token)
+            except AuthError as exc:
+                body = {"code": exc.code.value, "message": exc.message}
+                response = _response(HTTPStatus.UNAUTHORIZED, json.dumps(body).encode(), "application/json")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="speechgw"'
+                return response
+            if not may_read_transcripts(principal):
+                body = {"code": ErrorCode.AUTH_FORBIDDEN.value, "message": "the token does not allow transcripts"}
+                return _response(HTTPStatus.FORBIDDEN, json.dumps(body).encode(), "application/json")
+            tenant = principal.sub
+        valid = self._job_store is not None and valid_flow_id(flow_id)
+        job = await self._job_store.get(flow_id, tenant=tenant) if valid and self._job_store is not None else None
         status, body = transcript_response(flow_id, job)
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
 
@@ -294,6 +430,45 @@ class WebSocketConnection:
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self._ws.close(code, reason)
+
+
+def websocket_options(config: GatewayConfig) -> dict[str, Any]:
+    """How the gateway's WebSocket layer is set up (also what the Autobahn run checks, tests/fuzz/autobahn.py)."""
+    return {
+        "max_size": config.listen.ws_max_message_bytes,
+        "compression": None,  # PCM does not deflate; compression would only burn CPU
+        # Browsers send the token as a `bearer.<token>` subprotocol next to `speechgw.v1`, which is echoed
+        # (a browser fails a handshake that echoes none of its offers); the token is never echoed.
+        "select_subprotocol": _select_subprotocol,
+        "max_queue": 64,
+        # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
+        # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
+        # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).
+        "ping_timeout": None,
+    }
+
+
+def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Echo `speechgw.v1` when offered; a client that offers none (or only a token) gets none."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+
+
+def _handshake_token(headers: Headers) -> str | None:
+    return token_from_handshake(headers.get("Authorization"), headers.get_all("Sec-WebSocket-Protocol"))
+
+
+def client_ip(ws: ServerConnection) -> str:
+    """The peer's address (IPv4 or IPv6 text) as the limits per address see it."""
+    peer = ws.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def refused(refusal: Refusal) -> None:
+    metrics.REFUSALS.labels(refusal.code.value).inc()
+    log.info(
+        "connection refused",
+        extra={"stage": "gateway", "err_code": refusal.code.value, "event": FATAL_CLOSE[refusal.code].name},
+    )
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from common import tls
+from orchestrator.edge.limits import REFUSAL_REASONS
 
 # The gateway's own registry: the stage latencies below share their SPEC §7 names with the services'
 # metrics (the gateway's view vs the service's processing time), which a test process imports too.
@@ -21,6 +22,17 @@ INGRESS_BYTES = Counter("ingress_bytes_total", "Audio bytes received from client
 EGRESS_EVENTS = Counter("egress_events_total", "Events sent to clients", ["type"], registry=REGISTRY)
 SESSIONS = Counter("orchestrator_sessions_total", "Sessions ended, by end reason", ["reason"], registry=REGISTRY)
 ERRORS = Counter("orchestrator_errors_total", "Error events sent, by code", ["code"], registry=REGISTRY)
+REFUSALS = Counter(
+    "orchestrator_refusals_total",
+    "Connections and sessions refused by the gateway's limits, by reason (the error code)",
+    ["reason"],
+    registry=REGISTRY,
+)
+PENDING_CONNECTIONS = Gauge(
+    "orchestrator_pending_connections",
+    "WebSocket connections that have not sent start yet (their own pool, MAX_PENDING_CONNECTIONS)",
+    registry=REGISTRY,
+)
 STAGE_FAILURES = Counter("orchestrator_stage_failures_total", "Stage calls that failed", ["stage"], registry=REGISTRY)
 VAD_LATENCY = Histogram(
     "vad_latency_ms",
@@ -71,3 +83,5 @@ STAGE_LATENCY = {
     "compress": COMPRESS_LATENCY,
     "asr": ASR_LATENCY,
 }
+for _reason in REFUSAL_REASONS:
+    REFUSALS.labels(_reason.value)  # every reason is exported from the start, at 0

@@ -18,6 +18,22 @@ EVENT_FAMILIES = ("lid", "asr", "record_url", "metrics", "vad")
 DEFAULT_RETURN = ("lid", "asr", "record_url", "metrics")
 CODEC = "pcm_s16le"
 
+# Bounds of a control frame (docs/errors.md, docs/security.md). A `start` is three levels deep; the
+# stdlib parser recurses once per level and a few thousand levels overflow the interpreter's stack.
+MAX_JSON_DEPTH = 16
+# Hotwords become the engine's prompt (Whisper keeps ~224 tokens of it): a long list crowds the audio
+# out and the model repeats the prompt instead of transcribing.
+MAX_HOTWORDS = 32
+MAX_HOTWORD_CHARS = 48
+MAX_HOTWORDS_TOTAL_CHARS = 512
+MAX_RETURN_ENTRIES = 16
+MAX_DOMAIN_CHARS = 64
+MAX_TOKEN_CHARS = 16 * 1024
+LANG_PREF_RE = re.compile(r"^(?:auto|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3})?\Z")
+# For the depth check: a JSON string (its brackets do not nest), and what is not a bracket.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
 
 class Close(int, Enum):
     """WebSocket close codes (RFC 6455 §7.4.1) the gateway uses."""
@@ -36,6 +52,7 @@ class ErrorCode(StrEnum):
     """Machine-readable `error.code` values and the close code each fatal one leads to."""
 
     INVALID_JSON = "invalid_json"
+    JSON_TOO_DEEP = "json_too_deep"
     INVALID_MESSAGE = "invalid_message"
     UNKNOWN_TYPE = "unknown_type"
     AUDIO_BEFORE_START = "audio_before_start"
@@ -51,7 +68,20 @@ class ErrorCode(StrEnum):
     TOO_MANY_SESSIONS = "too_many_sessions"
     SERVER_DRAINING = "server_draining"
     SESSION_TOO_LONG = "session_too_long"
+    AUTH_REQUIRED = "auth_required"
+    AUTH_INVALID = "auth_invalid"
+    AUTH_EXPIRED = "auth_expired"
+    AUTH_FORBIDDEN = "auth_forbidden"
+    FLOW_IN_USE = "flow_in_use"
     INTERNAL_ERROR = "internal_error"
+    # Limits per client (orchestrator/edge/limits.py, docs/security.md).
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    IP_CONNECTION_LIMIT = "ip_connection_limit"
+    IP_PENDING_LIMIT = "ip_pending_limit"
+    TOO_MANY_PENDING = "too_many_pending"
+    IP_SESSION_LIMIT = "ip_session_limit"
+    TENANT_SESSION_LIMIT = "tenant_session_limit"
+    SESSION_RATE_LIMITED = "session_rate_limited"
     # Non-fatal: the session goes on.
     ODD_BYTE_COUNT = "odd_byte_count"
     AUDIO_AFTER_FLUSH = "audio_after_flush"
@@ -64,6 +94,7 @@ class ErrorCode(StrEnum):
 
 FATAL_CLOSE: dict[ErrorCode, Close] = {
     ErrorCode.INVALID_JSON: Close.PROTOCOL_ERROR,
+    ErrorCode.JSON_TOO_DEEP: Close.POLICY_VIOLATION,
     ErrorCode.INVALID_MESSAGE: Close.PROTOCOL_ERROR,
     ErrorCode.UNKNOWN_TYPE: Close.PROTOCOL_ERROR,
     ErrorCode.AUDIO_BEFORE_START: Close.PROTOCOL_ERROR,
@@ -79,7 +110,19 @@ FATAL_CLOSE: dict[ErrorCode, Close] = {
     ErrorCode.TOO_MANY_SESSIONS: Close.TRY_AGAIN_LATER,
     ErrorCode.SERVER_DRAINING: Close.TRY_AGAIN_LATER,
     ErrorCode.SESSION_TOO_LONG: Close.POLICY_VIOLATION,
+    ErrorCode.AUTH_REQUIRED: Close.POLICY_VIOLATION,
+    ErrorCode.AUTH_INVALID: Close.POLICY_VIOLATION,
+    ErrorCode.AUTH_EXPIRED: Close.POLICY_VIOLATION,
+    ErrorCode.AUTH_FORBIDDEN: Close.POLICY_VIOLATION,
+    ErrorCode.FLOW_IN_USE: Close.POLICY_VIOLATION,
     ErrorCode.INTERNAL_ERROR: Close.INTERNAL_ERROR,
+    ErrorCode.ORIGIN_NOT_ALLOWED: Close.POLICY_VIOLATION,  # answered 403 before the upgrade
+    ErrorCode.IP_CONNECTION_LIMIT: Close.POLICY_VIOLATION,
+    ErrorCode.IP_PENDING_LIMIT: Close.POLICY_VIOLATION,
+    ErrorCode.TOO_MANY_PENDING: Close.TRY_AGAIN_LATER,
+    ErrorCode.IP_SESSION_LIMIT: Close.POLICY_VIOLATION,
+    ErrorCode.TENANT_SESSION_LIMIT: Close.POLICY_VIOLATION,
+    ErrorCode.SESSION_RATE_LIMITED: Close.TRY_AGAIN_LATER,
 }
 
 
@@ -106,10 +149,32 @@ class StartRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `text` nests arrays and objects deeper than `limit`, found without parsing it: a count
+    of brackets rules out almost every frame; otherwise strings are cut out (their brackets do not
+    nest) and only the brackets are walked, one step per bracket."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def parse_control(text: str) -> dict[str, Any]:
     """JSON object with a string `type`, or ProtocolError."""
+    too_deep = ProtocolError(ErrorCode.JSON_TOO_DEEP, f"control frame nests deeper than {MAX_JSON_DEPTH} levels")
+    if json_depth_exceeds(text):
+        raise too_deep
     try:
         msg = json.loads(text)
+    except RecursionError:  # the scan above makes this unreachable; kept so a parser change cannot crash
+        raise too_deep from None
     except ValueError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"control frame is not valid JSON: {exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
@@ -131,8 +196,10 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
     flow_id = msg.get("flowId")
     if flow_id is None or flow_id == "":
         flow_id = new_flow_id
-    if not isinstance(flow_id, str) or not FLOW_ID_RE.match(flow_id):
-        raise ProtocolError(ErrorCode.INVALID_FLOW_ID, "flowId must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    if not valid_flow_id(flow_id):
+        raise ProtocolError(
+            ErrorCode.INVALID_FLOW_ID, "flowId must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ without '..'"
+        )
     audio = _field(msg, "audio", dict, {})
     codec = _field(audio, "codec", str, CODEC)
     if codec != CODEC:
@@ -149,25 +216,62 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
     if not 1 <= chunk_ms <= 10_000:
         raise ProtocolError(ErrorCode.INVALID_START, "audio.chunk_ms must be between 1 and 10000")
     ret = _field(msg, "return", list, list(DEFAULT_RETURN))
+    if len(ret) > MAX_RETURN_ENTRIES:
+        raise ProtocolError(ErrorCode.INVALID_START, f"return has more than {MAX_RETURN_ENTRIES} entries")
     unknown = [r for r in ret if r not in EVENT_FAMILIES]
     if unknown:
         raise ProtocolError(
-            ErrorCode.INVALID_START, f"return has unknown families {unknown}; known: {list(EVENT_FAMILIES)}"
+            ErrorCode.INVALID_START, f"return has unknown families {unknown[:5]!r}; known: {list(EVENT_FAMILIES)}"
         )
     hints = _field(msg, "hints", dict, {})
-    hotwords = _field(hints, "hotwords", list, [])
-    if not all(isinstance(h, str) for h in hotwords):
-        raise ProtocolError(ErrorCode.INVALID_START, "hints.hotwords must be a list of strings")
+    domain = _field(hints, "domain", str, "default")
+    if len(domain) > MAX_DOMAIN_CHARS or not domain.isprintable():
+        raise ProtocolError(
+            ErrorCode.INVALID_START, f"hints.domain must be printable and at most {MAX_DOMAIN_CHARS} characters"
+        )
+    lang_pref = _field(hints, "user_lang_pref", str, "auto")
+    if not LANG_PREF_RE.match(lang_pref):
+        raise ProtocolError(ErrorCode.INVALID_START, "hints.user_lang_pref must be 'auto' or a language code")
+    hotwords = _hotwords(_field(hints, "hotwords", list, []))
     auth = _field(msg, "auth", dict, {})
+    token = _field(auth, "token", str, None)
+    if token is not None and len(token) > MAX_TOKEN_CHARS:
+        raise ProtocolError(ErrorCode.INVALID_START, f"auth.token is longer than {MAX_TOKEN_CHARS} characters")
     return StartRequest(
         flow_id=flow_id,
         returns=frozenset(ret),
-        domain=_field(hints, "domain", str, "default"),
-        lang_pref=_field(hints, "user_lang_pref", str, "auto"),
+        domain=domain,
+        lang_pref=lang_pref,
         chunk_ms=chunk_ms,
-        hotwords=tuple(hotwords),
-        token=_field(auth, "token", str, None),
+        hotwords=hotwords,
+        token=token,
     )
+
+
+def valid_flow_id(flow_id: object) -> bool:
+    """The flowId rule: the charset and length of FLOW_ID_RE, and no `..` anywhere (a flowId names
+    files and object keys: no parent-directory or dot-only names; the first character already
+    rules out `.` and `-` prefixes)."""
+    return isinstance(flow_id, str) and FLOW_ID_RE.match(flow_id) is not None and ".." not in flow_id
+
+
+def _hotwords(raw: list[Any]) -> tuple[str, ...]:
+    """`hints.hotwords`, bounded: they end up in the engine's prompt (MAX_HOTWORDS* above)."""
+    if len(raw) > MAX_HOTWORDS:
+        raise ProtocolError(ErrorCode.INVALID_START, f"hints.hotwords has more than {MAX_HOTWORDS} entries")
+    if not all(isinstance(h, str) for h in raw):
+        raise ProtocolError(ErrorCode.INVALID_START, "hints.hotwords must be a list of strings")
+    words = tuple(h.strip() for h in raw)
+    if any(not w or len(w) > MAX_HOTWORD_CHARS or not w.isprintable() for w in words):
+        raise ProtocolError(
+            ErrorCode.INVALID_START,
+            f"each of hints.hotwords must be printable text of 1..{MAX_HOTWORD_CHARS} characters",
+        )
+    if sum(len(w) for w in words) > MAX_HOTWORDS_TOTAL_CHARS:
+        raise ProtocolError(
+            ErrorCode.INVALID_START, f"hints.hotwords hold more than {MAX_HOTWORDS_TOTAL_CHARS} characters in all"
+        )
+    return words
 
 
 def error_event(flow_id: str | None, code: ErrorCode, message: str, fatal: bool) -> dict[str, Any]:

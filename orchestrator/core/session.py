@@ -68,6 +68,7 @@ FAMILY_OF = {
 
 class State(StrEnum):
     AWAITING_START = "awaiting_start"
+    ADMITTING = "admitting"  # start parsed; the gateway checks token, ownership, limits (no audio read)
     STREAMING = "streaming"
     DRAINING = "draining"  # audio ended; waiting for the stages' last answers
     CLOSED = "closed"
@@ -80,7 +81,7 @@ class SessionConfig:
     frame_ms: int = 20
     max_frame_bytes: int = 64 * 1024
     flush_idle_s: float = 3.0
-    start_timeout_s: float = 10.0
+    start_timeout_s: float = 5.0  # short: connections before start hold a slot of their own
     max_session_s: float = 4 * 3600.0
     partial_interval_ms: int = 250
     stages: tuple[StageName, ...] = (StageName.VAD, StageName.COMPRESS)
@@ -91,12 +92,22 @@ class SessionConfig:
     stage_backlog_s: float = 10.0
     # A stage that has not answered everything this long after the end of audio is failed.
     stage_timeout_s: float = 15.0
+    # Hold every session after `start` until the gateway `admit`s or `refuse`s it (docs/security.md):
+    # nothing is acknowledged and no audio is read before its token, its ownership of the flowId and
+    # the limits per client and per tenant (orchestrator/edge/) are checked.
+    admission: bool = False
 
 
 class Session:
     """One client stream from `start` to `end`."""
 
-    def __init__(self, config: SessionConfig, now: float, new_flow_id: str, route: Route | None = None) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        now: float,
+        new_flow_id: str,
+        route: Route | None = None,
+    ) -> None:
         self.config = config
         self.state = State.AWAITING_START
         self.flow_id: str | None = None
@@ -108,6 +119,8 @@ class Session:
         self.pending_stages: set[StageName] = set()
         self.failed_stages: set[StageName] = set()
         self.record_url: str | None = None
+        self.tenant = ""  # the verified token's `sub`; "" when authentication is off
+        self.acknowledged = False  # `ack` sent: the session streams (and its stages run)
         self.language: LanguageDecider | None = None
         self._route = route
         self._new_flow_id = new_flow_id
@@ -131,10 +144,11 @@ class Session:
     def receive_text(self, text: str, now: float) -> None:
         if self.state in (State.DRAINING, State.CLOSED):
             return
-        if len(text) > self.config.max_frame_bytes:
+        size = utf8_size(text, self.config.max_frame_bytes)
+        if size > self.config.max_frame_bytes:
             self._fail(
                 ErrorCode.FRAME_TOO_LARGE,
-                f"control frame of {len(text)} bytes exceeds {self.config.max_frame_bytes}",
+                f"control frame exceeds {self.config.max_frame_bytes} bytes",
             )
             return
         try:
@@ -147,7 +161,7 @@ class Session:
                     raise ProtocolError(ErrorCode.FLUSH_BEFORE_START, "flush before start")
                 self._end_audio("flush", now)
             else:
-                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown control type {kind!r}")
+                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown control type {kind[:64]!r}")
         except ProtocolError as exc:
             self._fail(exc.code, exc.message, now)
 
@@ -166,7 +180,8 @@ class Session:
                 f"binary frame of {len(data)} bytes exceeds {self.config.max_frame_bytes}",
             )
             return
-        if self.state is State.AWAITING_START:
+        if self.state in (State.AWAITING_START, State.ADMITTING):
+            # The driver reads nothing while a session is admitted; audio here was sent before `start`.
             self._fail(ErrorCode.AUDIO_BEFORE_START, "binary audio before the start frame")
             return
         self._figures.on_audio(len(data))
@@ -179,7 +194,7 @@ class Session:
         """The client went away: flush what was accepted (SPEC §2 auto flush)."""
         if self.state is State.STREAMING:
             self._end_audio("disconnect", now)
-        elif self.state is State.AWAITING_START:
+        elif self.state in (State.AWAITING_START, State.ADMITTING):
             self._finish(Close.NORMAL, "disconnect")
 
     def tick(self, now: float) -> None:
@@ -187,7 +202,8 @@ class Session:
         held = self._partials.release(now)
         if held is not None:
             self._emit(held.to_event(self.flow_id))
-        if self.state is State.AWAITING_START and now - self._opened_at >= self.config.start_timeout_s:
+        waiting = self.state in (State.AWAITING_START, State.ADMITTING)
+        if waiting and now - self._opened_at >= self.config.start_timeout_s:
             self._fail(ErrorCode.START_TIMEOUT, f"no start frame within {self.config.start_timeout_s:g} s")
         elif self.state is State.STREAMING:
             if self.accepts_audio and now - self._last_audio_at >= self.config.flush_idle_s:
@@ -197,8 +213,26 @@ class Session:
         self._apply_stage_policy(now)
 
     def refuse(self, code: ErrorCode, message: str) -> None:
-        """Refuse the connection before anything else (capacity, draining)."""
-        self._fail(code, message)
+        """Refuse the connection before anything else (capacity, draining) or at admission (auth)."""
+        if self.state in (State.AWAITING_START, State.ADMITTING):
+            self._fail(code, message)
+
+    @property
+    def awaiting_admission(self) -> bool:
+        """`start` is parsed and the gateway must `admit` or `refuse` the session."""
+        return self.state is State.ADMITTING
+
+    def admit(self, tenant: str, now: float) -> None:
+        """The gateway accepted the session for `tenant`: acknowledge it and start reading audio."""
+        if self.state is State.ADMITTING:
+            self.tenant = tenant
+            self._begin(now)
+
+    def internal_error(self, message: str, now: float) -> None:
+        """A bug met while handling the client's input: fatal (1011), but like any other fatal error
+        the audio accepted so far still drains through every stage (archived, transcribed)."""
+        if self.state is not State.CLOSED:
+            self._fail(ErrorCode.INTERNAL_ERROR, message, now)
 
     def stage_backlog(self, stage: StageName, backlog_s: float, now: float) -> None:
         """How much audio a stage has not taken yet (the driver reports it as it changes)."""
@@ -279,8 +313,9 @@ class Session:
 
     @property
     def accepts_audio(self) -> bool:
-        """False while a stage is too far behind: the driver stops reading the socket (backpressure)."""
-        return not self._behind_since
+        """False while a stage is too far behind (backpressure) or the session awaits admission: the
+        driver stops reading the socket."""
+        return not self._behind_since and self.state is not State.ADMITTING
 
     @property
     def lang(self) -> str:
@@ -314,9 +349,18 @@ class Session:
     def _on_start(self, msg: dict[str, Any], now: float) -> None:
         if self.state is not State.AWAITING_START:
             raise ProtocolError(ErrorCode.DUPLICATE_START, "start was already received")
-        self.start = parse_start(msg, self._new_flow_id)
+        start = parse_start(msg, self._new_flow_id)
+        self.start = start
         self.flow_id = self.start.flow_id
+        if self.config.admission:
+            self.state = State.ADMITTING
+        else:
+            self._begin(now)
+
+    def _begin(self, now: float) -> None:
+        assert self.start is not None
         self.state = State.STREAMING
+        self.acknowledged = True
         self._started_at = now
         self._last_audio_at = now
         self.language = LanguageDecider(
@@ -383,7 +427,7 @@ class Session:
 
     def _fail(self, code: ErrorCode, message: str, now: float | None = None) -> None:
         self._emit(error_event(self.flow_id, code, message, fatal=True))
-        if self.state is State.AWAITING_START:
+        if self.state in (State.AWAITING_START, State.ADMITTING):
             self._finish(FATAL_CLOSE[code], code.value)
         else:
             self._fatal = (code, message)
@@ -462,6 +506,14 @@ class Session:
         if family is not None and not self.wants(family):
             return
         self._events.append(event)
+
+
+def utf8_size(text: str, limit: int) -> int:
+    """The size of `text` on the wire (UTF-8 bytes, which a frame limit counts), encoding it only
+    when its length in characters cannot decide against `limit` (a character is 1 to 4 bytes)."""
+    if len(text) > limit or 4 * len(text) <= limit:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _stage_of(event: StageEvent) -> StageName:

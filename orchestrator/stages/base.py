@@ -85,6 +85,7 @@ class StageContext:
     emit_audio: Callable[[AudioBlock], None] | None = None
     # What the session tells the running stage (the ASR hears its endpoints and language here).
     inputs: asyncio.Queue[StageInput] = field(default_factory=asyncio.Queue)
+    tenant: str = ""  # the owner of the flow (the token's `sub`); the archive keys its objects by it
 
 
 class Stage(Protocol):

@@ -11,6 +11,8 @@ from orchestrator.core.events import RecordReady, StageLatency, StageName
 from orchestrator.stages.base import AudioSource, StageContext, frames
 from proto import common_pb2, compress_pb2_grpc
 
+TENANT_METADATA = "speechgw-tenant-bin"  # binary metadata: a `sub` may hold any UTF-8
+
 
 class CompressStage:
     name = StageName.COMPRESS
@@ -38,7 +40,9 @@ class CompressStage:
                     return
                 frame = await anext(audio)
 
-        result = await self._stub.Archive(requests())
+        # The owner travels as call metadata: the archive keeps each tenant's objects apart (docs/storage.md).
+        metadata = ((TENANT_METADATA, ctx.tenant.encode()),) if ctx.tenant else None
+        result = await self._stub.Archive(requests(), metadata=metadata)
         ctx.report(StageLatency(self.name, (time.monotonic() - ended_at) * 1000))
         ctx.report(
             RecordReady(result.record_url, result.duration_s, result.bytes, result.codec, result.status or "stored")

@@ -44,13 +44,14 @@ class JobRunner:
         self._capacity = capacity_available
         self._backoff = Backoff(config)
         self._wake = asyncio.Event()
-        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}  # by (tenant, flowId)
         self._loop_task: asyncio.Task[None] | None = None
         self.checked_at: float | None = None  # store time of the last completed look for due jobs
 
     @property
     def inflight(self) -> frozenset[str]:
-        return frozenset(self._inflight)
+        """The flowIds being transcribed now."""
+        return frozenset(flow_id for _, flow_id in self._inflight)
 
     def start(self) -> None:
         if self._loop_task is None:
@@ -60,8 +61,8 @@ class JobRunner:
         """Re-evaluate now (a job was queued, capacity may have returned, the clock moved)."""
         self._wake.set()
 
-    async def enqueue(self, flow_id: str, record_url: str, lang: str = "", domain: str = "") -> Job:
-        job, created = await self.store.enqueue(flow_id, record_url, lang, domain)
+    async def enqueue(self, flow_id: str, record_url: str, lang: str = "", domain: str = "", tenant: str = "") -> Job:
+        job, created = await self.store.enqueue(flow_id, record_url, lang, domain, tenant)
         if created:
             log.info("transcription queued", extra={"flowId": flow_id, "stage": "jobs", "event": "queued"})
         self.wake()
@@ -110,9 +111,9 @@ class JobRunner:
                 continue
             if self._capacity is not None and not await self._capacity():
                 return self.config.capacity_poll_s
-            claimed = await self.store.claim(job.flow_id)
+            claimed = await self.store.claim(job.flow_id, job.tenant)
             if claimed is not None:
-                self._inflight[job.flow_id] = asyncio.create_task(self._attempt(claimed))
+                self._inflight[(job.tenant, job.flow_id)] = asyncio.create_task(self._attempt(claimed))
                 JOBS_INFLIGHT.set(len(self._inflight))
                 started = True
         self.checked_at = now
@@ -131,7 +132,7 @@ class JobRunner:
             except Exception as exc:
                 await self._after_failure(job, exc)
                 return
-            await self.store.complete(job.flow_id, {"finals": finals, "srt": to_srt(finals)})
+            await self.store.complete(job.flow_id, {"finals": finals, "srt": to_srt(finals)}, job.tenant)
             JOB_OUTCOMES.labels("done").inc()
             log.info(
                 "transcription done: %d finals",
@@ -141,7 +142,7 @@ class JobRunner:
         except Exception:  # the store failed; the job stays running and is recovered at the next start
             log.exception("job bookkeeping failed", extra={**extra, "err_code": "jobs_store"})
         finally:
-            self._inflight.pop(job.flow_id, None)
+            self._inflight.pop((job.tenant, job.flow_id), None)
             JOBS_INFLIGHT.set(len(self._inflight))
             self._wake.set()
 
@@ -151,7 +152,7 @@ class JobRunner:
             await self._give_up(job, error)
             return
         delay = self._backoff.delay_s(job.attempts)
-        await self.store.retry(job.flow_id, error, self.store.now_fn() + delay)
+        await self.store.retry(job.flow_id, error, self.store.now_fn() + delay, job.tenant)
         JOB_OUTCOMES.labels("retry").inc()
         log.warning(
             "transcription attempt %d failed, retry in %.1f s: %s",
@@ -162,7 +163,7 @@ class JobRunner:
         )
 
     async def _give_up(self, job: Job, error: str) -> None:
-        await self.store.fail(job.flow_id, error)
+        await self.store.fail(job.flow_id, error, job.tenant)
         JOB_OUTCOMES.labels("failed").inc()
         log.error(
             "transcription failed after %d attempts: %s",

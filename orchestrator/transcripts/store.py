@@ -1,5 +1,6 @@
 """The durable store of deferred transcription jobs (SPEC §4 "ASR busy or down -> record only,
-transcribe later"): one sqlite table (WAL), one row per flowId, durable across restarts. `JobStore` is
+transcribe later"): one sqlite table (WAL), one row per (tenant, flowId), durable across restarts. The
+tenant is the owner's token `sub` ("" when authentication is off): two tenants' flows never meet. `JobStore` is
 blocking; the gateway uses it through `AsyncJobStore`, which runs every call on one dedicated thread.
 """
 
@@ -84,6 +85,7 @@ class Job:
     result: dict[str, Any] | None
     created_at: float
     updated_at: float
+    tenant: str = ""
 
     @property
     def finals(self) -> list[dict[str, Any]]:
@@ -96,7 +98,7 @@ class Job:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
-  flow_id TEXT PRIMARY KEY,
+  flow_id TEXT NOT NULL,
   record_url TEXT NOT NULL,
   lang TEXT NOT NULL DEFAULT '',
   domain TEXT NOT NULL DEFAULT '',
@@ -106,13 +108,24 @@ CREATE TABLE IF NOT EXISTS jobs (
   last_error TEXT NOT NULL DEFAULT '',
   result TEXT,
   created_at REAL NOT NULL,
-  updated_at REAL NOT NULL
+  updated_at REAL NOT NULL,
+  tenant TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (tenant, flow_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, next_attempt_at);
 """
 _COLUMNS = (
-    "flow_id, record_url, lang, domain, status, attempts, next_attempt_at, last_error, result, created_at, updated_at"
+    "flow_id, record_url, lang, domain, status, attempts, next_attempt_at, last_error, result, created_at, updated_at,"
+    " tenant"
 )
+# A store written before tenants (flow_id alone as the key) is rebuilt in place, its jobs kept as tenant "".
+_OLD_COLUMNS = _COLUMNS.rsplit(",", 1)[0]
+_MIGRATE = f"""
+ALTER TABLE jobs RENAME TO jobs_untenanted;
+{_SCHEMA}
+INSERT INTO jobs ({_COLUMNS}) SELECT {_OLD_COLUMNS}, '' FROM jobs_untenanted;
+DROP TABLE jobs_untenanted;
+"""
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
@@ -136,6 +149,9 @@ class JobStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a queued job survives power loss too
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if columns and "tenant" not in columns:
+                self._db.executescript(f"BEGIN; {_MIGRATE} COMMIT;")
             self._db.executescript(_SCHEMA)
         self.recovered = self._recover(time.time() if now is None else now)
 
@@ -164,19 +180,21 @@ class JobStore:
             row = self._db.execute(sql, args).fetchone()
         return _row_to_job(row) if row else None
 
-    def get(self, flow_id: str) -> Job | None:
-        return self._one(f"SELECT {_COLUMNS} FROM jobs WHERE flow_id=?", (flow_id,))
+    def get(self, flow_id: str, tenant: str = "") -> Job | None:
+        return self._one(f"SELECT {_COLUMNS} FROM jobs WHERE tenant=? AND flow_id=?", (tenant, flow_id))
 
-    def enqueue(self, flow_id: str, record_url: str, lang: str, domain: str, now: float) -> tuple[Job, bool]:
-        """Queue a job, idempotent by flowId: an existing job (whatever its state) is returned as is.
-        Returns (job, created)."""
+    def enqueue(
+        self, flow_id: str, record_url: str, lang: str, domain: str, now: float, tenant: str = ""
+    ) -> tuple[Job, bool]:
+        """Queue a job, idempotent by (tenant, flowId): an existing job (whatever its state) is returned
+        as is. Returns (job, created)."""
         with self._lock:
             cur = self._db.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, 'pending', 0, ?, '', NULL, ?, ?) "
-                "ON CONFLICT(flow_id) DO NOTHING",
-                (flow_id, record_url, lang, domain, now, now, now),
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, 'pending', 0, ?, '', NULL, ?, ?, ?) "
+                "ON CONFLICT(tenant, flow_id) DO NOTHING",
+                (flow_id, record_url, lang, domain, now, now, now, tenant),
             )
-        job = self.get(flow_id)
+        job = self.get(flow_id, tenant)
         assert job is not None
         return job, cur.rowcount == 1
 
@@ -195,40 +213,47 @@ class JobStore:
             row = self._db.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE status='pending'").fetchone()
         return None if row[0] is None else float(row[0])
 
-    def _update(self, sql: str, args: tuple[Any, ...], flow_id: str) -> Job | None:
+    def _update(self, sql: str, args: tuple[Any, ...], flow_id: str, tenant: str) -> Job | None:
+        """Run `sql ... WHERE tenant=? AND flow_id=? AND <its status condition>`."""
         with self._lock:
-            cur = self._db.execute(sql, args)
-        return self.get(flow_id) if cur.rowcount == 1 else None
+            cur = self._db.execute(sql, (*args, tenant, flow_id))
+        return self.get(flow_id, tenant) if cur.rowcount == 1 else None
 
-    def claim(self, flow_id: str, now: float) -> Job | None:
+    def claim(self, flow_id: str, now: float, tenant: str = "") -> Job | None:
         """pending -> running, counting one attempt; None if it was not pending."""
         return self._update(
-            "UPDATE jobs SET status='running', attempts=attempts+1, updated_at=? WHERE flow_id=? AND status='pending'",
-            (now, flow_id),
+            "UPDATE jobs SET status='running', attempts=attempts+1, updated_at=? "
+            "WHERE tenant=? AND flow_id=? AND status='pending'",
+            (now,),
             flow_id,
+            tenant,
         )
 
-    def complete(self, flow_id: str, result: dict[str, Any], now: float) -> Job | None:
+    def complete(self, flow_id: str, result: dict[str, Any], now: float, tenant: str = "") -> Job | None:
         return self._update(
-            "UPDATE jobs SET status='done', result=?, last_error='', updated_at=? WHERE flow_id=? AND status='running'",
-            (json.dumps(result, ensure_ascii=False), now, flow_id),
+            "UPDATE jobs SET status='done', result=?, last_error='', updated_at=? "
+            "WHERE tenant=? AND flow_id=? AND status='running'",
+            (json.dumps(result, ensure_ascii=False), now),
             flow_id,
+            tenant,
         )
 
-    def retry(self, flow_id: str, error: str, next_attempt_at: float, now: float) -> Job | None:
+    def retry(self, flow_id: str, error: str, next_attempt_at: float, now: float, tenant: str = "") -> Job | None:
         return self._update(
             "UPDATE jobs SET status='pending', last_error=?, next_attempt_at=?, updated_at=? "
-            "WHERE flow_id=? AND status='running'",
-            (error[:MAX_ERROR_CHARS], next_attempt_at, now, flow_id),
+            "WHERE tenant=? AND flow_id=? AND status='running'",
+            (error[:MAX_ERROR_CHARS], next_attempt_at, now),
             flow_id,
+            tenant,
         )
 
-    def fail(self, flow_id: str, error: str, now: float) -> Job | None:
+    def fail(self, flow_id: str, error: str, now: float, tenant: str = "") -> Job | None:
         return self._update(
             "UPDATE jobs SET status='failed', last_error=?, updated_at=? "
-            "WHERE flow_id=? AND status IN ('pending', 'running')",
-            (error[:MAX_ERROR_CHARS], now, flow_id),
+            "WHERE tenant=? AND flow_id=? AND status IN ('pending', 'running')",
+            (error[:MAX_ERROR_CHARS], now),
             flow_id,
+            tenant,
         )
 
     def release_running(self, now: float) -> int:
@@ -273,11 +298,13 @@ class AsyncJobStore:
         await self._run(self.store.close)
         self._executor.shutdown(wait=True)
 
-    async def get(self, flow_id: str) -> Job | None:
-        return await self._run(self.store.get, flow_id)
+    async def get(self, flow_id: str, tenant: str = "") -> Job | None:
+        return await self._run(self.store.get, flow_id, tenant)
 
-    async def enqueue(self, flow_id: str, record_url: str, lang: str = "", domain: str = "") -> tuple[Job, bool]:
-        return await self._run(self.store.enqueue, flow_id, record_url, lang, domain, self.now_fn())
+    async def enqueue(
+        self, flow_id: str, record_url: str, lang: str = "", domain: str = "", tenant: str = ""
+    ) -> tuple[Job, bool]:
+        return await self._run(self.store.enqueue, flow_id, record_url, lang, domain, self.now_fn(), tenant)
 
     async def due(self, limit: int, now: float | None = None) -> list[Job]:
         return await self._run(self.store.due, self.now_fn() if now is None else now, limit)
@@ -285,17 +312,17 @@ class AsyncJobStore:
     async def next_due_at(self) -> float | None:
         return await self._run(self.store.next_due_at)
 
-    async def claim(self, flow_id: str) -> Job | None:
-        return await self._run(self.store.claim, flow_id, self.now_fn())
+    async def claim(self, flow_id: str, tenant: str = "") -> Job | None:
+        return await self._run(self.store.claim, flow_id, self.now_fn(), tenant)
 
-    async def complete(self, flow_id: str, result: dict[str, Any]) -> Job | None:
-        return await self._run(self.store.complete, flow_id, result, self.now_fn())
+    async def complete(self, flow_id: str, result: dict[str, Any], tenant: str = "") -> Job | None:
+        return await self._run(self.store.complete, flow_id, result, self.now_fn(), tenant)
 
-    async def retry(self, flow_id: str, error: str, next_attempt_at: float) -> Job | None:
-        return await self._run(self.store.retry, flow_id, error, next_attempt_at, self.now_fn())
+    async def retry(self, flow_id: str, error: str, next_attempt_at: float, tenant: str = "") -> Job | None:
+        return await self._run(self.store.retry, flow_id, error, next_attempt_at, self.now_fn(), tenant)
 
-    async def fail(self, flow_id: str, error: str) -> Job | None:
-        return await self._run(self.store.fail, flow_id, error, self.now_fn())
+    async def fail(self, flow_id: str, error: str, tenant: str = "") -> Job | None:
+        return await self._run(self.store.fail, flow_id, error, self.now_fn(), tenant)
 
     async def release_running(self) -> int:
         return await self._run(self.store.release_running, self.now_fn())

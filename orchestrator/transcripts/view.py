@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.core.protocol import FLOW_ID_RE
+from orchestrator.core.protocol import valid_flow_id
 from orchestrator.transcripts.store import Job
 
 
@@ -48,7 +48,7 @@ def transcript_view(job: Job) -> dict[str, Any]:
 
 def transcript_response(flow_id: str, job: Job | None) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body): 200 with the view, 400 for a malformed flowId, 404 when unknown."""
-    if not FLOW_ID_RE.match(flow_id):
+    if not valid_flow_id(flow_id):
         return 400, {
             "flowId": flow_id,
             "code": "invalid_flow_id",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import tempfile
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from proto import compress_pb2_grpc
 from services.compress.config import CompressConfig
 from services.compress.encoder import audio_duration_s, encode_pcm_file
 from services.compress.service import ArchivePipeline, CompressServicer, record_routes
+from services.compress.signing import UrlSigner
 from services.compress.spool import PendingSpool
 from services.compress.store import LocalStore, S3Store, Store, StoreUnavailable
 from services.compress.uploader import Uploader
@@ -37,6 +39,16 @@ def warm_encoder(cfg: CompressConfig) -> float:
         return audio_duration_s(out.path)
 
 
+def url_signer(cfg: CompressConfig) -> UrlSigner:
+    if cfg.record_url_key:
+        return UrlSigner(cfg.record_url_key.encode(), cfg.record_url_ttl_s)
+    log.warning(
+        "RECORD_URL_KEY is not set: record URLs are signed with a random key and stop working on restart",
+        extra={"stage": "compress", "event": "record_url_key_random"},
+    )
+    return UrlSigner(secrets.token_bytes(32), cfg.record_url_ttl_s)
+
+
 @asynccontextmanager
 async def compress_service(cfg: CompressConfig) -> AsyncIterator[Service]:
     executor = ThreadPoolExecutor(max_workers=cfg.encode_workers, thread_name_prefix="compress")
@@ -46,7 +58,7 @@ async def compress_service(cfg: CompressConfig) -> AsyncIterator[Service]:
         # This process's internal identity is its client certificate towards an S3 endpoint that wants one.
         store = S3Store(cfg.s3, cfg.public_base, (cfg.tls.cert_file, cfg.tls.key_file) if cfg.tls.enabled else None)
     else:
-        store = local = LocalStore(cfg.store_dir, cfg.public_base)
+        store = local = LocalStore(cfg.store_dir, cfg.public_base, url_signer(cfg))
     spool = PendingSpool(cfg.spool_dir)
     uploader = Uploader(store, spool, executor, cfg.retry_base_s, cfg.retry_max_s)
     pipeline = ArchivePipeline(cfg, store, spool, uploader, executor)

@@ -55,6 +55,10 @@ class CompressConfig:
     spool_dir: Path = setting(Path("var/compress-spool"), env="COMPRESS_SPOOL_DIR")  # PCM in flight, archives pending
     # empty = this service's own HTTP base (dev only)
     public_base: str = setting("", env="PUBLIC_BASE", parse=lambda raw: raw.rstrip("/"))
+    # The local backend's record URLs are signed (HMAC-SHA256 over path and expiry) with this key and
+    # expire after the TTL (docs/storage.md). Empty: a random key per process (URLs die with it).
+    record_url_key: str = setting("", env="RECORD_URL_KEY")
+    record_url_ttl_s: int = setting(24 * 3600, env="RECORD_URL_TTL_SEC")
     sample_rate_hz: int = 16000
     max_flow_s: float = setting(4 * 3600.0, env="COMPRESS_MAX_FLOW_S")  # longest archivable flow
     spool_flush_bytes: int = setting(64 * 1024, env="COMPRESS_SPOOL_FLUSH_BYTES")  # PCM kept in memory per flow
@@ -74,5 +78,9 @@ class CompressConfig:
             raise ConfigError("COMPRESS_LEVEL must be within 0..1")
         if self.max_flow_s <= 0 or self.spool_flush_bytes <= 0 or self.encode_workers <= 0:
             raise ConfigError("COMPRESS_MAX_FLOW_S, COMPRESS_SPOOL_FLUSH_BYTES, COMPRESS_ENCODE_WORKERS must be > 0")
+        if self.record_url_key and len(self.record_url_key.encode()) < 32:
+            raise ConfigError("RECORD_URL_KEY must be at least 32 bytes")
+        if not 1 <= self.record_url_ttl_s <= 7 * 24 * 3600:
+            raise ConfigError("RECORD_URL_TTL_SEC must be within 1..604800")
         if not 0 < self.retry_base_s <= self.retry_max_s:
             raise ConfigError("need 0 < COMPRESS_RETRY_BASE_S <= COMPRESS_RETRY_MAX_S")

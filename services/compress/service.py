@@ -24,12 +24,15 @@ from services.compress.session import (
     ArchiveSession,
     InvalidFrame,
     SessionLimits,
-    flow_id_of_key,
+    archive_name,
+    name_of_key,
     record_key,
 )
 from services.compress.spool import ArchiveWriter, PendingSpool
 from services.compress.store import LocalStore, Store
 from services.compress.uploader import Uploader
+
+TENANT_METADATA = "speechgw-tenant-bin"  # set by the gateway's archive stage (orchestrator/stages/compress.py)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,8 @@ class ArchivePipeline:
         self.executor = executor
         self.limits = SessionLimits(sample_rate_hz=cfg.sample_rate_hz, max_flow_s=cfg.max_flow_s)
 
-    async def archive(self, frames: AsyncIterator[common_pb2.AudioFrame]) -> ArchiveOutcome:
+    async def archive(self, frames: AsyncIterator[common_pb2.AudioFrame], tenant: str = "") -> ArchiveOutcome:
+        """Archive one flow of `tenant` (its owner; "" = none) under the tenant's own key."""
         loop = asyncio.get_running_loop()
         session = ArchiveSession(self.limits)
         writer: ArchiveWriter | None = None
@@ -80,7 +84,7 @@ class ArchivePipeline:
                     part = await loop.run_in_executor(
                         self.executor,
                         self.spool.new_archive_path,
-                        session.flow_id,
+                        archive_name(session.flow_id, tenant),
                         EXTENSIONS[self.cfg.format],
                     )
                     writer = ArchiveWriter(
@@ -103,8 +107,8 @@ class ArchivePipeline:
             if writer is not None:
                 writer.abort()
             raise
-        status = await self.uploader.commit(session.flow_id)
-        key = record_key(session.flow_id, self.cfg.format)
+        status = await self.uploader.commit(archive_name(session.flow_id, tenant))
+        key = record_key(session.flow_id, self.cfg.format, tenant)
         url = await loop.run_in_executor(self.executor, self.store.url, key)
         latency_ms = (time.perf_counter() - ended) * 1000
         LATENCY_MS.observe(latency_ms)
@@ -125,7 +129,7 @@ class CompressServicer(compress_pb2_grpc.CompressServicer):
         self, request_iterator: AsyncIterator[common_pb2.AudioFrame], context: grpc.aio.ServicerContext
     ) -> compress_pb2.ArchiveResult:
         try:
-            out = await self.pipeline.archive(request_iterator)
+            out = await self.pipeline.archive(request_iterator, tenant_of(context))
         except InvalidFrame as exc:
             INVALID.inc()
             log.info(
@@ -158,16 +162,38 @@ class CompressServicer(compress_pb2_grpc.CompressServicer):
         )
 
 
+def tenant_of(context: grpc.aio.ServicerContext) -> str:
+    """The flow's owner, from the call's binary metadata (the gateway sets it); "" when absent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA:
+            try:
+                return value.decode() if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                raise InvalidFrame("tenant metadata is not UTF-8") from None
+    return ""
+
+
 def record_routes(store: LocalStore) -> list[web.RouteDef]:
-    """GET (and HEAD) /records/{name}: serves the local store; only valid record keys, no traversal."""
+    """GET (and HEAD) /records/{namespace}/{file}: serves the local store to signed, unexpired URLs only
+    (docs/storage.md). Every refusal is a bare 403 or 404 that names no path."""
+    signer = store.signer
+    assert signer is not None, "the local store's HTTP route needs a URL signer"
 
     async def get_record(request: web.Request) -> web.StreamResponse:
-        key = f"records/{request.match_info['name']}"
-        if flow_id_of_key(key) is None:
-            raise web.HTTPNotFound(text="not a record key")
-        path = store.path_of(key)
+        # The signature covers the path as the client sent it (still percent-encoded): any other
+        # spelling of the same file is another path, and its signature does not match.
+        raw_path = request.raw_path.split("?", 1)[0]
+        if not signer.valid(raw_path, request.query.get("exp"), request.query.get("sig")):
+            raise web.HTTPForbidden(text="forbidden\n")
+        key = raw_path.lstrip("/")
+        if name_of_key(key) is None:
+            raise web.HTTPNotFound(text="not found\n")
+        try:
+            path = store.path_of(key)
+        except ValueError:
+            raise web.HTTPNotFound(text="not found\n") from None
         if not path.is_file():
-            raise web.HTTPNotFound(text="no such record")
+            raise web.HTTPNotFound(text="not found\n")
         return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[path.suffix.lstrip(".")]})
 
-    return [web.get("/records/{name}", get_record)]
+    return [web.get("/records/{namespace}/{file}", get_record)]

@@ -5,12 +5,18 @@ Nothing here awaits or touches files; the servicer feeds frames and spools what 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 from proto import common_pb2
 
 FLOW_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Each tenant's objects live under their own prefix: the first 32 hex digits of SHA-256 of the token's
+# `sub`, or `public` for flows without a tenant (authentication off). A hash, not the `sub` itself: any
+# `sub` becomes a safe path segment and two tenants never share one (docs/storage.md).
+NAMESPACE_RE = re.compile(r"public|[0-9a-f]{32}")
+PUBLIC_NAMESPACE = "public"
 KEY_PREFIX = "records"
 EXTENSIONS = {"ogg_opus": "ogg", "flac": "flac"}
 CODECS = {"ogg_opus": "ogg/opus", "flac": "flac"}
@@ -29,18 +35,42 @@ def validate_flow_id(flow_id: str) -> str:
     return flow_id
 
 
-def record_key(flow_id: str, fmt: str) -> str:
-    """The one storage key of a flow: `records/<flow_id>.<ext>`. Same flow, same key: retries overwrite."""
-    return f"{KEY_PREFIX}/{validate_flow_id(flow_id)}.{EXTENSIONS[fmt]}"
+def tenant_namespace(tenant: str) -> str:
+    """The key prefix of a tenant's objects (see NAMESPACE_RE)."""
+    if not tenant:
+        return PUBLIC_NAMESPACE
+    return hashlib.sha256(tenant.encode()).hexdigest()[:32]
+
+
+def archive_name(flow_id: str, tenant: str = "") -> str:
+    """`<namespace>/<flow_id>`: what identifies one archived flow (in the spool and in the store)."""
+    return f"{tenant_namespace(tenant)}/{validate_flow_id(flow_id)}"
+
+
+def is_archive_name(name: str) -> bool:
+    namespace, slash, flow_id = name.partition("/")
+    return bool(slash) and bool(NAMESPACE_RE.fullmatch(namespace)) and bool(FLOW_ID_RE.fullmatch(flow_id))
+
+
+def record_key(flow_id: str, fmt: str, tenant: str = "") -> str:
+    """The one storage key of a tenant's flow: `records/<namespace>/<flow_id>.<ext>`. Same tenant and
+    flow, same key: the tenant's retries overwrite; another tenant's flow of the same id never does."""
+    return f"{KEY_PREFIX}/{archive_name(flow_id, tenant)}.{EXTENSIONS[fmt]}"
+
+
+def name_of_key(key: str) -> str | None:
+    """Inverse of `record_key` for any format (the archive name); None when `key` is not a record key."""
+    prefix, _, rest = key.partition("/")
+    name, dot, ext = rest.rpartition(".")
+    if prefix != KEY_PREFIX or not dot or ext not in CONTENT_TYPES or not is_archive_name(name):
+        return None
+    return name
 
 
 def flow_id_of_key(key: str) -> str | None:
-    """Inverse of `record_key` for any format; None when `key` is not a record key."""
-    prefix, _, name = key.partition("/")
-    stem, dot, ext = name.rpartition(".")
-    if prefix != KEY_PREFIX or not dot or ext not in CONTENT_TYPES or not FLOW_ID_RE.fullmatch(stem):
-        return None
-    return stem
+    """The flowId of a record key; None when `key` is not a record key."""
+    name = name_of_key(key)
+    return None if name is None else name.partition("/")[2]
 
 
 @dataclass(frozen=True)

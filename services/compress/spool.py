@@ -1,8 +1,8 @@
 """On-disk spool (SPEC §4 reliability): archives being encoded, and archives waiting for storage.
 
-Layout under COMPRESS_SPOOL_DIR:
-  pending/<flow_id>/<seq>.<ext>.part  archive of a flow still streaming, encoded as the audio arrives
-  pending/<flow_id>/<seq>.<ext>       finished archive waiting for the store; the newest seq wins
+Layout under COMPRESS_SPOOL_DIR (`<name>` is the archive name `<namespace>/<flow_id>`, session.py):
+  pending/<name>/<seq>.<ext>.part  archive of a flow still streaming, encoded as the audio arrives
+  pending/<name>/<seq>.<ext>       finished archive waiting for the store; the newest seq wins
 Archives leave `pending/` only once the store has them, so a crash or an S3 outage loses nothing.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from services.compress.encoder import Encoded, StreamEncoder
-from services.compress.session import CONTENT_TYPES, FLOW_ID_RE
+from services.compress.session import CONTENT_TYPES, FLOW_ID_RE, NAMESPACE_RE, is_archive_name
 
 _counter = itertools.count()
 T = TypeVar("T")
@@ -34,15 +34,17 @@ class PendingSpool:
     def prepare(self) -> int:
         """Create the layout; delete what a crash left unfinished (`.part`: no caller got an answer)."""
         self.pending_dir.mkdir(parents=True, exist_ok=True)
-        stale = list(self.pending_dir.glob("*/*.part"))
+        stale = list(self.pending_dir.glob("*/*/*.part"))
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
 
-    def new_archive_path(self, flow_id: str, ext: str) -> Path:
+    def new_archive_path(self, name: str, ext: str) -> Path:
         """Create a fresh, empty `.part` file (seq = wall-clock ns + counter); `publish` renames it."""
+        if not is_archive_name(name):
+            raise ValueError(f"not an archive name: {name[:200]!r}")
         seq = f"{time.time_ns():020d}{next(_counter) % 1000:03d}"
-        folder = self.pending_dir / flow_id
+        folder = self.pending_dir / name
         part = folder / f"{seq}.{ext}.part"
         for _ in range(3):  # `drop_upto` may remove the empty folder between mkdir and touch
             folder.mkdir(parents=True, exist_ok=True)
@@ -60,30 +62,34 @@ class PendingSpool:
         return final
 
     def pending_flows(self) -> list[str]:
-        """Flows with at least one finished archive waiting, oldest first."""
+        """Archive names with at least one finished archive waiting, oldest first."""
         flows = []
-        for folder in self.pending_dir.iterdir():
-            if folder.is_dir() and FLOW_ID_RE.fullmatch(folder.name) and self._archives(folder.name):
-                flows.append((self._archives(folder.name)[0].name, folder.name))
+        for space in self.pending_dir.iterdir():
+            if not (space.is_dir() and NAMESPACE_RE.fullmatch(space.name)):
+                continue
+            for folder in space.iterdir():
+                name = f"{space.name}/{folder.name}"
+                if folder.is_dir() and FLOW_ID_RE.fullmatch(folder.name) and self._archives(name):
+                    flows.append((self._archives(name)[0].name, name))
         return [flow for _, flow in sorted(flows)]
 
-    def newest(self, flow_id: str) -> Path | None:
-        archives = self._archives(flow_id)
+    def newest(self, name: str) -> Path | None:
+        archives = self._archives(name)
         return archives[-1] if archives else None
 
-    def drop_upto(self, flow_id: str, stored: Path) -> None:
+    def drop_upto(self, name: str, stored: Path) -> None:
         """Forget every archive of the flow up to the one just stored (older ones are superseded)."""
-        for path in self._archives(flow_id):
+        for path in self._archives(name):
             if path.name <= stored.name:
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: another call of the flow is writing
-            (self.pending_dir / flow_id).rmdir()
+            (self.pending_dir / name).rmdir()
 
     def count(self) -> int:
         return sum(1 for flow in self.pending_flows() for _ in self._archives(flow))
 
-    def _archives(self, flow_id: str) -> list[Path]:
-        folder = self.pending_dir / flow_id
+    def _archives(self, name: str) -> list[Path]:
+        folder = self.pending_dir / name
         if not folder.is_dir():
             return []
         return sorted(p for p in folder.iterdir() if p.suffix.lstrip(".") in CONTENT_TYPES)

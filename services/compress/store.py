@@ -17,6 +17,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.compress.config import S3Config
+from services.compress.signing import UrlSigner
 
 
 class StoreUnavailable(RuntimeError):
@@ -34,19 +35,27 @@ class Store(Protocol):
 
 
 class LocalStore:
-    """Files under `root/<key>`, written atomically (temp file in the target directory, then rename)."""
+    """Files under `root/<key>`, written atomically (temp file in the target directory, then rename).
+    With a signer, `url` answers signed, expiring URLs (the service always gives one)."""
 
     name = "local"
 
-    def __init__(self, root: Path, public_base: str = "") -> None:
+    def __init__(self, root: Path, public_base: str = "", signer: UrlSigner | None = None) -> None:
         self.root = root
         self.public_base = public_base.rstrip("/")
+        self.signer = signer
 
     def ensure_ready(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
-        return self.root / key
+        """The file of `key`, which must stay inside the store directory (ValueError otherwise)."""
+        if "\\" in key or "\0" in key or key.startswith("/"):
+            raise ValueError("not a store key")
+        path = self.root / key
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError("not a store key")
+        return path
 
     def put(self, path: Path, key: str, content_type: str) -> None:
         target = self.path_of(key)
@@ -62,7 +71,9 @@ class LocalStore:
             raise StoreUnavailable(f"local store: {exc}") from exc
 
     def url(self, key: str) -> str:
-        return f"{self.public_base}/{key}"
+        if self.signer is None:
+            return f"{self.public_base}/{key}"
+        return f"{self.public_base}/{key}?{self.signer.query('/' + key)}"
 
 
 class S3Store:

@@ -28,8 +28,9 @@ UPLOADS = Counter("compress_uploads_total", "Archives written to the store", ["p
 PENDING = Gauge("compress_pending_archives", "Encoded archives spooled locally, waiting for the store")
 
 
-def key_for(flow_id: str, archive: Path) -> str:
-    return f"{KEY_PREFIX}/{flow_id}{archive.suffix}"
+def key_for(name: str, archive: Path) -> str:
+    """The store key of an archive name's spooled file (session.record_key)."""
+    return f"{KEY_PREFIX}/{name}{archive.suffix}"
 
 
 class Uploader:
@@ -46,7 +47,8 @@ class Uploader:
         self._wake = asyncio.Event()
 
     async def commit(self, flow_id: str) -> str:
-        """Store the newest pending archive of `flow_id`: "stored", or "spooled" when it must wait."""
+        """Store the newest pending archive of `flow_id` (an archive name, `<namespace>/<flow_id>`):
+        "stored", or "spooled" when it must wait."""
         if not self.store_down and await self._upload_newest(flow_id, path="direct"):
             return "stored"
         self._wake.set()

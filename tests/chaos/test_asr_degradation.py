@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from devtools.client import load_wav, stream_pcm
+from devtools.devauth import default_token
 from devtools.launcher import RunningService, launch
 from devtools.stack import Stack
 from tests.poll import seconds, wait_for
@@ -39,8 +40,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 def transcript(http_base: str, flow_id: str) -> tuple[int, dict[str, Any]]:
+    """The transcript as the tenant that streamed the flow sees it (the client's default token)."""
+    request = urllib.request.Request(
+        f"{http_base}/v1/flows/{flow_id}/transcript", headers={"Authorization": f"Bearer {default_token()}"}
+    )
     try:
-        with urllib.request.urlopen(f"{http_base}/v1/flows/{flow_id}/transcript", timeout=seconds(5)) as resp:
+        with urllib.request.urlopen(request, timeout=seconds(5)) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())

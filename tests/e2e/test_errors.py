@@ -13,7 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from devtools.client import stream_pcm
+from devtools.client import connect_kwargs, stream_pcm
+from devtools.devauth import default_token
 from devtools.launcher import launch
 from devtools.stack import Stack
 from tests.schemas import check_event
@@ -25,7 +26,7 @@ START = {"type": "start", "flowId": "bad", "return": ["record_url", "metrics"]}
 async def exchange(url: str, messages: list[str | bytes]) -> tuple[list[dict[str, Any]], int | None]:
     """Send `messages`, then read events until the server closes."""
     events: list[dict[str, Any]] = []
-    async with connect(url, max_size=2**22) as ws:
+    async with connect(url, max_size=2**22, **connect_kwargs(default_token())) as ws:
         try:
             for m in messages:
                 await ws.send(m)
@@ -53,10 +54,15 @@ CASES = [
     ("unsupported_channels", [json.dumps({**START, "audio": {"channels": 2}})], 1003),
     ("invalid_start", [json.dumps({**START, "return": "asr"})], 1002),
     ("invalid_flow_id", [json.dumps({**START, "flowId": "a/b"})], 1002),
+    # issue 10: what was accepted (or crashed the session) before the input bounds
+    ("json_too_deep", ["[" * 25_000 + "]" * 25_000], 1008),
+    ("invalid_start", [json.dumps({**START, "hints": {"hotwords": ["w"] * 10_000}})], 1002),
+    ("invalid_flow_id", [json.dumps({**START, "flowId": "a" + "." * 127})], 1002),
+    ("frame_too_large", ['{"type":"start","hints":{"domain":"' + "€" * 30_000 + '"}}'], 1009),
 ]
 
 
-@pytest.mark.parametrize(("code", "messages", "close"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("code", "messages", "close"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_before_or_at_start(stack: Stack, code: str, messages: list[str | bytes], close: int) -> None:
     events, close_code = asyncio.run(exchange(stack.url, messages))
     assert [e["type"] for e in events] == ["error"]
@@ -71,6 +77,7 @@ def test_bad_input_before_or_at_start(stack: Stack, code: str, messages: list[st
         ("unknown_type", '{"type":"pause"}', 1002),
         ("invalid_json", "{", 1002),
         ("frame_too_large", b"\x00" * 70_000, 1009),
+        ("json_too_deep", "[" * 25_000 + "]" * 25_000, 1008),  # was RecursionError, 1011, audio lost
     ],
 )
 def test_bad_input_mid_stream_keeps_accepted_audio(stack: Stack, code: str, bad: str | bytes, close: int) -> None:
@@ -91,7 +98,7 @@ def test_message_over_the_library_cap_is_closed_1009(stack: Stack) -> None:
 
     async def oversize_after_ack() -> tuple[dict[str, Any], int | None]:
         # Wait for the ack first: the library's close may otherwise overtake it on the wire.
-        async with connect(stack.url, max_size=2**22) as ws:
+        async with connect(stack.url, max_size=2**22, **connect_kwargs(stack.token())) as ws:
             await ws.send(json.dumps(START))
             ack = json.loads(await ws.recv())
             with contextlib.suppress(ConnectionClosed):
@@ -145,7 +152,7 @@ def test_too_many_sessions_is_an_explicit_refusal(stack: Stack) -> None:
         async with connect(url) as first:
             await first.send(json.dumps(START))
             await first.recv()
-            refused, code = await exchange(url, [])
+            refused, code = await exchange(url, [json.dumps(START)])  # live sessions are counted at `start`
             await first.send('{"type":"flush"}')
             rest = [json.loads(m) async for m in first]
         return refused, code, rest

@@ -4,13 +4,15 @@ and against a real SeaweedFS S3 server; then what only S3 has (presigned URLs, o
 from __future__ import annotations
 
 import io
+import socket
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import grpc
 import numpy as np
@@ -20,6 +22,8 @@ import soundfile as sf
 from devtools.launcher import RunningService, launch
 from devtools.seaweed import SeaweedS3, running_seaweed
 from proto import common_pb2, compress_pb2, compress_pb2_grpc
+from services.compress.service import TENANT_METADATA
+from services.compress.signing import UrlSigner
 from tests.poll import seconds, wait_for
 
 pytestmark = pytest.mark.integration
@@ -28,6 +32,7 @@ SR = 16000
 FRAME_BYTES = 2 * SR  # 1 s of PCM16 mono per AudioFrame
 FRAME_S = 0.020  # decoded duration must match within one 20 ms frame
 BUCKET = "speechgw-records"
+URL_KEY = b"integration-test-record-url-key-0123456789"
 
 
 def clip_pcm(path: Path) -> bytes:
@@ -56,10 +61,11 @@ def make_frames(flow_id: str, pcm: bytes, last: bool = False) -> list[common_pb2
     return out
 
 
-async def archive(addr: str, frames: list[common_pb2.AudioFrame]) -> compress_pb2.ArchiveResult:
+async def archive(addr: str, frames: list[common_pb2.AudioFrame], tenant: str = "") -> compress_pb2.ArchiveResult:
+    metadata = ((TENANT_METADATA, tenant.encode()),) if tenant else None
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = compress_pb2_grpc.CompressStub(channel)
-        return await stub.Archive(iter(frames), timeout=seconds(20))
+        return await stub.Archive(iter(frames), timeout=seconds(20), metadata=metadata)
 
 
 def download(url: str) -> bytes:
@@ -127,13 +133,14 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]
             "COMPRESS_SPOOL_DIR": str(root / "spool"),
             "PUBLIC_BASE": "",
             "COMPRESS_FORMAT": "ogg_opus",
+            "RECORD_URL_KEY": URL_KEY.decode(),
         },
     )
     try:
         yield Backend(
             "local",
             svc,
-            lambda flow: sorted(str(p.relative_to(store)) for p in (store / "records").glob(f"*{flow}*")),
+            lambda flow: sorted(str(p.relative_to(store)) for p in (store / "records").rglob(f"*{flow}*")),
         )
     finally:
         svc.stop()
@@ -143,7 +150,7 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]
 def s3_backend(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     svc = launch("compress", env=s3_env(seaweed, tmp_path_factory.mktemp("compress-s3-spool")))
     try:
-        yield Backend("s3", svc, lambda flow: seaweed.keys(BUCKET, f"records/{flow}"))
+        yield Backend("s3", svc, lambda flow: seaweed.keys(BUCKET, f"records/public/{flow}"))
     finally:
         svc.stop()
 
@@ -167,7 +174,7 @@ async def test_clip_in_1s_frames_archives_to_an_absolute_downloadable_url(backen
     expected_s = len(pcm) / 2 / SR
     assert (res.flow_id, res.key, res.status, res.codec) == (
         flow,
-        f"records/{flow}.ogg",
+        f"records/public/{flow}.ogg",
         "stored",
         "ogg/opus",
     )
@@ -185,7 +192,7 @@ async def test_same_flow_twice_overwrites_one_object(backend: Backend, clips: Pa
     first = await archive(backend.svc.grpc_addr, make_frames(flow, clip_pcm(clips / "en" / "counting.wav")))
     short = clip_pcm(clips / "en" / "hello_world.wav")
     second = await archive(backend.svc.grpc_addr, make_frames(flow, short))
-    assert first.key == second.key == f"records/{flow}.ogg"
+    assert first.key == second.key == f"records/public/{flow}.ogg"
     assert backend.keys(flow) == [first.key]
     assert abs(decoded_s(download(second.record_url)) - len(short) / 2 / SR) <= FRAME_S
 
@@ -243,11 +250,89 @@ async def test_invalid_stream_is_refused_and_another_stream_goes_on(backend: Bac
 # --- local backend only --------------------------------------------------------------------------------
 
 
-def test_local_http_serves_only_record_keys(local_backend: Backend) -> None:
+def raw_get(base: str, raw_path: str) -> tuple[int, bytes]:
+    """GET `raw_path` byte for byte (no client-side normalisation of dots or escapes)."""
+    host, port = urlsplit(base).hostname, urlsplit(base).port
+    with socket.create_connection((host, port), timeout=seconds(10)) as sock:
+        sock.sendall(f"GET {raw_path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def signed(raw_path: str, clock: float | None = None, ttl_s: int = 600) -> str:
+    signer = UrlSigner(URL_KEY, ttl_s, (lambda: clock) if clock is not None else time.time)
+    return f"{raw_path}?{signer.query(raw_path)}"
+
+
+async def test_local_record_url_is_signed_and_refuses_tampering_and_expiry(local_backend: Backend, clips: Path) -> None:
+    flow = new_flow("signed")
+    res = await archive(local_backend.svc.grpc_addr, make_frames(flow, clip_pcm(clips / "en" / "hello_world.wav")))
     base = local_backend.svc.http_base
-    assert http_status(f"{base}/records/{new_flow('absent')}.ogg") == 404
-    assert http_status(f"{base}/records/..%2F..%2Fetc%2Fpasswd") == 404
-    assert http_status(f"{base}/records/notes.txt") == 404
+    url = urlsplit(res.record_url)
+    assert url.path == f"/{res.key}" and "sig=" in url.query and "exp=" in url.query
+    assert len(download(res.record_url)) == res.bytes
+    query = dict(parse_qsl(url.query))
+    other = new_flow("other")
+    tampered = [
+        url.path,  # unsigned
+        f"{url.path}?exp={query['exp']}",  # no signature
+        f"{url.path}?exp={int(query['exp']) + 3600}&sig={query['sig']}",  # longer life
+        f"{url.path}?exp={query['exp']}&sig={query['sig'][:-2]}AA",  # another signature
+        f"/records/public/{other}.ogg?{url.query}",  # the signature of another path
+        f"{url.path.replace('.ogg', '.flac')}?{url.query}",
+        f"{url.path}?exp=%C2%B2&sig={query['sig']}",  # non-ASCII digits
+        f"{url.path}?exp={query['exp']}&sig=%C3%A9",  # non-ASCII signature
+        signed(url.path, clock=time.time() - 7200),  # correctly signed, expired an hour ago
+    ]
+    for raw in tampered:
+        status, body = raw_get(base, raw)
+        assert status == 403, raw
+        assert b"records" not in body and flow.encode() not in body, body  # no path information
+    assert raw_get(base, signed(url.path))[0] == 200  # the same path signed now is fine
+
+
+TRAVERSALS = [
+    "/records/public/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/records/public/%2e%2e/%2e%2e/etc/passwd",
+    "/records/%2e%2e/%2e%2e%2fetc%2fpasswd",
+    "/records/public/%252e%252e%252fx.ogg",  # double encoding
+    "/records/public/..%5c..%5cx.ogg",  # backslashes, encoded
+    "/records/public/..\\..\\x.ogg",  # backslashes, raw
+    "/records/public/%2fetc%2fpasswd",  # an absolute path inside
+    "/records//etc/passwd",
+    "/records/public/../../secret.ogg",
+    "/records/public/x.ogg%00.txt",
+    "/records/public/notes.txt",
+    "/records/tenant-name/x.ogg",  # not a namespace
+]
+
+
+@pytest.mark.parametrize("raw", TRAVERSALS)
+def test_local_http_stays_inside_the_store_whatever_the_encoding(local_backend: Backend, raw: str) -> None:
+    base = local_backend.svc.http_base
+    status, _ = raw_get(base, raw)
+    assert status in (400, 403, 404), (raw, status)
+    # Even a path signed with the right key (which no client can forge) never leaves the store.
+    status, body = raw_get(base, signed(raw))
+    assert status in (400, 404), (raw, status)
+    assert b"root:" not in body
+
+
+async def test_tenants_sharing_a_flow_id_get_separate_objects(local_backend: Backend, clips: Path) -> None:
+    flow = new_flow("shared")
+    long_pcm = clip_pcm(clips / "en" / "counting.wav")
+    short_pcm = clip_pcm(clips / "en" / "hello_world.wav")
+    addr = local_backend.svc.grpc_addr
+    a = await archive(addr, make_frames(flow, long_pcm), tenant="tenant-a")
+    b = await archive(addr, make_frames(flow, short_pcm), tenant="tenant-b")
+    again = await archive(addr, make_frames(flow, long_pcm), tenant="tenant-a")  # A's retry: same object
+    assert a.key != b.key and a.key == again.key and a.key.endswith(f"/{flow}.ogg")
+    assert len(local_backend.keys(flow)) == 2
+    assert abs(decoded_s(download(a.record_url)) - len(long_pcm) / 2 / SR) <= FRAME_S
+    assert abs(decoded_s(download(b.record_url)) - len(short_pcm) / 2 / SR) <= FRAME_S
 
 
 # --- S3 only: presigned URLs, outage and recovery -------------------------------------------------------
@@ -284,17 +369,17 @@ async def test_s3_outage_spools_and_loses_nothing(
             assert (await archive(other.grpc_addr, make_frames(restarted_flow, pcm))).status == "spooled"
         finally:
             assert other.stop() == 0
-        assert list((tmp_path / "spool" / "pending" / restarted_flow).glob("*.ogg"))
+        assert list((tmp_path / "spool" / "pending" / "public" / restarted_flow).glob("*.ogg"))
     finally:
         seaweed.start()
-    wait_for(lambda: seaweed.keys(BUCKET, f"records/{live_flow}") != [], 20, "background upload after outage")
+    wait_for(lambda: seaweed.keys(BUCKET, f"records/public/{live_flow}") != [], 20, "background upload after outage")
     assert abs(decoded_s(download(spooled.record_url)) - len(pcm) / 2 / SR) <= FRAME_S
     again = launch("compress", env=s3_env(seaweed, tmp_path / "spool"))
     try:
-        wait_for(lambda: seaweed.keys(BUCKET, f"records/{restarted_flow}") != [], 20, "upload at start-up")
+        wait_for(lambda: seaweed.keys(BUCKET, f"records/public/{restarted_flow}") != [], 20, "upload at start-up")
     finally:
         again.stop()
-    assert not list((tmp_path / "spool" / "pending").glob("*/*"))
+    assert not list((tmp_path / "spool" / "pending").glob("*/*/*"))
     fresh = await archive(s3_backend.svc.grpc_addr, make_frames(new_flow("after"), pcm))
     assert fresh.status == "stored"
     metrics = download(f"{s3_backend.svc.http_base}/metrics").decode()

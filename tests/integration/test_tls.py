@@ -254,7 +254,7 @@ async def test_a_client_that_does_not_trust_the_gateway_ca_cannot_connect(
 @pytest.mark.parametrize(
     ("module", "env"),
     [
-        ("orchestrator", {"GATEWAY_HOST": "0.0.0.0"}),
+        ("orchestrator", {"GATEWAY_HOST": "0.0.0.0", "AUTH_MODE": "off"}),  # (no auth: test_gateway_auth.py)
         ("tests.fakes", {"FAKE_HOST": "0.0.0.0"}),
         ("orchestrator", {"VAD_ADDR": "192.0.2.1:50051"}),
     ],

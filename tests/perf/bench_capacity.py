@@ -30,7 +30,9 @@ from typing import Any
 
 import psutil
 
+from devtools.devauth import dev_env
 from devtools.launcher import launch
+from devtools.stack import LOOPBACK_LIMITS
 
 CHUNK = 640  # 20 ms of PCM16 at 16 kHz
 
@@ -42,8 +44,12 @@ async def _one_session(
 
     pcm = b"\x10\x00\xf0\xff" * (CHUNK // 4)
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    from devtools.client import connect_kwargs
+    from devtools.devauth import default_token
+
     tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
-    async with connect(url, compression=None, open_timeout=60, max_size=2**22, ssl=tls) as ws:
+    auth = connect_kwargs(default_token())
+    async with connect(url, compression=None, open_timeout=60, max_size=2**22, ssl=tls, **auth) as ws:
         t_start = time.monotonic()
         await ws.send(json.dumps({"type": "start", "return": ["record_url", "metrics", "vad"]}))
         ack = json.loads(await ws.recv())
@@ -149,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra gateway setting, e.g. VAD_BATCH_MS=20 to send every chunk as its own message",
     )
+    p.add_argument(
+        "--auth", action="store_true", help="JWT on (the development secret): every session's token is verified"
+    )
     p.add_argument("--tls", action="store_true", help="wss:// at the gateway and mTLS to the fakes")
     args = p.parse_args(argv)
+    auth_env = {k: v for k, v in dev_env().items() if k.startswith("AUTH_")} if args.auth else {}
     tls: dict[str, dict[str, str]] = {"vad": {}, "compress": {}, "gateway": {}}
     ca_file = None
     if args.tls:
@@ -180,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             "GATEWAY_PORT": "0",
             "LOG_LEVEL": "WARNING",
             "MAX_SESSIONS": "2000",
+            **auth_env,
+            **LOOPBACK_LIMITS,  # every simulated client is 127.0.0.1
             **tls["gateway"],
             **dict(kv.split("=", 1) for kv in args.gateway_env),
         },
@@ -187,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     url = f"{'wss' if args.tls else 'ws'}://127.0.0.1:{gw.http_port}/ws/stream"
     print(
         f"# capacity: gateway + fake VAD/compress, {args.seconds:g} s real-time audio per session, "
-        f"{os.cpu_count()} cores, settings {args.gateway_env or 'default'}, TLS {'on' if args.tls else 'off'}",
+        f"{os.cpu_count()} cores, settings {args.gateway_env or 'default'}, TLS {'on' if args.tls else 'off'}, "
+        f"auth {'jwt' if args.auth else 'off'}",
         flush=True,
     )
     try:

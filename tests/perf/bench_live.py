@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from devtools.client import connect_kwargs
+from devtools.devauth import default_token
 from devtools.stack import DEFAULT_SERVICES, Stack
 from tests import corpus
 from tests.corpus import Case
@@ -81,7 +83,8 @@ async def _session(url: str, job: Job, base: float) -> dict[str, Any]:
         "hints": {"domain": "default", **job.hints},
     }
     try:
-        async with connect(url, max_size=2**22, compression=None, open_timeout=30) as ws:
+        auth = connect_kwargs(default_token())
+        async with connect(url, max_size=2**22, compression=None, open_timeout=30, **auth) as ws:
 
             async def reader() -> None:
                 try:

@@ -46,8 +46,8 @@ def frame(flow_id: str = "f1", pcm: bytes = b"\0\0" * 320, **kw: object) -> comm
 
 @pytest.mark.parametrize("flow_id", ["a", "A.b_c-1", "0" * 128, "flow-2026.11.24_x"])
 def test_valid_flow_ids_map_to_one_fixed_key(flow_id: str) -> None:
-    assert record_key(flow_id, "ogg_opus") == f"records/{flow_id}.ogg" == record_key(flow_id, "ogg_opus")
-    assert record_key(flow_id, "flac") == f"records/{flow_id}.flac"
+    assert record_key(flow_id, "ogg_opus") == f"records/public/{flow_id}.ogg" == record_key(flow_id, "ogg_opus")
+    assert record_key(flow_id, "flac") == f"records/public/{flow_id}.flac"
     assert flow_id_of_key(record_key(flow_id, "ogg_opus")) == flow_id
 
 
@@ -65,11 +65,24 @@ def test_any_accepted_flow_id_gives_a_key_inside_records(flow_id: str) -> None:
         key = record_key(flow_id, "ogg_opus")
     except InvalidFrame:
         return
-    assert key == f"records/{flow_id}.ogg" and "/" not in flow_id and flow_id[0].isalnum()
+    assert key == f"records/public/{flow_id}.ogg" and "/" not in flow_id and flow_id[0].isalnum()
     assert flow_id_of_key(key) == flow_id
 
 
-@pytest.mark.parametrize("key", ["records/x.txt", "other/x.ogg", "records/../x.ogg", "records/", "x.ogg"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "records/public/x.txt",
+        "other/public/x.ogg",
+        "records/../x.ogg",
+        "records/public/../x.ogg",
+        "records/",
+        "x.ogg",
+        "records/x.ogg",  # no namespace
+        "records/tenant/x.ogg",  # not a namespace: namespaces are hashes
+        "records/public/a/b.ogg",
+    ],
+)
 def test_non_record_keys_are_not_recognised(key: str) -> None:
     assert flow_id_of_key(key) is None
 
@@ -229,22 +242,22 @@ def _pending(spool: PendingSpool, flow: str, body: bytes) -> Path:
 def test_spool_keeps_newest_and_drops_superseded(tmp_path: Path) -> None:
     spool = PendingSpool(tmp_path)
     assert spool.prepare() == 0
-    old, new = _pending(spool, "f1", b"old"), _pending(spool, "f1", b"new")
-    assert spool.newest("f1") == new and spool.pending_flows() == ["f1"] and spool.count() == 2
-    spool.drop_upto("f1", old)
-    assert spool.newest("f1") == new
-    spool.drop_upto("f1", new)
-    assert spool.newest("f1") is None and spool.pending_flows() == []
+    old, new = _pending(spool, "public/f1", b"old"), _pending(spool, "public/f1", b"new")
+    assert spool.newest("public/f1") == new and spool.pending_flows() == ["public/f1"] and spool.count() == 2
+    spool.drop_upto("public/f1", old)
+    assert spool.newest("public/f1") == new
+    spool.drop_upto("public/f1", new)
+    assert spool.newest("public/f1") is None and spool.pending_flows() == []
 
 
 def test_spool_prepare_removes_crash_leftovers_but_keeps_archives(tmp_path: Path) -> None:
     spool = PendingSpool(tmp_path)
     spool.prepare()
-    spool.new_archive_path("f2", "ogg").write_bytes(b"half")
-    kept = _pending(spool, "f3", b"done")
+    spool.new_archive_path("public/f2", "ogg").write_bytes(b"half")
+    kept = _pending(spool, "public/f3", b"done")
     assert PendingSpool(tmp_path).prepare() == 1
-    assert spool.pending_flows() == ["f3"] and kept.exists()
-    assert not list(tmp_path.glob("pending/*/*.part"))
+    assert spool.pending_flows() == ["public/f3"] and kept.exists()
+    assert not list(tmp_path.glob("pending/*/*/*.part"))
 
 
 # --- uploader with a Fake store ------------------------------------------------------------------------
@@ -272,24 +285,24 @@ async def test_uploader_stores_spools_and_retries_until_the_store_is_back(tmp_pa
     spool.prepare()
     with ThreadPoolExecutor(2) as pool:
         up = Uploader(store, spool, pool, retry_base_s=0.01, retry_max_s=0.05)
-        _pending(spool, "f1", b"one")
-        assert await up.commit("f1") == "stored"
-        assert store.path_of("records/f1.ogg").read_bytes() == b"one"
+        _pending(spool, "public/f1", b"one")
+        assert await up.commit("public/f1") == "stored"
+        assert store.path_of("records/public/f1.ogg").read_bytes() == b"one"
         store.up = False
-        _pending(spool, "f2", b"two")
-        assert await up.commit("f2") == "spooled" and up.store_down
-        _pending(spool, "f3", b"three")
-        assert await up.commit("f3") == "spooled"  # open circuit: no attempt while down
+        _pending(spool, "public/f2", b"two")
+        assert await up.commit("public/f2") == "spooled" and up.store_down
+        _pending(spool, "public/f3", b"three")
+        assert await up.commit("public/f3") == "spooled"  # open circuit: no attempt while down
         assert store.puts == [b"one"]
         task = asyncio.create_task(up.run())
         try:
             await until(lambda: store.refused >= 3)  # the loop probes, backs off, probes again
-            assert spool.pending_flows() == ["f2", "f3"]
+            assert spool.pending_flows() == ["public/f2", "public/f3"]
             store.up = True
             await until(lambda: not spool.pending_flows())
         finally:
             task.cancel()
-        assert store.path_of("records/f3.ogg").read_bytes() == b"three" and not up.store_down
+        assert store.path_of("records/public/f3.ogg").read_bytes() == b"three" and not up.store_down
 
 
 async def test_uploader_never_lets_an_older_archive_overwrite_a_newer_one(tmp_path: Path) -> None:
@@ -297,10 +310,10 @@ async def test_uploader_never_lets_an_older_archive_overwrite_a_newer_one(tmp_pa
     spool.prepare()
     with ThreadPoolExecutor(2) as pool:
         up = Uploader(store, spool, pool, retry_base_s=0.01, retry_max_s=0.05)
-        _pending(spool, "f1", b"first")
-        _pending(spool, "f1", b"second")
-        assert await up.commit("f1") == "stored"
-        assert await up.commit("f1") == "stored"  # the older one was dropped, nothing left to send
+        _pending(spool, "public/f1", b"first")
+        _pending(spool, "public/f1", b"second")
+        assert await up.commit("public/f1") == "stored"
+        assert await up.commit("public/f1") == "stored"  # the older one was dropped, nothing left to send
     assert store.puts == [b"second"] and spool.pending_flows() == []
 
 
@@ -310,8 +323,8 @@ async def test_uploader_serialises_concurrent_commits_of_one_flow(tmp_path: Path
     with ThreadPoolExecutor(2) as pool:
         up = Uploader(store, spool, pool, retry_base_s=0.01, retry_max_s=0.05)
         for i in range(5):
-            _pending(spool, "f1", f"v{i}".encode())
-        results = await asyncio.gather(*(up.commit("f1") for _ in range(5)))
+            _pending(spool, "public/f1", f"v{i}".encode())
+        results = await asyncio.gather(*(up.commit("public/f1") for _ in range(5)))
     assert results == ["stored"] * 5
     assert store.puts == [b"v4"]  # the newest, once; the others found nothing left to send
     assert up._locks == {}  # no lock outlives its users
@@ -336,12 +349,12 @@ async def test_pipeline_encodes_while_streaming_and_stores(tmp_path: Path, fmt: 
         out = await pipeline.archive(_frames("f1", pcm))
     ext = "ogg" if fmt == "ogg_opus" else "flac"
     assert (out.key, out.record_url, out.status) == (
-        f"records/f1.{ext}",
-        f"http://h/records/f1.{ext}",
+        f"records/public/f1.{ext}",
+        f"http://h/records/public/f1.{ext}",
         "stored",
     )
     assert abs(audio_duration_s(store.path_of(out.key)) - 3.3) <= 0.020
-    assert not list(cfg.spool_dir.glob("pending/*/*"))
+    assert not list(cfg.spool_dir.glob("pending/*/*/*"))
 
 
 async def test_pipeline_drops_the_partial_archive_of_an_invalid_stream(tmp_path: Path) -> None:
@@ -357,7 +370,7 @@ async def test_pipeline_drops_the_partial_archive_of_an_invalid_stream(tmp_path:
         pipeline = ArchivePipeline(cfg, store, spool, Uploader(store, spool, pool, 0.01, 0.05), pool)
         with pytest.raises(InvalidFrame, match="odd"):
             await pipeline.archive(frames())
-    assert not list(cfg.spool_dir.glob("pending/*/*")) and not cfg.store_dir.exists()
+    assert not list(cfg.spool_dir.glob("pending/*/*/*")) and not cfg.store_dir.exists()
 
 
 async def test_pipeline_cancelled_mid_stream_leaves_no_partial_archive(tmp_path: Path) -> None:
@@ -376,8 +389,8 @@ async def test_pipeline_cancelled_mid_stream_leaves_no_partial_archive(tmp_path:
         pipeline = ArchivePipeline(cfg, store, spool, Uploader(store, spool, pool, 0.01, 0.05), pool)
         task = asyncio.create_task(pipeline.archive(frames()))
         await sent.wait()
-        assert list(cfg.spool_dir.glob("pending/*/*.part"))
+        assert list(cfg.spool_dir.glob("pending/*/*/*.part"))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await until(lambda: not list(cfg.spool_dir.glob("pending/*/*.part")))
+        await until(lambda: not list(cfg.spool_dir.glob("pending/*/*/*.part")))

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.unit
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 ROOTS = (LogConfig, GatewayConfig, VadConfig, DenoiseConfig, LidConfig, AsrConfig, CompressConfig)
 # Read by tools, not by a process's loader.
-TOOLS = {"SPEECHGW_MODELS_DIR", "STACK_SERVICES", "STACK_TLS"}
+TOOLS = {"SPEECHGW_MODELS_DIR", "STACK_SERVICES", "STACK_TLS", "SPEECHGW_DEV_KEYS_DIR", "SPEECHGW_TOKEN"}
 ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", re.M)
 
 
@@ -80,8 +80,10 @@ def test_the_page_documents_no_variable_the_loaders_do_not_read() -> None:
 
 
 def test_the_loaders_read_the_known_set() -> None:
-    # 161 variables across the gateway and the five services (one shared by gateway and ASR), LID's
+    # 179 variables across the gateway and the five services (one shared by gateway and ASR), LID's
     # speech gate and floor and the ASR's gating, window and hallucination-guard settings included;
     # a variable lost from a loader shows up here as well as in the page check. Nine TLS variables
-    # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG.
-    assert len(loader_vars()) == 171
+    # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG; eight limits
+    # per client (orchestrator/edge/limits.py); the gateway's nine AUTH_* and the archive's record-URL
+    # key and TTL; ASR_BATCH_MAX.
+    assert len(loader_vars()) == 190

@@ -377,3 +377,40 @@ def test_transcript_response_shapes() -> None:
         "updated_at": "2027-01-15T08:00:00.000Z",
         "next_attempt_at": "2027-01-15T08:00:05.000Z",
     }
+
+
+# tenants (docs/security.md) -------------------------------------------------------------------
+def test_jobs_of_two_tenants_with_one_flow_id_are_apart(tmp_path: Path) -> None:
+    s = JobStore(tmp_path / "j.sqlite", now=T0)
+    a, created_a = s.enqueue("f1", "http://h/a.flac", "en", "d", T0, tenant="tenant-a")
+    b, created_b = s.enqueue("f1", "http://h/b.flac", "en", "d", T0, tenant="tenant-b")
+    assert created_a and created_b and (a.record_url, b.record_url) == ("http://h/a.flac", "http://h/b.flac")
+    assert s.get("f1") is None and s.get("f1", "tenant-c") is None
+    assert s.claim("f1", T0 + 1, "tenant-a") is not None
+    assert s.complete("f1", {"finals": FINALS, "srt": ""}, T0 + 2, "tenant-a") is not None
+    done, other = s.get("f1", "tenant-a"), s.get("f1", "tenant-b")
+    assert done is not None and done.status == "done" and done.tenant == "tenant-a"
+    assert other is not None and other.status == "pending" and other.finals == []
+    s.close()
+
+
+def test_a_store_from_before_tenants_is_migrated_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE jobs (flow_id TEXT PRIMARY KEY, record_url TEXT NOT NULL, lang TEXT NOT NULL DEFAULT '',"
+        " domain TEXT NOT NULL DEFAULT '', status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt_at REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '', result TEXT,"
+        " created_at REAL NOT NULL, updated_at REAL NOT NULL);"
+        f"INSERT INTO jobs VALUES ('old', 'http://h/o.flac', 'en', 'd', 'pending', 1, {T0}, 'x', NULL, {T0}, {T0});"
+    )
+    db.commit()
+    db.close()
+    s = JobStore(path, now=T0)
+    job = s.get("old")
+    assert job is not None and (job.tenant, job.attempts, job.record_url) == ("", 1, "http://h/o.flac")
+    _, created = s.enqueue("old", "http://h/t.flac", "en", "d", T0, tenant="tenant-a")
+    assert created  # the new key is (tenant, flowId)
+    s.close()

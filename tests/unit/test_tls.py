@@ -115,14 +115,15 @@ def test_a_service_off_loopback_needs_tls_or_an_explicit_off(
 
 def test_the_gateway_refuses_plaintext_off_loopback() -> None:
     with pytest.raises(ConfigError, match=r"the gateway listens on 0\.0\.0\.0 without TLS.*TLS_MODE=off"):
-        load_env(GatewayConfig, {"GATEWAY_HOST": "0.0.0.0"})
+        load_env(GatewayConfig, {"GATEWAY_HOST": "0.0.0.0", "AUTH_MODE": "off"})  # (the auth rule: test_auth.py)
     with pytest.raises(ConfigError, match=r"the gateway dials on 10\.0\.0\.7 without TLS"):
         load_env(GatewayConfig, {"VAD_ADDR": "127.0.0.1:1", "ASR_ADDR": "127.0.0.1:2,10.0.0.7:3"})
     # A stage that is switched off is not dialled.
     load_env(GatewayConfig, {"VAD_ADDR": "10.0.0.7:1", "ENABLE_VAD": "false"})
     load_env(
         GatewayConfig,
-        {"GATEWAY_HOST": "0.0.0.0", "TLS_MODE": "off", "VAD_ADDR": "10.0.0.7:1"} | {"GRPC_TLS_MODE": "off"},
+        {"GATEWAY_HOST": "0.0.0.0", "TLS_MODE": "off", "VAD_ADDR": "10.0.0.7:1"}
+        | {"GRPC_TLS_MODE": "off", "AUTH_MODE": "off"},  # off loopback, no authentication must be explicit too
     )
 
 
