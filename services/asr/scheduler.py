@@ -186,11 +186,11 @@ class DecodeScheduler:
     ) -> BatchOutcome[R] | None:
         """A decode that may run batched with others of `group`: a final when `partial_key` is None
         (oldest first, ahead of every partial; finals batch only with finals), else a partial ordered
-        by the key. When the worker is granted,
-        `prepare()` (on the event loop) returns this member's job, or None to withdraw; the jobs of
-        the batch then run as `decode(jobs)` on one decode thread (members of a group pass the same
-        `decode`). Returns this job's outcome, or None when withdrawn; raises the job's exception
-        when it failed (see `run_batch`). Cancelled before `prepare`, the member withdraws."""
+        by the key. When the worker is granted, `prepare()` (on the event loop) returns this member's
+        job, or None to withdraw; the jobs of the batch then run as `decode(jobs)` on one decode
+        thread (members of a group pass the same `decode`). Returns this job's outcome, or None when
+        withdrawn; raises the job's exception when it failed (see `run_batch`). Cancelled before
+        `prepare`, the member withdraws."""
         if self._free > 0 and self.depth == 0:
             self._free -= 1
             batch: _Batch[Any, Any] = _Batch(self, 1)
