@@ -330,3 +330,36 @@ async def test_finals_of_sessions_closing_together_share_a_batch() -> None:
     for level in levels:
         finals = [e for e in events[level] if e.type == "final"]
         assert [e.text for e in finals] == [f"level {level}, {(10 + level // 100) * 20} ms"]
+
+
+async def test_a_final_that_fails_alone_costs_only_its_utterance() -> None:
+    """A failed batch of finals is retried final by final: the failing one becomes a
+    `decode_failed` error event for that utterance, the others get their finals."""
+    engine = FakeBatchAsrEngine(fail_levels=[2000])
+    scheduler = DecodeScheduler(1, batch_max=4)
+    config = AsrConfig(min_partial_audio_ms=10_000, speech_preroll_ms=0, speech_tail_ms=0)  # no partials
+    levels = (1000, 2000, 3000)
+    ends = {level: asyncio.Event() for level in levels}
+    events: dict[int, list[asr_pb2.AsrEvent]] = {level: [] for level in levels}
+
+    async def one(level: int) -> None:
+        start = asr_pb2.Start(flow_id=f"f{level}", codec="pcm", sr=16000, frame_ms=20, vad_endpoints=True)
+
+        async def emit(event: asr_pb2.AsrEvent) -> None:
+            events[level].append(event)
+
+        await AsrSession(StreamParams.from_start(start, config), engine, scheduler, config).run(
+            stream(level, 10, ends[level]), emit
+        )
+
+    release, holder = await hold_worker(scheduler)
+    sessions = [asyncio.create_task(one(level)) for level in levels]
+    for level in levels:
+        ends[level].set()
+    await until(lambda: scheduler.depth == len(levels), what="3 finals waiting")
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*sessions, holder), seconds(5))  # no session fails
+    assert engine.final_batches == [3, 1, 1, 1]  # the batch of 3 raised, then each final alone
+    assert [(e.type, e.code) for e in events[2000]] == [("error", "decode_failed"), ("end", "")]
+    for level in (1000, 3000):
+        assert [(e.type, e.text) for e in events[level]] == [("final", f"level {level}, 200 ms"), ("end", "")]
