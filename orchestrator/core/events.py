@@ -51,6 +51,7 @@ class Transcript:
     start_s: float
     end_s: float
     lang: str = ""
+    pool: str = ""  # the ASR pool whose stream produced it (for the gateway's metrics; not sent)
 
     def to_event(self, flow_id: str | None) -> dict[str, Any]:
         event: dict[str, Any] = {
