@@ -24,8 +24,9 @@ from orchestrator.stages.base import AudioSource, StageContext
 from orchestrator.transcripts.runner import JobRunner
 from orchestrator.transcripts.store import AsyncJobStore, Job, JobsConfig
 from tests.clock import FakeClock
+from tests.fakes import SECOND, FakeConnection, FakeStage
 from tests.poll import until
-from tests.unit.test_driver import SECOND, BrokenAsr, FakeConnection, FakeStage, drive
+from tests.unit.test_driver import BrokenAsr, drive
 
 pytestmark = pytest.mark.unit
 CHUNK = BYTES_PER_S // 50  # 20 ms
