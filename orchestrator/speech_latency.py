@@ -21,8 +21,8 @@ from common.audio import BYTES_PER_S
 from orchestrator import metrics
 from orchestrator.core.events import SpeechBoundary, Transcript
 
-MARK_BYTES = BYTES_PER_S // 20  # one arrival mark per 50 ms of audio
-MAX_MARKS = 256  # 12.8 s of audio: the VAD answers well within that (STAGE_BACKLOG_SEC holds it closer)
+MARK_BYTES = BYTES_PER_S // 10  # one arrival mark per 100 ms of audio
+MAX_MARKS = 128  # 12.8 s of audio: the VAD answers well within that (STAGE_BACKLOG_SEC, 10 s, holds a lagging one)
 UNKNOWN_POOL = "unknown"  # a transcript from a stage that names no pool (in-process test stages)
 
 
