@@ -29,11 +29,21 @@ UNKNOWN_POOL = "unknown"  # a transcript from a stage that names no pool (in-pro
 class SpeechLatencyProbe:
     """Per session: audio arrival marks, the first speech start and the speech ends awaiting a final."""
 
-    __slots__ = ("_bytes", "_ends", "_first_partial", "_first_speech_at", "_marks", "_next_mark", "_observed")
+    __slots__ = (
+        "_bytes",
+        "_ends",
+        "_first_partial",
+        "_first_speech_at",
+        "_last_at",
+        "_marks",
+        "_next_mark",
+        "_observed",
+    )
 
     def __init__(self) -> None:
         self._bytes = 0
         self._next_mark = 0
+        self._last_at = 0.0  # when the latest message came
         # (bytes before the message, bytes after it, when it came) of every message that crossed a mark
         self._marks: deque[tuple[int, int, float]] = deque(maxlen=MAX_MARKS)
         self._first_speech_at: float | None = None
@@ -45,6 +55,7 @@ class SpeechLatencyProbe:
         """`n_bytes` of audio reached the gateway at `now` (one client message)."""
         start = self._bytes
         self._bytes += n_bytes
+        self._last_at = now
         if self._bytes >= self._next_mark:
             self._marks.append((start, self._bytes, now))
             self._next_mark = self._bytes - self._bytes % MARK_BYTES + MARK_BYTES
@@ -84,11 +95,13 @@ class SpeechLatencyProbe:
         while len(marks) > 1 and marks[0][1] <= offset:
             floor = marks.popleft()[2]
         start, end, at = marks[0]
-        if offset >= start or end <= offset:
-            return at  # in the marked message itself (or past all audio: the latest)
-        # In an unmarked message before this one: a real-time client sent the audio from the offset to
-        # the end of the marked message in as much time; never before the previous mark.
-        back = at - (end - offset) / BYTES_PER_S
+        if start <= offset < end:
+            return at  # in the marked message itself
+        if end <= offset:  # after the last mark: date it back from the latest message instead
+            floor, end, at = at, self._bytes, self._last_at
+        # A real-time client sent the audio from the offset to `end` in as much time before `at`;
+        # never before the previous mark (a faster client's audio came in a burst).
+        back = at - max(0, end - offset) / BYTES_PER_S
         return back if floor is None else max(floor, back)
 
     def _observe_first_partial(self) -> None:
