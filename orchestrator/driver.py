@@ -20,10 +20,19 @@ from typing import Any, Protocol
 
 from common.audio import BYTES_PER_S, bytes_for_ms
 from orchestrator import metrics
-from orchestrator.core.events import StageDone, StageEvent, StageFailed, StageLatency, StageName
+from orchestrator.core.events import (
+    SpeechBoundary,
+    StageDone,
+    StageEvent,
+    StageFailed,
+    StageLatency,
+    StageName,
+    Transcript,
+)
 from orchestrator.core.protocol import ErrorCode
 from orchestrator.core.reframer import AudioBlock
 from orchestrator.core.session import Session, State
+from orchestrator.speech_latency import SpeechLatencyProbe
 from orchestrator.stages.audio_paths import AudioPaths
 from orchestrator.stages.base import Stage, StageContext, StageFeed
 
@@ -79,6 +88,7 @@ class SessionDriver:
         self._backlog_limit_bytes = session.config.stage_backlog_s * BYTES_PER_S
         self._reading = asyncio.Event()  # set while the session accepts audio (backpressure)
         self._reading.set()
+        self._latency = SpeechLatencyProbe()  # the SLO histograms (first partial, final lag)
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
@@ -114,6 +124,7 @@ class SessionDriver:
                     self.session.receive_text(message, now)
                 else:
                     metrics.INGRESS_BYTES.inc(len(message))
+                    self._latency.on_audio(len(message), now)
                     self.session.receive_binary(message, now)
             except Exception:
                 # A bug must not cost the client its accepted audio: the session drains as after
@@ -173,6 +184,11 @@ class SessionDriver:
             self._close_queued = True
             self._out.put_nowait(_CLOSE)
 
+    @property
+    def send_queue_len(self) -> int:
+        """Events queued for the client and not yet written (the close marker aside)."""
+        return max(0, self._out.qsize() - self._close_queued)
+
     async def _run_admission(self) -> None:
         """Ask the gateway whether the session may go on (token, ownership, limits); no audio is read
         meanwhile (the session does not accept any while it is admitted)."""
@@ -192,7 +208,11 @@ class SessionDriver:
 
     def report(self, event: StageEvent) -> None:
         """A stage found something: update the feeds it implies, then let the session decide."""
-        if isinstance(event, StageLatency):
+        if isinstance(event, Transcript):
+            self._latency.on_transcript(event, time.monotonic())
+        elif isinstance(event, SpeechBoundary):
+            self._latency.on_boundary(event)
+        elif isinstance(event, StageLatency):
             histogram = metrics.STAGE_LATENCY.get(event.stage)
             if histogram is not None:
                 histogram.observe(event.ms)

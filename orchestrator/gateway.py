@@ -28,6 +28,7 @@ from common.server import GRPC_OPTIONS, announce
 from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig, is_loopback
+from orchestrator.core.events import StageName
 from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, valid_flow_id
 from orchestrator.core.session import Session
 from orchestrator.driver import ConnectionClosedError, SessionDriver
@@ -116,6 +117,7 @@ class Gateway:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages and self._given_stages is None:
             self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
+            metrics.init_pools(self.pools.pools)
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
             self._opus_pool = ThreadPoolExecutor(cfg.asr.opus_threads, thread_name_prefix="opus")
@@ -283,6 +285,7 @@ class Gateway:
             metrics.ACTIVE_SESSIONS.set(len(self.drivers))
             reason = session.end_reason or (session.close[1] if session.close else "unknown")
             metrics.SESSIONS.labels(reason).inc()
+            count_outcome(session)
             log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
 
     async def _before_end(self, session: Session) -> None:
@@ -380,8 +383,20 @@ class Gateway:
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
             return _response(status, body.encode() + b"\n", "application/json")
         if path == "/metrics":
+            self._refresh_scrape_gauges()
             return _response(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    def _refresh_scrape_gauges(self) -> None:
+        """Gauges read at scrape time, so the hot path pays nothing for them: send queues, breakers."""
+        queued = [d.send_queue_len for d in self.drivers]
+        metrics.SEND_QUEUE_EVENTS.set(sum(queued))
+        metrics.SEND_QUEUE_EVENTS_MAX.set(max(queued, default=0))
+        metrics.SEND_BUFFER_BYTES.set(
+            sum(d.conn.buffered_bytes() for d in self.drivers if isinstance(d.conn, WebSocketConnection))
+        )
+        if self.pools is not None:
+            metrics.refresh_breakers(self.pools.members(), time.monotonic())
 
     async def _transcript(self, flow_id: str, headers: Headers) -> Response:
         """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session, to a
@@ -427,6 +442,11 @@ class WebSocketConnection:
         except ConnectionClosed as exc:
             raise ConnectionClosedError from exc
 
+    def buffered_bytes(self) -> int:
+        """Bytes written to the socket's transport and not yet sent (the kernel took the rest)."""
+        transport = self._ws.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self._ws.close(code, reason)
@@ -461,6 +481,23 @@ def client_ip(ws: ServerConnection) -> str:
     """The peer's address (IPv4 or IPv6 text) as the limits per address see it."""
     peer = ws.remote_address
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def count_outcome(session: Session) -> None:
+    """A closed session's end reason and fatal code, and for one that streamed, its ASR mode."""
+    code = session.fatal_code.value if session.fatal_code is not None else None
+    if not session.acknowledged:
+        # Never streamed: refused (its fatal code) or the client left before `start`.
+        metrics.SESSION_OUTCOMES.labels("refused" if code else "disconnect", code or "none").inc()
+        return
+    metrics.SESSION_OUTCOMES.labels(session.end_reason or "unknown", code or "none").inc()
+    if StageName.ASR not in session.stages:
+        mode = "no_asr"
+    elif StageName.ASR not in session.failed_stages:
+        mode = "live"
+    else:
+        mode = "record_only" if session.needs_deferred_transcript else "asr_lost"
+    metrics.SESSION_MODES.labels(mode).inc()
 
 
 def refused(refusal: Refusal) -> None:

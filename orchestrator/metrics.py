@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from common import tls
+from orchestrator.core.events import StageName
+from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode
+from orchestrator.core.session import FAMILY_OF
 from orchestrator.edge.limits import REFUSAL_REASONS
+
+if TYPE_CHECKING:
+    from orchestrator.routing.pool import AsrPool, Member
 
 # The gateway's own registry: the stage latencies below share their SPEC §7 names with the services'
 # metrics (the gateway's view vs the service's processing time), which a test process imports too.
@@ -83,5 +92,103 @@ STAGE_LATENCY = {
     "compress": COMPRESS_LATENCY,
     "asr": ASR_LATENCY,
 }
+
+# The SLOs (SPEC §6), per ASR pool. Finer buckets around the targets: first partial P50 300 ms and
+# P95 600 ms, a final about 1 s after the end of speech.
+FIRST_PARTIAL_BUCKETS_MS = (
+    50, 100, 150, 200, 250, 300, 350, 400, 450, 500, 550, 600, 700, 800, 1000, 1500, 2000, 3000, 5000, 10000,
+)  # fmt: skip
+FINAL_LAG_BUCKETS_MS = (
+    100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1400, 1600, 2000, 2500, 3000, 5000, 10000,
+)  # fmt: skip
+FIRST_PARTIAL_LATENCY = Histogram(
+    "orchestrator_first_partial_latency_ms",
+    "Arrival of a session's first speech sample (VAD speech start) to its first asr_partial, by ASR pool",
+    ["pool"],
+    buckets=FIRST_PARTIAL_BUCKETS_MS,
+    registry=REGISTRY,
+)
+FINAL_LAG = Histogram(
+    "orchestrator_final_lag_ms",
+    "Arrival of the audio at a VAD speech end to the asr_final of that utterance, by ASR pool",
+    ["pool"],
+    buckets=FINAL_LAG_BUCKETS_MS,
+    registry=REGISTRY,
+)
+SESSION_OUTCOMES = Counter(
+    "orchestrator_session_outcomes_total",
+    "Sessions ended, by end reason (flush, disconnect, idle, error, refused) and fatal error code (none)",
+    ["reason", "code"],
+    registry=REGISTRY,
+)
+SESSION_MODES = Counter(
+    "orchestrator_session_modes_total",
+    "Streamed sessions ended, by ASR mode: live, record_only (transcript deferred), asr_lost, no_asr",
+    ["mode"],
+    registry=REGISTRY,
+)
+SEND_QUEUE_EVENTS = Gauge(
+    "orchestrator_send_queue_events",
+    "Events queued for clients and not yet written to their sockets, all sessions (at scrape)",
+    registry=REGISTRY,
+)
+SEND_QUEUE_EVENTS_MAX = Gauge(
+    "orchestrator_send_queue_events_max",
+    "Events queued for the one session furthest behind (at scrape)",
+    registry=REGISTRY,
+)
+SEND_BUFFER_BYTES = Gauge(
+    "orchestrator_send_buffer_bytes",
+    "Bytes in the WebSocket transports' write buffers, all sessions (at scrape)",
+    registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "orchestrator_asr_member_breaker_state",
+    "Circuit breaker state per ASR pool member: 0 closed, 1 half-open, 2 open (at scrape)",
+    ["pool", "addr"],
+    registry=REGISTRY,
+)
+
+# Every label value known at start is exported from the start, at 0: a fresh gateway shows 0, not "no data".
+EVENT_TYPES = ("ack", "end", "error", *FAMILY_OF)
+END_REASONS = ("flush", "disconnect", "idle")
+SESSION_MODE_NAMES = ("live", "record_only", "asr_lost", "no_asr")
+LINK_CODECS = ("opus", "pcm")
 for _reason in REFUSAL_REASONS:
-    REFUSALS.labels(_reason.value)  # every reason is exported from the start, at 0
+    REFUSALS.labels(_reason.value)
+for _type in EVENT_TYPES:
+    EGRESS_EVENTS.labels(_type)
+for _code in ErrorCode:
+    ERRORS.labels(_code.value)
+for _reason_name in (*END_REASONS, "error"):
+    SESSIONS.labels(_reason_name)
+for _reason_name in END_REASONS:
+    SESSION_OUTCOMES.labels(_reason_name, "none")
+for _code in FATAL_CLOSE:
+    SESSION_OUTCOMES.labels("error", _code.value)
+    SESSION_OUTCOMES.labels("refused", _code.value)
+for _mode in SESSION_MODE_NAMES:
+    SESSION_MODES.labels(_mode)
+for _stage in StageName:
+    STAGE_FAILURES.labels(_stage.value)
+for _codec in LINK_CODECS:
+    ASR_LINK_BYTES.labels(_codec)
+    ASR_LINK_SESSIONS.labels(_codec)
+
+
+BREAKER_LEVELS = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def init_pools(pools: Mapping[str, AsrPool]) -> None:
+    """The routing table is loaded: export every pool's SLO histograms and members' breakers at 0."""
+    for name, pool in pools.items():
+        FIRST_PARTIAL_LATENCY.labels(name)
+        FINAL_LAG.labels(name)
+        for member in pool.members:
+            BREAKER_STATE.labels(name, member.addr).set(0)
+
+
+def refresh_breakers(members: Iterable[Member], now: float) -> None:
+    """Each member's effective breaker state (an open one past its period shows half-open)."""
+    for member in members:
+        BREAKER_STATE.labels(member.pool, member.addr).set(BREAKER_LEVELS[member.breaker.state_at(now).value])

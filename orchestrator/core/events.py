@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -51,6 +51,8 @@ class Transcript:
     start_s: float
     end_s: float
     lang: str = ""
+    # The ASR pool whose stream produced it: for the gateway's metrics only (not sent, not compared).
+    pool: str = field(default="", compare=False)
 
     def to_event(self, flow_id: str | None) -> dict[str, Any]:
         event: dict[str, Any] = {

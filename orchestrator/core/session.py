@@ -113,6 +113,7 @@ class Session:
         self.flow_id: str | None = None
         self.start: StartRequest | None = None
         self.end_reason: str | None = None
+        self.fatal_code: ErrorCode | None = None  # the first fatal error, if any (metrics: the outcome)
         self.close: tuple[Close, str] | None = None
         # The stages this session runs, known at `start` (LID is left out when a hint decides).
         self.stages: tuple[StageName, ...] = ()
@@ -426,6 +427,8 @@ class Session:
         self._emit({"type": "vad", "flowId": self.flow_id, "event": f"speech_{event.kind}", "ts": round(ts, 3)})
 
     def _fail(self, code: ErrorCode, message: str, now: float | None = None) -> None:
+        if self.fatal_code is None:
+            self.fatal_code = code
         self._emit(error_event(self.flow_id, code, message, fatal=True))
         if self.state in (State.AWAITING_START, State.ADMITTING):
             self._finish(FATAL_CLOSE[code], code.value)

@@ -60,6 +60,8 @@ PICKS = Counter(
     registry=REGISTRY,
 )
 
+PICK_RESULTS = ("ok", "tried_all", "full", "breaker_open", "unhealthy")
+
 
 class Member:
     """One ASR address of a pool: its channel (lazy), breaker, in-flight count and health flag."""
@@ -178,6 +180,10 @@ class AsrPool:
         )
         self._next = 0  # round-robin start among equally loaded members
         MEMBERS_HEALTHY.labels(self.name).set(self.healthy_count)
+        for result in PICK_RESULTS:  # every label set known at start is exported, at 0
+            PICKS.labels(self.name, result)
+        for member in self.members:
+            BREAKER_OPENS.labels(self.name, member.addr)
 
     @property
     def healthy_count(self) -> int:

@@ -314,7 +314,7 @@ class AsrStage:
             while (ev := await call.read()) is not grpc.aio.EOF:
                 if ev.type in ("partial", "final"):
                     start_s, end_s = [*ev.ts, 0.0, 0.0][:2]
-                    transcript = Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang)
+                    transcript = Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang, stream.pool.name)
                     if transcript.final and stream.held_finals is not None:
                         stream.held_finals.append(transcript)  # provisional: wait for the route
                         continue

@@ -26,6 +26,32 @@ JOB_OUTCOMES = Counter(
     "transcribe_jobs_total", "Deferred transcription attempts, by outcome", ["outcome"], registry=REGISTRY
 )
 JOBS_INFLIGHT = Gauge("transcribe_jobs_inflight", "Deferred transcription jobs running now", registry=REGISTRY)
+JOBS_BACKLOG = Gauge(
+    "transcribe_jobs_backlog", "Deferred transcription jobs not finished yet (pending or running)", registry=REGISTRY
+)
+JOBS_OLDEST_AGE = Gauge(
+    "transcribe_jobs_oldest_age_seconds",
+    "Age of the oldest unfinished deferred transcription job (0 when none), computed at scrape",
+    registry=REGISTRY,
+)
+for _outcome in ("done", "retry", "failed"):
+    JOB_OUTCOMES.labels(_outcome)  # exported from the start, at 0
+
+
+class _Backlog:
+    """What the last look at the store found; the age gauge reads it at scrape time, so it grows
+    between looks (the runner may sleep until the next job is due)."""
+
+    oldest_created_at: float | None = None
+    now_fn: Callable[[], float] = time.time
+
+    @classmethod
+    def age_s(cls) -> float:
+        oldest = cls.oldest_created_at
+        return 0.0 if oldest is None else max(0.0, cls.now_fn() - oldest)
+
+
+JOBS_OLDEST_AGE.set_function(_Backlog.age_s)
 
 
 class JobRunner:
@@ -99,6 +125,7 @@ class JobRunner:
 
     async def _dispatch(self) -> float | None:
         """Start what is due; return how long to sleep (None: until woken)."""
+        await self._refresh_backlog()  # every wake: a job queued, finished or retried
         free = self.config.concurrency - len(self._inflight)
         if free <= 0:
             return None  # a finishing attempt wakes the loop
@@ -121,6 +148,11 @@ class JobRunner:
             return 0.0
         next_at = await self.store.next_due_at()
         return None if next_at is None else max(0.0, next_at - now)
+
+    async def _refresh_backlog(self) -> None:
+        count, oldest = await self.store.backlog()
+        JOBS_BACKLOG.set(count)
+        _Backlog.oldest_created_at, _Backlog.now_fn = oldest, self.store.now_fn
 
     async def _attempt(self, job: Job) -> None:
         extra = {"flowId": job.flow_id, "stage": "jobs", "lang": job.lang}

@@ -208,6 +208,14 @@ class JobStore:
             ).fetchall()
         return [_row_to_job(r) for r in rows]
 
+    def backlog(self) -> tuple[int, float | None]:
+        """Jobs not finished yet (pending or running) and the creation time of the oldest of them."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE status IN ('pending', 'running')"
+            ).fetchone()
+        return int(row[0]), None if row[1] is None else float(row[1])
+
     def next_due_at(self) -> float | None:
         with self._lock:
             row = self._db.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE status='pending'").fetchone()
@@ -311,6 +319,9 @@ class AsyncJobStore:
 
     async def next_due_at(self) -> float | None:
         return await self._run(self.store.next_due_at)
+
+    async def backlog(self) -> tuple[int, float | None]:
+        return await self._run(self.store.backlog)
 
     async def claim(self, flow_id: str, tenant: str = "") -> Job | None:
         return await self._run(self.store.claim, flow_id, self.now_fn(), tenant)

@@ -91,6 +91,10 @@ def is_silent(pcm: np.ndarray, config: GuardConfig) -> bool:
     return rms_dbfs(pcm) < config.min_rms_dbfs
 
 
+# Every name `check` can return (the `guard` label of asr_guard_refused_total).
+GUARDS = ("empty", "no_speech", "logprob", "compression", "repeats", "rate")
+
+
 def check(text: str, audio_s: float, scores: Scores, config: GuardConfig) -> str | None:
     """The guard that refuses `text` (decoded from `audio_s` seconds), or None when it may be sent."""
     if not _WORD.search(text):

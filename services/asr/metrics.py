@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.asr.guards import GUARDS
+
 ASR_RTF = Histogram(
     "asr_rtf",
     "Decode time / audio duration of one decode",
@@ -54,3 +56,30 @@ ASR_PACKETS = Counter(
     ["codec", "outcome"],
 )
 ASR_STREAM_ERRORS = Counter("asr_stream_errors_total", "Streams ended with an error status", ["code"])
+
+EVENT_TYPES = ("ready", "partial", "final", "end", "error")
+DECODE_KINDS = ("partial", "final")
+PACKET_OUTCOMES = ("released", "concealed", "late", "duplicate", "corrupt")
+STREAM_ERROR_CODES = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
+for _codec in ("opus", "pcm"):
+    for _outcome in PACKET_OUTCOMES:
+        ASR_PACKETS.labels(codec=_codec, outcome=_outcome)
+for _code in STREAM_ERROR_CODES:
+    ASR_STREAM_ERRORS.labels(code=_code)
+
+
+def init_labels(engine: str, model: str) -> None:
+    """The engine is loaded: export every label set of it at 0, so a fresh service shows 0, not "no data"."""
+    labels = {"engine": engine, "model": model}
+    for metric in (ASR_INFLIGHT, ASR_QUEUED, ASR_REFUSED, ASR_PARTIALS_SKIPPED, ASR_AUDIO_SECONDS, ASR_FINALS_REUSED):
+        metric.labels(**labels)
+    for event_type in EVENT_TYPES:
+        ASR_EVENTS.labels(type=event_type, **labels)
+    for kind in DECODE_KINDS:
+        ASR_RTF.labels(kind=kind, **labels)
+        ASR_DECODE_SECONDS.labels(kind=kind, **labels)
+        ASR_BATCH_SIZE.labels(kind=kind, **labels)
+        for guard in GUARDS:
+            ASR_GUARD_REFUSED.labels(kind=kind, guard=guard, **labels)
+    for event_type in ("partial", "final"):
+        ASR_LATENCY_MS.labels(type=event_type, **labels)

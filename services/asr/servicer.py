@@ -25,6 +25,7 @@ class RecognizeServicer(asr_pb2_grpc.RecognizeServicer):
         self._admission = Admission(config.max_sessions, config.queue, config.queue_timeout_ms / 1000)
         self._labels = {"engine": engine.name, "model": engine.model}
         metrics.ASR_QUEUE_DEPTH.labels(**self._labels).set_function(lambda: scheduler.depth)
+        metrics.init_labels(engine.name, engine.model)
 
     async def Stream(
         self, request_iterator: AsyncIterator[asr_pb2.ClientFrame], context: grpc.aio.ServicerContext

@@ -44,6 +44,8 @@ LATENCY_MS = Histogram(
 ARCHIVES = Counter("compress_archives_total", "Archive calls answered, by status", ["status"])
 INVALID = Counter("compress_invalid_streams_total", "Archive calls refused with INVALID_ARGUMENT")
 AUDIO_S = Counter("compress_audio_seconds_total", "Audio archived, seconds")
+for _status in ("stored", "spooled"):
+    ARCHIVES.labels(_status)  # exported from the start, at 0
 
 
 @dataclass(frozen=True)

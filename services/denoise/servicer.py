@@ -30,6 +30,8 @@ DN_LATENCY_MS = Histogram(
 )
 DN_ACTIVE = Gauge("dn_active_streams", "Open denoise.v1.Denoise/Stream calls")
 DN_REJECTED = Counter("dn_rejected_total", "Denoise calls ended by bad input or limits", ["code"])
+for _code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "INTERNAL"):
+    DN_REJECTED.labels(_code)  # exported from the start, at 0
 
 
 class EnginePool:

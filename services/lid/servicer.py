@@ -42,6 +42,8 @@ SPEECH_DELAY_MS = Histogram(
 RESULTS = Counter("lid_results_total", "Answers by detected language and reason", ["lang", "reason"])
 CALLS = Counter("lid_calls_total", "Finished Detect calls by status code", ["code"])
 ACTIVE = Gauge("lid_active_sessions", "Open lid.v1.Lid/Detect calls")
+for _code in ("OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "INTERNAL", "CANCELLED"):
+    CALLS.labels(_code)  # exported from the start, at 0
 
 FrameIter = AsyncIterator[common_pb2.AudioFrame]
 

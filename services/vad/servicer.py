@@ -32,6 +32,8 @@ ACTIVE_STREAMS = Gauge("vad_active_streams", "Open vad.v1.Vad/Stream calls")
 ACTIVE_FLOWS = Gauge("vad_active_flows", "Flows with live detector state")
 SEGMENTS = Counter("vad_segments_total", "Speech segments closed (SPEECH_END emitted)")
 REJECTED = Counter("vad_rejected_total", "Calls ended by bad input or limits", ["code"])
+for _code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "INTERNAL"):
+    REJECTED.labels(_code)  # exported from the start, at 0
 
 
 class VadServicer(vad_pb2_grpc.VadServicer):

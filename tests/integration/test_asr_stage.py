@@ -52,6 +52,7 @@ async def test_endpoints_found_while_the_language_is_pending_reach_the_asr() -> 
     assert fake.lang_hints == ["", "en"]
     assert fake.streams[-1] == ["start", "endpoint", "endpoint", "opus", "opus", "opus"]
     assert [e for e in events if isinstance(e, Transcript)] == [Transcript(True, "fake", 0.0, 0.5, "en")]
+    assert [e.pool for e in events if isinstance(e, Transcript)] == ["default"]  # for the gateway's metrics
 
 
 def two_pools(multi: str, en: str) -> RoutingTable:
