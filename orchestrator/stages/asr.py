@@ -22,7 +22,7 @@ import grpc
 
 from common.audio import CHANNELS, SAMPLE_RATE
 from orchestrator import metrics
-from orchestrator.core.events import LanguageDecided, SpeechBoundary, StageLatency, StageName, Transcript
+from orchestrator.core.events import Finalize, LanguageDecided, SpeechBoundary, StageLatency, StageName, Transcript
 from orchestrator.routing.pool import AsrPool, Lease, Member, MemberBusy, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.stages.base import AudioSource, SendTimes, StageContext
 from orchestrator.stages.opus_link import OpusLink, OpusLinkConfig
@@ -146,12 +146,14 @@ class AsrStage:
                 stream.lease.release()
 
     async def _listen(self, ctx: StageContext, wire: _Wire, language: asyncio.Future[str]) -> None:
-        """What the session tells the stage: VAD endpoints travel with the audio (also those found
-        before a stream is open); the language settles the route."""
+        """What the session tells the stage: VAD endpoints and the client's finalize travel with the
+        audio (also those given before a stream is open); the language settles the route."""
         while True:
             item = await ctx.inputs.get()
             if isinstance(item, SpeechBoundary):
                 wire.send(_endpoint_frame(item))
+            elif isinstance(item, Finalize):
+                wire.send(asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=asr_pb2.Endpoint.FINALIZE, pts=item.pts_ns)))
             elif isinstance(item, LanguageDecided) and not language.done():
                 language.set_result(item.lang)
 
@@ -314,7 +316,7 @@ class AsrStage:
             while (ev := await call.read()) is not grpc.aio.EOF:
                 if ev.type in ("partial", "final"):
                     start_s, end_s = [*ev.ts, 0.0, 0.0][:2]
-                    transcript = Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang)
+                    transcript = Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang, ev.from_finalize)
                     if transcript.final and stream.held_finals is not None:
                         stream.held_finals.append(transcript)  # provisional: wait for the route
                         continue
