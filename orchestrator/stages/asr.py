@@ -150,10 +150,8 @@ class AsrStage:
         audio (also those given before a stream is open); the language settles the route."""
         while True:
             item = await ctx.inputs.get()
-            if isinstance(item, SpeechBoundary):
+            if isinstance(item, SpeechBoundary | Finalize):
                 wire.send(_endpoint_frame(item))
-            elif isinstance(item, Finalize):
-                wire.send(asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=asr_pb2.Endpoint.FINALIZE, pts=item.pts_ns)))
             elif isinstance(item, LanguageDecided) and not language.done():
                 language.set_result(item.lang)
 
@@ -334,7 +332,9 @@ class AsrStage:
             raise
 
 
-def _endpoint_frame(b: SpeechBoundary) -> asr_pb2.ClientFrame:
+def _endpoint_frame(b: SpeechBoundary | Finalize) -> asr_pb2.ClientFrame:
+    if isinstance(b, Finalize):
+        return asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=asr_pb2.Endpoint.FINALIZE, pts=b.pts_ns))
     kind = asr_pb2.Endpoint.SPEECH_START if b.kind == "start" else asr_pb2.Endpoint.SPEECH_END
     return asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=kind, pts=b.pts_ns))
 

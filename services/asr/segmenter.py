@@ -211,9 +211,7 @@ class UtteranceSegmenter:
         self._open_start_ns = start_ns
         self._continues_from = None
 
-    def _close(
-        self, end_ns: int, forced: bool, speech_end_ns: int | None = None, finalized: bool = False
-    ) -> Utterance:
+    def _close(self, end_ns: int, forced: bool, speech_end_ns: int | None = None, finalized: bool = False) -> Utterance:
         assert self._open_start_ns is not None and self._buf_start_ns is not None
         start = self._open_start_ns
         n = self._ns_to_samples(end_ns - self._buf_start_ns)
