@@ -256,7 +256,7 @@ class Session:
         self._last_heard[_stage_of(event)] = now
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
-            if StageName.ASR in self.pending_stages:
+            if StageName.ASR in self.pending_stages and self.start is not None and self.start.vad_endpoints:
                 self._stage_inputs.append((StageName.ASR, event))  # the ASR link's endpoints
         elif isinstance(event, RecordReady):
             self.record_url = event.url

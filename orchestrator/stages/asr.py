@@ -124,7 +124,7 @@ class AsrStage:
                 domain=ctx.start.domain,
                 hotwords=list(ctx.start.hotwords),
                 partial_interval_ms=self._partial_interval_ms,
-                vad_endpoints=self._vad_endpoints,
+                vad_endpoints=self._vad_endpoints and ctx.start.vad_endpoints,
             )
         )
 

@@ -85,6 +85,29 @@ def _words(text: str) -> list[str]:
     return [w.strip(".,!?").lower() for w in text.split()]
 
 
+@pytest.mark.parametrize(("endpointing", "finals"), [(None, 2), (300, 2), (2000, 1), (False, 1)])
+def test_endpointing_sets_the_silence_that_ends_an_utterance(
+    stack: Stack, endpointing: int | bool | None, finals: int
+) -> None:
+    """Two sentences 1 s apart: the default (VAD_MIN_SILENCE_MS, 300 ms) and 300 ms end the first at
+    the pause; 2000 ms hears the pause as part of one utterance; false leaves the end to the stream."""
+    spec = SpeechSpec(
+        "endpointing-two",
+        (Utterance(FIRST, "en", "en-us"), Utterance(SECOND, "en", "en-us")),
+        lead_in_s=0.5,
+        pauses_s=(1.0,),
+    )
+    case = corpus.build(spec)
+    start: dict[str, object] = {"return": ["asr"], "hints": {"user_lang_pref": "en"}}
+    if endpointing is not None:
+        start["endpointing"] = endpointing
+    result = asyncio.run(stream_pcm(stack.url, case.pcm(), speed=1.0, start=start))
+    assert result.ok, result.events
+    texts = [e["text"] for e in result.of_type("asr_final") if e["text"].strip()]
+    assert len(texts) == finals, texts
+    assert wer([f"{FIRST} {SECOND}"], [" ".join(texts)]) <= WER_MAX, texts
+
+
 def test_keepalive_holds_a_quiet_stream_past_the_idle_timeout(stack: Stack) -> None:
     async def session(keepalive: bool) -> tuple[float, str]:
         async with connect(stack.url, **connect_kwargs(default_token())) as ws:

@@ -197,3 +197,21 @@ def test_finalize_without_an_asr_stage_is_a_no_op_and_before_start_an_error() ->
     early.receive_text('{"type":"finalize"}', 0.0)
     [error] = early.events_to_send()
     assert error["code"] == "invalid_message" and early.close is not None
+
+
+def test_endpointing_is_parsed_and_false_keeps_vad_endpoints_from_the_asr() -> None:
+    s = Session(SessionConfig(stages=ALL), 0.0, "gen", route)
+    s.receive_text(json.dumps({"type": "start", "hints": {"user_lang_pref": "en"}, "endpointing": False}), 0.0)
+    assert s.start is not None and not s.start.vad_endpoints and s.start.endpointing_ms is None
+    s.stage_inputs()
+    s.stage_event(SpeechBoundary("start", 0), 0.1)
+    assert s.stage_inputs() == []  # the client ends utterances (finalize) or the stream does
+    s.receive_text('{"type":"finalize"}', 0.2)
+    assert s.stage_inputs() == [(StageName.ASR, Finalize(0))]
+    timed = started(pref="en")
+    assert timed.start is not None and timed.start.endpointing_ms is None and timed.start.vad_endpoints
+    t = Session(SessionConfig(stages=ALL), 0.0, "gen", route)
+    t.receive_text(json.dumps({"type": "start", "endpointing": 800}), 0.0)
+    assert t.start is not None and t.start.endpointing_ms == 800 and t.start.vad_endpoints
+    t.stage_event(SpeechBoundary("start", 0), 0.1)
+    assert (StageName.ASR, SpeechBoundary("start", 0)) in t.stage_inputs()
