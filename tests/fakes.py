@@ -12,12 +12,13 @@ and do no real work. Test fixtures only, never the product.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -27,8 +28,65 @@ from common.envconf import nested
 from common.server import GRPC_OPTIONS, ServerConfig
 from common.service import Service, grpc_main
 from common.tls import TlsConfig
+from orchestrator.core.events import StageName
+from orchestrator.driver import ConnectionClosedError
+from orchestrator.stages.base import AudioSource, StageContext
 from proto import asr_pb2, asr_pb2_grpc, common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
 from services.lid.speech import WINDOW_SAMPLES
+
+SECOND = b"\x01\x00" * 16000  # one second of PCM16 for in-process sessions
+
+
+class FakeConnection:
+    """The client side of a session: scripted messages in, events out."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.taken = 0  # messages the driver has read
+        self.sent: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+
+    def send_start(self, pref: str = "auto") -> None:
+        start = {"type": "start", "flowId": "f1", "return": ["lid", "asr"], "hints": {"user_lang_pref": pref}}
+        self.incoming.put_nowait(json.dumps(start))
+
+    async def receive(self) -> str | bytes | None:
+        message = await self.incoming.get()
+        if message is not None:
+            self.taken += 1
+        return message
+
+    async def send(self, text: str) -> None:
+        if self.close_code is not None:
+            raise ConnectionClosedError
+        self.sent.append(json.loads(text))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.close_code = code
+        self.incoming.put_nowait(None)  # like a socket: closing it ends the reading
+
+    def kinds(self) -> list[str]:
+        return [e["type"] for e in self.sent]
+
+
+class FakeStage:
+    """Consumes its feed; `answer` runs on every block (report what a real service would)."""
+
+    def __init__(self, name: StageName, source: AudioSource = AudioSource.CLEAN) -> None:
+        self.name, self.source, self.batch_ms = name, source, 100
+        self.audio_bytes = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def answer(self, ctx: StageContext) -> None:
+        return None
+
+    async def run(self, ctx: StageContext) -> None:
+        async for block in ctx.feed.blocks():
+            await self.gate.wait()
+            self.audio_bytes += len(block.pcm)
+            await self.answer(ctx)
+            await asyncio.sleep(0)  # a real stage awaits its service between messages
 
 
 class FakeVad(vad_pb2_grpc.VadServicer):

@@ -101,7 +101,8 @@ def decode_to_pcm16(data: bytes) -> bytes:
     mono = audio.mean(axis=1)
     if rate != SAMPLE_RATE and mono.size:
         mono = soxr.resample(mono, rate, SAMPLE_RATE)
-    return (np.clip(mono, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    pcm: bytes = (np.clip(mono, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    return pcm
 
 
 def client_frames(pcm: bytes, start: asr_pb2.Start, frame_ms: int, batch_packets: int) -> list[asr_pb2.ClientFrame]:
@@ -132,7 +133,7 @@ async def recognise(
     report INTERNAL "Internal error from Core" instead of the server's status (grpc/grpc#36066); that
     is treated as transient like every code but INVALID_ARGUMENT. Bad input is still recognised: the
     ASR sends an `error` event before it aborts."""
-    call = asr_pb2_grpc.RecognizeStub(channel).Stream(timeout=timeout_s)
+    call = asr_pb2_grpc.RecognizeStub(channel).Stream(timeout=timeout_s)  # type: ignore[no-untyped-call]
 
     async def write_all() -> None:
         try:

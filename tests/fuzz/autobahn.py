@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from orchestrator.config import GatewayConfig, ListenConfig
 from orchestrator.core.events import StageName
 from orchestrator.gateway import Gateway, websocket_options
-from tests.unit.test_driver import FakeStage
+from tests.fakes import FakeStage
 
 CONFIG = GatewayConfig(listen=ListenConfig(port=0))
 # Close codes with which the gateway answers a message it cannot take before `start` (docs/errors.md).

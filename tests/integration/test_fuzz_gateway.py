@@ -29,6 +29,7 @@ from orchestrator.core.events import StageName
 from orchestrator.core.session import SessionConfig
 from orchestrator.edge.limits import LimitsConfig
 from orchestrator.gateway import Gateway
+from tests.fakes import FakeStage
 from tests.poll import seconds, wait_for
 from tests.protocol_inputs import (
     CLIENT_CLOSE_CODES,
@@ -41,7 +42,6 @@ from tests.protocol_inputs import (
     wire,
 )
 from tests.schemas import check_event
-from tests.unit.test_driver import FakeStage
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))

@@ -21,8 +21,8 @@ from orchestrator.core.events import StageName
 from orchestrator.core.session import SessionConfig
 from orchestrator.edge.limits import LimitsConfig
 from orchestrator.gateway import Gateway
+from tests.fakes import SECOND, FakeStage
 from tests.poll import seconds, until
-from tests.unit.test_driver import SECOND, FakeStage
 
 pytestmark = pytest.mark.integration
 ATTACKER, CLIENT = "127.0.0.2", "127.0.0.3"

@@ -12,9 +12,9 @@ from orchestrator.core.events import StageName
 from orchestrator.core.protocol import Close, ErrorCode
 from orchestrator.core.session import Session, SessionConfig, State
 from orchestrator.driver import SessionDriver
+from tests.fakes import FakeConnection, FakeStage
 from tests.poll import seconds
 from tests.schemas import check_event
-from tests.unit.test_driver import FakeConnection, FakeStage
 
 pytestmark = pytest.mark.unit
 CFG = SessionConfig(stages=(StageName.VAD,), admission=True, start_timeout_s=10.0)

@@ -23,9 +23,9 @@ from orchestrator.core.protocol import (
 )
 from orchestrator.core.session import Session, SessionConfig, State
 from orchestrator.driver import SessionDriver
+from tests.fakes import SECOND, FakeConnection, FakeStage
 from tests.poll import seconds
 from tests.schemas import check_event, validator
-from tests.unit.test_driver import SECOND, FakeConnection, FakeStage
 
 pytestmark = pytest.mark.unit
 CFG = SessionConfig(stages=(StageName.COMPRESS,))
