@@ -85,15 +85,18 @@ async def stream_pcm(
     token: str | None = None,
     token_via: str = "header",
     ca_file: str | Path | None = None,
+    finalize_at_s: Sequence[float] = (),
 ) -> StreamResult:
     """Send `start`, the audio paced at `speed` x real time (0 = as fast as possible), then `flush`;
     collect events until the server closes. `token` None: `devauth.default_token()`; "": none sent.
     `token_via`: an Authorization header, a `bearer.` subprotocol, or `start.auth.token`. A `wss://`
-    server is verified against `ca_file` (a private CA) or, without it, the system's CAs."""
+    server is verified against `ca_file` (a private CA) or, without it, the system's CAs.
+    `finalize_at_s`: audio positions (seconds) after which a `finalize` is sent."""
     if token is None:
         token = default_token()
     result = StreamResult()
     chunk = SAMPLE_RATE * chunk_ms // 1000 * 2
+    finalize_after = sorted(int(s * SAMPLE_RATE) * 2 for s in finalize_at_s)  # byte offsets
     msg = {
         "type": "start",
         "audio": {"codec": "pcm_s16le", "sr": SAMPLE_RATE, "channels": 1, "chunk_ms": chunk_ms},
@@ -137,6 +140,9 @@ async def stream_pcm(
                     if delay > 0:
                         await asyncio.sleep(delay)
                 await ws.send(pcm[off : off + chunk])
+                while finalize_after and finalize_after[0] <= off + chunk:
+                    finalize_after.pop(0)
+                    await ws.send(json.dumps({"type": "finalize"}))
             if flush:
                 await ws.send(json.dumps({"type": "flush"}))
         except ConnectionClosed:
@@ -179,6 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=f"CA that signed a wss:// server's certificate (default: {DEV_CA} when it exists, else the system's)",
     )
+    p.add_argument(
+        "--finalize-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="send a finalize after every SECONDS of audio (0: never)",
+    )
     p.add_argument("--srt", type=Path, default=None, help="write the finals as SRT")
     p.add_argument("--json", type=Path, default=None, help="write all events as a JSON array")
     args = p.parse_args(argv)
@@ -194,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(event, ensure_ascii=False), flush=True)
 
     ca = args.ca or (DEV_CA if DEV_CA.is_file() else None)
+    audio_s = len(pcm) / 2 / SAMPLE_RATE
+    every = args.finalize_every
+    finalize_at = [every * k for k in range(1, int(audio_s / every) + 1)] if every > 0 else []
     result = asyncio.run(
         stream_pcm(
             args.url,
@@ -205,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             token=args.token,
             token_via=args.token_via,
             ca_file=ca,
+            finalize_at_s=finalize_at,
         )
     )
     if args.srt:

@@ -58,9 +58,11 @@ class Endpoint(_message.Message):
         KIND_UNSPECIFIED: _ClassVar[Endpoint.Kind]
         SPEECH_START: _ClassVar[Endpoint.Kind]
         SPEECH_END: _ClassVar[Endpoint.Kind]
+        FINALIZE: _ClassVar[Endpoint.Kind]
     KIND_UNSPECIFIED: Endpoint.Kind
     SPEECH_START: Endpoint.Kind
     SPEECH_END: Endpoint.Kind
+    FINALIZE: Endpoint.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     PTS_FIELD_NUMBER: _ClassVar[int]
     kind: Endpoint.Kind
@@ -80,7 +82,7 @@ class ClientFrame(_message.Message):
     def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., opus: _Optional[_Union[OpusPacket, _Mapping]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., batch: _Optional[_Union[OpusBatch, _Mapping]] = ...) -> None: ...
 
 class AsrEvent(_message.Message):
-    __slots__ = ("type", "flow_id", "text", "ts", "lang", "model", "code")
+    __slots__ = ("type", "flow_id", "text", "ts", "lang", "model", "code", "from_finalize")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,7 @@ class AsrEvent(_message.Message):
     LANG_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    FROM_FINALIZE_FIELD_NUMBER: _ClassVar[int]
     type: str
     flow_id: str
     text: str
@@ -95,4 +98,5 @@ class AsrEvent(_message.Message):
     lang: str
     model: str
     code: str
-    def __init__(self, type: _Optional[str] = ..., flow_id: _Optional[str] = ..., text: _Optional[str] = ..., ts: _Optional[_Iterable[float]] = ..., lang: _Optional[str] = ..., model: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
+    from_finalize: bool
+    def __init__(self, type: _Optional[str] = ..., flow_id: _Optional[str] = ..., text: _Optional[str] = ..., ts: _Optional[_Iterable[float]] = ..., lang: _Optional[str] = ..., model: _Optional[str] = ..., code: _Optional[str] = ..., from_finalize: _Optional[bool] = ...) -> None: ...

@@ -112,6 +112,7 @@ control_texts = st.one_of(
     st.just(GOOD_START),
     starts,
     st.just('{"type":"flush"}'),
+    st.sampled_from(['{"type":"keepalive"}', '{"type":"finalize"}']),
     st.sampled_from(['{"type":"stop"}', '{"type":7}', "[1,2]", "{nope", "", "null", '"start"', '{"type":"start"']),
     st.sampled_from([15, 17, 1000, 25_000]).map(_deep),
     st.sampled_from([10, 20_000]).map(lambda n: _deep(n, '{"type":"flush","x":', "}")),

@@ -51,6 +51,7 @@ class Transcript:
     start_s: float
     end_s: float
     lang: str = ""
+    from_finalize: bool = False  # the final answering the client's `finalize`
     # The ASR pool whose stream produced it: for the gateway's metrics only (not sent, not compared).
     pool: str = field(default="", compare=False)
 
@@ -63,6 +64,8 @@ class Transcript:
         }
         if self.final:
             event["lang"] = self.lang
+            if self.from_finalize:
+                event["from_finalize"] = True
         return event
 
 
@@ -96,9 +99,17 @@ class LanguageDecided:
     pool: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Finalize:
+    """To the ASR stage: the client sent `finalize`; close the open utterance at `pts_ns` (the end of
+    the audio it had sent) and answer its final now."""
+
+    pts_ns: int
+
+
 # What the session sends to a running stage (through the driver): the ASR stage hears the VAD's
-# boundaries (its endpoints) and the language decision.
-StageInput = SpeechBoundary | LanguageDecided
+# boundaries (its endpoints), the client's finalize and the language decision.
+StageInput = SpeechBoundary | Finalize | LanguageDecided
 
 
 StageEvent = SpeechBoundary | RecordReady | LangDetected | Transcript | StageLatency | StageDone | StageFailed

@@ -29,6 +29,10 @@ MAX_HOTWORDS_TOTAL_CHARS = 512
 MAX_RETURN_ENTRIES = 16
 MAX_DOMAIN_CHARS = 64
 MAX_TOKEN_CHARS = 16 * 1024
+# `start.endpointing`: the silence that ends an utterance, per session (the VAD's VAD_MIN_SILENCE_MS
+# otherwise). Below ~100 ms Silero ends utterances inside words; past 5 s a pause is not an end.
+MIN_ENDPOINTING_MS = 100
+MAX_ENDPOINTING_MS = 5000
 LANG_PREF_RE = re.compile(r"^(?:auto|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3})?\Z")
 # For the depth check: a JSON string (its brackets do not nest), and what is not a bracket.
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -146,6 +150,10 @@ class StartRequest:
     chunk_ms: int = 20
     hotwords: tuple[str, ...] = ()
     token: str | None = None
+    # `endpointing`: ms of silence that end an utterance (None: the VAD's default); `false` turns the
+    # VAD's endpoints off for the ASR (utterances end at `finalize`, flush or the ASR's length cap).
+    endpointing_ms: int | None = None
+    vad_endpoints: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -233,6 +241,7 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
     if not LANG_PREF_RE.match(lang_pref):
         raise ProtocolError(ErrorCode.INVALID_START, "hints.user_lang_pref must be 'auto' or a language code")
     hotwords = _hotwords(_field(hints, "hotwords", list, []))
+    endpointing_ms, vad_endpoints = _endpointing(msg.get("endpointing"))
     auth = _field(msg, "auth", dict, {})
     token = _field(auth, "token", str, None)
     if token is not None and len(token) > MAX_TOKEN_CHARS:
@@ -245,6 +254,8 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
         chunk_ms=chunk_ms,
         hotwords=hotwords,
         token=token,
+        endpointing_ms=endpointing_ms,
+        vad_endpoints=vad_endpoints,
     )
 
 
@@ -253,6 +264,21 @@ def valid_flow_id(flow_id: object) -> bool:
     files and object keys: no parent-directory or dot-only names; the first character already
     rules out `.` and `-` prefixes)."""
     return isinstance(flow_id, str) and FLOW_ID_RE.match(flow_id) is not None and ".." not in flow_id
+
+
+def _endpointing(raw: object) -> tuple[int | None, bool]:
+    """`start.endpointing`: absent, null or true (the VAD's default), false (no VAD endpoints), or
+    the silence in ms that ends an utterance, within MIN/MAX_ENDPOINTING_MS."""
+    if raw is None or raw is True:
+        return None, True
+    if raw is False:
+        return None, False
+    if not isinstance(raw, int) or not MIN_ENDPOINTING_MS <= raw <= MAX_ENDPOINTING_MS:
+        raise ProtocolError(
+            ErrorCode.INVALID_START,
+            f"endpointing must be false, true or milliseconds between {MIN_ENDPOINTING_MS} and {MAX_ENDPOINTING_MS}",
+        )
+    return raw, True
 
 
 def _hotwords(raw: list[Any]) -> tuple[str, ...]:

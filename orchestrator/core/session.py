@@ -20,6 +20,7 @@ from typing import Any
 
 from common.audio import CHANNELS, SAMPLE_RATE
 from orchestrator.core.events import (
+    Finalize,
     LangDetected,
     LanguageDecided,
     RecordReady,
@@ -161,6 +162,12 @@ class Session:
                 if self.state is State.AWAITING_START:
                     raise ProtocolError(ErrorCode.FLUSH_BEFORE_START, "flush before start")
                 self._end_audio("flush", now)
+            elif kind == "keepalive":
+                self._keepalive(now)
+            elif kind == "finalize":
+                if self.state is State.AWAITING_START:
+                    raise ProtocolError(ErrorCode.INVALID_MESSAGE, "finalize before start")
+                self._finalize(now)
             else:
                 raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown control type {kind[:64]!r}")
         except ProtocolError as exc:
@@ -250,7 +257,7 @@ class Session:
         self._last_heard[_stage_of(event)] = now
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
-            if StageName.ASR in self.pending_stages:
+            if StageName.ASR in self.pending_stages and self.start is not None and self.start.vad_endpoints:
                 self._stage_inputs.append((StageName.ASR, event))  # the ASR link's endpoints
         elif isinstance(event, RecordReady):
             self.record_url = event.url
@@ -393,6 +400,20 @@ class Session:
         )
         if self.language.decision is not None:
             self._decided(self.language.decision)
+
+    def _keepalive(self, now: float) -> None:
+        """The client is there without audio (Deepgram's KeepAlive): the idle timer starts again. No
+        reply. Before `start` it does nothing: the start timeout still runs."""
+        if self.state is State.STREAMING:
+            self._last_audio_at = max(self._last_audio_at, now)
+
+    def _finalize(self, now: float) -> None:
+        """Close the open utterance at the end of the audio received so far and answer its final
+        (`from_finalize`); the stream stays open (Deepgram's Finalize). Also a keepalive."""
+        self._keepalive(now)
+        if StageName.ASR in self.pending_stages:
+            pts_ns = self._reframer.samples_out * 1_000_000_000 // SAMPLE_RATE
+            self._stage_inputs.append((StageName.ASR, Finalize(pts_ns)))
 
     def _decided(self, decision: LanguageDecision | None) -> None:
         """The language is settled: tell the client (unless nobody answered) and the ASR stage."""

@@ -22,7 +22,7 @@ import grpc
 
 from common.audio import CHANNELS, SAMPLE_RATE
 from orchestrator import metrics
-from orchestrator.core.events import LanguageDecided, SpeechBoundary, StageLatency, StageName, Transcript
+from orchestrator.core.events import Finalize, LanguageDecided, SpeechBoundary, StageLatency, StageName, Transcript
 from orchestrator.routing.pool import AsrPool, Lease, Member, MemberBusy, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.stages.base import AudioSource, SendTimes, StageContext
 from orchestrator.stages.opus_link import OpusLink, OpusLinkConfig
@@ -124,7 +124,7 @@ class AsrStage:
                 domain=ctx.start.domain,
                 hotwords=list(ctx.start.hotwords),
                 partial_interval_ms=self._partial_interval_ms,
-                vad_endpoints=self._vad_endpoints,
+                vad_endpoints=self._vad_endpoints and ctx.start.vad_endpoints,
             )
         )
 
@@ -146,11 +146,11 @@ class AsrStage:
                 stream.lease.release()
 
     async def _listen(self, ctx: StageContext, wire: _Wire, language: asyncio.Future[str]) -> None:
-        """What the session tells the stage: VAD endpoints travel with the audio (also those found
-        before a stream is open); the language settles the route."""
+        """What the session tells the stage: VAD endpoints and the client's finalize travel with the
+        audio (also those given before a stream is open); the language settles the route."""
         while True:
             item = await ctx.inputs.get()
-            if isinstance(item, SpeechBoundary):
+            if isinstance(item, SpeechBoundary | Finalize):
                 wire.send(_endpoint_frame(item))
             elif isinstance(item, LanguageDecided) and not language.done():
                 language.set_result(item.lang)
@@ -314,7 +314,9 @@ class AsrStage:
             while (ev := await call.read()) is not grpc.aio.EOF:
                 if ev.type in ("partial", "final"):
                     start_s, end_s = [*ev.ts, 0.0, 0.0][:2]
-                    transcript = Transcript(ev.type == "final", ev.text, start_s, end_s, ev.lang, stream.pool.name)
+                    transcript = Transcript(
+                        ev.type == "final", ev.text, start_s, end_s, ev.lang, ev.from_finalize, pool=stream.pool.name
+                    )
                     if transcript.final and stream.held_finals is not None:
                         stream.held_finals.append(transcript)  # provisional: wait for the route
                         continue
@@ -332,7 +334,9 @@ class AsrStage:
             raise
 
 
-def _endpoint_frame(b: SpeechBoundary) -> asr_pb2.ClientFrame:
+def _endpoint_frame(b: SpeechBoundary | Finalize) -> asr_pb2.ClientFrame:
+    if isinstance(b, Finalize):
+        return asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=asr_pb2.Endpoint.FINALIZE, pts=b.pts_ns))
     kind = asr_pb2.Endpoint.SPEECH_START if b.kind == "start" else asr_pb2.Endpoint.SPEECH_END
     return asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=kind, pts=b.pts_ns))
 

@@ -11,6 +11,9 @@ from orchestrator.core.events import SpeechBoundary, StageLatency, StageName
 from orchestrator.stages.base import AudioSource, SendTimes, StageContext, frames
 from proto import common_pb2, vad_pb2_grpc
 
+# The call's metadata key for the session's `endpointing` (proto/vad.proto, services/vad/core.py).
+MIN_SILENCE_KEY = "vad-min-silence-ms"
+
 
 class VadStage:
     name = StageName.VAD
@@ -28,7 +31,9 @@ class VadStage:
                 sent_at.mark(frame.seq, time.monotonic())
                 yield frame
 
-        call = self._stub.Stream(requests())
+        ms = ctx.start.endpointing_ms
+        metadata = ((MIN_SILENCE_KEY, str(ms)),) if ms is not None else None
+        call = self._stub.Stream(requests(), metadata=metadata)
         async for out in call:
             if out.activity in (common_pb2.SPEECH_START, common_pb2.SPEECH_END):
                 start = out.activity == common_pb2.SPEECH_START

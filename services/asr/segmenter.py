@@ -10,6 +10,13 @@ Gated (`gated=True`, the client said endpoints will come): there is no implicit 
 outside [SPEECH_START - speech_preroll_ms, SPEECH_END + speech_tail_ms) is never part of an
 utterance, so silence and noise before, between and after speech are not decoded. Pre-roll and tail
 apply in both modes; an utterance never starts before the previous one ended.
+
+A FINALIZE endpoint (the client's `finalize`) closes the open utterance at its pts exactly, without
+tail, and always yields one utterance marked `finalized` (empty when nothing was open, so every
+finalize gets its answer). If the speech goes on (the VAD has not ended it, or no endpoint came yet
+and the stream is not gated) a continuation opens at that pts; when the VAD's SPEECH_END then finds
+less than `min_continuation_ms` of speech after the finalize, the continuation is dropped, so the
+utterance the client finalized is not answered twice.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ class Utterance:
     pcm: np.ndarray
     forced: bool = False  # cut by max length or flush rather than SPEECH_END
     speech_end_ns: int | None = None  # SPEECH_END's own pts (before the tail) when it closed this
+    finalized: bool = False  # closed by a FINALIZE endpoint (the client's `finalize`)
 
     @property
     def ts(self) -> tuple[float, float]:
@@ -54,6 +62,7 @@ class UtteranceSegmenter:
     gated: bool = False
     speech_preroll_ms: int = 0
     speech_tail_ms: int = 0
+    min_continuation_ms: int = 0
     _store: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     _n: int = 0  # samples of _store in use; _store grows by doubling (appends are amortised O(1))
     _buf_start_ns: int | None = None
@@ -61,7 +70,9 @@ class UtteranceSegmenter:
     _implicit: bool = False
     _seen_endpoint: bool = False
     _index: int = 0
-    _pending: deque[tuple[bool, int, int]] = field(default_factory=deque)  # (is_start, pts_ns, raw pts)
+    _pending: deque[tuple[str, int, int]] = field(default_factory=deque)  # (kind, pts_ns, raw pts)
+    _in_speech: bool = False  # the last endpoint applied was SPEECH_START
+    _continues_from: int | None = None  # the open utterance goes on from a FINALIZE at this pts
     _last_end_ns: int = -(2**62)
     _decided_ns: int | None = None  # gated: the VAD has decided the audio before this (last endpoint)
 
@@ -103,10 +114,17 @@ class UtteranceSegmenter:
             pts_ns = max(pts_ns - self.speech_preroll_ms * 1_000_000, 0)
         else:
             pts_ns += self.speech_tail_ms * 1_000_000
+        self._decided_ns = max(self._decided_ns or 0, pts_ns)
+        return self._queue("start" if is_start else "end", pts_ns, raw)
+
+    def push_finalize(self, pts_ns: int) -> list[Utterance]:
+        """The client's `finalize` at `pts_ns` (the audio it had sent): close the open utterance there."""
+        return self._queue("finalize", pts_ns, pts_ns)
+
+    def _queue(self, kind: str, pts_ns: int, raw: int) -> list[Utterance]:
         if self._pending and pts_ns < self._pending[-1][1]:
             pts_ns = self._pending[-1][1]  # keep the endpoints monotonic on the timeline
-        self._pending.append((is_start, pts_ns, raw))
-        self._decided_ns = max(self._decided_ns or 0, pts_ns)
+        self._pending.append((kind, pts_ns, raw))
         return self._advance(flush=False)
 
     def flush(self) -> list[Utterance]:
@@ -132,18 +150,28 @@ class UtteranceSegmenter:
                 continue
             if not self._pending or (self._pending[0][1] > cursor and not flush):
                 break
-            is_start, pts, raw = self._pending.popleft()
+            kind, pts, raw = self._pending.popleft()
             pts = min(pts, cursor)
-            if is_start:
+            if kind == "finalize":
+                out.append(self._finalize(pts))
+            elif kind == "start":
+                self._in_speech = True
                 if self._implicit:
                     self._implicit = False
                     self._index += 1  # the implicit utterance is dropped, not finalised
                     self._open(pts)
                 elif self._open_start_ns is None:
                     self._open(pts)
-            elif self._open_start_ns is not None:
+            else:
+                self._in_speech = False
+                if self._open_start_ns is None:
+                    continue
                 self._implicit = False
-                out.append(self._close(max(pts, self._open_start_ns), forced=False, speech_end_ns=raw))
+                since = self._continues_from
+                if since is not None and raw - since < self.min_continuation_ms * 1_000_000:
+                    self._drop_open()  # the finalized speech's own end: no second answer
+                else:
+                    out.append(self._close(max(pts, self._open_start_ns), forced=False, speech_end_ns=raw))
         if flush and self.gated and not self._seen_endpoint and self._n:
             # The stream ended before its VAD said anything (a client faster than its VAD): the kept
             # audio is decoded once, the hallucination guards deciding.
@@ -159,21 +187,41 @@ class UtteranceSegmenter:
             self._trim(keep_from)
         return out
 
+    def _finalize(self, pts: int) -> Utterance:
+        if self._open_start_ns is None:
+            return Utterance(self._index, pts, pts, np.zeros(0, np.float32), forced=True, finalized=True)
+        implicit = self._implicit
+        utt = self._close(max(pts, self._open_start_ns), forced=True, finalized=True)
+        if implicit or self._in_speech:
+            # The speech goes on past the finalize: hear the rest as a new utterance.
+            self._open(utt.end_ns)
+            self._implicit = implicit
+            self._continues_from = None if implicit else utt.end_ns
+        return utt
+
+    def _drop_open(self) -> None:
+        self._open_start_ns = None
+        self._continues_from = None
+        self._index += 1
+
     def _open(self, start_ns: int) -> None:
         assert self._buf_start_ns is not None
         start_ns = max(start_ns, self._buf_start_ns, self._last_end_ns)
         self._trim(start_ns)
         self._open_start_ns = start_ns
+        self._continues_from = None
 
-    def _close(self, end_ns: int, forced: bool, speech_end_ns: int | None = None) -> Utterance:
+    def _close(self, end_ns: int, forced: bool, speech_end_ns: int | None = None, finalized: bool = False) -> Utterance:
         assert self._open_start_ns is not None and self._buf_start_ns is not None
         start = self._open_start_ns
         n = self._ns_to_samples(end_ns - self._buf_start_ns)
         first = self._ns_to_samples(start - self._buf_start_ns)
-        utt = Utterance(self._index, start, end_ns, self._store[first:n].copy(), forced, speech_end_ns)
+        pcm = self._store[first:n].copy()
+        utt = Utterance(self._index, start, end_ns, pcm, forced, speech_end_ns, finalized)
         self._last_end_ns = end_ns
         self._index += 1
         self._open_start_ns = None
+        self._continues_from = None
         self._implicit = False
         return utt
 

@@ -117,6 +117,7 @@ class AsrSession:
             gated=params.vad_endpoints,
             speech_preroll_ms=config.speech_preroll_ms,
             speech_tail_ms=config.speech_tail_ms,
+            min_continuation_ms=config.min_partial_audio_ms,
         )
         self._closed: deque[_Closed] = deque()
         self._changed = asyncio.Event()
@@ -199,6 +200,9 @@ class AsrSession:
             raise SessionError("bad_endpoint", "Endpoint kind is unspecified")
         if endpoint.pts < 0:
             raise SessionError("bad_endpoint", f"Endpoint pts {endpoint.pts} is negative")
+        if endpoint.kind == asr_pb2.Endpoint.FINALIZE:
+            self._add_closed(self._segmenter.push_finalize(endpoint.pts))
+            return
         is_start = endpoint.kind == asr_pb2.Endpoint.SPEECH_START
         self._add_closed(self._segmenter.push_endpoint(is_start, endpoint.pts))
 
@@ -234,7 +238,9 @@ class AsrSession:
     async def _final(self, closed: _Closed, emit: Emit) -> None:
         utt = closed.utt
         reused = self._reusable(utt)
-        if reused is not None:
+        if utt.pcm.size == 0:  # a finalize with nothing open
+            result = Result("", self.params.lang)
+        elif reused is not None:
             metrics.ASR_FINALS_REUSED.labels(**self._labels).inc()
             with self._lock:
                 if self._stream_index == utt.index:
@@ -250,9 +256,13 @@ class AsrSession:
                 return
             self._observe_rtf("final", took, decoded)
             self._count_refusal("final", result.refused)
-        if result.text:
+        if result.text or utt.finalized:  # a finalize is always answered, with "" when nothing was said
             event = asr_pb2.AsrEvent(
-                type="final", text=result.text, ts=list(utt.ts), lang=result.lang or self.params.lang
+                type="final",
+                text=result.text,
+                ts=list(utt.ts),
+                lang=result.lang or self.params.lang,
+                from_finalize=utt.finalized,
             )
             await self._send(emit, event, since=closed.closed_at)
 

@@ -8,7 +8,6 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from functools import partial
 
 import grpc
 
@@ -32,14 +31,13 @@ async def vad_service(config: VadConfig) -> AsyncIterator[Service]:
         raise StartupError(f"VAD model unusable ({model}): {probe.detail}", "model_probe_failed")
     log.info("model probe ok", extra={"stage": "vad", "model": model})
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="vad")
-    factory = partial(make_detector, config)
 
     def add(server: grpc.aio.Server) -> None:
-        vad_pb2_grpc.add_VadServicer_to_server(VadServicer(config, executor, factory), server)
+        vad_pb2_grpc.add_VadServicer_to_server(VadServicer(config, executor, make_detector), server)
 
     async def warmup(runner: ServiceRunner) -> None:
         # A real detector runs a second of audio before SERVING, off the loop (STYLE §7).
-        await loop.run_in_executor(executor, lambda: exercise(factory(), config))
+        await loop.run_in_executor(executor, lambda: exercise(make_detector(config), config))
 
     try:
         yield Service(add, warmup)

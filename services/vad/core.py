@@ -8,7 +8,8 @@ Nothing here awaits or touches sockets; the servicer runs `process` in an execut
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from services.vad.detector import SpeechDetector
 
 SPEECH_START = common_pb2.SPEECH_START
 SPEECH_END = common_pb2.SPEECH_END
+# Call metadata (proto/vad.proto): the silence that ends a segment for this call's flows, in ms.
+MIN_SILENCE_KEY = "vad-min-silence-ms"
+MAX_MIN_SILENCE_MS = 10_000
 
 
 class InvalidFrame(ValueError):
@@ -39,6 +43,19 @@ def validate(frame: common_pb2.AudioFrame) -> None:
         raise InvalidFrame(f"flow {frame.flow_id!r} seq {frame.seq}: channels={frame.channels}, expected 1")
     if len(frame.pcm) % 2:
         raise InvalidFrame(f"flow {frame.flow_id!r} seq {frame.seq}: odd PCM16 byte count {len(frame.pcm)}")
+
+
+def call_config(config: VadConfig, metadata: Iterable[tuple[str, str | bytes]]) -> VadConfig:
+    """The config of one call: the service's, with the call's own `vad-min-silence-ms` if it sent one
+    (a session's `endpointing`)."""
+    for key, value in metadata:
+        if key != MIN_SILENCE_KEY:
+            continue
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= MAX_MIN_SILENCE_MS:
+            raise InvalidFrame(f"{MIN_SILENCE_KEY}={text[:16]!r}: expected 0..{MAX_MIN_SILENCE_MS} ms")
+        return replace(config, min_silence_ms=int(text))
+    return config
 
 
 class FlowTracker:

@@ -11,13 +11,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from functools import partial
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from proto import common_pb2, vad_pb2_grpc
 from services.vad.config import VadConfig
-from services.vad.core import SPEECH_END, SPEECH_START, InvalidFrame, TooManyFlows, VadSession
+from services.vad.core import SPEECH_END, SPEECH_START, InvalidFrame, TooManyFlows, VadSession, call_config
 from services.vad.detector import SpeechDetector
 
 log = logging.getLogger("services.vad")
@@ -37,7 +38,9 @@ for _code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "INTERNAL"):
 
 
 class VadServicer(vad_pb2_grpc.VadServicer):
-    def __init__(self, config: VadConfig, executor: Executor, make_detector: Callable[[], SpeechDetector]) -> None:
+    def __init__(
+        self, config: VadConfig, executor: Executor, make_detector: Callable[[VadConfig], SpeechDetector]
+    ) -> None:
         self._config = config
         self._executor = executor
         self._make_detector = make_detector
@@ -52,9 +55,14 @@ class VadServicer(vad_pb2_grpc.VadServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"VAD is at its limit of {self._config.max_streams} streams",
             )
+        try:
+            config = call_config(self._config, context.invocation_metadata() or ())
+        except InvalidFrame as exc:
+            REJECTED.labels("INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self._streams += 1
         ACTIVE_STREAMS.inc()
-        session = VadSession(self._config, self._make_detector)
+        session = VadSession(config, partial(self._make_detector, config))
         loop = asyncio.get_running_loop()
         flows = 0
         try:

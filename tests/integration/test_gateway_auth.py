@@ -122,8 +122,9 @@ async def test_a_garbage_token_in_start_is_auth_invalid(gateway: Gateway) -> Non
     [
         (token(ttl_s=-120), "auth_expired"),
         (token(secret=SECRET + "x"), "auth_invalid"),
-        (mint(SECRET, "tenant-a", 300, audience="someone-else", issuer=ISS), "auth_invalid"),
-        (mint(SECRET, "tenant-a", 300, audience=AUD, issuer="evil"), "auth_invalid"),
+        # Minted at collection: a day's TTL, so a long suite reaching them late still tests aud/iss, not exp.
+        (mint(SECRET, "tenant-a", 86_400, audience="someone-else", issuer=ISS), "auth_invalid"),
+        (mint(SECRET, "tenant-a", 86_400, audience=AUD, issuer="evil"), "auth_invalid"),
     ],
     ids=["expired", "bad-signature", "wrong-aud", "wrong-iss"],
 )

@@ -133,3 +133,49 @@ def test_gated_utterance_gets_its_preroll_and_tail_and_keeps_timeline_stamps() -
     assert utt.pcm[0] == pytest.approx(500.0) and utt.pcm.size == 1200 * 16
     seg.push_endpoint(True, 1800 * MS)  # the pre-roll would reach into the last utterance
     assert seg.open is not None and seg.open.start_ns == 1700 * MS
+
+
+def test_finalize_closes_the_open_utterance_at_its_pts_without_tail() -> None:
+    seg = UtteranceSegmenter(gated=True, speech_tail_ms=200, min_continuation_ms=300)
+    seg.push_endpoint(True, 100 * MS)
+    feed(seg, 0, 40)  # 800 ms of audio
+    [utt] = seg.push_finalize(800 * MS)
+    assert utt.finalized and utt.ts == (0.1, 0.8) and utt.pcm.size == 700 * 16
+    # The VAD still hears speech: what follows goes on as a continuation ...
+    assert seg.open is not None and seg.open.start_ns == 800 * MS
+    # ... which the VAD's own end of the finalized speech drops (no second, near-empty answer).
+    feed(seg, 40, 20)
+    assert seg.push_endpoint(False, 900 * MS) == [] and seg.open is None
+    assert seg.flush() == []
+
+
+def test_speech_going_on_after_finalize_is_its_own_utterance() -> None:
+    seg = UtteranceSegmenter(gated=True, min_continuation_ms=300)
+    seg.push_endpoint(True, 0)
+    feed(seg, 0, 25)
+    [first] = seg.push_finalize(500 * MS)
+    feed(seg, 25, 50)  # to 1500 ms
+    [second] = seg.push_endpoint(False, 1400 * MS)
+    assert first.ts == (0.0, 0.5) and second.ts == (0.5, 1.4)
+    assert not second.finalized and second.index > first.index
+
+
+def test_finalize_with_nothing_open_answers_an_empty_utterance() -> None:
+    seg = UtteranceSegmenter(gated=True)
+    seg.push_endpoint(True, 0)
+    feed(seg, 0, 25)
+    [utt] = seg.push_endpoint(False, 300 * MS)
+    [empty] = seg.push_finalize(500 * MS)
+    assert empty.finalized and empty.pcm.size == 0 and empty.ts == (0.5, 0.5)
+    assert not utt.finalized and seg.open is None
+
+
+def test_finalize_waits_for_its_audio_and_reopens_the_implicit_utterance() -> None:
+    seg = UtteranceSegmenter()  # no VAD: the stream counts as speech
+    feed(seg, 0, 10)
+    assert seg.push_finalize(400 * MS) == []  # the audio reaches 200 ms only
+    [utt] = feed(seg, 10, 10)
+    assert utt.finalized and utt.ts == (0.0, 0.4)
+    feed(seg, 20, 10)
+    [rest] = seg.flush()
+    assert rest.ts == (0.4, 0.6) and not rest.finalized

@@ -288,3 +288,25 @@ async def test_first_partials_go_before_updates_and_finals_before_both() -> None
     await asyncio.gather(holder, *tasks)
     assert order == ["final", "first-old", "first-new", "update-old"]
     assert scheduler.depth == 0 and scheduler.idle
+
+
+def finalize(ms: int) -> asr_pb2.ClientFrame:
+    return asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=asr_pb2.Endpoint.FINALIZE, pts=ms * MS))
+
+
+async def test_finalize_answers_one_final_marked_from_finalize() -> None:
+    """Finalize mid-speech: the final of the speech so far, marked; the VAD's later end of that
+    speech adds nothing; the next utterance is transcribed as usual; a finalize with nothing open
+    is answered with an empty final."""
+    frames = [endpoint(True, 0)] + [pcm_frame(i) for i in range(50)] + [finalize(1000)]
+    frames += [pcm_frame(i) for i in range(50, 60)] + [endpoint(False, 1060)]
+    frames += [endpoint(True, 1500)] + [pcm_frame(i) for i in range(60, 110)] + [endpoint(False, 2000)]
+    frames += [finalize(2200)]
+    events = await run_session(paced(frames, 0), FakeEngine(), interval_ms=1000, vad_endpoints=True)
+    finals = [(e.text, [round(x, 3) for x in e.ts], e.from_finalize) for _, e in events if e.type == "final"]
+    assert finals == [
+        ("heard 1000 ms", [0.0, 1.0], True),
+        ("heard 500 ms", [1.5, 2.0], False),
+        ("", [2.2, 2.2], True),
+    ]
+    assert events[-1][1].type == "end"

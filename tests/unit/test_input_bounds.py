@@ -11,9 +11,11 @@ import pytest
 
 from orchestrator.core.events import StageName
 from orchestrator.core.protocol import (
+    MAX_ENDPOINTING_MS,
     MAX_HOTWORD_CHARS,
     MAX_HOTWORDS,
     MAX_JSON_DEPTH,
+    MIN_ENDPOINTING_MS,
     Close,
     json_depth_exceeds,
     parse_control,
@@ -213,6 +215,13 @@ async def test_a_bug_on_a_client_message_drains_the_session_instead_of_dropping_
         ({"type": "start", "hints": {"hotwords": ["k"] * (MAX_HOTWORDS + 1)}}, False),
         ({"type": "start", "hints": {"hotwords": ["x" * (MAX_HOTWORD_CHARS + 1)]}}, False),
         ({"type": "start", "hints": {"domain": "d" * 65}}, False),
+        ({"type": "start", "endpointing": MIN_ENDPOINTING_MS}, True),
+        ({"type": "start", "endpointing": MAX_ENDPOINTING_MS}, True),
+        ({"type": "start", "endpointing": False}, True),
+        ({"type": "start", "endpointing": True}, True),
+        ({"type": "start", "endpointing": MIN_ENDPOINTING_MS - 1}, False),
+        ({"type": "start", "endpointing": MAX_ENDPOINTING_MS + 1}, False),
+        ({"type": "start", "endpointing": "500"}, False),
     ],
 )
 def test_the_published_start_schema_states_the_same_bounds(start: dict[str, Any], valid: bool) -> None:

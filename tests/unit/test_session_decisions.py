@@ -6,6 +6,7 @@ import json
 import pytest
 
 from orchestrator.core.events import (
+    Finalize,
     LangDetected,
     LanguageDecided,
     SpeechBoundary,
@@ -15,6 +16,8 @@ from orchestrator.core.events import (
     Transcript,
 )
 from orchestrator.core.session import Session, SessionConfig, State
+from tests.clock import FakeClock
+from tests.schemas import check_event
 
 pytestmark = pytest.mark.unit
 ALL = (StageName.VAD, StageName.LID, StageName.ASR, StageName.COMPRESS)
@@ -150,3 +153,65 @@ def test_a_stage_still_answering_after_the_end_of_audio_is_not_given_up() -> Non
         assert s.stages_to_stop() == []
     s.tick(26.0)
     assert s.stages_to_stop() == [StageName.ASR]
+
+
+def test_keepalive_restarts_the_idle_timer_without_audio() -> None:
+    clock = FakeClock(0.0)
+    s = started(stages=(), flush_idle_s=3.0)
+    s.receive_binary(b"\x00\x01" * 320, clock.advance(1.0))
+    s.receive_text('{"type":"keepalive"}', clock.advance(2.5))  # 3.5 s
+    s.tick(clock.advance(2.9))  # 6.4 s: 4.4 s after the audio, 2.9 s after the keepalive
+    assert s.state is State.STREAMING and s.audio_s == 0.02
+    assert [e["type"] for e in s.events_to_send()] == ["ack"]  # nothing answers a keepalive
+    s.tick(clock.advance(0.1))
+    assert s.end_reason == "idle"
+
+
+def test_keepalive_before_start_does_not_hold_the_start_timeout() -> None:
+    s = Session(SessionConfig(start_timeout_s=5.0), 0.0, "gen")
+    s.receive_text('{"type":"keepalive"}', 4.0)
+    s.tick(5.0)
+    assert s.close is not None and s.close[1] == "start_timeout"
+
+
+def test_finalize_tells_the_asr_where_the_audio_sent_so_far_ends() -> None:
+    s = started(pref="en")
+    s.stage_inputs()
+    s.receive_binary(b"\x00\x01" * 800, 0.5)  # 50 ms: two whole frames go on, 10 ms wait
+    s.receive_text('{"type":"finalize"}', 0.6)
+    assert s.stage_inputs() == [(StageName.ASR, Finalize(40_000_000))]
+    assert s.state is State.STREAMING and not s.audio_ended
+    s.stage_event(Transcript(True, "hello", 0.0, 0.04, "en", from_finalize=True), 0.8)
+    [final] = [e for e in s.events_to_send() if e["type"] == "asr_final"]
+    assert final["from_finalize"] is True and final["text"] == "hello"
+    check_event(final)
+    s.tick(3.5)  # the finalize also counts as a keepalive
+    assert s.state is State.STREAMING
+
+
+def test_finalize_without_an_asr_stage_is_a_no_op_and_before_start_an_error() -> None:
+    s = started(stages=(StageName.VAD,))
+    s.receive_text('{"type":"finalize"}', 0.1)
+    assert s.stage_inputs() == [] and s.state is State.STREAMING
+    early = Session(SessionConfig(), 0.0, "gen")
+    early.receive_text('{"type":"finalize"}', 0.0)
+    [error] = early.events_to_send()
+    assert error["code"] == "invalid_message" and early.close is not None
+
+
+def test_endpointing_is_parsed_and_false_keeps_vad_endpoints_from_the_asr() -> None:
+    s = Session(SessionConfig(stages=ALL), 0.0, "gen", route)
+    s.receive_text(json.dumps({"type": "start", "hints": {"user_lang_pref": "en"}, "endpointing": False}), 0.0)
+    assert s.start is not None and not s.start.vad_endpoints and s.start.endpointing_ms is None
+    s.stage_inputs()
+    s.stage_event(SpeechBoundary("start", 0), 0.1)
+    assert s.stage_inputs() == []  # the client ends utterances (finalize) or the stream does
+    s.receive_text('{"type":"finalize"}', 0.2)
+    assert s.stage_inputs() == [(StageName.ASR, Finalize(0))]
+    timed = started(pref="en")
+    assert timed.start is not None and timed.start.endpointing_ms is None and timed.start.vad_endpoints
+    t = Session(SessionConfig(stages=ALL), 0.0, "gen", route)
+    t.receive_text(json.dumps({"type": "start", "endpointing": 800}), 0.0)
+    assert t.start is not None and t.start.endpointing_ms == 800 and t.start.vad_endpoints
+    t.stage_event(SpeechBoundary("start", 0), 0.1)
+    assert (StageName.ASR, SpeechBoundary("start", 0)) in t.stage_inputs()

@@ -14,7 +14,7 @@ import soundfile as sf
 from common.envconf import ConfigError, load_env
 from proto import common_pb2
 from services.vad.config import VadConfig
-from services.vad.core import InvalidFrame, TooManyFlows, VadSession
+from services.vad.core import MIN_SILENCE_KEY, InvalidFrame, TooManyFlows, VadSession, call_config
 from services.vad.detector import make_detector
 
 pytestmark = pytest.mark.unit
@@ -243,3 +243,18 @@ def test_config_from_env() -> None:
     ):
         with pytest.raises(ConfigError):
             load_env(VadConfig, env)
+
+
+def test_a_call_s_min_silence_joins_what_the_default_splits(two_utterances: np.ndarray) -> None:
+    """A session's `endpointing` (call metadata `vad-min-silence-ms`): 1.5 s of silence to end a
+    segment hears the 1 s pause between the utterances as part of one."""
+    config = call_config(CONFIG, [("other", "x"), (MIN_SILENCE_KEY, "1500")])
+    assert config.min_silence_ms == 1500 and call_config(CONFIG, []) is CONFIG
+    b = bounds(run(session(config), frames("a", pcm16(two_utterances), [320])))
+    assert [a for a, _ in b] == [START, END]
+
+
+@pytest.mark.parametrize("value", ["", "-1", "10001", "1e3", b"\xff"])
+def test_a_bad_min_silence_is_refused(value: str | bytes) -> None:
+    with pytest.raises(InvalidFrame):
+        call_config(CONFIG, [(MIN_SILENCE_KEY, value)])
