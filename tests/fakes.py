@@ -7,6 +7,7 @@ and do no real work. Test fixtures only, never the product.
   127.0.0.1): an ASR pool member in process.
 - FakeLidEngine (the LidEngine protocol), FakeSpeechProbability (the LID service's speech gate) and
   FakeDelayEngine (the denoise Engine protocol).
+- FakeBatchAsrEngine (the ASR Engine protocol with Whisper's batched partials): records batch sizes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from orchestrator.core.events import StageName
 from orchestrator.driver import ConnectionClosedError
 from orchestrator.stages.base import AudioSource, StageContext
 from proto import asr_pb2, asr_pb2_grpc, common_pb2, compress_pb2, compress_pb2_grpc, vad_pb2_grpc
+from services.asr.engines import BatchRequest, EngineStream, Result
 from services.lid.speech import WINDOW_SAMPLES
 
 SECOND = b"\x01\x00" * 16000  # one second of PCM16 for in-process sessions
@@ -332,3 +335,53 @@ def main(kind: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+class FakeBatchAsrEngine:
+    """An ASR engine that re-decodes like Whisper and decodes in batches (`transcribe_partials`,
+    `transcribe_finals`). Its text names what it heard: "level L, N ms" (L the loudest sample in
+    PCM16 units), so each session can recognise its own audio. Every batch's size is recorded in
+    `batches` (partials) or `final_batches`; while `gate` is clear decodes wait on it (at most
+    5 s); a request whose level is in `fail_levels` makes any decode containing it raise."""
+
+    name = "fake-batch"
+    model = "fake-batch-model"
+    supports_hotwords = True
+    incremental = False
+
+    def __init__(self, fail_levels: Sequence[int] = ()) -> None:
+        self.batches: list[int] = []
+        self.final_batches: list[int] = []
+        self.fail_levels = set(fail_levels)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()  # a decode is on a worker
+
+    @staticmethod
+    def level(pcm: np.ndarray) -> int:
+        return round(float(np.max(np.abs(pcm))) * 32768) if pcm.size else 0
+
+    def _text(self, pcm: np.ndarray) -> str:
+        if self.level(pcm) in self.fail_levels:
+            raise RuntimeError(f"cannot decode level {self.level(pcm)}")
+        return f"level {self.level(pcm)}, {pcm.size * 1000 // 16000} ms"
+
+    def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        self.started.set()
+        self.gate.wait(5)
+        return Result(self._text(pcm), lang or "en")
+
+    def transcribe_partials(self, requests: Sequence[BatchRequest]) -> list[Result]:
+        self.started.set()
+        self.gate.wait(5)
+        self.batches.append(len(requests))
+        return [Result(self._text(r.pcm), r.lang or "en") for r in requests]
+
+    def transcribe_finals(self, requests: Sequence[BatchRequest]) -> list[Result]:
+        self.started.set()
+        self.gate.wait(5)
+        self.final_batches.append(len(requests))
+        return [Result(self._text(r.pcm), r.lang or "en") for r in requests]
+
+    def open_stream(self, lang: str = "", hotwords: tuple[str, ...] = ()) -> EngineStream:
+        raise AssertionError("a batch-capable engine's decodes go through transcribe_partials/_finals")

@@ -35,6 +35,9 @@ class AsrConfig:
     lang: str = setting("en", env="ASR_LANG")
     cpu_threads: int = setting(1, env="ASR_CPU_THREADS")
     decode_workers: int = setting(1, env="ASR_DECODE_WORKERS")
+    # Most partials (of different sessions, one language and prompt) decoded as one batch when a
+    # decode worker frees; 1 = one at a time (docs/services/asr.md, "Cross-session batching").
+    batch_max: int = setting(4, env="ASR_BATCH_MAX")
     beam_size: int = setting(1, env="ASR_BEAM_SIZE")
     # Largest Whisper encoder window for audio shorter than it (services/asr/window.py; 0 = faster-
     # whisper's own 30 s path). Finals on the windowed path too (30): with min_window_s their window
@@ -74,6 +77,7 @@ class AsrConfig:
         for name in (
             "cpu_threads",
             "decode_workers",
+            "batch_max",
             "beam_size",
             "max_sessions",
             "reorder_window_packets",

@@ -10,6 +10,7 @@ executor, never from the event loop (STYLE §7).
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +59,19 @@ def float_to_pcm16(pcm: np.ndarray) -> bytes:
 MAX_TOKENS_BASE = 10
 MAX_TOKENS_PER_S = 10
 FALLBACK_FRAMES = 1000  # 10 s: the first window a short-window loop is decoded again on
+
+
+def _max_tokens(audio_s: float) -> int:
+    return int(MAX_TOKENS_BASE + audio_s * MAX_TOKENS_PER_S)
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One session's decode in a batch (`WhisperEngine.transcribe_partials`, `transcribe_finals`)."""
+
+    pcm: np.ndarray
+    lang: str = ""
+    hotwords: tuple[str, ...] = ()
 
 
 class WhisperEngine:
@@ -118,6 +132,35 @@ class WhisperEngine:
         """Open utterance so far: the partial window when the audio fits in it."""
         return self.decode(pcm, lang, hotwords, self._partial_window)
 
+    def transcribe_partials(self, requests: Sequence[BatchRequest]) -> list[Result]:
+        """Several sessions' partials at once (`_transcribe_batch` on the partial window)."""
+        return self._transcribe_batch(requests, self._partial_window)
+
+    def transcribe_finals(self, requests: Sequence[BatchRequest]) -> list[Result]:
+        """Several sessions' finals at once (`_transcribe_batch` on the final window)."""
+        return self._transcribe_batch(requests, self._final_window)
+
+    def _transcribe_batch(self, requests: Sequence[BatchRequest], window: WindowedDecoder) -> list[Result]:
+        """Several decodes at once, each as `decode` would do it alone on `window`, guards
+        included: the clips that go on the window with one language and one prompt share one
+        encoder and one `generate` call on the longest clip's window (shorter ones padded to it;
+        measured cheaper than batching only clips of one window size, docs/services/asr.md). The
+        clips whose text looks like a loop are decoded again together on the longer windows."""
+        results: list[Result | None] = [None] * len(requests)
+        groups: dict[tuple[str | None, str | None], list[int]] = {}
+        for i, req in enumerate(requests):
+            if (req.pcm.size and guards.is_silent(req.pcm, self._guard)) or not window.fits(req.pcm.size):
+                results[i] = self.decode(req.pcm, req.lang, req.hotwords, window)  # alone, as today
+            else:
+                key = (self._language(req.lang), ", ".join(req.hotwords) or None)
+                groups.setdefault(key, []).append(i)
+        for (language, prompt), members in groups.items():
+            pcms = {i: requests[i].pcm for i in members}
+            frames = max(self._window_frames(window, pcm.size) for pcm in pcms.values())
+            for i, result in self._windowed_batch(pcms, language, prompt, frames).items():
+                results[i] = result
+        return [r for r in results if r is not None]
+
     def decode(self, pcm: np.ndarray, lang: str, hotwords: tuple[str, ...], window: WindowedDecoder | None) -> Result:
         """One guarded decode; `window=None` (or audio not shorter than it) takes faster-whisper's own
         path. With a minimum window set, the window is sized to the audio (at least that minimum)."""
@@ -126,24 +169,7 @@ class WhisperEngine:
             return self._refused(Result("", self._language(lang) or self._default_lang, "silence"))
         prompt = ", ".join(hotwords) if hotwords else None
         if window is not None and window.fits(pcm.size):
-            frames = window.frames
-            if self._min_window_frames:
-                frames = window.frames_for(pcm.size, self._min_window_frames)
-            # A loop stops at the token budget of the audio instead of Whisper's 448 tokens (seconds).
-            max_tokens = int(MAX_TOKENS_BASE + audio_s * MAX_TOKENS_PER_S)
-            # A loop on a short window is decoded again on 10 s, then on Whisper's 30 s.
-            attempts = [frames] + [f for f in (FALLBACK_FRAMES, self._full_window.frames) if f > frames]
-            for attempt in attempts:
-                decoded = self._full_window.decode(pcm, self._language(lang), prompt, attempt, max_tokens)
-                scores = guards.Scores(decoded.no_speech_prob, decoded.avg_logprob)
-                refused = "repeats" if decoded.truncated else guards.check(decoded.text, audio_s, scores, self._guard)
-                looped = refused in ("compression", "repeats", "rate")
-                with self._fallbacks_lock:
-                    self.windowed_decodes += attempt == frames
-                    self.window_fallbacks += looped and attempt == frames
-                if not looped:
-                    break
-            return self._refused(Result("" if refused else decoded.text, decoded.lang, refused or ""))
+            return self._windowed(pcm, self._language(lang), prompt, self._window_frames(window, pcm.size))
         segments, info = self._whisper.transcribe(
             pcm,
             language=self._language(lang),
@@ -168,6 +194,41 @@ class WhisperEngine:
         if reason is not None:
             text, refused = "", reason
         return self._refused(Result(text, info.language, "" if text else refused))
+
+    def _window_frames(self, window: WindowedDecoder, samples: int) -> int:
+        """The window `samples` of audio are decoded on: sized to them when a minimum is set."""
+        return window.frames_for(samples, self._min_window_frames) if self._min_window_frames else window.frames
+
+    def _windowed(self, pcm: np.ndarray, language: str | None, prompt: str | None, frames: int) -> Result:
+        """A guarded decode on `frames`; a loop on a short window is decoded again on 10 s, then on
+        Whisper's 30 s."""
+        return self._windowed_batch({0: pcm}, language, prompt, frames)[0]
+
+    def _windowed_batch(
+        self, pcms: Mapping[int, np.ndarray], language: str | None, prompt: str | None, frames: int
+    ) -> dict[int, Result]:
+        """`_windowed` of several clips, each attempt one batched decode of the clips still looping."""
+        results: dict[int, Result] = {}
+        pending = dict(pcms)
+        attempts = [frames] + [f for f in (FALLBACK_FRAMES, self._full_window.frames) if f > frames]
+        for n, attempt in enumerate(attempts):
+            # A loop stops at the token budget of the audio instead of Whisper's 448 tokens (seconds).
+            budgets = [_max_tokens(pcm.size / SAMPLE_RATE) for pcm in pending.values()]
+            batch = self._full_window.decode_batch(list(pending.values()), language, prompt, attempt, budgets)
+            for (i, pcm), decoded in zip(list(pending.items()), batch, strict=True):
+                audio_s = pcm.size / SAMPLE_RATE
+                scores = guards.Scores(decoded.no_speech_prob, decoded.avg_logprob)
+                refused = "repeats" if decoded.truncated else guards.check(decoded.text, audio_s, scores, self._guard)
+                looped = refused in ("compression", "repeats", "rate")
+                with self._fallbacks_lock:
+                    self.windowed_decodes += n == 0
+                    self.window_fallbacks += looped and n == 0
+                if not looped or n == len(attempts) - 1:
+                    results[i] = self._refused(Result("" if refused else decoded.text, decoded.lang, refused or ""))
+                    del pending[i]
+            if not pending:
+                break
+        return results
 
     def _refused(self, result: Result) -> Result:
         if result.refused:

@@ -28,6 +28,12 @@ ASR_PARTIALS_SKIPPED = Counter(
     ["engine", "model"],
 )
 ASR_QUEUE_DEPTH = Gauge("asr_queue_depth", "Decodes waiting for a decode worker", ["engine", "model"])
+ASR_BATCH_SIZE = Histogram(
+    "asr_batch_size",
+    "Decodes (partials or finals) run together in one batched decode, observed per decode (ASR_BATCH_MAX)",
+    ["engine", "model", "kind"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+)
 ASR_DECODE_SECONDS = Counter(
     "asr_decode_seconds_total", "Wall time spent decoding, by kind", ["engine", "model", "kind"]
 )
@@ -72,6 +78,7 @@ def init_labels(engine: str, model: str) -> None:
     for kind in DECODE_KINDS:
         ASR_RTF.labels(kind=kind, **labels)
         ASR_DECODE_SECONDS.labels(kind=kind, **labels)
+        ASR_BATCH_SIZE.labels(kind=kind, **labels)
         for guard in GUARDS:
             ASR_GUARD_REFUSED.labels(kind=kind, guard=guard, **labels)
     for event_type in ("partial", "final"):

@@ -2,7 +2,9 @@
 
 `DecodeScheduler` owns the decode threads: finals wait for a free worker in FIFO order ahead of every
 partial; partials wait in a priority queue, the session that waited longest for a partial first.
-`Admission` caps sessions per process with a bounded wait queue.
+With `batch_max` > 1, the finals, or else the partials, waiting in one batch group when a worker
+frees run together as one batched decode (`DecodeScheduler.batch`, ASR_BATCH_MAX). `Admission` caps sessions per process
+with a bounded wait queue.
 """
 
 from __future__ import annotations
@@ -11,12 +13,48 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+J = TypeVar("J")  # one member's decode job
+R = TypeVar("R")  # its result
+
+BatchDecode = Callable[[Sequence[J]], Sequence[R]]
+
+
+@dataclass(frozen=True)
+class BatchOutcome(Generic[R]):
+    """One member's result of a batched decode: `seconds` is its share of the worker's wall time
+    (the batch's time / `size`), so decode seconds summed over members are the worker's."""
+
+    result: R
+    seconds: float
+    size: int
+
+
+def run_batch(decode: BatchDecode[J, R], jobs: Sequence[J]) -> list[R | Exception]:
+    """`decode(jobs)` on a decode thread. When the batch fails, each job is decoded again alone, so
+    only a job that fails on its own gets an exception (one bad clip never costs the others)."""
+    try:
+        results = list(decode(jobs))
+        if len(results) != len(jobs):
+            raise RuntimeError(f"batched decode returned {len(results)} results for {len(jobs)} jobs")
+        return list(results)
+    except Exception as exc:
+        if len(jobs) == 1:
+            return [exc]
+    outcomes: list[R | Exception] = []
+    for job in jobs:
+        try:
+            outcomes.append(decode([job])[0])
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 class DecodeScheduler:
@@ -27,14 +65,22 @@ class DecodeScheduler:
     asked) for later ones, so first partials come before updates and, within each, who asked first
     goes first. Each session has at most one partial waiting and takes its audio when the worker is
     granted, so under load partials thin out (fewer per session, each on fresher audio) instead of
-    queueing up stale work; finals are never delayed by partials."""
+    queueing up stale work; finals are never delayed by partials.
 
-    def __init__(self, workers: int) -> None:
+    A decode asked with `batch` joins a batch group (one engine, one language and prompt): when a
+    worker goes to such a final (partial), up to `batch_max - 1` more waiting finals (partials) of
+    its group, oldest (in key order) first, go with it, and their jobs run as one call on that
+    worker."""
+
+    def __init__(self, workers: int, batch_max: int = 1) -> None:
         self.workers = workers
+        self.batch_max = batch_max
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="asr-decode")
         self._free = workers
-        self._finals: deque[asyncio.Future[None]] = deque()
-        self._partials: list[tuple[tuple[int, float], int, asyncio.Future[None]]] = []
+        # (waiter, batch group or None), oldest first
+        self._finals: deque[tuple[asyncio.Future[Any], Hashable | None]] = deque()
+        # (key, arrival, waiter, batch group or None); a batch member's waiter gets its `_Batch`
+        self._partials: list[tuple[tuple[int, float], int, asyncio.Future[Any], Hashable | None]] = []
         self._seq = itertools.count()
 
     @property
@@ -45,11 +91,11 @@ class DecodeScheduler:
     @property
     def depth(self) -> int:
         """Decodes waiting for a worker."""
-        return sum(not f.done() for f in self._finals) + sum(not e[2].done() for e in self._partials)
+        return sum(not f[0].done() for f in self._finals) + sum(not e[2].done() for e in self._partials)
 
     @property
     def finals_waiting(self) -> bool:
-        return any(not f.done() for f in self._finals)
+        return any(not f[0].done() for f in self._finals)
 
     @contextlib.asynccontextmanager
     async def slot(self, partial_key: tuple[int, float] | None = None) -> AsyncIterator[None]:
@@ -59,9 +105,9 @@ class DecodeScheduler:
         else:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if partial_key is None:
-                self._finals.append(waiter)
+                self._finals.append((waiter, None))
             else:
-                heapq.heappush(self._partials, (partial_key, next(self._seq), waiter))
+                heapq.heappush(self._partials, (partial_key, next(self._seq), waiter, None))
             try:
                 await waiter  # granted: the releasing holder passed its worker on
             except asyncio.CancelledError:
@@ -75,16 +121,101 @@ class DecodeScheduler:
 
     def _release(self) -> None:
         while self._finals:
-            waiter = self._finals.popleft()
-            if not waiter.done():
+            waiter, group = self._finals.popleft()
+            if waiter.done():
+                continue
+            if group is None:
                 waiter.set_result(None)
-                return
+            else:
+                self._grant(waiter, self._pop_finals(group, self.batch_max - 1))
+            return
         while self._partials:
-            waiter = heapq.heappop(self._partials)[2]
-            if not waiter.done():
+            _, _, waiter, group = heapq.heappop(self._partials)
+            if waiter.done():
+                continue
+            if group is None:
                 waiter.set_result(None)
-                return
+            else:
+                self._grant(waiter, self._pop_group(group, self.batch_max - 1))
+            return
         self._free += 1
+
+    def _grant(self, first: asyncio.Future[Any], others: list[asyncio.Future[Any]]) -> None:
+        members = [first, *others]
+        batch: _Batch[Any, Any] = _Batch(self, len(members))
+        for member in members:
+            member.set_result(batch)
+
+    def _pop_finals(self, group: Hashable, limit: int) -> list[asyncio.Future[Any]]:
+        """Up to `limit` live final waiters of `group`, oldest first, taken off the queue."""
+        taken: list[asyncio.Future[Any]] = []
+        kept: deque[tuple[asyncio.Future[Any], Hashable | None]] = deque()
+        while self._finals:
+            entry = self._finals.popleft()
+            if entry[0].done():
+                continue
+            if entry[1] == group and len(taken) < limit:
+                taken.append(entry[0])
+            else:
+                kept.append(entry)
+        self._finals = kept
+        return taken
+
+    def _pop_group(self, group: Hashable, limit: int) -> list[asyncio.Future[Any]]:
+        """Up to `limit` live waiters of `group`, in key order, taken off the queue."""
+        taken: list[asyncio.Future[Any]] = []
+        kept = []
+        while self._partials and len(taken) < limit:
+            entry = heapq.heappop(self._partials)
+            if entry[2].done():
+                continue
+            if entry[3] == group:
+                taken.append(entry[2])
+            else:
+                kept.append(entry)
+        for entry in kept:
+            heapq.heappush(self._partials, entry)
+        return taken
+
+    async def batch(
+        self,
+        group: Hashable,
+        prepare: Callable[[], J | None],
+        decode: BatchDecode[J, R],
+        partial_key: tuple[int, float] | None = None,
+    ) -> BatchOutcome[R] | None:
+        """A decode that may run batched with others of `group`: a final when `partial_key` is None
+        (oldest first, ahead of every partial; finals batch only with finals), else a partial ordered
+        by the key. When the worker is granted, `prepare()` (on the event loop) returns this member's
+        job, or None to withdraw; the jobs of the batch then run as `decode(jobs)` on one decode
+        thread (members of a group pass the same `decode`). Returns this job's outcome, or None when
+        withdrawn; raises the job's exception when it failed (see `run_batch`). Cancelled before
+        `prepare`, the member withdraws."""
+        if self._free > 0 and self.depth == 0:
+            self._free -= 1
+            batch: _Batch[Any, Any] = _Batch(self, 1)
+        else:
+            waiter: asyncio.Future[_Batch[Any, Any]] = asyncio.get_running_loop().create_future()
+            if partial_key is None:
+                self._finals.append((waiter, group))
+            else:
+                heapq.heappush(self._partials, (partial_key, next(self._seq), waiter, group))
+            try:
+                batch = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    waiter.result().withdraw()  # granted while being cancelled
+                raise
+        try:
+            job = prepare()
+        except BaseException:
+            batch.withdraw()
+            raise
+        if job is None:
+            batch.withdraw()
+            return None
+        outcome: BatchOutcome[R] = await batch.submit(job, decode)
+        return outcome
 
     async def execute(self, fn: Callable[[], T]) -> T:
         """Run `fn` on a decode thread (call it while holding a `slot`)."""
@@ -103,6 +234,66 @@ class DecodeScheduler:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Batch(Generic[J, R]):
+    """The partials granted one worker together: runs once every member submitted or withdrew,
+    and gives the worker back when the decode thread is done (even if members were cancelled)."""
+
+    def __init__(self, scheduler: DecodeScheduler, members: int) -> None:
+        self._scheduler = scheduler
+        self._pending = members
+        self._jobs: list[J] = []
+        self._futures: list[asyncio.Future[BatchOutcome[R]]] = []
+        self._decode: BatchDecode[J, R] | None = None
+
+    def submit(self, job: J, decode: BatchDecode[J, R]) -> asyncio.Future[BatchOutcome[R]]:
+        future: asyncio.Future[BatchOutcome[R]] = asyncio.get_running_loop().create_future()
+        self._jobs.append(job)
+        self._futures.append(future)
+        self._decode = self._decode or decode
+        self._member_done()
+        return future
+
+    def withdraw(self) -> None:
+        self._member_done()
+
+    def _member_done(self) -> None:
+        self._pending -= 1
+        if self._pending > 0:
+            return
+        if self._decode is None:  # everyone withdrew: the worker goes to the next waiter
+            self._scheduler._release()
+            return
+        decode, jobs = self._decode, self._jobs
+
+        def work() -> tuple[list[R | Exception], float]:
+            t0 = time.perf_counter()
+            outcomes = run_batch(decode, jobs)
+            return outcomes, time.perf_counter() - t0
+
+        loop = asyncio.get_running_loop()
+        try:
+            running = loop.run_in_executor(self._scheduler._executor, work)
+        except RuntimeError as exc:  # the executor was shut down: the service is stopping
+            running = loop.create_future()
+            running.set_exception(exc)
+        running.add_done_callback(self._deliver)
+
+    def _deliver(self, running: asyncio.Future[tuple[list[R | Exception], float]]) -> None:
+        self._scheduler._release()
+        if running.cancelled() or running.exception() is not None:  # executor shut down
+            outcomes: list[R | Exception] = [RuntimeError("decode worker stopped")] * len(self._jobs)
+            seconds = 0.0
+        else:
+            outcomes, seconds = running.result()
+        for future, outcome in zip(self._futures, outcomes, strict=True):
+            if future.done():  # its member was cancelled meanwhile
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(BatchOutcome(outcome, seconds / len(self._jobs), len(self._jobs)))
 
 
 class Busy(Exception):

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +22,10 @@ from proto import asr_pb2
 from services.asr import metrics
 from services.asr.codec import BadPacket, FrameDecoder
 from services.asr.config import AsrConfig
-from services.asr.engines import Engine, EngineStream, Result
+from services.asr.engines import BatchRequest, Engine, EngineStream, Result
 from services.asr.reorder import GapTooLarge, PacketReorderBuffer
 from services.asr.scheduler import DecodeScheduler
-from services.asr.segmenter import NS_PER_S, Utterance, UtteranceSegmenter
+from services.asr.segmenter import NS_PER_S, OpenUtterance, Utterance, UtteranceSegmenter
 
 log = logging.getLogger(__name__)
 from common.audio import SAMPLE_RATE  # noqa: E402
@@ -81,6 +81,14 @@ class StreamParams:
         )
 
 
+@dataclass(frozen=True)
+class _Taken:
+    """The open utterance's audio a partial decodes, as it was when the worker was granted."""
+
+    utt: OpenUtterance
+    audio_at: float  # monotonic time its audio had arrived
+
+
 @dataclass
 class _Closed:
     utt: Utterance
@@ -130,6 +138,10 @@ class AsrSession:
         self._partial_running = False
         self._labels = {"engine": engine.name, "model": engine.model}
         self._audio_seconds = metrics.ASR_AUDIO_SECONDS.labels(**self._labels)
+        # Whisper's partials and finals re-decode the whole utterance and can share a batched decode
+        # with other sessions' (DecodeScheduler.batch); an incremental engine decodes its own stream.
+        self._batch_decode = None if engine.incremental else getattr(engine, "transcribe_partials", None)
+        self._batch_finals = None if engine.incremental else getattr(engine, "transcribe_finals", None)
 
     async def run(self, frames: AsyncIterator[asr_pb2.ClientFrame], emit: Emit) -> None:
         try:
@@ -235,21 +247,8 @@ class AsrSession:
                     self._close_stream_locked()
             result = Result(reused, self.params.lang)
         else:
-
-            def decode() -> tuple[Result, int, float]:
-                t0 = time.perf_counter()
-                with self._lock:
-                    if self._engine.incremental and self._stream_index == utt.index and self._stream:
-                        stream, self._stream = self._stream, None
-                        rest = utt.pcm[self._stream_fed :]
-                        stream.accept(rest)
-                        return stream.finish(), rest.size, time.perf_counter() - t0
-                    self._close_stream_locked()
-                    result = self._engine.transcribe(utt.pcm, self.params.lang, self.params.hotwords)
-                    return result, utt.pcm.size, time.perf_counter() - t0
-
             try:
-                result, decoded, took = await self._scheduler.run(decode)
+                result, decoded, took = await self._decode_final(utt)
             except Exception as exc:  # an engine failure costs this utterance, not the stream
                 log.exception("final decode failed", extra={"flowId": self.params.flow_id, "err_code": "decode_failed"})
                 event = asr_pb2.AsrEvent(type="error", code="decode_failed", text=str(exc), ts=list(utt.ts))
@@ -266,6 +265,31 @@ class AsrSession:
                 from_finalize=utt.finalized,
             )
             await self._send(emit, event, since=closed.closed_at)
+
+    async def _decode_final(self, utt: Utterance) -> tuple[Result, int, float]:
+        """Decode a closed utterance: (result, samples decoded, decode seconds). Whisper's finals can
+        share a batched decode with other sessions' finals (DecodeScheduler.batch, ASR_BATCH_MAX)."""
+        if self._batch_finals is not None:
+            request = BatchRequest(utt.pcm, self.params.lang, self.params.hotwords)
+            group = (self.params.lang, self.params.hotwords)
+            outcome = await self._scheduler.batch(group, lambda: request, self._batch_finals)
+            assert outcome is not None  # prepare never withdraws
+            metrics.ASR_BATCH_SIZE.labels(kind="final", **self._labels).observe(outcome.size)
+            return outcome.result, utt.pcm.size, outcome.seconds
+
+        def decode() -> tuple[Result, int, float]:
+            t0 = time.perf_counter()
+            with self._lock:
+                if self._engine.incremental and self._stream_index == utt.index and self._stream:
+                    stream, self._stream = self._stream, None
+                    rest = utt.pcm[self._stream_fed :]
+                    stream.accept(rest)
+                    return stream.finish(), rest.size, time.perf_counter() - t0
+                self._close_stream_locked()
+                result = self._engine.transcribe(utt.pcm, self.params.lang, self.params.hotwords)
+                return result, utt.pcm.size, time.perf_counter() - t0
+
+        return await self._scheduler.run(decode)
 
     def _reusable(self, utt: Utterance) -> str | None:
         """The last partial's text when it decoded all of this utterance's audio, speech end and tail
@@ -316,6 +340,9 @@ class AsrSession:
 
     async def _partial(self, emit: Emit, key: tuple[int, float], interval_s: float) -> None:
         asked = self._clock()
+        if self._batch_decode is not None:
+            await self._partial_batched(emit, key, asked, interval_s, self._batch_decode)
+            return
         async with self._scheduler.slot(partial_key=key):
             self._partial_running = True
             try:
@@ -323,14 +350,51 @@ class AsrSession:
             finally:
                 self._partial_running = False
 
-    async def _partial_decode(self, emit: Emit, asked: float, interval_s: float) -> None:
+    def _take_partial_audio(self, asked: float, interval_s: float) -> _Taken | None:
+        """The freshest audio of the open utterance, taken when a worker is ours (None: nothing to do)."""
         waited = self._clock() - asked
         if waited >= interval_s:  # the partials this session would have had meanwhile
             metrics.ASR_PARTIALS_SKIPPED.labels(**self._labels).inc(int(waited / interval_s))
-        open_utt = self._segmenter.open  # the freshest audio, taken when the worker is ours
+        open_utt = self._segmenter.open
         if open_utt is None or self._closed:
+            return None
+        return _Taken(open_utt, self._last_audio_at)
+
+    async def _partial_batched(
+        self,
+        emit: Emit,
+        key: tuple[int, float],
+        asked: float,
+        interval_s: float,
+        decode: Callable[[Sequence[BatchRequest]], Sequence[Result]],
+    ) -> None:
+        """The partial as one member of a cross-session batch (ASR_BATCH_MAX; a batch of one alone)."""
+        taken: _Taken | None = None
+
+        def prepare() -> BatchRequest | None:
+            nonlocal taken
+            self._partial_running = True  # granted: a final waits for this decode from now on
+            taken = self._take_partial_audio(asked, interval_s)
+            return None if taken is None else BatchRequest(taken.utt.pcm, self.params.lang, self.params.hotwords)
+
+        group = (self.params.lang, self.params.hotwords)
+        try:
+            outcome = await self._scheduler.batch(group, prepare, decode, partial_key=key)
+        finally:
+            self._partial_running = False
+        if outcome is None or taken is None:
             return
-        pcm, index, audio_at = open_utt.pcm, open_utt.index, self._last_audio_at
+        metrics.ASR_BATCH_SIZE.labels(kind="partial", **self._labels).observe(outcome.size)
+        result = outcome.result
+        await self._partial_result(
+            emit, taken, taken.utt.pcm.size, outcome.seconds, result.text, result.refused, interval_s
+        )
+
+    async def _partial_decode(self, emit: Emit, asked: float, interval_s: float) -> None:
+        taken = self._take_partial_audio(asked, interval_s)
+        if taken is None:
+            return
+        pcm, index = taken.utt.pcm, taken.utt.index
 
         def decode() -> tuple[str, int, float, str]:
             t0 = time.perf_counter()
@@ -348,6 +412,14 @@ class AsrSession:
                 return result.text, decoded, time.perf_counter() - t0, result.refused
 
         text, decoded, took, refused = await self._scheduler.execute(decode)
+        await self._partial_result(emit, taken, decoded, took, text, refused, interval_s)
+
+    async def _partial_result(
+        self, emit: Emit, taken: _Taken, decoded: int, took: float, text: str, refused: str, interval_s: float
+    ) -> None:
+        """Account for one partial decode and send its text if it is new and the utterance still open."""
+        open_utt = taken.utt
+        pcm, index = open_utt.pcm, open_utt.index
         self._observe_rtf("partial", took, decoded)
         self._count_refusal("partial", refused)
         self._last_partial_key = (index, pcm.size)
@@ -363,7 +435,7 @@ class AsrSession:
             self._last_partial = (index, text)
             self._last_partial_at = self._clock()
             ts = [open_utt.start_ns / NS_PER_S, open_utt.end_ns / NS_PER_S]
-            await self._send(emit, asr_pb2.AsrEvent(type="partial", text=text, ts=ts), since=audio_at)
+            await self._send(emit, asr_pb2.AsrEvent(type="partial", text=text, ts=ts), since=taken.audio_at)
 
     def _count_refusal(self, kind: str, guard: str) -> None:
         if guard:

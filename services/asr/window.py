@@ -16,6 +16,7 @@ a text whose gzip compression ratio is above faster-whisper's own threshold (2.4
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,39 +68,70 @@ class WindowedDecoder:
         """One decode of a clip shorter than `frames` mel frames (default: this decoder's window);
         `language=None` detects it; `max_tokens` (0 = Whisper's 448) stops a repetition loop early
         (a text that reaches it is `truncated`). Whisper's own no-speech rule is left to the guards."""
+        return self.decode_batch([audio], language, hotwords, frames, [max_tokens])[0]
+
+    def decode_batch(
+        self,
+        audios: Sequence[np.ndarray],
+        language: str | None,
+        hotwords: str | None = None,
+        frames: int = 0,
+        max_tokens: Sequence[int] = (),
+    ) -> list[Decoded]:
+        """`decode` of several clips in one encoder call and one `generate` call (issue 9: four
+        prompts decode in 31 ms each against 71 ms alone): every clip is padded to the same
+        `frames`. Each clip keeps its own token budget (`max_tokens[i]`, 0 = Whisper's 448): the batch
+        runs to the largest and a clip's tokens are cut at its own, so a clip that would have stopped
+        there alone ends with the same tokens, `truncated`."""
         frames = frames or self.frames
-        if not 0 < audio.size < frames * HOP_SAMPLES:
-            raise ValueError(f"{audio.size} samples do not fit a {frames}-frame window")
+        budgets = list(max_tokens) or [0] * len(audios)
+        if len(budgets) != len(audios) or not audios:
+            raise ValueError(f"{len(audios)} clips, {len(budgets)} token budgets")
+        for audio in audios:
+            if not 0 < audio.size < frames * HOP_SAMPLES:
+                raise ValueError(f"{audio.size} samples do not fit a {frames}-frame window")
         fw = self._whisper
-        features = fw.feature_extractor(audio)
-        content = features[:, : max(features.shape[-1] - 1, 0)]  # as transcribe(): the last frame is padding
-        segment = np.pad(content, ((0, 0), (0, frames - content.shape[-1])))
-        encoded = fw.encode(segment)
+        segments = []
+        for audio in audios:
+            features = fw.feature_extractor(audio)
+            content = features[:, : max(features.shape[-1] - 1, 0)]  # as transcribe(): the last frame is padding
+            segments.append(np.pad(content, ((0, 0), (0, frames - content.shape[-1]))))
+        encoded = fw.encode(segments[0] if len(segments) == 1 else np.stack(segments))
         if language is None:
-            language = fw.model.detect_language(encoded)[0][0][0][2:-2]  # "<|de|>" -> "de"
-        tokenizer = self._tokenizer_cls(fw.hf_tokenizer, fw.model.is_multilingual, "transcribe", language)
-        prompt = fw.get_prompt(tokenizer, [], without_timestamps=True, hotwords=hotwords)
-        result = fw.model.generate(
+            languages = [r[0][0][2:-2] for r in fw.model.detect_language(encoded)]  # "<|de|>" -> "de"
+        else:
+            languages = [language] * len(audios)
+        tokenizers = [
+            self._tokenizer_cls(fw.hf_tokenizer, fw.model.is_multilingual, "transcribe", lang) for lang in languages
+        ]
+        prompts = [fw.get_prompt(t, [], without_timestamps=True, hotwords=hotwords) for t in tokenizers]
+        # Measured (ctranslate2 4.8, tiny.en): generate stops at max_length / 2 new tokens.
+        limits = [
+            min(len(p) + 2 * m, fw.max_length) if m else fw.max_length for p, m in zip(prompts, budgets, strict=True)
+        ]
+        results = fw.model.generate(
             encoded,
-            [prompt],
+            prompts,
             beam_size=self._beam_size,
             patience=1.0,
             length_penalty=1.0,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
-            # Measured (ctranslate2 4.8, tiny.en): generate stops at max_length / 2 new tokens.
-            max_length=min(len(prompt) + 2 * max_tokens, fw.max_length) if max_tokens else fw.max_length,
+            max_length=max(limits),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=self._suppressed(tokenizer, [-1]),
+            suppress_tokens=self._suppressed(tokenizers[0], [-1]),
             max_initial_timestamp_index=round(MAX_INITIAL_TIMESTAMP_S / fw.time_precision),
-        )[0]
-        tokens = result.sequences_ids[0]
-        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        text = tokenizer.decode(tokens).strip()
-        truncated = bool(max_tokens) and len(tokens) >= max_tokens
-        return Decoded(text, language, float(result.no_speech_prob), float(avg_logprob), frames, truncated)
+        )
+        decoded = []
+        for result, tokenizer, lang, budget in zip(results, tokenizers, languages, budgets, strict=True):
+            tokens = result.sequences_ids[0]
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            truncated = bool(budget) and len(tokens) >= budget
+            text = tokenizer.decode(tokens[:budget] if truncated else tokens).strip()
+            decoded.append(Decoded(text, lang, float(result.no_speech_prob), float(avg_logprob), frames, truncated))
+        return decoded
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ pts (a VAD's decision delay), and sets Start.vad_endpoints. Printed per N: refus
 partial latency from sending the packet that holds the first speech sample (P50/P95), last final lag
 after the packet holding the last speech sample (P50/P95; the VAD's SPEECH_END comes 300 ms
 later), WER over all finals, partials per session, and from the service's
-/metrics: skipped partials, reused finals, decode seconds per audio second.
+/metrics: skipped partials, reused finals, decode seconds per audio second, mean decodes per
+batched decode (ASR_BATCH_MAX).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ async def bench(addr: str, http: str, n: int, vad: bool, lone: bool = False) -> 
     w = wer([str(r["ref"]) for r in ok], [str(r["hyp"]) for r in ok]) if ok else float("nan")
     pre = sum(len(r["pre_speech_text"]) for r in ok)  # type: ignore[arg-type]
     audio_s = delta("asr_audio_seconds_total")
+    batched = delta("asr_batch_size_count")
     print(
         f"N={n:2d}{' lone' if lone else ''} vad={int(vad)} refused={n - len(ok)} no_partial={len(ok) - len(firsts)} "
         f"first_partial P50/P95 {pct(firsts, 0.5) * 1000:.0f}/{pct(firsts, 0.95) * 1000:.0f} ms  "
@@ -152,6 +154,7 @@ async def bench(addr: str, http: str, n: int, vad: bool, lone: bool = False) -> 
         f"partials/session {statistics.mean(int(r['partials']) for r in ok) if ok else 0:.1f}  "  # type: ignore[call-overload]
         f"skipped {delta('asr_partials_skipped_total'):.0f}  reused_finals {delta('asr_finals_reused_total'):.0f}  "
         f"decode_s/audio_s {delta('asr_decode_seconds_total') / audio_s if audio_s else float('nan'):.3f}  "
+        f"batch mean {delta('asr_batch_size_sum') / batched if batched else float('nan'):.2f}  "
         f"text_before_speech {pre}  load1 {os.getloadavg()[0]:.2f}",
         flush=True,
     )
