@@ -301,13 +301,16 @@ def test_batch_max_is_validated() -> None:
         load_env(AsrConfig, {"ASR_BATCH_MAX": "0"})
 
 
-async def test_finals_of_sessions_closing_together_share_a_batch() -> None:
-    engine = FakeBatchAsrEngine()
+LEVELS = (1000, 2000, 3000)
+
+
+async def close_together(engine: FakeBatchAsrEngine, frames: Callable[[int], int]) -> dict[int, list[asr_pb2.AsrEvent]]:
+    """Three sessions (one per level of LEVELS, `frames(level)` frames each) whose utterances close
+    while the only worker is busy, so their finals wait together; the events each session got."""
     scheduler = DecodeScheduler(1, batch_max=4)
     config = AsrConfig(min_partial_audio_ms=10_000, speech_preroll_ms=0, speech_tail_ms=0)  # no partials
-    levels = (1000, 2000, 3000)
-    ends = {level: asyncio.Event() for level in levels}
-    events: dict[int, list[asr_pb2.AsrEvent]] = {level: [] for level in levels}
+    ends = {level: asyncio.Event() for level in LEVELS}
+    events: dict[int, list[asr_pb2.AsrEvent]] = {level: [] for level in LEVELS}
 
     async def one(level: int) -> None:
         start = asr_pb2.Start(flow_id=f"f{level}", codec="pcm", sr=16000, frame_ms=20, vad_endpoints=True)
@@ -316,18 +319,24 @@ async def test_finals_of_sessions_closing_together_share_a_batch() -> None:
             events[level].append(event)
 
         await AsrSession(StreamParams.from_start(start, config), engine, scheduler, config).run(
-            stream(level, 10 + level // 100, ends[level]), emit
+            stream(level, frames(level), ends[level]), emit
         )
 
     release, holder = await hold_worker(scheduler)  # the worker is busy while the utterances close
-    sessions = [asyncio.create_task(one(level)) for level in levels]
-    for level in levels:
+    sessions = [asyncio.create_task(one(level)) for level in LEVELS]
+    for level in LEVELS:
         ends[level].set()
-    await until(lambda: scheduler.depth == len(levels), what="3 finals waiting")
+    await until(lambda: scheduler.depth == len(LEVELS), what="3 finals waiting")
     release.set()
-    await asyncio.wait_for(asyncio.gather(*sessions, holder), seconds(5))
+    await asyncio.wait_for(asyncio.gather(*sessions, holder), seconds(5))  # no session fails
+    return events
+
+
+async def test_finals_of_sessions_closing_together_share_a_batch() -> None:
+    engine = FakeBatchAsrEngine()
+    events = await close_together(engine, lambda level: 10 + level // 100)
     assert engine.final_batches == [3] and engine.batches == []
-    for level in levels:
+    for level in LEVELS:
         finals = [e for e in events[level] if e.type == "final"]
         assert [e.text for e in finals] == [f"level {level}, {(10 + level // 100) * 20} ms"]
 
@@ -336,29 +345,7 @@ async def test_a_final_that_fails_alone_costs_only_its_utterance() -> None:
     """A failed batch of finals is retried final by final: the failing one becomes a
     `decode_failed` error event for that utterance, the others get their finals."""
     engine = FakeBatchAsrEngine(fail_levels=[2000])
-    scheduler = DecodeScheduler(1, batch_max=4)
-    config = AsrConfig(min_partial_audio_ms=10_000, speech_preroll_ms=0, speech_tail_ms=0)  # no partials
-    levels = (1000, 2000, 3000)
-    ends = {level: asyncio.Event() for level in levels}
-    events: dict[int, list[asr_pb2.AsrEvent]] = {level: [] for level in levels}
-
-    async def one(level: int) -> None:
-        start = asr_pb2.Start(flow_id=f"f{level}", codec="pcm", sr=16000, frame_ms=20, vad_endpoints=True)
-
-        async def emit(event: asr_pb2.AsrEvent) -> None:
-            events[level].append(event)
-
-        await AsrSession(StreamParams.from_start(start, config), engine, scheduler, config).run(
-            stream(level, 10, ends[level]), emit
-        )
-
-    release, holder = await hold_worker(scheduler)
-    sessions = [asyncio.create_task(one(level)) for level in levels]
-    for level in levels:
-        ends[level].set()
-    await until(lambda: scheduler.depth == len(levels), what="3 finals waiting")
-    release.set()
-    await asyncio.wait_for(asyncio.gather(*sessions, holder), seconds(5))  # no session fails
+    events = await close_together(engine, lambda level: 10)
     assert engine.final_batches == [3, 1, 1, 1]  # the batch of 3 raised, then each final alone
     assert [(e.type, e.code) for e in events[2000]] == [("error", "decode_failed"), ("end", "")]
     for level in (1000, 3000):
