@@ -32,14 +32,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
+def two_sentences(name: str, pause_s: float) -> corpus.Case:
+    """FIRST and SECOND in one voice after 0.5 s of silence, `pause_s` apart."""
+    utterances = (Utterance(FIRST, "en", "en-us"), Utterance(SECOND, "en", "en-us"))
+    return corpus.build(SpeechSpec(name, utterances, lead_in_s=0.5, pauses_s=(pause_s,)))
+
+
 def test_finalize_mid_stream_answers_the_speech_so_far_and_the_stream_goes_on(stack: Stack) -> None:
-    spec = SpeechSpec(
-        "finalize-two",
-        (Utterance(FIRST, "en", "en-us"), Utterance(SECOND, "en", "en-us")),
-        lead_in_s=0.5,
-        pauses_s=(2.5,),
-    )
-    case = corpus.build(spec)
+    case = two_sentences("finalize-two", pause_s=2.5)
     first, second = case.segments
     # Right after the first sentence, before the VAD has heard enough silence to end it itself.
     finalize_at = first.end_s + 0.06
@@ -91,13 +91,7 @@ def test_endpointing_sets_the_silence_that_ends_an_utterance(
 ) -> None:
     """Two sentences 1 s apart: the default (VAD_MIN_SILENCE_MS, 300 ms) and 300 ms end the first at
     the pause; 2000 ms hears the pause as part of one utterance; false leaves the end to the stream."""
-    spec = SpeechSpec(
-        "endpointing-two",
-        (Utterance(FIRST, "en", "en-us"), Utterance(SECOND, "en", "en-us")),
-        lead_in_s=0.5,
-        pauses_s=(1.0,),
-    )
-    case = corpus.build(spec)
+    case = two_sentences("endpointing-two", pause_s=1.0)
     start: dict[str, object] = {"return": ["asr"], "hints": {"user_lang_pref": "en"}}
     if endpointing is not None:
         start["endpointing"] = endpointing
