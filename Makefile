@@ -79,6 +79,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_lid_speech
 	$(BIN)/python -m tests.perf.bench_denoise
 	$(BIN)/python -m tests.perf.bench_vad
+	$(BIN)/python -m tests.perf.bench_vad_load
 	$(BIN)/python -m tests.perf.bench_compress
 
 run: ## the whole stack on localhost in the foreground; Ctrl-C stops it (STACK_TLS=1: wss:// and mTLS, dev CA in var/certs)
