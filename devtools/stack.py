@@ -44,6 +44,7 @@ LOOPBACK_LIMITS = {
     "MAX_SESSIONS_PER_TENANT": "0",
     "SESSION_START_RATE": "0",
 }
+PAGE_TOKEN_TTL_S = 12 * 3600.0  # the token in the browser page's link that `make run` prints
 POOL_ENV = {
     "en": {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_LANG": "en"},
     "multi": {"ASR_ENGINE": "whisper", "ASR_MODEL": "base"},
@@ -255,13 +256,17 @@ def cmd_run(port: int, tls: bool) -> int:
     with stack:
         ca = f"; clients trust {stack.ca_file} (speechgw-client --ca)" if stack.ca_file else ""
         print(f"stack up: {stack.url}{ca}  (Ctrl-C stops)", file=sys.stderr, flush=True)
-        if stack.token() is not None:
+        page_token = stack.token(ttl_s=PAGE_TOKEN_TTL_S)
+        if page_token is not None:
             print(
                 "authentication on: speechgw-client mints its token from the development key in "
                 f"{keys_dir()} (another client: --token or SPEECHGW_TOKEN)",
                 file=sys.stderr,
                 flush=True,
             )
+        # The fragment never reaches a server; the page takes the token from it (docs/web.md).
+        fragment = f"#token={page_token}" if page_token is not None else ""
+        print(f"browser page: {stack.http_base}/{fragment}", file=sys.stderr, flush=True)
         # Wait for Ctrl-C or SIGTERM without a Python handler (an Event.set in a handler can deadlock
         # the main thread). The children are already started, so they keep the default mask.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
