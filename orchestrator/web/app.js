@@ -128,7 +128,7 @@ async function openMicrophone() {
   try {
     // Echo cancellation for speakers; the gateway has its own noise suppression stage.
     return await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: true },
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
     });
   } catch (err) {
     if (err.name === "NotAllowedError") throw new Error("The microphone was not allowed: allow it for this page.");

@@ -7,7 +7,7 @@
 //
 // Used by the capture worklet (capture-worklet.js) and importable as a plain ES module (the tests measure it).
 
-const ZERO_CROSSINGS = 16; // of the sinc on each side: the filter's length and the steepness of its edge
+const ZERO_CROSSINGS = 32; // of the sinc on each side: the filter's length and the steepness of its edge
 const TABLE_STEPS = 512; // table points per zero crossing
 const KAISER_BETA = 8.0; // about 80 dB of stop-band attenuation
 const PASSBAND = 0.92; // cutoff as a fraction of the output's Nyquist frequency (7.36 kHz at 16 kHz)

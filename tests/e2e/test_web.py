@@ -18,6 +18,7 @@ from tests.wer import wer
 
 pytestmark = pytest.mark.e2e
 SENTENCE = EN_SENTENCES[5]  # "Can you send me the report before lunch?"
+ENDED = "() => document.getElementById('status').textContent === 'Ended (flush).'"
 # Every element the page changes while the partial text is replaced in place, seen from inside the page.
 WATCH_PARTIALS = """() => {
   window.partialTexts = [];
@@ -61,7 +62,7 @@ def test_the_page_transcribes_the_microphone(web_stack: Stack, tmp_path: Path) -
         assert page.is_disabled("#start") and page.is_enabled("#stop")
         page.click("#stop")
         page.wait_for_selector("#record-link", state="visible", timeout=ms(20))
-        page.wait_for_function("document.getElementById('status').textContent === 'Ended (flush).'", timeout=ms(10))
+        page.wait_for_function(ENDED, timeout=ms(10))
         page.screenshot(path=tmp_path / "web_page.png")
         finals = final_texts(page)
         partials = page.evaluate("window.partialTexts")
@@ -90,6 +91,6 @@ def test_a_refused_token_is_shown_plainly(web_stack: Stack, fragment: str, code:
         page.click("#start")
         page.wait_for_selector("#error", state="visible", timeout=ms(10))
         error = page.text_content("#error") or ""
-        page.wait_for_function("!document.getElementById('start').disabled", timeout=ms(5))
+        page.wait_for_function("() => !document.getElementById('start').disabled", timeout=ms(5))
         assert error.startswith(f"Error {code}: ") and advice in error, error
         assert page.is_hidden("#record") and page.text_content("#finals") == ""
