@@ -138,6 +138,8 @@ async def test_the_page_sends_16_khz_pcm16_in_100_ms_frames(gateway: tuple[Gatew
             "() => document.getElementById('status').textContent === 'Ended (flush).'", timeout=ms(10)
         )
         assert await page.is_hidden("#error")
+        # The browser reports sent frames on its own channel: the last may trail the page's own "Ended".
+        await until(lambda: sent[-1] == '{"type":"flush"}', 5, "the flush frame reported")
     start: dict[str, Any] = json.loads(str(sent[0]))
     assert start["audio"] == {"codec": "pcm_s16le", "sr": 16000, "channels": 1, "chunk_ms": 100}
     assert start["hints"] == {"user_lang_pref": "auto"} and "auth" not in start
