@@ -240,6 +240,11 @@ class Stack:
         self.stop()
 
 
+def page_link(http_base: str, token: str | None) -> str:
+    """The browser page's address with the token in its fragment, which never reaches a server (docs/web.md)."""
+    return f"{http_base}/" + (f"#token={token}" if token else "")
+
+
 def _services_from_env() -> tuple[str, ...]:
     raw = os.environ.get("STACK_SERVICES", "")
     return tuple(s for s in raw.split(",") if s) or DEFAULT_SERVICES
@@ -264,9 +269,7 @@ def cmd_run(port: int, tls: bool) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        # The fragment never reaches a server; the page takes the token from it (docs/web.md).
-        fragment = f"#token={page_token}" if page_token is not None else ""
-        print(f"browser page: {stack.http_base}/{fragment}", file=sys.stderr, flush=True)
+        print(f"browser page: {page_link(stack.http_base, page_token)}", file=sys.stderr, flush=True)
         # Wait for Ctrl-C or SIGTERM without a Python handler (an Event.set in a handler can deadlock
         # the main thread). The children are already started, so they keep the default mask.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

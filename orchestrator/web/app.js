@@ -172,7 +172,10 @@ async function start() {
     showError(err.message || String(err));
     return;
   }
-  if (session !== s) return; // stopped while the microphone opened
+  if (session !== s) {
+    releaseAudio(s); // stopped while the microphone was opening
+    return;
+  }
   connect(s);
 }
 
