@@ -152,12 +152,14 @@ async function start() {
   ui.record.hidden = true;
   setRunning(true);
   setStatus("Opening the microphone…");
-  const s = { ws: null, ctx: null, mic: null, node: null, queue: [], opened: false, acknowledged: false, ended: null };
+  const s = { ws: null, ctx: null, mic: null, node: null, queue: [], opened: false, acknowledged: false };
+  Object.assign(s, { ended: null, stopped: false, flushOnAck: false });
   session = s;
   try {
     s.mic = await openMicrophone();
     // The context runs at the device's own rate and the worklet resamples to 16 kHz itself (docs/web.md).
     s.ctx = new AudioContext({ latencyHint: "interactive" });
+    if (s.ctx.state === "suspended") await s.ctx.resume(); // the click on Start allows it
     await s.ctx.audioWorklet.addModule(new URL("capture-worklet.js", import.meta.url));
     s.node = new AudioWorkletNode(s.ctx, "speechgw-capture", {
       numberOfInputs: 1,
@@ -212,7 +214,8 @@ function connect(s) {
   };
   s.ws.onclose = (e) => {
     releaseAudio(s);
-    if (!s.ended && ui.error.hidden) {
+    if (session !== s) return; // stopped before it opened, or a later session runs now
+    if (!s.ended && !s.stopped && ui.error.hidden) {
       const why = e.reason ? `: ${e.reason}` : "";
       showError(
         !s.opened
@@ -251,6 +254,7 @@ function stop() {
     setStatus("Finishing: the last words are being transcribed…");
     s.node.port.postMessage({ type: "flush" }); // the worklet answers `flushed` after its last chunk
   } else {
+    s.stopped = true; // before the socket opened: nothing was streamed, nothing to wait for
     releaseAudio(s);
     if (s.ws) s.ws.close(1000, "stopped");
     finish(s);
@@ -266,7 +270,8 @@ function releaseAudio(s) {
 }
 
 function finish(s) {
-  if (session === s) session = null;
+  if (session !== s) return; // a later session runs now
+  session = null;
   setRunning(false);
 }
 
