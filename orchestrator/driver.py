@@ -155,6 +155,11 @@ class SessionDriver:
         self.session.shutdown(now)
         self.pump()
 
+    def give_up_stages(self, why: str, now: float) -> None:
+        """The gateway cannot wait longer: the stages still working are failed, `end` goes out."""
+        self.session.give_up_stages(why, now)
+        self.pump()
+
     def pump(self) -> None:
         """Carry out everything the session decided."""
         s = self.session

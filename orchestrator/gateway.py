@@ -157,7 +157,8 @@ class Gateway:
         """Shutdown as an API (STYLE §6, docs/runbook.md): not ready, refuse new sessions with
         `server_draining`, let open ones finish for up to DRAIN_GRACE_SEC, then end the audio of the
         rest where it is (final, `record_url`, `end` with `reason: "shutdown"`), wait for their stages
-        to answer (bounded by the stage timeout), and stop."""
+        to answer for up to STAGE_TIMEOUT_SEC, give up on any still working (so every session still gets
+        its `end`), and stop."""
         self.draining = True
         grace = self.config.listen.drain_grace_s
         log.info(
@@ -170,8 +171,16 @@ class Gateway:
             log.info("grace over", extra={"stage": "gateway", "event": f"shutdown:{len(self.drivers)} sessions"})
             for driver in list(self.drivers):
                 driver.shutdown(now)
-            # Their stages answer what they hold; one that does not is given up after STAGE_TIMEOUT_SEC.
-            await self._wait_all_closed(self.session_config.stage_timeout_s + 2 * self.config.listen.tick_s + 1.0)
+            await self._wait_all_closed(self.session_config.stage_timeout_s)
+        if self.drivers:
+            now = time.monotonic()
+            log.warning(
+                "stages still working at shutdown",
+                extra={"stage": "gateway", "event": f"give_up:{len(self.drivers)} sessions"},
+            )
+            for driver in list(self.drivers):
+                driver.give_up_stages("the gateway is shutting down", now)
+            await self._wait_all_closed(2.0)  # the writers send the last events
         await self.stop()
 
     async def _wait_all_closed(self, timeout_s: float) -> None:

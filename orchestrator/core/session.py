@@ -260,6 +260,13 @@ class Session:
         elif self.state in (State.AWAITING_START, State.ADMITTING):
             self._fail(ErrorCode.SERVER_DRAINING, "the gateway is shutting down; reconnect to another")
 
+    def give_up_stages(self, why: str, now: float) -> None:
+        """Stop waiting for the stages still working (the gateway cannot wait longer to stop): each is
+        failed as if it had timed out, so `end` goes out now."""
+        self.shutdown(now)
+        for stage in sorted(self.pending_stages):
+            self._give_up(stage, why)
+
     def refuse(self, code: ErrorCode, message: str) -> None:
         """Refuse the connection before anything else (capacity, draining) or at admission (auth)."""
         if self.state in (State.AWAITING_START, State.ADMITTING):

@@ -172,3 +172,17 @@ async def test_the_driver_shutdown_flushes_a_live_session() -> None:
     assert conn.kinds()[-2:] == ["record_url", "end"]
     assert conn.sent[-1]["reason"] == "shutdown" and conn.sent[-2]["duration_s"] == 1.0
     assert conn.close_code == 1001
+
+
+def test_giving_up_the_stages_at_shutdown_still_ends_the_session() -> None:
+    s = started()
+    s.receive_binary(FRAME * 10, 0.5)
+    s.shutdown(1.0)
+    s.stage_event(StageDone(StageName.COMPRESS), 1.5)  # the archive answered; the VAD is far behind
+    s.events_to_send()
+    s.give_up_stages("the gateway is shutting down", 20.0)
+    events = s.events_to_send()
+    assert [e["type"] for e in events] == ["error", "metrics", "end"]
+    assert events[0]["code"] == "vad_unavailable" and events[0]["fatal"] is False
+    assert events[-1]["reason"] == "shutdown" and s.close == (Close.GOING_AWAY, "shutdown")
+    assert s.stages_to_stop() == [StageName.VAD]
