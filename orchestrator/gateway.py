@@ -405,7 +405,8 @@ class Gateway:
             return _response(HTTPStatus.OK, json.dumps(body).encode() + b"\n", "application/json")
         if path == "/readyz":
             ready = self.ready
-            body = {"ready": ready, "draining": self.draining, "stages": self.stage_health()}
+            full = self.limits.live >= self.limits.max_sessions
+            body = {"ready": ready, "draining": self.draining, "full": full, "stages": self.stage_health()}
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
             return _response(status, json.dumps(body).encode() + b"\n", "application/json")
         if path == "/metrics":
@@ -415,10 +416,12 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        """Whether a load balancer should send new sessions here: listening and not draining. A stage
-        that is down does not stop a session from being served (no VAD, no archive, record-only
-        without ASR): it shows on `/healthz` and in `orchestrator_stage_up`, not here."""
-        return self._server is not None and self._server.is_serving() and not self.draining
+        """Whether a load balancer should send new sessions here: listening, not draining, and below
+        MAX_SESSIONS (a full gateway refuses every `start`). A stage that is down does not stop a
+        session from being served (no VAD, no archive, record-only without ASR): it shows on
+        `/healthz` and in `orchestrator_stage_up`, not here."""
+        listening = self._server is not None and self._server.is_serving()
+        return listening and not self.draining and self.limits.live < self.limits.max_sessions
 
     def stage_health(self) -> dict[str, bool]:
         """Each configured stage: True while it answers SERVING (ASR: while any pool member does)."""

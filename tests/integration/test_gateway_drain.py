@@ -110,3 +110,26 @@ async def test_drain_lets_short_sessions_finish_and_ends_the_rest_with_shutdown(
         assert not gw.drivers
     finally:
         await gw.stop()
+
+
+async def test_readiness_is_only_what_stops_new_sessions() -> None:
+    """A full gateway is not ready (every `start` would be refused); a stage down is not its business."""
+    config = GatewayConfig(listen=ListenConfig(port=0, tick_s=0.05, max_sessions=1))
+    gw = Gateway(config, stages=[FakeArchive()])
+    await gw.start()
+    base = f"http://127.0.0.1:{gw.port}"
+    try:
+        gw._stage_health["vad"] = False  # as the health watch finds a VAD down
+        status, body = await asyncio.to_thread(http_status, base + "/readyz")
+        assert status == 200 and body["stages"]["vad"] is False and body["full"] is False
+        status, body = await asyncio.to_thread(http_status, base + "/healthz")
+        assert status == 200 and body["status"] == "degraded"
+        session = asyncio.create_task(live_session(gw.port, "only", 1.0))
+        await until(lambda: gw.limits.live == 1, 5, "the session")
+        status, body = await asyncio.to_thread(http_status, base + "/readyz")
+        assert status == 503 and body["full"] is True and body["draining"] is False
+        await asyncio.wait_for(session, seconds(5))
+        await until(lambda: gw.limits.live == 0, 5, "the session gone")
+        assert (await asyncio.to_thread(http_status, base + "/readyz"))[0] == 200
+    finally:
+        await gw.stop()
