@@ -405,8 +405,15 @@ class Gateway:
         if path.startswith("/v1/flows/") and path.endswith("/transcript"):
             return await self._transcript(path[len("/v1/flows/") : -len("/transcript")], request.headers)
         if path == "/healthz":
-            stages = self.stage_health()
-            body = {"status": health_status(stages), "draining": self.draining, "stages": stages}
+            stages, pools = self.stage_health(), self.pool_health()
+            degraded = not all(stages.values()) or any(p["healthy"] == 0 for p in pools.values())
+            body: dict[str, Any] = {
+                "status": "degraded" if degraded else "ok",
+                "draining": self.draining,
+                "stages": stages,
+            }
+            if pools:
+                body["pools"] = pools
             return _response(HTTPStatus.OK, json.dumps(body).encode() + b"\n", "application/json")
         if path == "/readyz":
             ready = self.ready
@@ -434,6 +441,16 @@ class Gateway:
         if self.pools is not None:
             health["asr"] = any(m.healthy for m in self.pools.members())
         return dict(sorted(health.items()))
+
+    def pool_health(self) -> dict[str, dict[str, int]]:
+        """Each ASR pool's members and how many answer: a pool at 0 sends its languages elsewhere or
+        record-only (docs/routing.md)."""
+        if self.pools is None:
+            return {}
+        return {
+            name: {"members": len(pool.members), "healthy": pool.healthy_count}
+            for name, pool in sorted(self.pools.pools.items())
+        }
 
     def _refresh_scrape_gauges(self) -> None:
         """Gauges read at scrape time, so the hot path pays nothing for them: send queues, breakers."""
@@ -589,11 +606,6 @@ def client_ip(ws: ServerConnection) -> str:
     """The peer's address (IPv4 or IPv6 text) as the limits per address see it."""
     peer = ws.remote_address
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-
-
-def health_status(stages: dict[str, bool]) -> str:
-    """`/healthz`'s status: `ok`, or `degraded` while a stage is down (sessions go on without it)."""
-    return "ok" if all(stages.values()) else "degraded"
 
 
 def count_outcome(session: Session) -> None:

@@ -9,18 +9,20 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from orchestrator.config import GatewayConfig, ListenConfig
+from orchestrator.config import AsrLinkConfig, GatewayConfig, ListenConfig
 from orchestrator.core.events import RecordReady, StageName
 from orchestrator.core.session import SessionConfig
 from orchestrator.gateway import Gateway
 from orchestrator.stages.base import StageContext
-from tests.fakes import SECOND, FakeStage
+from orchestrator.transcripts.store import JobsConfig
+from tests.fakes import NOT_SERVING, SECOND, FakeAsrServer, FakeStage
 from tests.poll import seconds, until
 
 pytestmark = pytest.mark.integration
@@ -133,3 +135,37 @@ async def test_readiness_is_only_what_stops_new_sessions() -> None:
         assert (await asyncio.to_thread(http_status, base + "/readyz"))[0] == 200
     finally:
         await gw.stop()
+
+
+async def test_an_asr_pool_without_members_is_degraded_not_unready(tmp_path: Path) -> None:
+    """The ASR member of the only pool stops answering SERVING: sessions go record-only, so the gateway
+    stays ready, and `/healthz` says which pool lost its members."""
+    async with FakeAsrServer() as asr:
+        config = GatewayConfig(
+            listen=ListenConfig(port=0, tick_s=0.05),
+            asr=AsrLinkConfig(addr=asr.addr),
+            jobs=JobsConfig(db_path=str(tmp_path / "jobs.sqlite")),
+        )
+        gw = Gateway(config)
+        await gw.start()
+        base = f"http://127.0.0.1:{gw.port}"
+
+        async def healthz() -> dict[str, Any]:
+            return (await asyncio.to_thread(http_status, base + "/healthz"))[1]
+
+        try:
+            await until(lambda: healthz_ok(gw), 10, "the member seen healthy")
+            body = await healthz()
+            assert body["status"] == "ok" and body["pools"] == {"default": {"members": 1, "healthy": 1}}
+            await asr.health.set("", NOT_SERVING)
+            await until(lambda: not healthz_ok(gw), 10, "the member seen down")
+            body = await healthz()
+            assert body["status"] == "degraded" and body["pools"]["default"]["healthy"] == 0
+            assert body["stages"]["asr"] is False
+            assert (await asyncio.to_thread(http_status, base + "/readyz"))[0] == 200
+        finally:
+            await gw.stop()
+
+
+def healthz_ok(gw: Gateway) -> bool:
+    return all(p["healthy"] for p in gw.pool_health().values())
