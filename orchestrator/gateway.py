@@ -223,6 +223,10 @@ class Gateway:
         `start.auth.token`) and its claims, the limits per client and per tenant, then the flowId not
         live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal."""
         assert session.start is not None and session.flow_id is not None
+        if self.draining:  # connected before SIGTERM, `start` after it
+            refusal = Refusal(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
+            refused(refusal)
+            return refusal.code, refusal.message
         tenant = ""
         if self.verifier is not None:
             try:

@@ -47,7 +47,7 @@ def test_sigterm_drains_fifty_live_sessions(tmp_path: Path, clips: Path) -> None
     env = {
         "LOG_LEVEL": "WARNING",
         "STORAGE_BACKEND": "local",
-        "DRAIN_GRACE_SEC": "4",
+        "DRAIN_GRACE_SEC": str(seconds(4)),
         "STAGE_TIMEOUT_SEC": "10",
         "FLUSH_IDLE_SEC": "10",
     }

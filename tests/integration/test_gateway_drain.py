@@ -91,6 +91,7 @@ async def test_drain_lets_short_sessions_finish_and_ends_the_rest_with_shutdown(
         short = asyncio.create_task(live_session(gw.port, "short", 1.0))
         long = [asyncio.create_task(live_session(gw.port, f"long-{i}", 30.0)) for i in range(3)]
         await until(lambda: len(gw.drivers) == 4 and all(d.session.acknowledged for d in gw.drivers), 5)
+        early = await connect(f"ws://127.0.0.1:{gw.port}/ws/stream")  # connected before SIGTERM
         drain = asyncio.create_task(gw.drain())
         await until(lambda: gw.draining, 5)
         status, body = await asyncio.to_thread(http_status, base + "/readyz")
@@ -99,6 +100,11 @@ async def test_drain_lets_short_sessions_finish_and_ends_the_rest_with_shutdown(
         # A new session is refused with a coded error while the live ones go on.
         late, code = await live_session(gw.port, "late", 0.1)
         assert [e["code"] for e in late if e["type"] == "error"] == ["server_draining"] and code == 1013
+        await early.send(json.dumps({"type": "start", "flowId": "early"}))  # `start` after it
+        refusal = json.loads(await asyncio.wait_for(early.recv(), seconds(5)))
+        assert refusal["code"] == "server_draining" and refusal["fatal"] is True
+        await asyncio.wait_for(early.wait_closed(), seconds(5))
+        assert early.close_code == 1013
         events, code = await asyncio.wait_for(short, seconds(5))
         assert events[-1]["type"] == "end" and events[-1]["reason"] == "flush" and code == 1000
         for task in long:
