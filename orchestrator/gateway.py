@@ -224,9 +224,9 @@ class Gateway:
         live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal."""
         assert session.start is not None and session.flow_id is not None
         if self.draining:  # connected before SIGTERM, `start` after it
-            refusal = Refusal(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
-            refused(refusal)
-            return refusal.code, refusal.message
+            draining = Refusal(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
+            refused(draining)
+            return draining.code, draining.message
         tenant = ""
         if self.verifier is not None:
             try:
