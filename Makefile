@@ -51,6 +51,7 @@ fmt: ## ruff format and autofix
 typecheck: ## mypy on the packages; --strict on the sans-I/O core
 	$(BIN)/mypy
 	$(BIN)/mypy --strict orchestrator/core orchestrator/edge
+	$(BIN)/mypy --strict speechgw_client
 
 test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 	$(BIN)/pytest -m "not perf" -q

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 from websockets.asyncio.client import connect
 
-from devtools.client import connect_kwargs, stream_pcm
+from devtools.client import stream_pcm
 from devtools.devauth import default_token
 from devtools.stack import Stack
+from speechgw_client import connect_kwargs
 from tests import corpus
 from tests.corpus import SpeechSpec, Utterance
 from tests.schemas import check_event

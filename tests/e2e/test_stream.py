@@ -11,8 +11,9 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from devtools.client import connect_kwargs, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import Stack
+from speechgw_client import connect_kwargs
 from tests.e2e.conftest import records_of
 from tests.poll import seconds
 from tests.schemas import check_event
