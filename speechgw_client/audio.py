@@ -73,7 +73,8 @@ def decode_with_ffmpeg(path: Path) -> bytes:
     except subprocess.TimeoutExpired as e:
         raise DecodeError(f"{path}: ffmpeg took longer than {FFMPEG_TIMEOUT_S:.0f} s") from e
     if done.returncode != 0:
-        raise DecodeError(f"{path}: {_ffmpeg_reason(done.stderr)}")
+        reason = _ffmpeg_reason(done.stderr).removeprefix(f"{path}: ")
+        raise DecodeError(f"{path}: {reason}")
     return done.stdout[: len(done.stdout) // 2 * 2]
 
 
