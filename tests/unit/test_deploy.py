@@ -286,3 +286,10 @@ def test_adapter_serves_every_metric_the_hpas_read() -> None:
         for m in hpa["spec"]["metrics"]
     }
     assert wanted <= served
+
+
+def test_the_cluster_routing_table_loads_in_the_gateway() -> None:
+    from orchestrator.routing.table import RoutingTable
+
+    table = RoutingTable.load(K8S / "base" / "routing.toml")
+    assert all(spec.dns and not spec.addrs for spec in table.pools)
