@@ -82,6 +82,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_batch
 	$(BIN)/python -m tests.perf.bench_capacity
 	$(BIN)/python -m tests.perf.bench_asr --latency
+	$(BIN)/python -m tests.perf.bench_opus_loss
 	$(BIN)/python -m tests.perf.bench_lid
 	$(BIN)/python -m tests.perf.bench_lid_speech
 	$(BIN)/python -m tests.perf.bench_denoise
