@@ -48,6 +48,7 @@ JOBS_ENV = {
     "jitter_seed": "JOBS_JITTER_SEED",
     "capacity_poll_s": "JOBS_CAPACITY_POLL_SEC",
     "attempt_timeout_s": "JOBS_ATTEMPT_TIMEOUT_SEC",
+    "wait_cap_s": "JOBS_WAIT_CAP_SEC",
 }
 TRANSCRIBE_ENV = {
     "deadline_s": "TRANSCRIBE_DEADLINE_SEC",

@@ -51,9 +51,9 @@ from orchestrator.stages.denoise import DenoiseStage
 from orchestrator.stages.lid import LidStage
 from orchestrator.stages.vad import VadStage
 from orchestrator.supervisor import Supervisor
+from orchestrator.transcripts.dispatch import PoolTranscriber
 from orchestrator.transcripts.runner import JobRunner
-from orchestrator.transcripts.store import AsyncJobStore, Job
-from orchestrator.transcripts.transcribe import transcribe_recording
+from orchestrator.transcripts.store import AsyncJobStore
 from orchestrator.transcripts.view import transcript_response
 
 log = logging.getLogger(__name__)
@@ -301,33 +301,11 @@ class Gateway:
         cfg = self.config
         Path(cfg.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
         self._job_store = await AsyncJobStore.open(cfg.jobs.db_path)
-        self.jobs = JobRunner(self._job_store, self._transcribe_job, cfg.jobs, self._asr_capacity)
-        self._background.start("job-runner", self.jobs.run)
-
-    async def _transcribe_job(self, job: Job) -> list[dict[str, Any]]:
         assert self.pools is not None
-        member = self.pools.route(job.lang, job.domain).pick(time.monotonic())
-        if member is None:
-            raise RuntimeError("no ASR member can take the job now")
-        with member.lease():
-            return await transcribe_recording(
-                job.record_url,
-                member.addr,
-                job.lang,
-                job.domain,
-                flow_id=job.flow_id,
-                config=self.config.transcribe,
-                tls=self.config.tls,
-            )
-
-    async def _asr_capacity(self) -> bool:
-        """Checked before each deferred job: probe the members now rather than trust the last round, so a
-        dead ASR does not burn the job's attempts (the failure cooldown is for recordings that fail)."""
-        if self.pools is None:
-            return False
-        await self.pools.check_health()
-        now = time.monotonic()
-        return any(p.pick(now) is not None for p in self.pools.pools.values())
+        # A job runs on any pool that serves its language when its own is gone (transcripts/dispatch.py).
+        runs = PoolTranscriber(self.pools, cfg.transcribe, cfg.tls)
+        self.jobs = JobRunner(self._job_store, runs.transcribe, cfg.jobs, runs.capacity_available)
+        self._background.start("job-runner", self.jobs.run)
 
     async def _sweep(self) -> None:
         """One timer for all sessions: idle flush, start timeout, length cap, stage timeouts. One
