@@ -184,6 +184,7 @@ class Stack:
                 "COMPRESS_STORE_DIR": str(self.workdir / "records"),
                 "COMPRESS_SPOOL_DIR": str(self.workdir / "spool"),
                 "JOBS_DB": str(self.workdir / "jobs.sqlite"),
+                "ARCHIVE_SPOOL_DIR": str(self.workdir / "archive-spool"),
                 **self.env,
             }
         # Authentication on with the development keys unless the environment configures it (README).

@@ -116,6 +116,21 @@ class CompressLinkConfig:
     enabled: bool = setting(True, env="ENABLE_COMPRESS")
     addr: str = setting("", env="COMPRESS_ADDR")
     batch_ms: int = setting(1000, env="COMPRESS_BATCH_MS")
+    # The gateway keeps each session's audio on its disk until the archive has it, and hands it to an
+    # archive member when the archive failed mid-session (docs/storage.md). 0 bytes: off.
+    spool_dir: str = setting("var/archive-spool", env="ARCHIVE_SPOOL_DIR")
+    spool_max_bytes: int = setting(2 * 1024**3, env="ARCHIVE_SPOOL_MAX_BYTES")
+    # After the end of audio, how long a session whose archive failed waits for a re-upload (and its
+    # record_url) before it ends with the record pending; below STAGE_TIMEOUT_SEC.
+    retry_window_s: float = setting(5.0, env="ARCHIVE_RETRY_WINDOW_SEC")
+    retry_base_s: float = setting(1.0, env="ARCHIVE_RETRY_BASE_SEC")  # background uploader's first wait
+    retry_max_s: float = setting(30.0, env="ARCHIVE_RETRY_MAX_SEC")
+
+    def __post_init__(self) -> None:
+        if self.spool_max_bytes < 0 or self.retry_window_s < 0:
+            raise ConfigError("ARCHIVE_SPOOL_MAX_BYTES and ARCHIVE_RETRY_WINDOW_SEC must be >= 0")
+        if not 0 < self.retry_base_s <= self.retry_max_s:
+            raise ConfigError("need 0 < ARCHIVE_RETRY_BASE_SEC <= ARCHIVE_RETRY_MAX_SEC")
 
 
 @dataclass(frozen=True)
@@ -232,6 +247,9 @@ class GatewayConfig:
         )
         if any(b <= 0 or b % self.session.frame_ms for b in batches):
             raise ConfigError("stage batch sizes (*_BATCH_MS) must be multiples of the 20 ms frame")
+        if self.compress.retry_window_s >= self.stages.timeout_s:
+            # The session gives a silent stage STAGE_TIMEOUT_SEC after the end of audio.
+            raise ConfigError("ARCHIVE_RETRY_WINDOW_SEC must be below STAGE_TIMEOUT_SEC")
         # The session waits for exactly the stages this gateway runs.
         stages = self.active_stages
         session = replace(

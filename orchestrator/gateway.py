@@ -43,10 +43,13 @@ from orchestrator.edge.auth import (
 )
 from orchestrator.edge.keys import JwksVerifier, Verifier, build_verifier
 from orchestrator.edge.limits import ClientLimits, Refusal, Ticket
+from orchestrator.recordings.policy import RetrySchedule, SpoolBudget
+from orchestrator.recordings.spool import ArchiveSpool, RecordingFiles
+from orchestrator.recordings.uploader import SpoolUploader, archive_uploader
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
-from orchestrator.stages.compress import CompressStage
+from orchestrator.stages.compress import CompressStage, SpoolLink
 from orchestrator.stages.denoise import DenoiseStage
 from orchestrator.stages.lid import LidStage
 from orchestrator.stages.vad import VadStage
@@ -77,6 +80,7 @@ class Gateway:
         self._server: Server | None = None
         self._background = Supervisor()
         self._opus_pool: ThreadPoolExecutor | None = None
+        self._spool_pool: ThreadPoolExecutor | None = None
         self.pools: PoolSet | None = None
         self.jobs: JobRunner | None = None
         self._job_store: AsyncJobStore | None = None
@@ -137,7 +141,8 @@ class Gateway:
             )
             await self._start_jobs()
         if "compress" in self._channels:
-            self._stages.append(CompressStage(self._channels["compress"], cfg.compress.batch_ms))
+            spool = await self._start_archive_spool(self._channels["compress"])
+            self._stages.append(CompressStage(self._channels["compress"], cfg.compress.batch_ms, spool))
         edge_tls = edge_context(cfg.edge_tls)  # wss://, its certificate reloaded from disk
         self._server = await serve(
             self._handle,
@@ -178,6 +183,8 @@ class Gateway:
             await self.pools.close()
         if self._opus_pool is not None:
             self._opus_pool.shutdown(wait=False, cancel_futures=True)
+        if self._spool_pool is not None:
+            self._spool_pool.shutdown(wait=True)
 
     async def _admit(
         self,
@@ -290,17 +297,55 @@ class Gateway:
 
     async def _before_end(self, session: Session) -> None:
         """A record-only session's transcription job is stored before its `end` goes out."""
-        if session.needs_deferred_transcript and self.jobs is not None and session.record_url:
+        if session.needs_deferred_transcript and self.jobs is not None:
             assert session.flow_id and session.start
+            # A record still in the archive spool has no URL yet: the job waits for it (store.record_stored).
             await self.jobs.enqueue(
-                session.flow_id, session.record_url, session.lang, session.start.domain, tenant=session.tenant
+                session.flow_id, session.record_url or "", session.lang, session.start.domain, tenant=session.tenant
             )
+
+    async def _open_store(self) -> AsyncJobStore:
+        """The job store (deferred transcripts, and the records the archive took late), opened once."""
+        if self._job_store is None:
+            Path(self.config.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
+            self._job_store = await AsyncJobStore.open(self.config.jobs.db_path)
+        return self._job_store
+
+    async def _start_archive_spool(self, channel: grpc.aio.Channel) -> SpoolLink | None:
+        """The gateway's spool of session audio, for when the archive fails (docs/storage.md)."""
+        cfg = self.config.compress
+        if cfg.spool_max_bytes <= 0:
+            return None
+        records = await self._open_store()
+        self._spool_pool = ThreadPoolExecutor(2, thread_name_prefix="archive-spool")
+        spool = ArchiveSpool(
+            RecordingFiles(Path(cfg.spool_dir)),
+            SpoolBudget(cfg.spool_max_bytes),
+            self._spool_pool,
+            metrics.spool_changed,
+            metrics.ARCHIVE_SPOOL_REFUSED.inc,
+        )
+        left = await spool.prepare()  # what a previous process left: uploaded by the loop's first pass
+        uploader = SpoolUploader(
+            spool,
+            archive_uploader(channel, spool),
+            records,
+            RetrySchedule(cfg.retry_base_s, cfg.retry_max_s),
+            lambda outcome: metrics.ARCHIVE_SPOOL_UPLOADS.labels(outcome).inc(),
+        )
+        if left:
+            log.warning(
+                "archive spool holds sessions of an earlier run: %d",
+                len(left),
+                extra={"stage": "archive_spool", "event": "spool_recovered"},
+            )
+        self._background.start("archive-spool", uploader.run)
+        return SpoolLink(spool, uploader, records, cfg.retry_window_s)
 
     async def _start_jobs(self) -> None:
         """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""
         cfg = self.config
-        Path(cfg.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
-        self._job_store = await AsyncJobStore.open(cfg.jobs.db_path)
+        self._job_store = await self._open_store()
         assert self.pools is not None
         # A job runs on any pool that serves its language when its own is gone (transcripts/dispatch.py).
         runs = PoolTranscriber(self.pools, cfg.transcribe, cfg.tls)
@@ -396,9 +441,11 @@ class Gateway:
                 body = {"code": ErrorCode.AUTH_FORBIDDEN.value, "message": "the token does not allow transcripts"}
                 return _response(HTTPStatus.FORBIDDEN, json.dumps(body).encode(), "application/json")
             tenant = principal.sub
-        valid = self._job_store is not None and valid_flow_id(flow_id)
-        job = await self._job_store.get(flow_id, tenant=tenant) if valid and self._job_store is not None else None
-        status, body = transcript_response(flow_id, job)
+        job = record = None
+        if self._job_store is not None and valid_flow_id(flow_id):
+            job = await self._job_store.get(flow_id, tenant=tenant)
+            record = await self._job_store.get_record(flow_id, tenant=tenant)
+        status, body = transcript_response(flow_id, job, record)
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
 
 

@@ -11,7 +11,12 @@ from typing import Any
 from common.tls import TlsConfig
 from orchestrator.routing.pool import PoolSet
 from orchestrator.transcripts.store import Job
-from orchestrator.transcripts.transcribe import AsrUnavailable, TranscribeConfig, transcribe_recording
+from orchestrator.transcripts.transcribe import (
+    ArchiveUnreachable,
+    AsrUnavailable,
+    TranscribeConfig,
+    transcribe_recording,
+)
 
 
 class PoolTranscriber:
@@ -27,6 +32,8 @@ class PoolTranscriber:
         self.pools, self.config, self.tls, self._clock = pools, config, tls, clock
 
     async def transcribe(self, job: Job) -> list[dict[str, Any]]:
+        if not job.record_url:  # the archive has not taken the session yet: its audio is in the spool
+            raise ArchiveUnreachable("the recording waits in the gateway's archive spool")
         member = self.pools.pick_serving(job.lang, job.domain, self._clock())
         if member is None:
             serving = ", ".join(self.pools.table.serving_pools(job.lang, job.domain))

@@ -91,6 +91,19 @@ class Backoff:
 
 
 @dataclass(frozen=True)
+class Record:
+    """A session's recording that the archive did not take live: spooled by the gateway (`pending`)
+    until an archive member stored it (`stored`, with its URL)."""
+
+    flow_id: str
+    tenant: str
+    status: str
+    record_url: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
 class Job:
     flow_id: str
     record_url: str
@@ -133,6 +146,15 @@ CREATE TABLE IF NOT EXISTS jobs (
   PRIMARY KEY (tenant, flow_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS records (
+  flow_id TEXT NOT NULL,
+  tenant TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL CHECK (status IN ('pending', 'stored')),
+  record_url TEXT NOT NULL DEFAULT '',
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  PRIMARY KEY (tenant, flow_id)
+);
 """
 _OLD_COLUMNS = (
     "flow_id, record_url, lang, domain, status, attempts, next_attempt_at, last_error, result, created_at, updated_at"
@@ -210,7 +232,11 @@ class JobStore:
         self, flow_id: str, record_url: str, lang: str, domain: str, now: float, tenant: str = ""
     ) -> tuple[Job, bool]:
         """Queue a job, idempotent by (tenant, flowId): an existing job (whatever its state) is returned
-        as is. Returns (job, created)."""
+        as is. Returns (job, created). Without `record_url` (the recording waits in the gateway's
+        archive spool) the job takes the URL once the record is stored (`record_stored`)."""
+        if not record_url:
+            record = self.get_record(flow_id, tenant)
+            record_url = record.record_url if record is not None else ""
         with self._lock:
             cur = self._db.execute(
                 f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, 'pending', 0, ?, '', NULL, ?, ?, ?, 0) "
@@ -307,6 +333,39 @@ class JobStore:
             )
         return cur.rowcount
 
+    def record_pending(self, flow_id: str, now: float, tenant: str = "") -> None:
+        """The archive did not take the session live; its audio waits in the gateway's spool."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO records (flow_id, tenant, status, record_url, created_at, updated_at) "
+                "VALUES (?, ?, 'pending', '', ?, ?) ON CONFLICT(tenant, flow_id) DO UPDATE SET "
+                "status='pending', record_url='', updated_at=excluded.updated_at",
+                (flow_id, tenant, now, now),
+            )
+
+    def record_stored(self, flow_id: str, url: str, now: float, tenant: str = "") -> None:
+        """The spooled session is in the archive under `url`; a deferred job waiting for it gets it."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO records (flow_id, tenant, status, record_url, created_at, updated_at) "
+                "VALUES (?, ?, 'stored', ?, ?, ?) ON CONFLICT(tenant, flow_id) DO UPDATE SET "
+                "status='stored', record_url=excluded.record_url, updated_at=excluded.updated_at",
+                (flow_id, tenant, url, now, now),
+            )
+            self._db.execute(
+                "UPDATE jobs SET record_url=?, updated_at=? WHERE tenant=? AND flow_id=? AND record_url=''",
+                (url, now, tenant, flow_id),
+            )
+
+    def get_record(self, flow_id: str, tenant: str = "") -> Record | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT flow_id, tenant, status, record_url, created_at, updated_at FROM records "
+                "WHERE tenant=? AND flow_id=?",
+                (tenant, flow_id),
+            ).fetchone()
+        return Record(*row) if row else None
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
@@ -373,6 +432,15 @@ class AsyncJobStore:
 
     async def release_running(self) -> int:
         return await self._run(self.store.release_running, self.now_fn())
+
+    async def record_pending(self, flow_id: str, tenant: str = "") -> None:
+        await self._run(self.store.record_pending, flow_id, self.now_fn(), tenant)
+
+    async def record_stored(self, flow_id: str, url: str, tenant: str = "") -> None:
+        await self._run(self.store.record_stored, flow_id, url, self.now_fn(), tenant)
+
+    async def get_record(self, flow_id: str, tenant: str = "") -> Record | None:
+        return await self._run(self.store.get_record, flow_id, tenant)
 
     async def counts(self) -> dict[str, int]:
         return await self._run(self.store.counts)
