@@ -340,7 +340,8 @@ class Gateway:
                 extra={"stage": "archive_spool", "event": "spool_recovered"},
             )
         self._background.start("archive-spool", uploader.run)
-        return SpoolLink(spool, uploader, records, cfg.retry_window_s)
+        window_s = min(cfg.retry_window_s, self.config.stages.timeout_s / 2)  # the session's patience
+        return SpoolLink(spool, uploader, records, window_s)
 
     async def _start_jobs(self) -> None:
         """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""
