@@ -47,9 +47,8 @@ def main() -> None:
     audio_s = args.sessions * args.seconds
     print(f"load average: {os.getloadavg()[0]:.2f}")
     print(f"{args.sessions} sessions x {args.seconds} s: {cpu:.3f} CPU s for {audio_s} audio s")
-    print(
-        f"per audio second: {cpu / audio_s * 1e6:.0f} us CPU; per real-time session: {cpu / audio_s * 100:.3f} % of a core"
-    )
+    per_s = cpu / audio_s
+    print(f"per audio second: {per_s * 1e6:.0f} us CPU; per real-time session: {per_s * 100:.3f} % of a core")
 
 
 if __name__ == "__main__":
