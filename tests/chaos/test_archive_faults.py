@@ -29,7 +29,7 @@ FLOWS = ("archive-cut-a", "archive-cut-b")
 def stack(tmp_path: Path) -> Iterator[Stack]:
     env = {
         "LOG_LEVEL": "WARNING",
-        "ARCHIVE_RETRY_WINDOW_SEC": "0.5",
+        "ARCHIVE_RETRY_WINDOW_SEC": "4",
         "ARCHIVE_RETRY_BASE_SEC": "0.2",
         "ARCHIVE_RETRY_MAX_SEC": "1",
         "COMPRESS_SPOOL_FLUSH_BYTES": "16000",  # the archive encodes every half second: its parts hold audio
@@ -57,6 +57,41 @@ def archived_parts(stack: Stack) -> list[Path]:
     return list(Path(stack.env["COMPRESS_SPOOL_DIR"]).glob("pending/*/*/*.part"))
 
 
+def wait_for_parts(stack: Stack, count: int) -> None:
+    """Until `count` archive calls are writing (their `.part` files exist and hold audio)."""
+    wait_for(lambda: len([p for p in archived_parts(stack) if p.stat().st_size > 0]) >= count, 20, "archive writing")
+
+
+def decoded_s(url: str) -> float:
+    with urllib.request.urlopen(url, timeout=seconds(5)) as resp:
+        audio, rate = sf.read(io.BytesIO(resp.read()), dtype="int16")
+    assert rate == 16000
+    return float(len(audio) / rate)
+
+
+def test_archive_back_before_the_end_gives_record_url_in_the_session(stack: Stack, clips: Path) -> None:
+    """Killed mid-stream and restarted while the client still streams: the client hears the archive
+    failed, then, before `end`, a `record_url` for the whole session."""
+    pcm = load_wav(clips / "en" / "counting.wav") * 5  # ~15 s in real time
+
+    async def one_session() -> StreamResult:
+        task = asyncio.create_task(
+            stream_pcm(stack.url, pcm, speed=1.0, start={"flowId": "archive-back", "return": ["record_url"]})
+        )
+        await asyncio.to_thread(wait_for_parts, stack, 1)
+        stack.running["compress"].kill()
+        await asyncio.to_thread(stack.restart, "compress")
+        return await task
+
+    result = asyncio.run(one_session())
+    kinds = [e["type"] for e in result.events]
+    assert kinds[-3:] == ["error", "record_url", "end"], result.events
+    error, record = result.events[-3], result.events[-2]
+    assert error["code"] == "archive_unavailable" and error["mode"] == "spooled"
+    assert record["status"] == "stored" and abs(record["duration_s"] - len(pcm) / 32000) <= 0.02
+    assert abs(decoded_s(record["url"]) - len(pcm) / 32000) <= 0.02
+
+
 def test_archive_killed_mid_stream_loses_no_audio(stack: Stack, clips: Path) -> None:
     pcm = load_wav(clips / "en" / "counting.wav") * 2  # ~6 s in real time: the kill lands mid-stream
     sent_s = len(pcm) / 32000
@@ -68,11 +103,7 @@ def test_archive_killed_mid_stream_loses_no_audio(stack: Stack, clips: Path) -> 
             )
             for flow in FLOWS
         ]
-        # Both archive calls are writing (their `.part` files exist and hold audio): kill the archive.
-        deadline = asyncio.get_running_loop().time() + seconds(20)
-        while len([p for p in archived_parts(stack) if p.stat().st_size > 0]) < len(FLOWS):
-            assert asyncio.get_running_loop().time() < deadline, "the archive never started writing"
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(wait_for_parts, stack, len(FLOWS))  # both calls are writing: kill the archive
         stack.running["compress"].kill()
         return list(await asyncio.gather(*tasks))
 
@@ -96,9 +127,7 @@ def test_archive_killed_mid_stream_loses_no_audio(stack: Stack, clips: Path) -> 
         assert body["status"] == "done" and body["record_status"] == "stored"
         url = body["record_url"]
         assert url.startswith(archive.http_base + "/records/")
-        with urllib.request.urlopen(url, timeout=seconds(5)) as resp:
-            audio, rate = sf.read(io.BytesIO(resp.read()), dtype="int16")
-        assert rate == 16000 and abs(len(audio) / rate - sent_s) <= 0.02, (flow, len(audio) / rate, sent_s)
+        assert abs(decoded_s(url) - sent_s) <= 0.02, (flow, sent_s)
     # The archive recovered its own cut parts at start (then superseded by the whole sessions).
     assert not archived_parts(stack)
     with urllib.request.urlopen(f"{archive.http_base}/metrics", timeout=seconds(5)) as resp:
