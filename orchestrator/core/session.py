@@ -288,6 +288,8 @@ class Session:
             if event.stage in self.failed_stages or event.stage not in self.pending_stages:
                 return
             self.failed_stages.add(event.stage)
+            if event.stage == StageName.COMPRESS:
+                self.record_pending = False  # the spool could not keep the audio after all
             code = UNAVAILABLE_CODE.get(event.stage, ErrorCode.INTERNAL_ERROR)
             error = error_event(self.flow_id, code, f"{event.stage}: {event.message}", fatal=False)
             if event.stage == "asr" and self.config.deferred_transcripts:

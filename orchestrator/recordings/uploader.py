@@ -90,7 +90,7 @@ class SpoolUploader:
             for rec in await self.spool.run(self.spool.files.sealed):
                 if rec.pcm in self.claimed:
                     continue
-                outcome, _ = await self._attempt(rec)
+                outcome, _ = await self.attempt(rec)
                 if outcome == "failed":
                     ok = False
                     break
@@ -104,10 +104,11 @@ class SpoolUploader:
     async def upload_one(self, rec: SpooledRecording) -> compress_pb2.ArchiveResult | None:
         """Store one sealed recording; its result, or None when the archive did not take it (it stays
         spooled, unless the archive refused it as invalid: no retry can help it, it is dropped)."""
-        return (await self._attempt(rec))[1]
+        return (await self.attempt(rec))[1]
 
-    async def _attempt(self, rec: SpooledRecording) -> tuple[str, compress_pb2.ArchiveResult | None]:
-        """("stored", result), ("dropped", None) or ("failed", None)."""
+    async def attempt(self, rec: SpooledRecording) -> tuple[str, compress_pb2.ArchiveResult | None]:
+        """("stored", result); ("dropped", None) when the archive refused it as invalid (or it is gone):
+        it left the spool; ("failed", None): it stays spooled, to be tried again."""
         extra = {"flowId": rec.flow_id, "stage": "archive_spool"}
         try:
             size = (await self.spool.run(rec.pcm.stat)).st_size

@@ -123,16 +123,19 @@ class CompressStage:
         assert link is not None
         if not writer.kept:
             raise RuntimeError("the archive failed and the spool could not keep the session's audio")
-        await writer.seal()
-        link.uploader.claimed.add(writer.rec.pcm)
+        link.uploader.claimed.add(writer.rec.pcm)  # before it is sealed: the background loop leaves it alone
         try:
+            await writer.seal()
             deadline = time.monotonic() + link.retry_window_s
             failures = 0
             while True:
-                result = await link.uploader.upload_one(writer.rec)
+                outcome, result = await link.uploader.attempt(writer.rec)
+                if outcome != "failed":
+                    writer.kept = False  # stored, or refused as invalid: either way no longer spooled
                 if result is not None:
-                    writer.kept = False  # the uploader stored it and emptied the spool of it
                     return result
+                if outcome == "dropped":
+                    raise RuntimeError("the archive refused the spooled session as invalid")
                 failures += 1
                 delay = link.retry.delay_s(failures)
                 if time.monotonic() + delay > deadline:

@@ -116,6 +116,8 @@ def test_a_spooled_record_of_a_record_only_session_still_gets_its_deferred_job()
     s.stage_event(StageFailed("asr", "UNAVAILABLE"), 0.1)
     s.stage_event(RecordPending("UNAVAILABLE: archive died"), 0.2)
     assert s.needs_deferred_transcript and s.record_url is None  # the job waits for the stored record
+    s.stage_event(StageFailed("compress", "the spool could not keep it"), 0.3)
+    assert not s.record_pending and not s.needs_deferred_transcript  # nothing will ever be stored
 
 
 def test_missing_flow_id_is_generated() -> None:
