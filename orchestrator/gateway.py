@@ -336,7 +336,7 @@ class Gateway:
             archive_uploader(channel, spool),
             records,
             RetrySchedule(cfg.retry_base_s, cfg.retry_max_s),
-            lambda outcome: metrics.ARCHIVE_SPOOL_UPLOADS.labels(outcome).inc(),
+            self._spool_uploaded,
         )
         if left:
             log.warning(
@@ -347,6 +347,11 @@ class Gateway:
         self._background.start("archive-spool", uploader.run)
         window_s = min(cfg.retry_window_s, self.config.stages.timeout_s / 2)  # the session's patience
         return SpoolLink(spool, uploader, records, window_s)
+
+    def _spool_uploaded(self, outcome: str) -> None:
+        metrics.ARCHIVE_SPOOL_UPLOADS.labels(outcome).inc()
+        if outcome == "stored" and self.jobs is not None:
+            self.jobs.wake()  # a deferred job may have waited for this record's URL
 
     async def _start_jobs(self) -> None:
         """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""

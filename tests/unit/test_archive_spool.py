@@ -52,8 +52,12 @@ def test_store_records_pending_then_stored_and_hands_the_url_to_a_waiting_job(tm
     s.record_pending("f1", T0, tenant="a")
     job, _ = s.enqueue("f1", "", "en", "d", T0, tenant="a")  # record-only and spooled: no URL yet
     assert job.record_url == "" and s.get_record("f1", "a") == Record("f1", "a", "pending", "", T0, T0)
+    s.claim("f1", T0, tenant="a")
+    s.wait("f1", "ArchiveUnreachable: in the spool", T0 + 60, T0, tenant="a")  # waits for its record
     s.record_stored("f1", "http://h/r/f1.flac", T0 + 5, tenant="a")
-    assert s.get("f1", "a").record_url == "http://h/r/f1.flac"  # type: ignore[union-attr]
+    job = s.get("f1", "a")
+    assert job is not None and job.record_url == "http://h/r/f1.flac"
+    assert job.next_attempt_at == T0 + 5 and [j.flow_id for j in s.due(T0 + 5, 10)] == ["f1"]  # due at once
     assert s.get_record("f1", "b") is None  # another tenant's flow of the same id is not this one
     s.record_stored("f2", "http://h/r/f2.flac", T0, tenant="a")  # stored before its job was queued
     assert s.enqueue("f2", "", "en", "d", T0, tenant="a")[0].record_url == "http://h/r/f2.flac"
