@@ -536,11 +536,16 @@ def dashboards() -> list[Dashboard]:
                         width=8,
                     ),
                     Panel(
-                        "Ingress audio and egress events",
-                        [
-                            T('sum(rate(ingress_bytes_total{job="gateway"}[5m]))', "audio bytes/s in"),
-                            T('sum by (type) (rate(egress_events_total{job="gateway"}[5m]))', "{{type}}/s out"),
-                        ],
+                        "Audio received",
+                        [T('sum(rate(ingress_bytes_total{job="gateway"}[5m]))', "bytes/s")],
+                        "Bps",
+                        description="32000 B/s per real-time session",
+                        width=8,
+                    ),
+                    Panel(
+                        "Events sent by type",
+                        [T('sum by (type) (rate(egress_events_total{job="gateway"}[5m]))', "{{type}}")],
+                        "ops",
                         width=8,
                     ),
                     Panel(
