@@ -83,7 +83,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_vad_load
 	$(BIN)/python -m tests.perf.bench_compress
 
-run: ## the whole stack on localhost in the foreground; Ctrl-C stops it (STACK_TLS=1: wss:// and mTLS; PROMETHEUS=1: Prometheus on :9090)
+run: ## the whole stack on localhost in the foreground; Ctrl-C stops it (STACK_TLS=1: wss:// and mTLS; PROMETHEUS=1: Prometheus on :9091)
 	$(BIN)/speechgw-stack run
 
 demo: setup ## set up, start the stack, stream a sample clip in real time, print the events, stop

@@ -1,6 +1,6 @@
 """Render one dashboard of deploy/observability/ as a PNG from a Prometheus's data (no Grafana needed).
 
-    python -m devtools.render_dashboard --prometheus http://127.0.0.1:9090 \\
+    python -m devtools.render_dashboard --prometheus http://127.0.0.1:9091 \\
         --dashboard speechgw-overview --minutes 15 --out docs/img/dashboard-overview.png
 
 Every panel of the dashboard (devtools/observability.py) becomes one plot at its grid position: its
@@ -130,7 +130,7 @@ def render(base: str, dash: Dashboard, minutes: float, out: Path, step: float = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    p.add_argument("--prometheus", default="http://127.0.0.1:9091")
     p.add_argument("--dashboard", default="speechgw-overview", choices=[d.uid for d in dashboards()])
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--step", type=float, default=0.0, help="seconds between points (default: 240 points)")

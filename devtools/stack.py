@@ -271,7 +271,7 @@ def cmd_run(port: int, tls: bool, prometheus: bool) -> int:
         if prometheus:
             from devtools.prometheus import for_stack
 
-            prom_port = int(os.environ.get("PROMETHEUS_PORT", "9090"))
+            prom_port = int(os.environ.get("PROMETHEUS_PORT", "9091"))
             prom = extras.enter_context(for_stack(stack, Path("var/prometheus").resolve(), prom_port))
             print(
                 f"prometheus: {prom.url} scrapes {len(stack.running)} processes every {prom.scrape_interval} "
