@@ -117,6 +117,11 @@ class Gateway:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages and self._given_stages is None:
             self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
+            if self.pools.uses_dns:
+                # Members named by DNS are known before the first session; then re-resolved.
+                metrics.forget_members(await self.pools.refresh_dns())
+                pools = self.pools
+                self._background.start("asr-pool-dns", lambda: pools.watch_dns(metrics.forget_members))
             metrics.init_pools(self.pools.pools)
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
