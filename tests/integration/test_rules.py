@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools.observability import RULES_FILE
+from devtools.observability import K8S_SCRAPE_FILE, RULES_FILE
 from devtools.prometheus import ScrapeTarget, binary, config
 
 pytestmark = pytest.mark.integration
@@ -57,3 +57,17 @@ def test_the_scrape_configuration_is_valid(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     jobs = {c["job_name"]: c for c in yaml.safe_load(path.read_text())["scrape_configs"]}
     assert [s["labels"] for s in jobs["asr"]["static_configs"]] == [{"pool": "en"}, {"pool": "multi"}]
+
+
+def test_the_kubernetes_scrape_configuration_is_valid(tmp_path: Path) -> None:
+    """deploy/observability/prometheus-k8s.yml with its pod discovery swapped for a static target (Debian's
+    Prometheus is built without Kubernetes discovery): the relabelling and the rule files check."""
+    doc = yaml.safe_load(K8S_SCRAPE_FILE.read_text())
+    (job,) = doc["scrape_configs"]
+    assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
+    job["static_configs"] = [{"targets": ["127.0.0.1:8081"]}]
+    doc["rule_files"] = [str(K8S_SCRAPE_FILE.parent / f) for f in doc["rule_files"]]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(doc))
+    run = promtool("check", "config", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr

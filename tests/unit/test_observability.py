@@ -102,3 +102,32 @@ def test_burn_rate_thresholds_follow_the_objectives() -> None:
     assert "ratio_rate5m > " in rules["SpeechgwFirstPartialBudgetBurnFast"].expr
     assert "ratio_rate6h > 0.3 and" in rules["SpeechgwFinalLagBudgetBurnSlow"].expr
     assert "ratio_rate30m > 0.3" in rules["SpeechgwFinalLagBudgetBurnSlow"].expr
+
+
+def relabel(rule: dict[str, object], value: str) -> str | None:
+    """One `replace` relabel rule of Prometheus (regex anchored at both ends), on one source value."""
+    m = re.fullmatch(str(rule["regex"]), value)
+    if m is None:
+        return None
+    return re.sub(r"\$(\d+)", lambda g: m.group(int(g.group(1))), str(rule.get("replacement", "$1")))
+
+
+def test_kubernetes_scrape_labels_match_the_manifests_jobs_and_pools() -> None:
+    """Every pod of deploy/k8s gets a job the rules know, and each ASR pod the pool of the routing file."""
+    relabels = obs.k8s_scrape_document()["scrape_configs"][0]["relabel_configs"]
+    rules = {r["target_label"]: r for r in relabels if "target_label" in r}
+    components = set()
+    for path in (REPO / "deploy" / "k8s" / "base").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") in ("Deployment", "StatefulSet"):
+                meta = doc["spec"]["template"]["metadata"]
+                components.add(meta["labels"]["app.kubernetes.io/component"])
+                assert meta["annotations"]["prometheus.io/scrape"] == "true", path
+    assert components
+    jobs = {c: relabel(rules["job"], c) for c in components}
+    assert set(jobs.values()) <= set(obs.JOBS), jobs
+    pools = {relabel(rules["pool"], c) for c in components} - {None}
+    routing = (REPO / "deploy" / "k8s" / "base" / "routing.toml").read_text()
+    assert pools == set(re.findall(r"^\[pools\.(\w+)\]", routing, re.M)), pools
+    assert relabel(rules["__address__"], "10.1.2.3:50051;8081") == "10.1.2.3:8081"
+    assert relabel(rules["__address__"], "10.1.2.3;8080") == "10.1.2.3:8080"
