@@ -46,6 +46,7 @@ LOOPBACK_LIMITS = {
     "MAX_SESSIONS_PER_TENANT": "0",
     "SESSION_START_RATE": "0",
 }
+PAGE_TOKEN_TTL_S = 12 * 3600.0  # the token in the browser page's link that `make run` prints
 POOL_ENV = {
     "en": {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_LANG": "en"},
     "multi": {"ASR_ENGINE": "whisper", "ASR_MODEL": "base"},
@@ -246,6 +247,11 @@ class Stack:
         self.stop()
 
 
+def page_link(http_base: str, token: str | None) -> str:
+    """The browser page's address with the token in its fragment, which never reaches a server (docs/web.md)."""
+    return f"{http_base}/" + (f"#token={token}" if token else "")
+
+
 def _services_from_env() -> tuple[str, ...]:
     raw = os.environ.get("STACK_SERVICES", "")
     return tuple(s for s in raw.split(",") if s) or DEFAULT_SERVICES
@@ -279,13 +285,15 @@ def cmd_run(port: int, tls: bool, prometheus: bool) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        if stack.token() is not None:
+        page_token = stack.token(ttl_s=PAGE_TOKEN_TTL_S)
+        if page_token is not None:
             print(
                 "authentication on: speechgw-client mints its token from the development key in "
                 f"{keys_dir()} (another client: --token or SPEECHGW_TOKEN)",
                 file=sys.stderr,
                 flush=True,
             )
+        print(f"browser page: {page_link(stack.http_base, page_token)}", file=sys.stderr, flush=True)
         # Wait for Ctrl-C or SIGTERM without a Python handler (an Event.set in a handler can deadlock
         # the main thread). The children are already started, so they keep the default mask.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -1,4 +1,5 @@
-"""The WebSocket gateway: `/ws/stream` plus `/healthz`, `/readyz`, `/metrics` on one port (SPEC §2)."""
+"""The WebSocket gateway: `/ws/stream` plus `/healthz`, `/readyz`, `/metrics` and the browser page (`/`,
+docs/web.md) on one port (SPEC §2)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from orchestrator.edge.auth import (
     token_from_handshake,
 )
 from orchestrator.edge.keys import JwksVerifier, Verifier, build_verifier
-from orchestrator.edge.limits import ClientLimits, Refusal, Ticket
+from orchestrator.edge.limits import ClientLimits, Refusal, Ticket, own_origin
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
@@ -55,6 +56,7 @@ from orchestrator.transcripts.runner import JobRunner
 from orchestrator.transcripts.store import AsyncJobStore, Job
 from orchestrator.transcripts.transcribe import transcribe_recording
 from orchestrator.transcripts.view import transcript_response
+from orchestrator.web import SECURITY_HEADERS, load_assets
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws/stream"
@@ -84,6 +86,7 @@ class Gateway:
         self.verifier: Verifier | None = None
         # Ownership (docs/security.md): the live session of each (tenant, flowId).
         self._live_flows: dict[tuple[str, str], SessionDriver] = {}
+        self._page = load_assets()  # the browser page at `GET /` (docs/web.md), from memory
 
     @property
     def port(self) -> int:
@@ -369,7 +372,13 @@ class Gateway:
             response.headers["Allow"] = "GET"
             return response
         if path == WS_PATH:
-            refusal = self.limits.check_origin(request.headers.get_all("Origin"))
+            # The page served at `/` connects from the gateway's own origin (docs/security.md#limits-per-client).
+            own = own_origin(
+                request.headers.get_all("Host"),
+                secure=self.config.edge_tls.enabled,
+                authenticated=self.verifier is not None,
+            )
+            refusal = self.limits.check_origin(request.headers.get_all("Origin"), own)
             if refusal is None:
                 return None
             refused(refusal)
@@ -377,6 +386,11 @@ class Gateway:
             return _response(HTTPStatus.FORBIDDEN, json.dumps(refusal_body).encode() + b"\n", "application/json")
         if path.startswith("/v1/flows/") and path.endswith("/transcript"):
             return await self._transcript(path[len("/v1/flows/") : -len("/transcript")], request.headers)
+        if path in self._page:
+            asset = self._page[path]
+            response = _response(HTTPStatus.OK, asset.body, asset.content_type)
+            response.headers.update(SECURITY_HEADERS)
+            return response
         if path == "/healthz":
             return _response(HTTPStatus.OK, b'{"status":"ok"}\n', "application/json")
         if path == "/readyz":
