@@ -1,10 +1,11 @@
 """The soak's samples over time: RSS per stack process, open fds, gateway tasks and sessions, latency.
 
-    python -m tests.perf.plot_soak var/soak.json [--out docs/img/soak.png]
+    python -m tests.perf.plot_soak var/soak.json [--out docs/img/soak.png] [--table 10]
 
 Reads the `--json` file tests/perf/soak.py writes and draws four panels against minutes: RSS of each
 process, open fds of each process, the gateway's event-loop tasks and open sessions, and the per-minute
 P50/P95 of the gateway's SLO histograms with the client's medians; the verdict goes in the title.
+`--table N` also prints a Markdown table of every N-th minute (docs/performance.md#soak).
 """
 
 from __future__ import annotations
@@ -76,13 +77,46 @@ def plot(result: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def table(result: dict[str, Any], every_min: float) -> str:
+    """One row per `every_min` minutes (and the idle samples): RSS per process, gateway fds, tasks and
+    threads, the minute's gateway P50/P95 and client medians, the load average."""
+    samples = result["samples"]
+    names = list(samples[0]["procs"])
+    head = ["min", *[f"RSS {n} MB" for n in names], "gw fds", "gw tasks", "gw threads"]
+    head += ["first partial P50/P95 ms", "final lag P50/P95 ms", "client first partial / final lag ms", "load 1m"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    next_t = 0.0
+    for s in samples:
+        if not s.get("idle") and s["t"] + 1 < next_t:
+            continue
+        next_t = s["t"] + every_min * 60
+        c = s.get("client", {})
+        cells = [f"{s['t'] / 60:.0f}" + (" (idle)" if s.get("idle") else "")]
+        cells += [f"{s['procs'][n]['rss_mb']:.0f}" for n in names]
+        g = s["procs"]["gateway"]
+        cells += [f"{g['fds']:.0f}", _f(s["gauges"].get("orchestrator_event_loop_tasks")), f"{g['threads']:.0f}"]
+        cells += [f"{_f(s.get('first_partial_p50'))} / {_f(s.get('first_partial_p95'))}"]
+        cells += [f"{_f(s.get('final_lag_p50'))} / {_f(s.get('final_lag_p95'))}"]
+        cells += [f"{_f(c.get('first_partial_ms_p50'))} / {_f(c.get('final_lag_ms_p50'))}", f"{s['load'][0]:.1f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", type=Path)
     p.add_argument("--out", type=Path, default=Path("docs/img/soak.png"))
+    p.add_argument("--table", type=float, default=0.0, help="print a row every this many minutes")
     args = p.parse_args(argv)
-    plot(json.loads(args.json.read_text()), args.out)
+    result = json.loads(args.json.read_text())
+    plot(result, args.out)
     print(args.out)
+    if args.table > 0:
+        print(table(result, args.table))
     return 0
 
 

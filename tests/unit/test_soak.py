@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.perf.plot_soak import plot
+from tests.perf.plot_soak import plot, table
 from tests.perf.soak import delta, quantile, slope_per_hour, verdict
 
 pytestmark = pytest.mark.unit
@@ -96,3 +96,5 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "img" / "soak.png"
     plot(result, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = table(result, 10).splitlines()[2:]  # the idle samples and minutes 10, 20, 30
+    assert [r.split(" | ")[0] for r in rows] == ["| 0 (idle)", "| 10", "| 20", "| 30", "| 31 (idle)"]
