@@ -16,15 +16,19 @@ own process). One client process (spawned, so its CPU does not count against the
 Every `--sample-s` (60) the main process samples each stack process (psutil, children included): RSS,
 open fds, threads; from the gateway's /metrics: open sessions, send-queue depth, event-loop tasks and
 the per-minute P50/P95 of the SLO histograms (orchestrator_first_partial_latency_ms,
-orchestrator_final_lag_ms; from bucket deltas, all pools together); from the client: the medians of
+orchestrator_final_lag_ms; from bucket deltas, all pools together); from each service's /metrics its
+open streams (VAD streams and flows, LID sessions, ASR sessions, archives waiting); from the client: the medians of
 first partial (from the first speech sample) and final lag (from the last audio chunk) of the sessions
 that ended in that minute, and the error codes seen. Plus the load average.
 
 Verdict ("flat"), printed and stored in the JSON:
 - RSS: the least-squares slope of each process's RSS over the last 2/3 of the run is below
   `--rss-slope-mb-h` (10) MB/hour;
-- fds, threads (per process) and gateway tasks: the median of the last third is at most
-  max(3, 10 %) above the median of the first third;
+- fds, threads (per process) and gateway tasks per open session: the median of the last third is at
+  most max(3, 10 %) above the median of the first third;
+- idle after the load (every client gone, 10 s later) against idle before it: gateway tasks at most 2
+  more; fds and threads at most 2 above the first third's peak (pools that grow on demand stay grown);
+  the services' open streams no more than before;
 - latency: the gateway's P95 first partial and final lag over the last third are within
   `--latency-tol` (25 %) of the first third's (or within one bucket, 100 ms, of it).
 
@@ -305,6 +309,7 @@ def scrape(base: str) -> dict[str, Any]:
                 "orchestrator_send_buffer_bytes",
                 "orchestrator_event_loop_tasks",
                 "transcribe_jobs_backlog",
+                "orchestrator_archive_spool_recordings",
             ):
                 gauges[s.name] = s.value
             elif s.name == "orchestrator_errors_total" and s.value:
@@ -314,6 +319,35 @@ def scrape(base: str) -> dict[str, Any]:
                     le = s.labels["le"]
                     hist[key][le] = hist[key].get(le, 0.0) + s.value
     return {"gauges": gauges, "hist": hist, "errors": errors}
+
+
+# What each service holds open (docs/metrics.md): a stream the gateway forgot to close stays here.
+STREAM_GAUGES = (
+    "vad_active_streams",
+    "vad_active_flows",
+    "lid_active_sessions",
+    "asr_inflight_sessions",
+    "compress_pending_archives",
+)
+
+
+def scrape_streams(stack: Stack) -> dict[str, float]:
+    """The open-stream gauges of every service, `<process>:<metric>` (labels summed)."""
+    out: dict[str, float] = {}
+    for name, svc in stack.running.items():
+        if name == "gateway":
+            continue
+        try:
+            with urllib.request.urlopen(svc.http_base + "/metrics", timeout=10) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name in STREAM_GAUGES:
+                    key = f"{name}:{s.name}"
+                    out[key] = out.get(key, 0.0) + s.value
+    return out
 
 
 def quantile(q: float, buckets: dict[str, float]) -> float | None:
@@ -397,6 +431,9 @@ def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: f
 
     tasks = lambda s: s["gauges"].get("orchestrator_event_loop_tasks", 0)  # noqa: E731
     idle_check("tasks gateway", tasks, tasks(idle_before) + 2)
+    for key in idle_after.get("streams", {}):
+        held = lambda s, k=key: s.get("streams", {}).get(k, 0.0)  # noqa: E731
+        idle_check(key, held, held(idle_before))
     for name in samples[0]["procs"]:
         for key in ("fds", "threads"):
             get = lambda s, n=name, k=key: s["procs"][n][k]  # noqa: E731
@@ -458,7 +495,8 @@ def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: f
             "rss_slope_mb_per_h_below": rss_slope_mb_h,
             "rss_window": "last 2/3 of the run, least squares",
             "fds_threads_tasks": "median of the last third <= median of the first third + max(3, 10 %); "
-            "idle after the load <= idle before + 2 (tasks), <= the first third's peak + 2 (fds, threads)",
+            "idle after the load <= idle before + 2 (tasks), <= the first third's peak + 2 (fds, threads), "
+            "<= idle before (the services' open streams)",
             "latency": f"P95 of the last third <= first third's * {1 + latency_tol:g} (or + 100 ms)",
         },
         "checks": checks,
@@ -518,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gauges": m["gauges"],
                 "hist": m["hist"],
                 "gateway_errors": m["errors"],
+                "streams": scrape_streams(stack),
                 "client_process": sample_processes({"client": client_proc})["client"] if client_proc else None,
             }
             prev = samples[-1] if samples else None

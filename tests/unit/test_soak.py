@@ -78,6 +78,10 @@ def test_memory_growth_tasks_left_behind_and_slower_finals_each_fail_their_check
     assert failed(run(0.5)) == {"rss gateway"}  # 30 MB/h
     assert failed(run(0.0, tasks_after=20.0)) == {"idle tasks gateway"}
     assert failed(run(0.0, slow_end=True)) == {"p95 final_lag"}
+    stuck = run(0.0)
+    stuck[0]["streams"] = {"asr.en:asr_inflight_sessions": 0.0}
+    stuck[-1]["streams"] = {"asr.en:asr_inflight_sessions": 1.0}  # a stream no session holds any more
+    assert failed(stuck) == {"idle asr.en:asr_inflight_sessions"}
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
