@@ -405,9 +405,19 @@ def client_window(recs: list[dict[str, Any]], t_from: float, t_to: float) -> dic
 
 
 def slope_per_hour(ts: Sequence[float], ys: Sequence[float]) -> float:
+    return slope_and_error(ts, ys)[0]
+
+
+def slope_and_error(ts: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """The least-squares slope of `ys` per hour of `ts` (seconds) and its standard error."""
     if len(ts) < 3:
-        return 0.0
-    return float(np.polyfit(np.asarray(ts) / 3600.0, np.asarray(ys), 1)[0])
+        return 0.0, 0.0
+    x, y = np.asarray(ts) / 3600.0, np.asarray(ys, dtype=float)
+    slope, icpt = np.polyfit(x, y, 1)
+    resid = y - (slope * x + icpt)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    se = math.sqrt(float(np.sum(resid**2)) / (len(x) - 2) / sxx) if sxx > 0 else 0.0
+    return float(slope), se
 
 
 def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: float) -> dict[str, Any]:
@@ -440,8 +450,15 @@ def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: f
             idle_check(f"{key} {name}", get, max([get(idle_before), *(get(s) for s in first3)]) + 2)
     for name in samples[0]["procs"]:
         ts = [s["t"] for s in last23]
-        slope = slope_per_hour(ts, [s["procs"][name]["rss_mb"] for s in last23])
-        checks.append({"check": f"rss {name}", "value": round(slope, 2), "unit": "MB/h", "ok": slope < rss_slope_mb_h})
+        slope, se = slope_and_error(ts, [s["procs"][name]["rss_mb"] for s in last23])
+        checks.append(
+            {
+                "check": f"rss {name}",
+                "value": [round(slope, 2), round(se, 2)],
+                "unit": "MB/h, slope and its standard error",
+                "ok": slope < rss_slope_mb_h,
+            }
+        )
 
     def not_growing(label: str, first: list[float], last: list[float]) -> None:
         a, b = statistics.median(first), statistics.median(last)
@@ -517,7 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-tol", type=float, default=0.25)
     p.add_argument("--json", type=Path, default=Path("var/soak.json"))
     p.add_argument("--plot", type=Path, default=None, help="write the plot here (tests/perf/plot_soak.py)")
+    p.add_argument("--rejudge", action="store_true", help="no run: apply the verdict's rules to --json again")
     args = p.parse_args(argv)
+    if args.rejudge:
+        return _rejudge(args.json, args.plot, args.rss_slope_mb_h, args.latency_tol)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     cases = [corpus.build(s) for s in corpus.main_specs(2)]
@@ -613,6 +633,18 @@ def main(argv: list[str] | None = None) -> int:
 
         plot(result, args.plot)
         print(f"# plot: {args.plot}")
+    return 0
+
+
+def _rejudge(path: Path, plot_to: Path | None, rss_slope_mb_h: float, latency_tol: float) -> int:
+    result = json.loads(path.read_text())
+    result["verdict"] = verdict(result["samples"], rss_slope_mb_h, latency_tol)
+    path.write_text(json.dumps(result, indent=1))
+    _print_result(result)
+    if plot_to is not None:
+        from tests.perf.plot_soak import plot
+
+        plot(result, plot_to)
     return 0
 
 

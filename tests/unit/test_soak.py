@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.perf.plot_soak import plot, table
-from tests.perf.soak import delta, quantile, slope_per_hour, verdict
+from tests.perf.soak import delta, quantile, slope_and_error, slope_per_hour, verdict
 
 pytestmark = pytest.mark.unit
 
@@ -33,6 +33,8 @@ def test_a_minute_is_the_difference_of_two_cumulative_scrapes() -> None:
 def test_slope_is_per_hour() -> None:
     ts = [0.0, 60.0, 120.0, 180.0]
     assert slope_per_hour(ts, [100.0, 101.0, 102.0, 103.0]) == pytest.approx(60.0)
+    assert slope_and_error(ts, [100.0, 101.0, 102.0, 103.0])[1] == pytest.approx(0.0, abs=1e-9)
+    assert slope_and_error(ts, [100.0, 103.0, 100.0, 103.0])[1] > 0  # noise widens it
 
 
 def sample(
