@@ -65,8 +65,10 @@ def plot(result: dict[str, Any], out: Path) -> None:
     a = result["args"]
     la = result.get("load_avg_1m", {})
     flat = result.get("verdict", {}).get("flat")
+    cut = f" (load cut at {result['truncated']['loaded_until_min']:g})" if "truncated" in result else ""
     fig.suptitle(
-        f"soak {result['date'][:16]}: {a['minutes']:g} min, {a['sessions']} live loops, {a['reconnects']} reconnect, "
+        f"soak {result['date'][:16]}: {a['minutes']:g} min{cut}, {a['sessions']} live loops, "
+        f"{a['reconnects']} reconnect, "
         f"a bad client every {a['bad_every_s']:g} s; {result.get('cores')} cores, load avg "
         f"{la.get('median', float('nan')):.1f} median; verdict {'flat' if flat else 'NOT flat'}",
         fontsize=10,

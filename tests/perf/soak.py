@@ -560,9 +560,15 @@ def main(argv: list[str] | None = None) -> int:
     with Stack(DEFAULT_SERVICES, env={"LOG_LEVEL": "ERROR"}, workdir=work) as stack:
         procs = {name: psutil.Process(svc.proc.pid) for name, svc in stack.running.items()}
         ctx = mp.get_context("spawn")
+        # The token outlives the run: the development token's default hour ended the first 70-minute run's load at 60.
         client = ctx.Process(
             target=_client_main,
-            args=(stack.url, stack.token(), vars(args) | {"json": None, "plot": None}, str(log)),
+            args=(
+                stack.url,
+                stack.token(ttl_s=args.minutes * 60 + 3600),
+                vars(args) | {"json": None, "plot": None},
+                str(log),
+            ),
         )
         t0 = time.monotonic()
 
