@@ -143,6 +143,7 @@ class Session:
         self._behind_since: dict[StageName, float] = {}  # stages over the backlog limit, since when
         self._audio_ended_at: float | None = None
         self._last_heard: dict[StageName, float] = {}  # when each stage last said anything
+        self._language_at = 0.0  # when the language was settled, if it took LID's answer or end
         self._output_stalled_since: float | None = None  # the client stopped taking what is sent
         # The client took nothing for `send_timeout_s`: nothing more goes to its socket (the driver
         # drops the connection); the session still drains its audio through every stage.
@@ -301,6 +302,12 @@ class Session:
     def stage_event(self, event: StageEvent, now: float) -> None:
         if self.state is State.CLOSED:
             return
+        settled = self._language_settled
+        self._on_stage_event(event, now)
+        if not settled and self._language_settled:
+            self._language_at = now
+
+    def _on_stage_event(self, event: StageEvent, now: float) -> None:
         self._last_heard[_stage_of(event)] = now
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
@@ -512,10 +519,25 @@ class Session:
                 self._give_up(stage, f"more than {self.config.stage_backlog_s:g} s behind the audio for {limit:g} s")
         if self._audio_ended_at is not None:
             # A stage still working through the audio (a batch client's ASR) keeps answering: only
-            # one silent for the whole timeout after the end of audio is given up.
-            for stage in sorted(self.pending_stages):
-                if now - max(self._audio_ended_at, self._last_heard.get(stage, 0.0)) >= limit:
+            # one silent for the whole timeout after the end of audio is given up. LID first: the ASR
+            # holds its finals (or its stream) until the language is settled, so it is not blamed for
+            # a silent LID; its own clock starts again when LID is over.
+            for stage in sorted(self.pending_stages, key=lambda s: (s is not StageName.LID, s)):
+                if stage is StageName.ASR and not self._language_settled:
+                    continue
+                since = max(self._audio_ended_at, self._last_heard.get(stage, 0.0))
+                if stage is StageName.ASR:
+                    since = max(since, self._language_at)
+                if now - since >= limit:
+                    settled = self._language_settled
                     self._give_up(stage, f"nothing from it for {limit:g} s after the end of audio")
+                    if not settled and self._language_settled:
+                        self._language_at = now
+
+    @property
+    def _language_settled(self) -> bool:
+        """The ASR has heard its language (or the session has no LID to wait for)."""
+        return self.language is None or self.language.decision is not None
 
     def _give_up(self, stage: StageName, why: str) -> None:
         self._behind_since.pop(stage, None)
