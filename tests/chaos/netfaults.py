@@ -38,8 +38,10 @@ def proxied_stack(
     with contextlib.ExitStack() as exits:
         out = ProxiedStack(stack=Stack(direct, env=env, workdir=workdir))
         addrs: dict[str, str] = {}
+        # The stack's own state folders (Stack.start), for the services started here too.
+        own = {"COMPRESS_STORE_DIR": str(workdir / "records"), "COMPRESS_SPOOL_DIR": str(workdir / "spool"), **env}
         for name in proxied:
-            svc = launch(name, [sys.executable, "-m", f"services.{name}"], env=dict(env), timeout_s=180.0)
+            svc = launch(name, [sys.executable, "-m", f"services.{name}"], env=own, timeout_s=180.0)
             exits.callback(svc.stop)
             out.services[name] = svc
             copies = asr_members if name == "asr" else 1

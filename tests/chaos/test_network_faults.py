@@ -18,7 +18,7 @@ import pytest
 from devtools.client import StreamResult, stream_pcm
 from devtools.devauth import default_token
 from speechgw_client import load_audio
-from tests.archive_check import assert_archived_whole
+from tests.archive_check import assert_archived_whole, decoded_s, missing_s
 from tests.chaos.netfaults import proxied_stack
 from tests.poll import seconds, wait_for
 from tests.wer import wer
@@ -159,3 +159,39 @@ def test_vad_slow_sessions_finish_with_the_same_endpoints(tmp_path: Path, clips:
         assert [(e["event"], e["ts"]) for e in result.of_type("vad")] == endpoints[0]
     assert vad.proxy.plan.chunks > 0
     print(f"\nthree sessions of {len(pcm) / 32000:.1f} s: {clean_s:.2f} s over a clean VAD link, {slow_s:.2f} s slow")
+
+
+def test_archive_link_half_open_session_still_ends(tmp_path: Path, clips: Path) -> None:
+    """The archive's answers stop reaching the gateway mid-session (half-open: the audio still flows
+    to it, nothing comes back, nothing is closed). The session does not hang: `archive_unavailable`
+    STAGE_TIMEOUT_SEC after the end of audio, then `end`. The archive did store every accepted
+    second, but the client gets no `record_url` for it."""
+    env = {**BASE_ENV, "STAGE_TIMEOUT_SEC": "4"}
+    pcm = load_audio(clips / "en" / "counting.wav")
+    with proxied_stack(tmp_path, ("vad",), ("compress",), env) as ps:
+
+        async def answers_lost_mid_session() -> StreamResult:
+            acked = asyncio.Event()
+            start = {"flowId": "half-open", "return": ["record_url", "vad"]}
+            task = asyncio.create_task(
+                stream_pcm(
+                    ps.stack.url,
+                    pcm,
+                    speed=1.0,
+                    start=start,
+                    on_event=lambda e: acked.set() if e.type == "ack" else None,
+                )
+            )
+            await asyncio.wait_for(acked.wait(), seconds(10))
+            await asyncio.sleep(0.5)
+            ps.proxies["compress"].set(pause_down=True)
+            return await asyncio.wait_for(task, seconds(30))
+
+        result = asyncio.run(answers_lost_mid_session())
+        errors = result.of_type("error")
+        assert [(e["code"], e["fatal"]) for e in errors] == [("archive_unavailable", False)], errors
+        assert "nothing from it for 4 s" in errors[0]["message"]
+        assert not result.of_type("record_url") and result.of_type("vad")
+        assert result.events[-1]["type"] == "end" and result.close_code == 1000
+        (stored,) = (tmp_path / "records").rglob("half-open.*")
+        assert missing_s(decoded_s(stored.read_bytes()), result.events[-1]["audio_s"]) == 0.0
