@@ -3,6 +3,7 @@
 speechgw-stack run            # foreground; Ctrl-C stops everything
 speechgw-stack demo [FILE]    # start, stream a sample clip in real time, print events, stop
 speechgw-stack run --tls      # wss:// and mTLS everywhere, certificates from a throwaway CA in var/certs
+speechgw-stack run --prometheus   # and a Prometheus scraping every process, with the rules (PROMETHEUS=1)
 
 `run` supervises its children as Kubernetes would: one that exits is started again on the same ports,
 after a backoff that grows while it keeps failing (devtools/restarts.py), and every exit and restart
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -54,6 +56,9 @@ LOOPBACK_LIMITS = {
     "MAX_SESSIONS_PER_TENANT": "0",
     "SESSION_START_RATE": "0",
 }
+# `make run` keeps the archive's HTTP port fixed, so record URLs (and the deferred jobs that hold them)
+# stay valid when the archive restarts (docs/storage.md); PUBLIC_BASE, when set, wins over it.
+ARCHIVE_HTTP_PORT = "8081"
 PAGE_TOKEN_TTL_S = 12 * 3600.0  # the token in the browser page's link that `make run` prints
 POOL_ENV = {
     "en": {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_LANG": "en"},
@@ -127,7 +132,12 @@ class Stack:
         if self.certs_dir is None:
             self.certs_dir = self.workdir / "certs" if self.workdir is not None else Path("var/certs")
         self.certs_dir = self.certs_dir.resolve()
-        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge", "seaweed"])
+        # `prometheus`: the client identity a local Prometheus scrapes the /metrics ports with.
+        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge", "seaweed", "prometheus"])
+
+    def identity(self, name: str) -> Any:
+        """The certificate and key of one identity of this stack's CA (with TLS only)."""
+        return self._identities[name]
 
     def tls_env(self, name: str) -> dict[str, str]:
         """The TLS variables of one process (empty without TLS)."""
@@ -202,6 +212,7 @@ class Stack:
                 "COMPRESS_STORE_DIR": str(self.workdir / "records"),
                 "COMPRESS_SPOOL_DIR": str(self.workdir / "spool"),
                 "JOBS_DB": str(self.workdir / "jobs.sqlite"),
+                "ARCHIVE_SPOOL_DIR": str(self.workdir / "archive-spool"),
                 **self.env,
             }
         # Authentication on with the development keys unless the environment configures it (README).
@@ -262,6 +273,19 @@ class Stack:
                 if self._stopping.wait(delay):
                     return
                 self._restart(name, svc)
+
+    def restart(self, name: str) -> RunningService:
+        """Stop `name` if it still runs and start it again on its ports, as the supervisor does for a
+        child that exits (a test's kill-and-restart without `supervise`)."""
+        old = self.running[name]
+        if old.proc.poll() is None:
+            old.stop()
+        else:
+            old.kill()  # already dead: only release its pipe
+        self._restart(name, old)
+        if self.running[name] is old:
+            raise LaunchError(f"{name} did not start again")
+        return self.running[name]
 
     def _restart(self, name: str, old: RunningService) -> None:
         env = dict(self._launch_env[name])
@@ -335,11 +359,30 @@ def _tls_from_env() -> bool:
     return parse_bool(os.environ.get("STACK_TLS", "") or "false")
 
 
-def cmd_run(port: int, tls: bool) -> int:
-    stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True, tls=tls, supervise=True)
-    with stack:
+def _prometheus_from_env() -> bool:
+    from common.envconf import parse_bool
+
+    return parse_bool(os.environ.get("PROMETHEUS", "") or "false")
+
+
+def cmd_run(port: int, tls: bool, prometheus: bool) -> int:
+    env = dict(os.environ)
+    env.setdefault("COMPRESS_HTTP_PORT", ARCHIVE_HTTP_PORT)
+    stack = Stack(_services_from_env(), env=env, gateway_port=port, echo=True, tls=tls, supervise=True)
+    with stack, contextlib.ExitStack() as extras:
         ca = f"; clients trust {stack.ca_file} (speechgw-client --ca)" if stack.ca_file else ""
         print(f"stack up: {stack.url}{ca}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+        if prometheus:
+            from devtools.prometheus import for_stack
+
+            prom_port = int(os.environ.get("PROMETHEUS_PORT", "9091"))
+            prom = extras.enter_context(for_stack(stack, Path("var/prometheus").resolve(), prom_port))
+            print(
+                f"prometheus: {prom.url} scrapes {len(stack.running)} processes every {prom.scrape_interval} "
+                f"with the rules of deploy/observability (data in {prom.workdir})",
+                file=sys.stderr,
+                flush=True,
+            )
         page_token = stack.token(ttl_s=PAGE_TOKEN_TTL_S)
         if page_token is not None:
             print(
@@ -399,9 +442,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=_tls_from_env(),
             help="wss:// and mTLS with a throwaway CA in var/certs (or STACK_TLS=1)",
         )
+    run.add_argument(
+        "--prometheus",
+        action="store_true",
+        default=_prometheus_from_env(),
+        help="also run Prometheus with the rules of deploy/observability on PROMETHEUS_PORT (or PROMETHEUS=1)",
+    )
     args = p.parse_args(argv)
     if args.cmd == "run":
-        return cmd_run(args.port, args.tls)
+        return cmd_run(args.port, args.tls, args.prometheus)
     return cmd_demo(args.clip or sample_clip(), args.speed, args.tls)
 
 
