@@ -89,6 +89,9 @@ class SessionConfig:
     stages: tuple[StageName, ...] = (StageName.VAD, StageName.COMPRESS)
     # A session whose ASR is unavailable goes on as record-only and is transcribed later.
     deferred_transcripts: bool = False
+    # The gateway keeps each session's audio in its archive spool (ARCHIVE_SPOOL_MAX_BYTES > 0): an
+    # archive stage given up (silent, or stalled behind) hands its audio to the spool's uploader.
+    archive_spool: bool = False
     # Backpressure (SPEC §4): while a stage holds more than this much unsent audio, the client's
     # socket is not read; a stage that stays that far behind for `stage_timeout_s` is failed.
     stage_backlog_s: float = 10.0
@@ -563,6 +566,13 @@ class Session:
         self._behind_since.pop(stage, None)
         if stage in self.pending_stages:
             self._stages_to_stop.append(stage)
+            if stage is StageName.COMPRESS and self.config.archive_spool and self.record_url is None:
+                # A hung archive: the stage, stopped, hands the spooled audio to the uploader
+                # (orchestrator/stages/compress.py): the client is told where record_url will be.
+                self._on_record_pending(RecordPending(why))
+                self.failed_stages.add(stage)
+                self._stage_over(stage)
+                return
             self.stage_event(StageFailed(stage, why), self._last_audio_at)
 
     def _end_audio(self, reason: str, now: float | None = None) -> None:

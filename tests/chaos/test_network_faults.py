@@ -18,7 +18,7 @@ import pytest
 from devtools.client import StreamResult, stream_pcm
 from devtools.devauth import default_token
 from speechgw_client import load_audio
-from tests.archive_check import assert_archived_whole, decoded_s, missing_s
+from tests.archive_check import assert_archived_whole
 from tests.chaos.netfaults import proxied_stack
 from tests.poll import seconds, wait_for
 from tests.wer import wer
@@ -164,9 +164,10 @@ def test_vad_slow_sessions_finish_with_the_same_endpoints(tmp_path: Path, clips:
 def test_archive_link_half_open_session_still_ends(tmp_path: Path, clips: Path) -> None:
     """The archive's answers stop reaching the gateway mid-session (half-open: the audio still flows
     to it, nothing comes back, nothing is closed). The session does not hang: `archive_unavailable`
-    STAGE_TIMEOUT_SEC after the end of audio, then `end`. The archive did store every accepted
-    second, but the client gets no `record_url` for it."""
-    env = {**BASE_ENV, "STAGE_TIMEOUT_SEC": "4"}
+    (`mode: "spooled"`) STAGE_TIMEOUT_SEC after the end of audio, then `end` without `record_url`.
+    Once the link heals, the gateway's spool uploads the session again (same key) and the transcript
+    endpoint gives the `record_url` of every accepted second."""
+    env = {**BASE_ENV, "STAGE_TIMEOUT_SEC": "4", "ARCHIVE_RETRY_BASE_SEC": "0.5", "ARCHIVE_RETRY_MAX_SEC": "1"}
     pcm = load_audio(clips / "en" / "counting.wav")
     with proxied_stack(tmp_path, ("vad",), ("compress",), env) as ps:
 
@@ -189,9 +190,16 @@ def test_archive_link_half_open_session_still_ends(tmp_path: Path, clips: Path) 
 
         result = asyncio.run(answers_lost_mid_session())
         errors = result.of_type("error")
-        assert [(e["code"], e["fatal"]) for e in errors] == [("archive_unavailable", False)], errors
+        assert [(e["code"], e["fatal"], e.get("mode")) for e in errors] == [("archive_unavailable", False, "spooled")]
         assert "nothing from it for 4 s" in errors[0]["message"]
         assert not result.of_type("record_url") and result.of_type("vad")
         assert result.events[-1]["type"] == "end" and result.close_code == 1000
-        (stored,) = (tmp_path / "records").rglob("half-open.*")
-        assert missing_s(decoded_s(stored.read_bytes()), result.events[-1]["audio_s"]) == 0.0
+
+        def record_status() -> str:
+            return str(get_transcript(ps.stack.http_base, "half-open")[1].get("record_status"))
+
+        wait_for(lambda: record_status() == "pending", 10, "the record handed to the spool's uploader")
+        ps.proxies["compress"].clear()  # the link heals
+        wait_for(lambda: record_status() == "stored", 30, "re-upload")
+        url = get_transcript(ps.stack.http_base, "half-open")[1]["record_url"]
+        assert_archived_whole([{"type": "record_url", "url": url}, result.events[-1]])

@@ -22,11 +22,12 @@ from devtools.devauth import default_token
 from devtools.launcher import launch
 from devtools.stack import Stack
 from speechgw_client import load_audio
-from tests.archive_check import assert_archived_whole, fetch
+from tests.archive_check import FRAME_S, assert_archived_whole, decoded_s, fetch
 from tests.poll import seconds, wait_for
 from tests.wer import wer
 
 pytestmark = pytest.mark.chaos
+BATCH_MS = 200  # the archive stage's blocks: what the gateway holds in memory before its spool
 
 
 def transcript(http_base: str, flow_id: str) -> tuple[int, dict[str, Any]]:
@@ -98,7 +99,9 @@ def fetch_status(url: str) -> int:
 def test_gateway_sigkill_jobs_recovered_on_restart(tmp_path: Path, clips: Path) -> None:
     """SIGKILL to the gateway (no drain) with a record-only job pending and a session live. The live
     client sees its connection drop without `end` (close 1006) and streams again; the job stored
-    before the first session's `end` survives in JOBS_DB and the new gateway runs it to `done`."""
+    before the first session's `end` survives in JOBS_DB and the new gateway runs it to `done`; the
+    live session's audio, left unsealed in the gateway's archive spool, is sealed and uploaded by the
+    new gateway: all the client sent but the archive stage's last unsent block (COMPRESS_BATCH_MS)."""
     env = {
         "LOG_LEVEL": "WARNING",
         "STORAGE_BACKEND": "local",
@@ -107,6 +110,8 @@ def test_gateway_sigkill_jobs_recovered_on_restart(tmp_path: Path, clips: Path) 
         "STAGE_TIMEOUT_SEC": "10",
         "JOBS_BACKOFF_BASE_SEC": "0.5",
         "JOBS_CAPACITY_POLL_SEC": "0.2",
+        "COMPRESS_BATCH_MS": str(BATCH_MS),
+        "ARCHIVE_RETRY_BASE_SEC": "0.5",
     }
     hello = load_audio(clips / "en" / "hello_world.wav")
     long = load_audio(clips / "en" / "counting.wav") * 3
@@ -153,9 +158,18 @@ def test_gateway_sigkill_jobs_recovered_on_restart(tmp_path: Path, clips: Path) 
         body = transcript(gw.http_base, "sigkill-job")[1]
         text = " ".join(f["text"] for f in body["finals"])
         assert wer([(clips / "en" / "hello_world.txt").read_text()], [text]) <= 0.5, text
+
+        # What the gateway spooled of the cut session is sealed and archived by the new gateway.
+        def cut_record() -> list[Path]:
+            return list((tmp_path / "records").rglob("sigkill-live.*"))
+
+        wait_for(lambda: bool(cut_record()), 30, "the cut session's spooled audio archived")
+        stored = decoded_s(cut_record()[0].read_bytes())
+        print(f"\ncut after {cut.audio_s_sent:.2f} s sent; {stored:.2f} s archived from the spool")
+        assert cut.audio_s_sent - (BATCH_MS / 1000 + FRAME_S) <= stored <= cut.audio_s_sent + FRAME_S
         # The dropped client streams again: a new session, served whole.
         again = asyncio.run(
-            stream_pcm(stack.url, hello, speed=0, start={"flowId": "sigkill-live", "return": ["asr", "record_url"]})
+            stream_pcm(stack.url, hello, speed=0, start={"flowId": "sigkill-again", "return": ["asr", "record_url"]})
         )
         assert not again.of_type("error") and again.of_type("asr_final")
         assert_archived_whole(again.events)

@@ -248,3 +248,30 @@ def test_an_asr_silent_after_the_language_is_settled_is_still_given_up() -> None
     assert StageName.ASR not in s.stages_to_stop()
     s.tick(16.0)
     assert StageName.ASR in s.stages_to_stop()
+
+
+def test_a_hung_archive_given_up_with_the_spool_on_says_where_record_url_will_be() -> None:
+    """With the gateway's archive spool, a silent archive stage is stopped and its audio handed to the
+    spool's uploader: the client is told `mode: "spooled"`, not that the recording is lost."""
+    s = started(pref="en", stages=(StageName.COMPRESS,), stage_timeout_s=5.0, archive_spool=True)
+    s.receive_binary(b"\x00\x01" * 3200, 1.0)
+    s.receive_text('{"type":"flush"}', 1.0)
+    s.events_to_send()
+    s.tick(6.0)
+    assert s.stages_to_stop() == [StageName.COMPRESS] and s.record_pending
+    events = s.events_to_send()
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert (error["code"], error["fatal"], error["mode"]) == ("archive_unavailable", False, "spooled")
+    assert error["transcript_path"] == "/v1/flows/f1/transcript"
+    check_event(error)
+    assert events[-1]["type"] == "end" and s.state is State.CLOSED
+
+
+def test_a_hung_archive_without_the_spool_is_lost_to_the_session() -> None:
+    s = started(pref="en", stages=(StageName.COMPRESS,), stage_timeout_s=5.0)
+    s.receive_binary(b"\x00\x01" * 3200, 1.0)
+    s.receive_text('{"type":"flush"}', 1.0)
+    s.events_to_send()
+    s.tick(6.0)
+    (error,) = [e for e in s.events_to_send() if e["type"] == "error"]
+    assert error["code"] == "archive_unavailable" and "mode" not in error and not s.record_pending
