@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from common import tracing
 from common.server import GRPC_OPTIONS, announce
 from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
@@ -286,7 +287,17 @@ class Gateway:
             reason = session.end_reason or (session.close[1] if session.close else "unknown")
             metrics.SESSIONS.labels(reason).inc()
             count_outcome(session)
-            log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
+            log.info(
+                "session closed",
+                extra={
+                    "flowId": session.flow_id,
+                    "stage": "gateway",
+                    "event": reason,
+                    "lang": session.lang or None,
+                    "err_code": session.fatal_code.value if session.fatal_code is not None else None,
+                    "trace_id": driver.trace.trace_id if driver.trace is not None else None,
+                },
+            )
 
     async def _before_end(self, session: Session) -> None:
         """A record-only session's transcription job is stored before its `end` goes out."""
@@ -305,6 +316,11 @@ class Gateway:
         self._background.start("job-runner", self.jobs.run)
 
     async def _transcribe_job(self, job: Job) -> list[dict[str, Any]]:
+        # A trace of its own (the session's has ended), found by its flowId; the ASR's span joins it.
+        with tracing.span("transcript.job", flow_id=job.flow_id, **{"speechgw.attempt": job.attempts}):
+            return await self._transcribe_job_now(job)
+
+    async def _transcribe_job_now(self, job: Job) -> list[dict[str, Any]]:
         assert self.pools is not None
         member = self.pools.route(job.lang, job.domain).pick(time.monotonic())
         if member is None:
