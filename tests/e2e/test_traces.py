@@ -13,6 +13,7 @@ from devtools.client import stream_pcm
 from devtools.stack import Stack
 from tests.otlp_sink import OtlpSink, ReceivedSpan
 from tests.poll import seconds
+from tests.schemas import check_event
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +77,7 @@ def test_one_session_is_one_connected_trace_across_every_process(
     )
     assert result.ok, result.events
     (ack,) = result.of_type("ack")
+    check_event(ack)
     assert ack["trace_id"] == CLIENT_TRACE
     assert result.of_type("asr_final") and result.of_type("record_url")
 

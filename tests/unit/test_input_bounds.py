@@ -222,6 +222,10 @@ async def test_a_bug_on_a_client_message_drains_the_session_instead_of_dropping_
         ({"type": "start", "endpointing": MIN_ENDPOINTING_MS - 1}, False),
         ({"type": "start", "endpointing": MAX_ENDPOINTING_MS + 1}, False),
         ({"type": "start", "endpointing": "500"}, False),
+        ({"type": "start", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, True),
+        ({"type": "start", "traceparent": "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}, False),
+        ({"type": "start", "traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}, False),
+        ({"type": "start", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x"}, False),
     ],
 )
 def test_the_published_start_schema_states_the_same_bounds(start: dict[str, Any], valid: bool) -> None:
