@@ -79,12 +79,13 @@ def test_a_bad_otel_variable_names_itself(name: str, value: str) -> None:
         load_env(TracingConfig, {name: value})
 
 
-def test_a_ratio_sampler_keeps_none_at_zero(spans: InMemorySpanExporter) -> None:
-    sampler = tracing._sampler(
-        load_env(TracingConfig, {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"})
-    )
-    assert "TraceIdRatioBased" in sampler.get_description()
-    assert "ParentBased" in tracing._sampler(TracingConfig()).get_description()
+def test_the_sampler_names_build_the_sdks_samplers() -> None:
+    ratio = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    assert tracing._sampler(load_env(TracingConfig, ratio)).get_description() == "TraceIdRatioBased{0.25}"
+    parent = tracing._sampler(TracingConfig()).get_description()  # the default: parentbased_always_on
+    assert parent.startswith("ParentBased{root:AlwaysOnSampler")
+    never = tracing._sampler(load_env(TracingConfig, {"OTEL_TRACES_SAMPLER": "always_off"}))
+    assert never.get_description() == "AlwaysOffSampler"
 
 
 # ----- the session's spans -----
