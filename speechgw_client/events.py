@@ -90,6 +90,7 @@ class Ack(EventBase):
     audio: AudioFormat
     return_: list[str] = field(metadata={WIRE_NAME: "return"})
     limits: Limits
+    trace_id: str | None = None  # the session's trace, while the gateway traces (docs/observability.md)
 
 
 @dataclass(frozen=True, kw_only=True)

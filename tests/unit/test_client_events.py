@@ -217,13 +217,15 @@ def test_start_messages_are_valid() -> None:
         hotwords=["Kubernetes"],
         chunk_ms=40,
         token="t" * 40,
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         extra={"endpointing": 500},
     )
     for msg in (start_message(), full):
         validator("start").validate(msg)
     assert full["hints"] == {"domain": "default", "user_lang_pref": "en", "hotwords": ["Kubernetes"]}
     assert full["auth"] == {"token": "t" * 40} and full["endpointing"] == 500 and full["audio"]["chunk_ms"] == 40
-    assert "auth" not in start_message() and "hints" not in start_message() and "return" not in start_message()
+    assert full["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert not {"auth", "hints", "return", "traceparent"} & set(start_message())
 
 
 def test_the_library_constants_are_the_gateways() -> None:
