@@ -116,7 +116,9 @@ class Gateway:
         if "lid" in self._channels:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages and self._given_stages is None:
-            self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
+            table = cfg.routing_table()
+            self.pools = PoolSet(table, tls=cfg.tls)
+            self.session_config = replace(self.session_config, hotwords_applied=table.hotwords_applied)
             metrics.init_pools(self.pools.pools)
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.

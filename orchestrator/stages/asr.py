@@ -22,7 +22,15 @@ import grpc
 
 from common.audio import CHANNELS, SAMPLE_RATE
 from orchestrator import metrics
-from orchestrator.core.events import Finalize, LanguageDecided, SpeechBoundary, StageLatency, StageName, Transcript
+from orchestrator.core.events import (
+    Finalize,
+    LanguageDecided,
+    SpeechBoundary,
+    StageLatency,
+    StageName,
+    Transcript,
+    TranscriptWord,
+)
 from orchestrator.routing.pool import AsrPool, Lease, Member, MemberBusy, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.stages.base import AudioSource, SendTimes, StageContext
 from orchestrator.stages.opus_link import OpusLink, OpusLinkConfig
@@ -315,7 +323,15 @@ class AsrStage:
                 if ev.type in ("partial", "final"):
                     start_s, end_s = [*ev.ts, 0.0, 0.0][:2]
                     transcript = Transcript(
-                        ev.type == "final", ev.text, start_s, end_s, ev.lang, ev.from_finalize, pool=stream.pool.name
+                        ev.type == "final",
+                        ev.text,
+                        start_s,
+                        end_s,
+                        ev.lang,
+                        ev.from_finalize,
+                        pool=stream.pool.name,
+                        words=words_of(ev),
+                        confidence=ev.confidence if ev.HasField("confidence") else None,
                     )
                     if transcript.final and stream.held_finals is not None:
                         stream.held_finals.append(transcript)  # provisional: wait for the route
@@ -332,6 +348,13 @@ class AsrStage:
         except grpc.aio.AioRpcError as exc:
             stream.lease.member.record_failure(time.monotonic(), exc.code().name)
             raise
+
+
+def words_of(ev: asr_pb2.AsrEvent) -> tuple[TranscriptWord, ...]:
+    """The event's words; times already on the session timeline (services/asr/session.py)."""
+    return tuple(
+        TranscriptWord(w.word, w.start, w.end, w.confidence if w.HasField("confidence") else None) for w in ev.words
+    )
 
 
 def _endpoint_frame(b: SpeechBoundary | Finalize) -> asr_pb2.ClientFrame:

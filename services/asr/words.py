@@ -131,5 +131,7 @@ def snap_to_speech(words: Sequence[Word], pcm: np.ndarray, sample_rate: int = 16
         if end == hi:  # ends in speech: on to where it stops, never into the next word
             while end < min(ceiling, n) and loud[end]:
                 end += 1
+        start = max(start, floor)  # words never overlap
+        end = max(end, start)
         out.append(Word(w.word, round(start * SNAP_FRAME_S, 3), round(end * SNAP_FRAME_S, 3), w.confidence))
     return tuple(out)
