@@ -29,6 +29,7 @@ from common.audio import SAMPLE_RATE
 from devtools.devauth import default_token
 from orchestrator.edge.auth import BEARER_PROTOCOL_PREFIX, SUBPROTOCOL
 from orchestrator.transcripts.srt import to_srt
+from orchestrator.transcripts.vtt import to_vtt
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/stream"
 DEV_CA = Path("var/certs/ca.pem")  # written by `speechgw-stack run --tls` (devtools/certs.py)
@@ -192,12 +193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="send a finalize after every SECONDS of audio (0: never)",
     )
+    p.add_argument("--hotwords", default="", help="comma-separated hints.hotwords (names, terms)")
     p.add_argument("--srt", type=Path, default=None, help="write the finals as SRT")
+    p.add_argument("--vtt", type=Path, default=None, help="write the finals as WebVTT")
     p.add_argument("--json", type=Path, default=None, help="write all events as a JSON array")
     args = p.parse_args(argv)
 
     pcm = sys.stdin.buffer.read() if args.input == "-" else load_wav(args.input)
     start: dict[str, Any] = {"hints": {"domain": args.domain, "user_lang_pref": args.lang}}
+    if args.hotwords:
+        start["hints"]["hotwords"] = [w.strip() for w in args.hotwords.split(",") if w.strip()]
     if args.flow_id:
         start["flowId"] = args.flow_id
     if args.families:
@@ -226,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.srt:
         args.srt.write_text(to_srt(result.of_type("asr_final")), encoding="utf-8")
+    if args.vtt:
+        args.vtt.write_text(to_vtt(result.of_type("asr_final")), encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps(result.events, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0 if result.ok else 1

@@ -29,11 +29,11 @@ from orchestrator.core.events import (
     StageLatency,
     StageName,
     Transcript,
-    TranscriptWord,
 )
 from orchestrator.routing.pool import AsrPool, Lease, Member, MemberBusy, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.stages.base import AudioSource, SendTimes, StageContext
 from orchestrator.stages.opus_link import OpusLink, OpusLinkConfig
+from orchestrator.stages.words import words_of
 from proto import asr_pb2, asr_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -348,13 +348,6 @@ class AsrStage:
         except grpc.aio.AioRpcError as exc:
             stream.lease.member.record_failure(time.monotonic(), exc.code().name)
             raise
-
-
-def words_of(ev: asr_pb2.AsrEvent) -> tuple[TranscriptWord, ...]:
-    """The event's words; times already on the session timeline (services/asr/session.py)."""
-    return tuple(
-        TranscriptWord(w.word, w.start, w.end, w.confidence if w.HasField("confidence") else None) for w in ev.words
-    )
 
 
 def _endpoint_frame(b: SpeechBoundary | Finalize) -> asr_pb2.ClientFrame:

@@ -23,7 +23,7 @@ import numpy as np
 from common.envconf import ConfigError
 from common.server import GRPC_OPTIONS
 from common.tls import TlsConfig, client_ssl_context, grpc_channel
-from orchestrator.stages.asr import words_of
+from orchestrator.stages.words import words_of
 from orchestrator.transcripts.store import PermanentJobError
 from proto import asr_pb2, asr_pb2_grpc
 

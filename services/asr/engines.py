@@ -189,7 +189,8 @@ class WhisperEngine:
             vad_filter=False,
             hotwords=prompt,
         )
-        kept, refused, words, logprobs = [], "", [], []
+        kept, refused, logprobs = [], "", []
+        words: list[Word] = []
         for seg in segments:
             scores = guards.Scores(seg.no_speech_prob, seg.avg_logprob)
             seg_s = max(seg.end - seg.start, 0.0) or audio_s
@@ -208,8 +209,7 @@ class WhisperEngine:
         if not text:
             return self._refused(Result("", info.language, refused))
         confidence = word_timing.utterance_confidence(sum(logprobs) / len(logprobs))
-        words = self._snapped(word_timing.clamp(words, audio_s), pcm)
-        return Result(text, info.language, "", words, confidence)
+        return Result(text, info.language, "", self._snapped(word_timing.clamp(words, audio_s), pcm), confidence)
 
     def _segment_words(
         self, pcm: np.ndarray, start_s: float, end_s: float, tokens: Sequence[int], lang: str
