@@ -361,8 +361,9 @@ async def test_a_final_reusing_its_partial_keeps_the_partials_words() -> None:
         yield endpoint(False, 800)
 
     events = await run_session(then_end(), engine, interval_ms=50)
-    partials = [e for _, e in events if e.type == "partial"]
     (final,) = [e for _, e in events if e.type == "final"]
     assert engine.decodes == engine.partial_calls  # no decode of its own
-    assert word_triples(final) == word_triples(partials[-1]) == [("heard", 0.0, 0.4, 0.75), ("it", 0.4, 0.8, None)]
-    assert final.confidence == partials[-1].confidence == 0.5
+    # The words of the 800 ms partial decode (its event may not go out: the end can close the
+    # utterance while that decode runs).
+    assert word_triples(final) == [("heard", 0.0, 0.4, 0.75), ("it", 0.4, 0.8, None)]
+    assert final.confidence == 0.5
