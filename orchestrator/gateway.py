@@ -119,6 +119,11 @@ class Gateway:
             table = cfg.routing_table()
             self.pools = PoolSet(table, tls=cfg.tls)
             self.session_config = replace(self.session_config, hotwords_applied=table.hotwords_applied)
+            if self.pools.uses_dns:
+                # Members named by DNS are known before the first session; then re-resolved.
+                metrics.forget_members(await self.pools.refresh_dns())
+                pools = self.pools
+                self._background.start("asr-pool-dns", lambda: pools.watch_dns(metrics.forget_members))
             metrics.init_pools(self.pools.pools)
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -186,6 +187,13 @@ def init_pools(pools: Mapping[str, AsrPool]) -> None:
         FINAL_LAG.labels(name)
         for member in pool.members:
             BREAKER_STATE.labels(name, member.addr).set(0)
+
+
+def forget_members(members: Iterable[Member]) -> None:
+    """Members gone from their pool's DNS name: their breaker series end with them."""
+    for member in members:
+        with contextlib.suppress(KeyError):
+            BREAKER_STATE.remove(member.pool, member.addr)
 
 
 def refresh_breakers(members: Iterable[Member], now: float) -> None:
