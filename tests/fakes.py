@@ -48,6 +48,17 @@ class FakeConnection:
         self.taken = 0  # messages the driver has read
         self.sent: list[dict[str, Any]] = []
         self.close_code: int | None = None
+        self.stalled_at: float | None = None  # set by a test: the client stopped reading then
+        self.aborted = False
+
+    def stalled_since(self) -> float | None:
+        return self.stalled_at
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.close_code is None:
+            self.close_code = 1006  # what a client sees of a connection dropped without a close frame
+        self.incoming.put_nowait(None)
 
     def send_start(self, pref: str = "auto") -> None:
         start = {"type": "start", "flowId": "f1", "return": ["lid", "asr"], "hints": {"user_lang_pref": pref}}

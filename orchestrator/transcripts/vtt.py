@@ -1,29 +1,33 @@
-"""WebVTT text of ASR finals, the same cues as the SRT writer (orchestrator/transcripts/cues.py)."""
+"""WebVTT text of ASR finals (the batch tool's `.vtt`, the CLI's `--vtt`), made from the SRT writer's
+cues (cut on the word timings, orchestrator/transcripts/cues.py) so that both formats always split and
+time the text the same way."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from orchestrator.transcripts.cues import DEFAULT_LIMITS, CueLimits, cues
+from orchestrator.transcripts.srt import to_srt
 
-__all__ = ["to_vtt"]
-
-
-def _vtt_stamp(t: float) -> str:
-    ms = max(0, round(t * 1000))
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+__all__ = ["srt_to_vtt", "to_vtt"]
 
 
-def _escape(line: str) -> str:
-    """Cue text may not hold `-->`, and `&` and `<` start entities and tags (W3C WebVTT §4.2.2)."""
-    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _escape(text: str) -> str:
+    # Cue text is HTML-like in WebVTT: & and < start entities and tags; "-->" may not appear in it.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def to_vtt(finals: Iterable[dict[str, Any]], limits: CueLimits = DEFAULT_LIMITS) -> str:
-    """A WebVTT file of the finals' cues (`WEBVTT` header, then one block per cue)."""
-    blocks = [
-        f"{_vtt_stamp(c.start_s)} --> {_vtt_stamp(c.end_s)}\n" + "\n".join(_escape(line) for line in c.lines) + "\n"
-        for c in cues(finals, limits)
-    ]
-    return "\n".join(["WEBVTT\n", *blocks])
+def srt_to_vtt(srt: str) -> str:
+    """The SubRip cues of `srt` as a WebVTT file: `WEBVTT` header, `.` before milliseconds, escaped text."""
+    out = ["WEBVTT\n"]
+    for block in srt.strip().split("\n\n"):
+        lines = block.split("\n")
+        if len(lines) < 3 or "-->" not in lines[1]:
+            continue
+        ident, timing, text = lines[0], lines[1].replace(",", "."), lines[2:]
+        out.append("\n".join([ident, timing, *(_escape(t) for t in text)]) + "\n")
+    return "\n".join(out)
+
+
+def to_vtt(finals: list[dict[str, Any]]) -> str:
+    """WebVTT text of the finals (the same cues as `to_srt`)."""
+    return srt_to_vtt(to_srt(finals))

@@ -184,7 +184,7 @@ def test_srt_and_vtt_share_the_cues() -> None:
     assert re.findall(r"^(\d+)$", srt, re.M) == [str(i) for i in range(1, n + 1)]
     assert srt.count(" --> ") == vtt.count(" --> ") == n
     assert srt.startswith("1\n00:00:10,000 --> ")
-    assert vtt.startswith("WEBVTT\n\n00:00:10.000 --> ")
+    assert vtt.startswith("WEBVTT\n\n1\n00:00:10.000 --> ")
     assert "01:02:05,004 --> 01:02:06,000\na < b & c\n" in srt
     assert "01:02:05.004 --> 01:02:06.000\na &lt; b &amp; c\n" in vtt
     assert to_srt([]) == "" and to_vtt([]) == "WEBVTT\n"
