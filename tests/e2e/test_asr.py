@@ -138,7 +138,7 @@ def test_cli_prints_events_writes_srt_vtt_and_json_and_fails_on_error(
     srt = (tmp_path / "out.srt").read_text()
     assert srt.startswith("1\n00:00:00,") and "-->" in srt and "hello" in srt.lower()
     vtt = (tmp_path / "out.vtt").read_text()
-    assert vtt.startswith("WEBVTT\n\n00:00:00.") and "hello" in vtt.lower()
+    assert vtt.startswith("WEBVTT\n\n1\n00:00:00.") and "hello" in vtt.lower()
     assert lines[0]["hotwords_applied"] is True  # the stack's pools run Whisper
     finals = [e for e in lines if e["type"] == "asr_final"]
     for final in finals:  # word timings from the ASR, on the session timeline, within the final
