@@ -3,6 +3,7 @@
 speechgw-stack run            # foreground; Ctrl-C stops everything
 speechgw-stack demo [FILE]    # start, stream a sample clip in real time, print events, stop
 speechgw-stack run --tls      # wss:// and mTLS everywhere, certificates from a throwaway CA in var/certs
+speechgw-stack run --prometheus   # and a Prometheus scraping every process, with the rules (PROMETHEUS=1)
 
 `run` supervises its children as Kubernetes would: one that exits is started again on the same ports,
 after a backoff that grows while it keeps failing (devtools/restarts.py), and every exit and restart
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -127,7 +129,12 @@ class Stack:
         if self.certs_dir is None:
             self.certs_dir = self.workdir / "certs" if self.workdir is not None else Path("var/certs")
         self.certs_dir = self.certs_dir.resolve()
-        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge", "seaweed"])
+        # `prometheus`: the client identity a local Prometheus scrapes the /metrics ports with.
+        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge", "seaweed", "prometheus"])
+
+    def identity(self, name: str) -> Any:
+        """The certificate and key of one identity of this stack's CA (with TLS only)."""
+        return self._identities[name]
 
     def tls_env(self, name: str) -> dict[str, str]:
         """The TLS variables of one process (empty without TLS)."""
@@ -335,11 +342,28 @@ def _tls_from_env() -> bool:
     return parse_bool(os.environ.get("STACK_TLS", "") or "false")
 
 
-def cmd_run(port: int, tls: bool) -> int:
+def _prometheus_from_env() -> bool:
+    from common.envconf import parse_bool
+
+    return parse_bool(os.environ.get("PROMETHEUS", "") or "false")
+
+
+def cmd_run(port: int, tls: bool, prometheus: bool) -> int:
     stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True, tls=tls, supervise=True)
-    with stack:
+    with stack, contextlib.ExitStack() as extras:
         ca = f"; clients trust {stack.ca_file} (speechgw-client --ca)" if stack.ca_file else ""
         print(f"stack up: {stack.url}{ca}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+        if prometheus:
+            from devtools.prometheus import for_stack
+
+            prom_port = int(os.environ.get("PROMETHEUS_PORT", "9091"))
+            prom = extras.enter_context(for_stack(stack, Path("var/prometheus").resolve(), prom_port))
+            print(
+                f"prometheus: {prom.url} scrapes {len(stack.running)} processes every {prom.scrape_interval} "
+                f"with the rules of deploy/observability (data in {prom.workdir})",
+                file=sys.stderr,
+                flush=True,
+            )
         page_token = stack.token(ttl_s=PAGE_TOKEN_TTL_S)
         if page_token is not None:
             print(
@@ -399,9 +423,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=_tls_from_env(),
             help="wss:// and mTLS with a throwaway CA in var/certs (or STACK_TLS=1)",
         )
+    run.add_argument(
+        "--prometheus",
+        action="store_true",
+        default=_prometheus_from_env(),
+        help="also run Prometheus with the rules of deploy/observability on PROMETHEUS_PORT (or PROMETHEUS=1)",
+    )
     args = p.parse_args(argv)
     if args.cmd == "run":
-        return cmd_run(args.port, args.tls)
+        return cmd_run(args.port, args.tls, args.prometheus)
     return cmd_demo(args.clip or sample_clip(), args.speed, args.tls)
 
 

@@ -23,7 +23,15 @@ pytestmark = pytest.mark.unit
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 ROOTS = (LogConfig, GatewayConfig, VadConfig, DenoiseConfig, LidConfig, AsrConfig, CompressConfig)
 # Read by tools, not by a process's loader.
-TOOLS = {"SPEECHGW_MODELS_DIR", "STACK_SERVICES", "STACK_TLS", "SPEECHGW_DEV_KEYS_DIR", "SPEECHGW_TOKEN"}
+TOOLS = {
+    "SPEECHGW_MODELS_DIR",
+    "STACK_SERVICES",
+    "STACK_TLS",
+    "SPEECHGW_DEV_KEYS_DIR",
+    "SPEECHGW_TOKEN",
+    "PROMETHEUS",
+    "PROMETHEUS_PORT",
+}
 ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", re.M)
 
 
