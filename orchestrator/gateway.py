@@ -124,7 +124,9 @@ class Gateway:
         if "lid" in self._channels:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages and self._given_stages is None:
-            self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
+            table = cfg.routing_table()
+            self.pools = PoolSet(table, tls=cfg.tls)
+            self.session_config = replace(self.session_config, hotwords_applied=table.hotwords_applied)
             if self.pools.uses_dns:
                 # Members named by DNS are known before the first session; then re-resolved.
                 metrics.forget_members(await self.pools.refresh_dns())
