@@ -4,29 +4,12 @@ the chaos tests)."""
 
 from __future__ import annotations
 
-import io
-import urllib.error
-import urllib.request
 from typing import Any
 
-import soundfile as sf
+from tests.records import decoded_s, fetch
 
-from tests.poll import seconds
-
+__all__ = ["FRAME_S", "assert_archived_whole", "decoded_s", "fetch", "missing_s"]
 FRAME_S = 0.02
-
-
-def fetch(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=seconds(10)) as resp:
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def decoded_s(data: bytes) -> float:
-    info = sf.info(io.BytesIO(data))
-    return float(info.frames / info.samplerate)
 
 
 def missing_s(stored_s: float, accepted_s: float) -> float:
