@@ -29,9 +29,9 @@ from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig, is_loopback
 from orchestrator.core.events import StageName
-from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, valid_flow_id
+from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, ResumeRequest, valid_flow_id
 from orchestrator.core.session import Session
-from orchestrator.driver import ConnectionClosedError, SessionDriver
+from orchestrator.driver import ConnectionClosedError, HandedOver, SessionDriver
 from orchestrator.edge.auth import (
     SUBPROTOCOL,
     AuthError,
@@ -41,6 +41,7 @@ from orchestrator.edge.auth import (
     may_read_transcripts,
     token_from_handshake,
 )
+from orchestrator.edge.flows import FlowRegistry
 from orchestrator.edge.keys import JwksVerifier, Verifier, build_verifier
 from orchestrator.edge.limits import ClientLimits, Refusal, Ticket
 from orchestrator.routing.pool import PoolSet
@@ -82,8 +83,8 @@ class Gateway:
         self._job_store: AsyncJobStore | None = None
         self._all_closed = asyncio.Event()
         self.verifier: Verifier | None = None
-        # Ownership (docs/security.md): the live session of each (tenant, flowId).
-        self._live_flows: dict[tuple[str, str], SessionDriver] = {}
+        # Ownership (docs/security.md): the live session of each (tenant, flowId), resumes included.
+        self.flows: FlowRegistry[SessionDriver] = FlowRegistry()
 
     @property
     def port(self) -> int:
@@ -156,6 +157,8 @@ class Gateway:
     async def drain(self) -> None:
         """Shutdown as an API (STYLE §6): not ready, refuse new sessions, let open ones finish."""
         self.draining = True
+        for driver in list(self.drivers):
+            driver.end_resume_window()  # no client can come back to a draining gateway
         if self.drivers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), self.config.listen.drain_grace_s)
@@ -186,10 +189,11 @@ class Gateway:
         ws: ServerConnection,
         ticket: Ticket | None,
         principal: Principal | None,
-    ) -> tuple[ErrorCode, str] | str:
+    ) -> tuple[ErrorCode, str] | str | HandedOver:
         """Between `start` and `ack` (docs/security.md): the token (from the handshake or
         `start.auth.token`) and its claims, the limits per client and per tenant, then the flowId not
-        live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal."""
+        live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal;
+        for a `start.resume`, the session it resumed (docs/protocol.md#resume)."""
         assert session.start is not None and session.flow_id is not None
         tenant = ""
         if self.verifier is not None:
@@ -213,6 +217,8 @@ class Gateway:
                 )
                 return exc.code, exc.message
             tenant = principal.sub
+        if session.start.resume is not None:
+            return self._resume(session.start.resume, session.flow_id, driver, ws, ticket, tenant)
         if ticket is not None:
             # The limits per tenant count the token's subject; without authentication, the client's address.
             # A start refused below still counts against the start rate: an attempt is an attempt.
@@ -222,16 +228,38 @@ class Gateway:
                 refused(refusal)
                 return refusal.code, refusal.message
             metrics.PENDING_CONNECTIONS.set(self.limits.pending)
-        key = (tenant, session.flow_id)
-        if key in self._live_flows:
-            return ErrorCode.FLOW_IN_USE, "another session is streaming this flowId; retry once it has ended"
-        self._live_flows[key] = driver
+        taken = self.flows.claim(tenant, session.flow_id, driver)
+        if taken is not None:
+            return taken.code, taken.message
         return tenant
 
+    def _resume(
+        self,
+        request: ResumeRequest,
+        flow_id: str,
+        driver: SessionDriver,
+        ws: ServerConnection,
+        ticket: Ticket | None,
+        tenant: str,
+    ) -> tuple[ErrorCode, str] | HandedOver:
+        """Move the flow's live session to this connection, or say why not (counted by outcome)."""
+        found = self.flows.find_for_resume(tenant, flow_id)
+        refusal: tuple[ErrorCode, str] | None
+        if isinstance(found, Refusal):
+            refusal = found.code, found.message
+        else:
+            limited = self.limits.resume_session(ticket, tenant or client_ip(ws), time.monotonic()) if ticket else None
+            refusal = (limited.code, limited.message) if limited is not None else found.attach(driver.conn, request)
+        if refusal is not None:
+            metrics.RESUMES.labels(refusal[0].value).inc()
+            log.info("resume refused", extra={"flowId": flow_id, "stage": "gateway", "err_code": refusal[0].value})
+            return refusal
+        assert not isinstance(found, Refusal)
+        log.info("session resumed", extra={"flowId": flow_id, "stage": "gateway", "event": "resumed"})
+        return HandedOver(found)
+
     def _release_flow(self, session: Session, driver: SessionDriver) -> None:
-        key = (session.tenant, session.flow_id or "")
-        if self._live_flows.get(key) is driver:
-            del self._live_flows[key]
+        self.flows.release(session.tenant, session.flow_id or "", driver)
 
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
@@ -259,7 +287,7 @@ class Gateway:
             except AuthError as exc:
                 session.refuse(exc.code, exc.message)
 
-        async def admit(s: Session) -> tuple[ErrorCode, str] | str:
+        async def admit(s: Session) -> tuple[ErrorCode, str] | str | HandedOver:
             return await self._admit(s, driver, ws, ticket, principal)
 
         driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end, admit)
@@ -267,6 +295,10 @@ class Gateway:
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
         try:
             await driver.run()
+            if driver.handed_over_to is not None:
+                # This connection now carries a resumed session, run by the task that started it.
+                self.drivers.discard(driver)
+                await driver.handed_over_to.released(driver.conn)
         except Exception:
             log.exception(
                 "session crashed",
@@ -283,10 +315,11 @@ class Gateway:
             if self.draining and not self.drivers:
                 self._all_closed.set()
             metrics.ACTIVE_SESSIONS.set(len(self.drivers))
-            reason = session.end_reason or (session.close[1] if session.close else "unknown")
-            metrics.SESSIONS.labels(reason).inc()
-            count_outcome(session)
-            log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
+            if not session.handed_over:
+                reason = session.end_reason or (session.close[1] if session.close else "unknown")
+                metrics.SESSIONS.labels(reason).inc()
+                count_outcome(session)
+                log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
 
     async def _before_end(self, session: Session) -> None:
         """A record-only session's transcription job is stored before its `end` goes out."""
@@ -392,6 +425,7 @@ class Gateway:
         queued = [d.send_queue_len for d in self.drivers]
         metrics.SEND_QUEUE_EVENTS.set(sum(queued))
         metrics.SEND_QUEUE_EVENTS_MAX.set(max(queued, default=0))
+        metrics.AWAITING_RESUME.set(sum(d.session.awaiting_resume for d in self.drivers))
         metrics.SEND_BUFFER_BYTES.set(
             sum(d.conn.buffered_bytes() for d in self.drivers if isinstance(d.conn, WebSocketConnection))
         )
@@ -441,6 +475,16 @@ class WebSocketConnection:
             await self._ws.send(text)
         except ConnectionClosed as exc:
             raise ConnectionClosedError from exc
+
+    @property
+    def dropped(self) -> bool:
+        """Closed without a close frame from the client (a cut TCP connection): resumable."""
+        return self._ws.protocol.close_rcvd is None
+
+    def abort(self) -> None:
+        transport = self._ws.transport
+        if transport is not None:
+            transport.abort()
 
     def buffered_bytes(self) -> int:
         """Bytes written to the socket's transport and not yet sent (the kernel took the rest)."""

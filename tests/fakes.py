@@ -48,6 +48,18 @@ class FakeConnection:
         self.taken = 0  # messages the driver has read
         self.sent: list[dict[str, Any]] = []
         self.close_code: int | None = None
+        self.dropped = False  # `drop()`: lost without a close frame, like a cut TCP connection
+
+    def drop(self) -> None:
+        """The network cut the connection: no close frame; what is sent from now on is lost."""
+        self.dropped = True
+        self.close_code = 1006
+        self.incoming.put_nowait(None)
+
+    def abort(self) -> None:
+        if self.close_code is None:
+            self.close_code = 1006
+        self.incoming.put_nowait(None)
 
     def send_start(self, pref: str = "auto") -> None:
         start = {"type": "start", "flowId": "f1", "return": ["lid", "asr"], "hints": {"user_lang_pref": pref}}

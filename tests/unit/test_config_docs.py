@@ -85,5 +85,5 @@ def test_the_loaders_read_the_known_set() -> None:
     # a variable lost from a loader shows up here as well as in the page check. Nine TLS variables
     # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG; eight limits
     # per client (orchestrator/edge/limits.py); the gateway's nine AUTH_* and the archive's record-URL
-    # key and TTL; ASR_BATCH_MAX.
-    assert len(loader_vars()) == 190
+    # key and TTL; ASR_BATCH_MAX; RESUME_WINDOW_SEC and RESUME_BUFFER_EVENTS.
+    assert len(loader_vars()) == 192
