@@ -157,14 +157,19 @@ class Gateway:
     async def drain(self) -> None:
         """Shutdown as an API (STYLE §6): not ready, refuse new sessions, let open ones finish."""
         self.draining = True
-        for driver in list(self.drivers):
-            driver.end_resume_window()  # no client can come back to a draining gateway
+        self._end_resume_windows()
         if self.drivers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), self.config.listen.drain_grace_s)
         await self.stop()
 
+    def _end_resume_windows(self) -> None:
+        """No client can come back to a gateway that stops: flush the sessions waiting for one."""
+        for driver in list(self.drivers):
+            driver.end_resume_window()
+
     async def stop(self) -> None:
+        self._end_resume_windows()
         await self._background.stop()
         if self._server is not None:
             self._server.close()
