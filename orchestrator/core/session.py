@@ -635,6 +635,10 @@ class Session:
         family = FAMILY_OF.get(event["type"])
         if family is not None and not self.wants(family):
             return
+        if self.start is not None and self.start.resume is not None and not self.acknowledged:
+            # The refusal of a resume answers this connection: it is not one of the flow's events.
+            self._events.append(event)
+            return
         self._events.append(self._log.number(event))
 
 

@@ -149,6 +149,7 @@ async def test_a_resume_of_an_unknown_or_foreign_flow_is_refused(
     await other.send(SECOND)  # never read: the refusal comes first
     events = await rest(other)
     assert [(e["type"], e["code"], e["fatal"]) for e in events] == [("error", code, True)]
+    assert "seq" not in events[0]  # it answers this connection, it is not one of the flow's events
     assert other.close_code == 1008 and resumes(code) == before + 1
     assert any(d.session.flow_id == "r3" and d.session.awaiting_resume for d in gw.drivers)  # untouched
 
