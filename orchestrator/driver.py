@@ -376,9 +376,11 @@ class SessionDriver:
         while True:
             item = await self._out.get()
             if item is _CLOSE:
-                if not self.session.awaiting_resume:
+                if self.session.awaiting_resume:
+                    self._close_queued = False  # queued again once the client is back or the window ends
+                    continue
+                if self.session.handed_over or await self._closed_for_good():
                     break
-                self._close_queued = False  # queued again once the client is back or the window ends
                 continue
             kind, text = item
             if self._before_end is not None and kind == "end" and not ended:
@@ -396,12 +398,25 @@ class SessionDriver:
                     # The reader has stopped: the client may come back for the rest (its `end`).
                     self.session.receive_disconnect(time.monotonic(), dropped=conn.dropped)
                     self.pump()
-        if not self.session.handed_over:
-            code, reason = self.session.close or (1000, "end")
-            with contextlib.suppress(ConnectionClosedError):
-                await self.conn.close(int(code), reason)
         self.closed.set()
         self._wake.set()
+
+    async def _closed_for_good(self) -> bool:
+        """Close the client's connection after the last event. False when the session goes on waiting:
+        the close handshake failed (a client gone without a word may not have the `end`) and the client
+        may resume, or a resume moved the session to another connection meanwhile."""
+        s, conn = self.session, self.conn
+        code, reason = s.close or (1000, "end")
+        with contextlib.suppress(ConnectionClosedError):
+            await conn.close(int(code), reason)
+        if conn is not self.conn:
+            return False
+        if conn.dropped:
+            s.receive_disconnect(time.monotonic(), dropped=True)
+            self._close_queued = False
+            self.pump()
+            return not s.awaiting_resume
+        return True
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -36,10 +36,10 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 async def gateway() -> AsyncIterator[GatewayFactory]:
     started: list[Gateway] = []
 
-    async def start(**session: Any) -> Gateway:
+    async def start(auth: bool = True, **session: Any) -> Gateway:
         config = GatewayConfig(
             listen=ListenConfig(port=0, tick_s=0.05),
-            auth=AuthConfig(jwt_secret=SECRET, audience=DEV_AUDIENCE, issuer=DEV_ISSUER),
+            auth=AuthConfig(jwt_secret=SECRET, audience=DEV_AUDIENCE, issuer=DEV_ISSUER) if auth else AuthConfig(),
             session=SessionConfig(**session),
         )
         gw = Gateway(config, stages=[FakeStage(StageName.COMPRESS)])
@@ -97,8 +97,10 @@ async def cut(gw: Gateway, ws: ClientConnection, flow: str) -> None:
     )
 
 
-async def test_a_cut_connection_is_resumed_and_the_session_goes_on(gateway: GatewayFactory) -> None:
-    gw = await gateway()
+@pytest.mark.parametrize("auth", [True, False], ids=["jwt", "auth-off"])
+async def test_a_cut_connection_is_resumed_and_the_session_goes_on(gateway: GatewayFactory, auth: bool) -> None:
+    """With authentication the token's `sub` must be the same; without it the flowId alone names the flow."""
+    gw = await gateway(auth=auth)
     before = resumes("resumed")
     first = await opened(gw, "tenant-a")
     await first.send(start("r1"))

@@ -14,7 +14,7 @@ from orchestrator.core.protocol import ResumeRequest
 from orchestrator.core.session import Session, SessionConfig
 from orchestrator.driver import SessionDriver
 from tests.fakes import SECOND, FakeConnection, FakeStage
-from tests.poll import seconds
+from tests.poll import seconds, until
 
 pytestmark = pytest.mark.unit
 FLUSH = json.dumps({"type": "flush"})
@@ -25,22 +25,15 @@ def driver_for(conn: FakeConnection, stage: FakeStage, **cfg: float) -> SessionD
     return SessionDriver(Session(config, time.monotonic(), "gen"), conn, [stage])
 
 
-async def until(condition: object, what: str) -> None:
-    deadline = time.monotonic() + seconds(5)
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.005)
-
-
 async def test_a_dropped_connection_is_resumed_on_a_new_one_and_the_stream_goes_on() -> None:
     old, new, stage = FakeConnection(), FakeConnection(), FakeStage(StageName.COMPRESS)
     driver = driver_for(old, stage)
     old.send_start()
     old.incoming.put_nowait(SECOND)
     run = asyncio.create_task(driver.run())
-    await until(lambda: stage.audio_bytes == len(SECOND), "the first second reaches the stage")
+    await until(lambda: stage.audio_bytes == len(SECOND), 5, "the first second reaches the stage")
     old.drop()
-    await until(lambda: driver.session.awaiting_resume, "the session waits for its client")
+    await until(lambda: driver.session.awaiting_resume, 5, "the session waits for its client")
     assert driver.attach(new, ResumeRequest(last_seq=0, audio_s=1.0)) is None
     released = asyncio.create_task(driver.released(new))
     new.incoming.put_nowait(SECOND)
@@ -61,7 +54,7 @@ async def test_a_resume_takes_over_a_connection_the_gateway_still_thinks_alive()
     driver = driver_for(old, stage)
     old.send_start()
     run = asyncio.create_task(driver.run())
-    await until(lambda: old.kinds() == ["ack"], "acknowledged")
+    await until(lambda: old.kinds() == ["ack"], 5, "acknowledged")
     assert driver.attach(new, ResumeRequest(last_seq=1, audio_s=0.0)) is None
     assert old.close_code == 1006  # the half-open connection is aborted
     new.incoming.put_nowait(SECOND)
@@ -76,9 +69,9 @@ async def test_a_window_that_ends_without_a_resume_flushes_the_session() -> None
     old.send_start()
     old.incoming.put_nowait(SECOND)
     run = asyncio.create_task(driver.run())
-    await until(lambda: stage.audio_bytes == len(SECOND), "audio in")
+    await until(lambda: stage.audio_bytes == len(SECOND), 5, "audio in")
     old.drop()
-    await until(lambda: driver.session.awaiting_resume, "waiting")
+    await until(lambda: driver.session.awaiting_resume, 5, "waiting")
     driver.tick(time.monotonic() + 1.0)
     assert driver.session.awaiting_resume
     driver.tick(time.monotonic() + 5.0)
@@ -105,13 +98,36 @@ async def test_a_client_cut_before_its_end_gets_the_end_on_resume() -> None:
     old.incoming.put_nowait(SECOND)
     old.incoming.put_nowait(FLUSH)
     run = asyncio.create_task(driver.run())
-    await until(lambda: driver.session.audio_ended, "flushed")
+    await until(lambda: driver.session.audio_ended, 5, "flushed")
     old.drop()
-    await until(lambda: driver.session.awaiting_resume, "waiting")
+    await until(lambda: driver.session.awaiting_resume, 5, "waiting")
     stage.gate.set()
-    await until(lambda: driver.session.close is not None, "the session ended while its client was away")
+    await until(lambda: driver.session.close is not None, 5, "the session ended while its client was away")
     assert not run.done()  # its end waits for the client
     assert driver.attach(new, ResumeRequest(last_seq=1, audio_s=1.0)) is None
     await asyncio.wait_for(run, seconds(5))
     assert [e["type"] for e in new.sent] == ["ack", "end"] and new.sent[0]["resume"]["audio_ended"]
     assert new.close_code == 1000
+
+
+class GoneAtClose(FakeConnection):
+    """A client that vanished without the gateway seeing it: the close handshake gets no answer."""
+
+    async def close(self, code: int, reason: str) -> None:
+        await super().close(code, reason)
+        self.dropped = True
+
+
+async def test_a_close_handshake_without_answer_keeps_the_end_for_a_resume() -> None:
+    old, new, stage = GoneAtClose(), FakeConnection(), FakeStage(StageName.COMPRESS)
+    driver = driver_for(old, stage)
+    old.send_start()
+    old.incoming.put_nowait(SECOND)
+    old.incoming.put_nowait(FLUSH)
+    run = asyncio.create_task(driver.run())
+    await until(lambda: old.close_code is not None, 5, "the gateway closed the connection after the end")
+    await until(lambda: driver.session.awaiting_resume, 5, "then waits: the client may not have the end")
+    assert not run.done() and old.kinds() == ["ack", "end"]
+    assert driver.attach(new, ResumeRequest(last_seq=1, audio_s=1.0)) is None
+    await asyncio.wait_for(run, seconds(5))
+    assert [(e["type"], e.get("seq")) for e in new.sent] == [("ack", None), ("end", 2)] and new.close_code == 1000
