@@ -468,6 +468,7 @@ class WebSocketConnection:
 
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
+        self._closing = False  # the driver's close sent the close frame (after the session's last event)
 
     async def receive(self) -> str | bytes | None:
         try:
@@ -483,8 +484,11 @@ class WebSocketConnection:
 
     @property
     def dropped(self) -> bool:
-        """Closed without a close frame from the client (a cut TCP connection): resumable."""
-        return self._ws.protocol.close_rcvd is None
+        """Lost without a close frame from the client (a cut TCP connection, or no answer to the close
+        the driver sent): resumable. A connection the WebSocket library failed itself (invalid UTF-8,
+        a message past its cap) sent its own close frame and is not."""
+        protocol = self._ws.protocol
+        return protocol.close_rcvd is None and (protocol.close_sent is None or self._closing)
 
     def abort(self) -> None:
         transport = self._ws.transport
@@ -497,6 +501,7 @@ class WebSocketConnection:
         return 0 if transport is None else transport.get_write_buffer_size()
 
     async def close(self, code: int, reason: str) -> None:
+        self._closing = self._ws.protocol.close_sent is None  # this close sends the close frame
         with contextlib.suppress(ConnectionClosed):
             await self._ws.close(code, reason)
 
