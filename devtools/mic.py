@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -50,7 +50,7 @@ CLEAR_LINE = "\r\x1b[K"
 class AudioSource(Protocol):
     """Where the audio comes from: PCM16 LE / 16 kHz / mono blocks until stopped or exhausted."""
 
-    def blocks(self) -> AsyncIterator[bytes]: ...
+    def blocks(self) -> AsyncGenerator[bytes, None]: ...
 
     def stop(self) -> None:
         """End `blocks()` after the block in hand (thread-safe is not needed: called on the loop)."""
@@ -66,7 +66,7 @@ class WavSource:
         self.realtime = realtime
         self._stopped = asyncio.Event()
 
-    async def blocks(self) -> AsyncIterator[bytes]:
+    async def blocks(self) -> AsyncGenerator[bytes, None]:
         t0 = time.monotonic()
         for i, off in enumerate(range(0, len(self.pcm), self.block_bytes)):
             if self.realtime:
@@ -91,7 +91,7 @@ class DeviceSource:
         self.block_frames = SAMPLE_RATE * block_ms // 1000
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    async def blocks(self) -> AsyncIterator[bytes]:
+    async def blocks(self) -> AsyncGenerator[bytes, None]:
         import sounddevice as sd
 
         loop = asyncio.get_running_loop()
@@ -195,8 +195,10 @@ async def stream_source(
 
         async def send_audio() -> None:
             try:
-                async for block in source.blocks():
-                    await session.send(block)
+                # aclosing: the device is released as soon as sending stops, whatever stopped it
+                async with contextlib.aclosing(source.blocks()) as blocks:
+                    async for block in blocks:
+                        await session.send(block)
                 await session.flush()
             except SessionClosed:
                 pass  # the gateway ended the session: its events say why

@@ -60,12 +60,16 @@ class Connection(Protocol):
 
     async def close(self, code: int, reason: str) -> None: ...
 
+    def stalled_since(self) -> float | None:
+        """Since when (monotonic) the client's socket takes nothing more; None while it drains."""
+
     @property
     def dropped(self) -> bool:
         """Once closed: whether it was lost without a close frame from the client (resumable)."""
 
     def abort(self) -> None:
-        """Drop the connection at once (a resume moved its session to another one)."""
+        """Drop the connection at once, without a closing handshake (a client that reads nothing, or a
+        resume moved its session to another connection)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class SessionDriver:
         self._admission: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._stages_started = False
+        self._aborted = False
         self._feeds_closed = False
         self._close_queued = False
         self._backlog_limit_bytes = session.config.stage_backlog_s * BYTES_PER_S
@@ -176,6 +181,9 @@ class SessionDriver:
             await self._wake.wait()
 
     def tick(self, now: float) -> None:
+        # A client away (its connection dropped) is not a client that stopped reading.
+        stalled = None if self.session.awaiting_resume else self.conn.stalled_since()
+        self.session.output_stalled(stalled, now)
         self.session.tick(now)
         self.pump()
         self._count_resumes()
@@ -219,6 +227,16 @@ class SessionDriver:
             self._wake.clear()
             await self._wake.wait()
 
+    def shutdown(self, now: float) -> None:
+        """The gateway stops: the session ends its audio here and drains (`end` reason `shutdown`)."""
+        self.session.shutdown(now)
+        self.pump()
+
+    def give_up_stages(self, why: str, now: float) -> None:
+        """The gateway cannot wait longer: the stages still working are failed, `end` goes out."""
+        self.session.give_up_stages(why, now)
+        self.pump()
+
     def pump(self) -> None:
         """Carry out everything the session decided."""
         s = self.session
@@ -257,6 +275,10 @@ class SessionDriver:
             self._reading.clear()
         elif not self._reading.is_set():
             self._reading.set()
+        if s.output_abandoned and not self._aborted:
+            # The client read nothing for SEND_TIMEOUT_S: its socket goes now, its stages drain on.
+            self._aborted = True
+            self.conn.abort()
         if s.close is not None and not self._close_queued and not s.awaiting_resume:
             self._close_queued = True
             self._out.put_nowait(_CLOSE)
@@ -388,7 +410,7 @@ class SessionDriver:
                 ended = True
                 await self._before_end(self.session)
             conn = self.conn
-            if conn is self._gone:
+            if conn is self._gone or self.session.output_abandoned:
                 continue
             try:
                 await conn.send(text)

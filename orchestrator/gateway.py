@@ -1,4 +1,5 @@
-"""The WebSocket gateway: `/ws/stream` plus `/healthz`, `/readyz`, `/metrics` on one port (SPEC §2)."""
+"""The WebSocket gateway: `/ws/stream` plus `/healthz`, `/readyz`, `/metrics` and the browser page (`/`,
+docs/web.md) on one port (SPEC §2)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from orchestrator.edge.auth import (
 )
 from orchestrator.edge.flows import FlowRegistry
 from orchestrator.edge.keys import JwksVerifier, Verifier, build_verifier
-from orchestrator.edge.limits import ClientLimits, Refusal, Ticket
+from orchestrator.edge.limits import ClientLimits, Refusal, Ticket, own_origin
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
@@ -56,6 +57,7 @@ from orchestrator.transcripts.runner import JobRunner
 from orchestrator.transcripts.store import AsyncJobStore, Job
 from orchestrator.transcripts.transcribe import transcribe_recording
 from orchestrator.transcripts.view import transcript_response
+from orchestrator.web import SECURITY_HEADERS, load_assets
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws/stream"
@@ -85,6 +87,7 @@ class Gateway:
         self.verifier: Verifier | None = None
         # Ownership (docs/security.md): the live session of each (tenant, flowId), resumes included.
         self.flows: FlowRegistry[SessionDriver] = FlowRegistry()
+        self._page = load_assets()  # the browser page at `GET /` (docs/web.md), from memory
 
     @property
     def port(self) -> int:
@@ -118,6 +121,11 @@ class Gateway:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages and self._given_stages is None:
             self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
+            if self.pools.uses_dns:
+                # Members named by DNS are known before the first session; then re-resolved.
+                metrics.forget_members(await self.pools.refresh_dns())
+                pools = self.pools
+                self._background.start("asr-pool-dns", lambda: pools.watch_dns(metrics.forget_members))
             metrics.init_pools(self.pools.pools)
             self._background.start("asr-pool-health", self.pools.watch_health)
             # Opus encoding is codec work: it runs in threads (libopus releases the GIL), not on the loop.
@@ -155,13 +163,40 @@ class Gateway:
         log.info("gateway listening", extra={"stage": "gateway", "event": f"listening:{self.port}"})
 
     async def drain(self) -> None:
-        """Shutdown as an API (STYLE §6): not ready, refuse new sessions, let open ones finish."""
+        """Shutdown as an API (STYLE §6, docs/runbook.md): not ready, refuse new sessions with
+        `server_draining`, let open ones finish for up to DRAIN_GRACE_SEC, then end the audio of the
+        rest where it is (final, `record_url`, `end` with `reason: "shutdown"`), wait for their stages
+        to answer for up to STAGE_TIMEOUT_SEC, give up on any still working (so every session still gets
+        its `end`), and stop."""
         self.draining = True
         self._end_resume_windows()
+        grace = self.config.listen.drain_grace_s
+        log.info(
+            "draining",
+            extra={"stage": "gateway", "event": f"draining:{len(self.drivers)} sessions, grace {grace:g} s"},
+        )
+        await self._wait_all_closed(grace)
+        if self.drivers:
+            now = time.monotonic()
+            log.info("grace over", extra={"stage": "gateway", "event": f"shutdown:{len(self.drivers)} sessions"})
+            for driver in list(self.drivers):
+                driver.shutdown(now)
+            await self._wait_all_closed(self.session_config.stage_timeout_s)
+        if self.drivers:
+            now = time.monotonic()
+            log.warning(
+                "stages still working at shutdown",
+                extra={"stage": "gateway", "event": f"give_up:{len(self.drivers)} sessions"},
+            )
+            for driver in list(self.drivers):
+                driver.give_up_stages("the gateway is shutting down", now)
+            await self._wait_all_closed(2.0)  # the writers send the last events
+        await self.stop()
+
+    async def _wait_all_closed(self, timeout_s: float) -> None:
         if self.drivers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), self.config.listen.drain_grace_s)
-        await self.stop()
+                await asyncio.wait_for(self._all_closed.wait(), timeout_s)
 
     def _end_resume_windows(self) -> None:
         """No client can come back to a gateway that stops: flush the sessions waiting for one."""
@@ -200,6 +235,10 @@ class Gateway:
         live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal;
         for a `start.resume`, the session it resumed (docs/protocol.md#resume)."""
         assert session.start is not None and session.flow_id is not None
+        if self.draining:  # connected before SIGTERM, `start` after it
+            draining = Refusal(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
+            refused(draining)
+            return draining.code, draining.message
         tenant = ""
         if self.verifier is not None:
             try:
@@ -402,7 +441,13 @@ class Gateway:
             response.headers["Allow"] = "GET"
             return response
         if path == WS_PATH:
-            refusal = self.limits.check_origin(request.headers.get_all("Origin"))
+            # The page served at `/` connects from the gateway's own origin (docs/security.md#limits-per-client).
+            own = own_origin(
+                request.headers.get_all("Host"),
+                secure=self.config.edge_tls.enabled,
+                authenticated=self.verifier is not None,
+            )
+            refusal = self.limits.check_origin(request.headers.get_all("Origin"), own)
             if refusal is None:
                 return None
             refused(refusal)
@@ -410,20 +455,58 @@ class Gateway:
             return _response(HTTPStatus.FORBIDDEN, json.dumps(refusal_body).encode() + b"\n", "application/json")
         if path.startswith("/v1/flows/") and path.endswith("/transcript"):
             return await self._transcript(path[len("/v1/flows/") : -len("/transcript")], request.headers)
+        if path in self._page:
+            asset = self._page[path]
+            response = _response(HTTPStatus.OK, asset.body, asset.content_type)
+            response.headers.update(SECURITY_HEADERS)
+            return response
         if path == "/healthz":
-            return _response(HTTPStatus.OK, b'{"status":"ok"}\n', "application/json")
+            stages, pools = self.stage_health(), self.pool_health()
+            degraded = not all(stages.values()) or any(p["healthy"] == 0 for p in pools.values())
+            body: dict[str, Any] = {
+                "status": "degraded" if degraded else "ok",
+                "draining": self.draining,
+                "stages": stages,
+            }
+            if pools:
+                body["pools"] = pools
+            return _response(HTTPStatus.OK, json.dumps(body).encode() + b"\n", "application/json")
         if path == "/readyz":
-            health = dict(self._stage_health)
-            if self.pools is not None:
-                health["asr"] = any(m.healthy for m in self.pools.members())
-            ready = not self.draining and all(health.values())
-            body = json.dumps({"ready": ready, "draining": self.draining, "stages": dict(sorted(health.items()))})
+            ready = self.ready
+            full = self.limits.live >= self.limits.max_sessions
+            body = {"ready": ready, "draining": self.draining, "full": full, "stages": self.stage_health()}
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-            return _response(status, body.encode() + b"\n", "application/json")
+            return _response(status, json.dumps(body).encode() + b"\n", "application/json")
         if path == "/metrics":
             self._refresh_scrape_gauges()
             return _response(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    @property
+    def ready(self) -> bool:
+        """Whether a load balancer should send new sessions here: listening, not draining, and below
+        MAX_SESSIONS (a full gateway refuses every `start`). A stage that is down does not stop a
+        session from being served (no VAD, no archive, record-only without ASR): it shows on
+        `/healthz` and in `orchestrator_stage_up`, not here."""
+        listening = self._server is not None and self._server.is_serving()
+        return listening and not self.draining and self.limits.live < self.limits.max_sessions
+
+    def stage_health(self) -> dict[str, bool]:
+        """Each configured stage: True while it answers SERVING (ASR: while any pool member does)."""
+        health = dict(self._stage_health)
+        if self.pools is not None:
+            health["asr"] = any(m.healthy for m in self.pools.members())
+        return dict(sorted(health.items()))
+
+    def pool_health(self) -> dict[str, dict[str, int]]:
+        """Each ASR pool's members and how many answer: a pool at 0 sends its languages elsewhere or
+        record-only (docs/routing.md)."""
+        if self.pools is None:
+            return {}
+        return {
+            name: {"members": len(pool.members), "healthy": pool.healthy_count}
+            for name, pool in sorted(self.pools.pools.items())
+        }
 
     def _refresh_scrape_gauges(self) -> None:
         """Gauges read at scrape time, so the hot path pays nothing for them: send queues, breakers."""
@@ -436,6 +519,9 @@ class Gateway:
         )
         if self.pools is not None:
             metrics.refresh_breakers(self.pools.members(), time.monotonic())
+        for name, up in self.stage_health().items():
+            metrics.STAGE_UP.labels(name).set(int(up))
+        metrics.DRAINING.set(int(self.draining))
 
     async def _transcript(self, flow_id: str, headers: Headers) -> Response:
         """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session, to a
@@ -463,12 +549,65 @@ class Gateway:
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
 
 
+class GatewayConnection(ServerConnection):
+    """A server connection that reads nothing while its peer reads nothing, and knows since when.
+
+    websockets answers every ping with a pong written straight to the transport, whatever its write
+    buffer holds: a client that sends pings and never reads would make the gateway buffer pongs without
+    bound. Here, while the transport's write buffer is over its high-water mark (`write_limit`), the
+    socket is not read either, so the client's pings wait in its own buffers; the library's pause for a
+    full message queue (`max_queue`) still holds too. The session closes a client stalled for
+    SEND_TIMEOUT_S (`stalled_since`)."""
+
+    write_stalled_since: float | None = None
+    _queue_full = False
+    _reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.recv_messages.pause = self._queue_pause
+        self.recv_messages.resume = self._queue_resume
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.write_stalled_since = time.monotonic()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.write_stalled_since = None
+        self._update_reading()
+
+    def _queue_pause(self) -> None:
+        self._queue_full = True
+        self._update_reading()
+
+    def _queue_resume(self) -> None:
+        self._queue_full = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        paused = self._queue_full or self.write_stalled_since is not None
+        if paused == self._reading_paused or self.transport.is_closing():
+            return
+        self._reading_paused = paused
+        (self.transport.pause_reading if paused else self.transport.resume_reading)()
+
+
 class WebSocketConnection:
     """The driver's Connection over a websockets server connection."""
 
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
         self._closing = False  # the driver's close sent the close frame (after the session's last event)
+
+    def stalled_since(self) -> float | None:
+        return self._ws.write_stalled_since if isinstance(self._ws, GatewayConnection) else None
+
+    def abort(self) -> None:
+        transport = self._ws.transport
+        if transport is not None:
+            transport.abort()
 
     async def receive(self) -> str | bytes | None:
         try:
@@ -490,11 +629,6 @@ class WebSocketConnection:
         protocol = self._ws.protocol
         return protocol.close_rcvd is None and (protocol.close_sent is None or self._closing)
 
-    def abort(self) -> None:
-        transport = self._ws.transport
-        if transport is not None:
-            transport.abort()
-
     def buffered_bytes(self) -> int:
         """Bytes written to the socket's transport and not yet sent (the kernel took the rest)."""
         transport = self._ws.transport
@@ -515,6 +649,10 @@ def websocket_options(config: GatewayConfig) -> dict[str, Any]:
         # (a browser fails a handshake that echoes none of its offers); the token is never echoed.
         "select_subprotocol": _select_subprotocol,
         "max_queue": 64,
+        # Events are small: past this much unsent in the transport, the client is not reading (and it
+        # is not read either, see GatewayConnection); SEND_TIMEOUT_S later it is closed.
+        "write_limit": 64 * 1024,
+        "create_connection": GatewayConnection,
         # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
         # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
         # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -117,7 +118,7 @@ FINAL_LAG = Histogram(
 )
 SESSION_OUTCOMES = Counter(
     "orchestrator_session_outcomes_total",
-    "Sessions ended, by end reason (flush, disconnect, idle, error, refused) and fatal error code (none)",
+    "Sessions ended, by end reason (flush, disconnect, idle, shutdown, error, refused) and fatal error code (none)",
     ["reason", "code"],
     registry=REGISTRY,
 )
@@ -154,6 +155,17 @@ SEND_BUFFER_BYTES = Gauge(
     "Bytes in the WebSocket transports' write buffers, all sessions (at scrape)",
     registry=REGISTRY,
 )
+STAGE_UP = Gauge(
+    "orchestrator_stage_up",
+    "Whether each configured stage answers its health check: 1 serving, 0 down (ASR: any pool member) (at scrape)",
+    ["stage"],
+    registry=REGISTRY,
+)
+DRAINING = Gauge(
+    "orchestrator_draining",
+    "1 while the gateway drains on SIGTERM (not ready, refusing new sessions), else 0 (at scrape)",
+    registry=REGISTRY,
+)
 BREAKER_STATE = Gauge(
     "orchestrator_asr_member_breaker_state",
     "Circuit breaker state per ASR pool member: 0 closed, 1 half-open, 2 open (at scrape)",
@@ -163,7 +175,7 @@ BREAKER_STATE = Gauge(
 
 # Every label value known at start is exported from the start, at 0: a fresh gateway shows 0, not "no data".
 EVENT_TYPES = ("ack", "end", "error", *FAMILY_OF)
-END_REASONS = ("flush", "disconnect", "idle")
+END_REASONS = ("flush", "disconnect", "idle", "shutdown")
 SESSION_MODE_NAMES = ("live", "record_only", "asr_lost", "no_asr")
 LINK_CODECS = ("opus", "pcm")
 RESUME_OUTCOMES = (
@@ -207,6 +219,13 @@ def init_pools(pools: Mapping[str, AsrPool]) -> None:
         FINAL_LAG.labels(name)
         for member in pool.members:
             BREAKER_STATE.labels(name, member.addr).set(0)
+
+
+def forget_members(members: Iterable[Member]) -> None:
+    """Members gone from their pool's DNS name: their breaker series end with them."""
+    for member in members:
+        with contextlib.suppress(KeyError):
+            BREAKER_STATE.remove(member.pool, member.addr)
 
 
 def refresh_breakers(members: Iterable[Member], now: float) -> None:

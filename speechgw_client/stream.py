@@ -58,7 +58,7 @@ class ResumePolicy:
     """How `stream_pcm` comes back when its connection drops (docs/protocol.md#resume): after each drop,
     up to `attempts` reconnections, the first after `backoff_s`, each next one `backoff_factor` times
     later, at most `backoff_max_s`; a resume that succeeds starts the count again. The gateway waits
-    `RESUME_WINDOW_SEC` (30 s) for the client: the default tries for about 8 s."""
+    `RESUME_WINDOW_S` (30 s) for the client: the default tries for about 8 s."""
 
     attempts: int = 5
     backoff_s: float = 0.25

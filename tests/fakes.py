@@ -49,6 +49,8 @@ class FakeConnection:
         self.sent: list[dict[str, Any]] = []
         self.close_code: int | None = None
         self.dropped = False  # `drop()`: lost without a close frame, like a cut TCP connection
+        self.stalled_at: float | None = None  # set by a test: the client stopped reading then
+        self.aborted = False
 
     def drop(self) -> None:
         """The network cut the connection: no close frame; what is sent from now on is lost."""
@@ -56,9 +58,13 @@ class FakeConnection:
         self.close_code = 1006
         self.incoming.put_nowait(None)
 
+    def stalled_since(self) -> float | None:
+        return self.stalled_at
+
     def abort(self) -> None:
+        self.aborted = True
         if self.close_code is None:
-            self.close_code = 1006
+            self.close_code = 1006  # what a client sees of a connection dropped without a close frame
         self.incoming.put_nowait(None)
 
     def send_start(self, pref: str = "auto") -> None:

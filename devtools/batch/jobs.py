@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,12 +116,18 @@ def plan(sources: Sequence[Source], out: Path | None) -> list[Job]:
     for s in sources:
         rel = s.path.relative_to(s.root) if out is not None else s.path
         stems.append((out / rel if out is not None else rel).with_suffix(""))
-    taken: dict[Path, int] = {}
-    for stem in stems:
-        taken[stem] = taken.get(stem, 0) + 1
+    counts = Counter(stems)
+    bases = [
+        stem if counts[stem] == 1 else stem.with_name(stem.name + s.path.suffix)
+        for s, stem in zip(sources, stems, strict=True)
+    ]
+    # Still the same (`x/a.wav` and `y/a.wav` into one --out): number them in argument order.
+    counts, seen = Counter(bases), Counter[Path]()
     jobs = []
-    for s, stem in zip(sources, stems, strict=True):
-        base = stem if taken[stem] == 1 else stem.with_name(stem.name + s.path.suffix)
+    for s, base in zip(sources, bases, strict=True):
+        if counts[base] > 1:
+            seen[base] += 1
+            base = base.with_name(f"{base.name}-{seen[base]}")
         jobs.append(Job(s.path, base))
     return jobs
 

@@ -81,6 +81,7 @@ class ErrorCode(StrEnum):
     RESUME_EXPIRED = "resume_expired"
     RESUME_UNKNOWN = "resume_unknown"
     RESUME_FORBIDDEN = "resume_forbidden"
+    SEND_TIMEOUT = "send_timeout"
     INTERNAL_ERROR = "internal_error"
     # Limits per client (orchestrator/edge/limits.py, docs/security.md).
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
@@ -127,6 +128,7 @@ FATAL_CLOSE: dict[ErrorCode, Close] = {
     ErrorCode.RESUME_EXPIRED: Close.POLICY_VIOLATION,
     ErrorCode.RESUME_UNKNOWN: Close.POLICY_VIOLATION,
     ErrorCode.RESUME_FORBIDDEN: Close.POLICY_VIOLATION,
+    ErrorCode.SEND_TIMEOUT: Close.POLICY_VIOLATION,  # rarely seen: the client reads nothing
     ErrorCode.INTERNAL_ERROR: Close.INTERNAL_ERROR,
     ErrorCode.ORIGIN_NOT_ALLOWED: Close.POLICY_VIOLATION,  # answered 403 before the upgrade
     ErrorCode.IP_CONNECTION_LIMIT: Close.POLICY_VIOLATION,

@@ -18,6 +18,8 @@ after it, and counts it (`orchestrator_refusals_total{reason}`).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from common.envconf import ConfigError, setting
@@ -37,6 +39,9 @@ REFUSAL_REASONS: tuple[ErrorCode, ...] = (
 )
 # Idle token buckets are forgotten once there are this many (a full bucket holds no information).
 _BUCKETS_BEFORE_PRUNE = 4096
+# A Host header as browsers send it: a name, an IPv4 address or a bracketed IPv6 address, and a port.
+_HOST = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 @dataclass(frozen=True)
@@ -138,12 +143,13 @@ class ClientLimits:
         self._sessions_tenant: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
 
-    def check_origin(self, origins: list[str]) -> Refusal | None:
-        """The request's Origin header values: none (not a browser) passes; one must be allowed."""
+    def check_origin(self, origins: list[str], own: str | None = None) -> Refusal | None:
+        """The request's Origin header values: none (not a browser) passes; one must be allowed, or be
+        `own`, the gateway's own origin (`own_origin`: the page it serves at `GET /`)."""
         if not origins:
             return None
         allowed = self.config.allowed_origins
-        if len(origins) == 1 and ("*" in allowed or _origin(origins[0]) in allowed):
+        if len(origins) == 1 and ("*" in allowed or _origin(origins[0]) in allowed or _origin(origins[0]) == own):
             return None
         shown = origins[0][:100]
         return Refusal(ErrorCode.ORIGIN_NOT_ALLOWED, f"origin {shown!r} is not in ALLOWED_ORIGINS")
@@ -258,6 +264,35 @@ def _add(counts: dict[str, int], key: str, n: int) -> None:
         counts[key] = value
     else:
         counts.pop(key, None)
+
+
+def own_origin(hosts: list[str], *, secure: bool, authenticated: bool) -> str | None:
+    """The gateway's own origin as a request names it (`scheme://` + its one `Host` header), so the page
+    served at `GET /` may open its socket whatever ALLOWED_ORIGINS says; None when it cannot count.
+
+    A cross-site page never matches: its Origin names its own site, not the gateway's Host. A DNS-rebinding
+    page does (its name now points at the gateway), but it holds no token, and tokens are not ambient
+    credentials a browser would add; so without authentication only a loopback Host (`localhost`,
+    127.0.0.0/8, `[::1]`) counts, a name no rebinding page can have."""
+    if len(hosts) != 1:
+        return None
+    match = _HOST.fullmatch(hosts[0].strip())
+    if match is None:
+        return None
+    host, port = match["host"].lower(), match["port"]
+    if not authenticated and not _loopback_host(host):
+        return None
+    scheme = "https" if secure else "http"
+    return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme]) else f":{port}")
+
+
+def _loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _origin(value: str) -> str:

@@ -2,17 +2,21 @@
 
 `AsrPool.pick` is pure (time injected): least in-flight among healthy members whose breaker allows,
 ties round-robin. `open_with_retries` walks `pick` order when opening one stream. `PoolSet` holds every
-pool of a `RoutingTable` and probes members with grpc.health.v1. See docs/routing.md.
+pool of a `RoutingTable`, probes members with grpc.health.v1 and, for pools named by DNS, re-resolves
+their names and adds and drains members as addresses appear and vanish. See docs/routing.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -60,7 +64,64 @@ PICKS = Counter(
     registry=REGISTRY,
 )
 
+MEMBERS = Gauge(
+    "orchestrator_asr_pool_members",
+    "ASR pool members known to this gateway: fixed addresses plus what the pool's DNS names resolve to",
+    ["pool"],
+    registry=REGISTRY,
+)
+DNS_FAILURES = Counter(
+    "orchestrator_asr_pool_dns_failures_total",
+    "Resolutions of a pool's DNS name that failed (the members it had are kept)",
+    ["pool"],
+    registry=REGISTRY,
+)
+
 PICK_RESULTS = ("ok", "tried_all", "full", "breaker_open", "unhealthy")
+
+# host -> its addresses (raises OSError or LookupError when it has none)
+Resolver = Callable[[str], Awaitable[Sequence[str]]]
+
+
+async def system_resolve(host: str) -> list[str]:
+    """Every address of `host` from the system resolver (getaddrinfo, off the event loop)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def parse_hosts(text: str) -> dict[str, list[str]]:
+    """A hosts file ("address name [alias...]" lines, # comments) as name -> addresses, in file order."""
+    table: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        try:
+            addr = str(ipaddress.ip_address(fields[0]))
+        except ValueError:
+            continue
+        for name in fields[1:]:
+            addrs = table.setdefault(name.lower(), [])
+            if addr not in addrs:
+                addrs.append(addr)
+    return table
+
+
+def hosts_file_resolver(path: str | Path) -> Resolver:
+    """Resolves from a hosts-format file, read again at every call (routing `dns.hosts_file`)."""
+
+    async def resolve(host: str) -> list[str]:
+        text = await asyncio.to_thread(Path(path).read_text)
+        addrs = parse_hosts(text).get(host.lower())
+        if not addrs:
+            raise LookupError(f"{host} is not in {path}")
+        return addrs
+
+    return resolve
+
+
+def member_addr(ip: str, port: str) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class Member:
@@ -74,9 +135,11 @@ class Member:
         max_inflight: int = 0,
         channel_options: Sequence[tuple[str, Any]] = tuple(GRPC_OPTIONS),
         tls: TlsConfig | None = None,
+        dns_name: str = "",
     ) -> None:
         self.pool = pool
         self.addr = addr
+        self.dns_name = dns_name  # the name it was resolved from ("" for a fixed address)
         self.breaker = breaker
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -86,6 +149,9 @@ class Member:
         self.last_check_at: float | None = None
         self.last_check_error = ""
         self._channel_options = list(channel_options)
+        if dns_name and tls is not None and tls.enabled:
+            # Dialled by address, verified by name: the certificate names the Service, not the pod.
+            self._channel_options.append(("grpc.ssl_target_name_override", dns_name))
         self._tls = tls
         self._channel: grpc.aio.Channel | None = None
 
@@ -164,7 +230,11 @@ class Member:
 
 
 class AsrPool:
-    """The members of one named pool and the client-side load-balancing policy."""
+    """The members of one named pool and the client-side load-balancing policy.
+
+    Members are the pool's fixed addresses plus what its DNS names resolve to (`set_resolved`). A
+    member whose address vanishes is no longer picked; it keeps its channel until its last stream ends
+    (`drained`)."""
 
     def __init__(
         self,
@@ -174,16 +244,64 @@ class AsrPool:
         tls: TlsConfig | None = None,
     ) -> None:
         self.name = spec.name
-        self.members = tuple(
-            Member(spec.name, addr, CircuitBreaker(breaker), spec.max_inflight, channel_options, tls)
-            for addr in spec.addrs
-        )
+        self.spec = spec
+        self._breaker = breaker
+        self._channel_options = tuple(channel_options)
+        self._tls = tls
+        self.members: tuple[Member, ...] = tuple(self._member(addr) for addr in spec.addrs)
+        self.leaving: list[Member] = []  # gone from DNS, streams still open
+        self._resolved: dict[str, tuple[str, ...]] = {}  # DNS name -> member addresses
         self._next = 0  # round-robin start among equally loaded members
+        MEMBERS.labels(self.name).set(len(self.members))
         MEMBERS_HEALTHY.labels(self.name).set(self.healthy_count)
+        DNS_FAILURES.labels(self.name)
         for result in PICK_RESULTS:  # every label set known at start is exported, at 0
             PICKS.labels(self.name, result)
         for member in self.members:
             BREAKER_OPENS.labels(self.name, member.addr)
+
+    def _member(self, addr: str, dns_name: str = "") -> Member:
+        return Member(
+            self.name,
+            addr,
+            CircuitBreaker(self._breaker),
+            self.spec.max_inflight,
+            self._channel_options,
+            self._tls,
+            dns_name,
+        )
+
+    def set_resolved(self, name: str, addrs: Sequence[str]) -> tuple[list[Member], list[Member]]:
+        """What DNS name `name` now resolves to (member addresses). Returns (added, removed) members;
+        the removed ones move to `leaving` until their streams end."""
+        self._resolved[name] = tuple(addrs)
+        wanted: dict[str, str] = {addr: "" for addr in self.spec.addrs}
+        for dns_name in self.spec.dns:
+            for addr in self._resolved.get(dns_name, ()):
+                wanted.setdefault(addr, dns_name.rpartition(":")[0])
+        current = {m.addr: m for m in self.members}
+        added = [self._member(addr, host) for addr, host in wanted.items() if addr not in current]
+        removed = [m for addr, m in current.items() if addr not in wanted]
+        if not added and not removed:
+            return [], []
+        fresh = {m.addr: m for m in added}
+        self.members = tuple(current.get(addr) or fresh[addr] for addr in wanted)
+        self.leaving.extend(removed)
+        self._next = self._next % len(self.members) if self.members else 0
+        for member in added:
+            BREAKER_OPENS.labels(self.name, member.addr)
+        for member in removed:
+            with contextlib.suppress(KeyError):
+                BREAKER_OPENS.remove(self.name, member.addr)
+        MEMBERS.labels(self.name).set(len(self.members))
+        self.refresh_gauge()
+        return added, removed
+
+    def drained(self) -> list[Member]:
+        """Leaving members whose last stream has ended: no longer kept (the caller closes them)."""
+        done = [m for m in self.leaving if m.inflight == 0]
+        self.leaving = [m for m in self.leaving if m.inflight > 0]
+        return done
 
     @property
     def healthy_count(self) -> int:
@@ -199,6 +317,9 @@ class AsrPool:
         """The member for a new session, or None when none can take one. `exclude` holds addresses
         already tried. A HALF_OPEN member picked here has taken its breaker's only trial."""
         n = len(self.members)
+        if n == 0:
+            PICKS.labels(self.name, "unhealthy").inc()
+            return None
         order = [self.members[(self._next + i) % n] for i in range(n)]
         candidates = [
             m for m in order if m.addr not in exclude and m.healthy and not m.full and m.breaker.available(now)
@@ -226,7 +347,7 @@ class AsrPool:
         MEMBERS_HEALTHY.labels(self.name).set(self.healthy_count)
 
     async def close(self) -> None:
-        await asyncio.gather(*(m.close() for m in self.members))
+        await asyncio.gather(*(m.close() for m in (*self.members, *self.leaving)))
 
 
 class MemberBusy(Exception):
@@ -333,12 +454,67 @@ class PoolSet:
         table: RoutingTable,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         tls: TlsConfig | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.table = table
         options = list(channel_options if channel_options is not None else GRPC_OPTIONS)
         options.append(("grpc.max_reconnect_backoff_ms", table.health.max_reconnect_backoff_ms))
         self.pools = {spec.name: AsrPool(spec, table.breaker, options, tls) for spec in table.pools}
+        if resolver is None:
+            resolver = hosts_file_resolver(table.dns.hosts_file) if table.dns.hosts_file else system_resolve
+        self._resolve = resolver
         self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def uses_dns(self) -> bool:
+        return any(spec.dns for spec in self.table.pools)
+
+    async def refresh_dns(self) -> list[Member]:
+        """Resolve every pool's DNS names once and update its members; returns the members removed.
+        A name that fails to resolve keeps the members it had (a resolver outage must not empty a
+        pool; the health checks tell whether they still answer). Drained members are closed."""
+        removed: list[Member] = []
+        names = {name for spec in self.table.pools for name in spec.dns}
+        answers = await asyncio.gather(*(self._resolve(n.rpartition(":")[0]) for n in names), return_exceptions=True)
+        by_name = dict(zip(names, answers, strict=True))
+        for pool in self.pools.values():
+            for name in pool.spec.dns:
+                answer = by_name[name]
+                if isinstance(answer, BaseException):
+                    if not isinstance(answer, OSError | LookupError):
+                        raise answer
+                    DNS_FAILURES.labels(pool.name).inc()
+                    log.warning(
+                        "asr pool %s: resolving %s failed (%s); keeping its members",
+                        pool.name,
+                        name,
+                        answer,
+                        extra={"stage": "asr", "event": "dns_failed", "err_code": "dns_failed"},
+                    )
+                    continue
+                port = name.rpartition(":")[2]
+                added, gone = pool.set_resolved(name, [member_addr(ip, port) for ip in answer])
+                for member, verb in [(m, "added") for m in added] + [(m, "draining") for m in gone]:
+                    log.info(
+                        "asr pool %s: member %s %s (%s)",
+                        pool.name,
+                        member.addr,
+                        verb,
+                        name,
+                        extra={"stage": "asr", "event": f"member_{verb}"},
+                    )
+                removed.extend(gone)
+            await asyncio.gather(*(m.close() for m in pool.drained()))
+        return removed
+
+    async def watch_dns(self, on_removed: Callable[[Sequence[Member]], None] = lambda _: None) -> None:
+        """`refresh_dns` every `dns.refresh_s` until cancelled; `on_removed` hears of removed members."""
+        while True:
+            try:
+                on_removed(await self.refresh_dns())
+            except Exception:  # a resolver bug must not end the watcher; members stay as they are
+                log.exception("asr pool dns round failed", extra={"stage": "asr"})
+            await asyncio.sleep(self.table.dns.refresh_s)
 
     def pool(self, name: str) -> AsrPool:
         try:

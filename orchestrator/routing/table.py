@@ -16,8 +16,8 @@ from common.envconf import ConfigError
 from orchestrator.routing.breaker import BreakerConfig
 
 ANY = "*"
-_TOP_KEYS = {"default_pool", "pools", "routes", "breaker", "health", "retry"}
-_POOL_KEYS = {"addrs", "max_inflight"}
+_TOP_KEYS = {"default_pool", "pools", "routes", "breaker", "health", "retry", "dns"}
+_POOL_KEYS = {"addrs", "dns", "max_inflight"}
 _ROUTE_KEYS = {"lang", "domain", "pool"}
 _HOSTPORT = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -48,10 +48,27 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """How pool members named by DNS are found (docs/routing.md#members-from-dns)."""
+
+    refresh_s: float = 10.0  # every name is resolved again this often
+    # A hosts-format file ("address name..." lines) to resolve the names from instead of the system
+    # resolver: for static setups and tests. Empty = the system resolver (getaddrinfo).
+    hosts_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.refresh_s <= 0:
+            raise ConfigError("dns refresh_s must be positive")
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     name: str
     addrs: tuple[str, ...]
     max_inflight: int = 0  # per member, counted by this gateway; 0 = no client-side cap
+    # "host:port" names whose every address (A/AAAA records) is a member, re-resolved every
+    # `dns.refresh_s`: a Kubernetes headless Service, for instance.
+    dns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,7 @@ class RoutingTable:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     max_attempts: int = 3  # members tried when opening one ASR stream
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.pools]
@@ -144,6 +162,7 @@ class RoutingTable:
             breaker=_sub_config(BreakerConfig, _table(d, "breaker", "routing"), "breaker"),
             health=_sub_config(HealthConfig, _table(d, "health", "routing"), "health"),
             max_attempts=_typed(retry, "max_attempts", int, 3, "retry"),
+            dns=_sub_config(DnsConfig, _table(d, "dns", "routing"), "dns"),
         )
 
 
@@ -152,18 +171,21 @@ def _pool_spec(name: str, body: Any) -> PoolSpec:
     if not isinstance(body, Mapping):
         raise ConfigError(f"routing: {where} must be a table")
     _no_unknown_keys(where, body, _POOL_KEYS)
-    addrs = body.get("addrs")
-    if not isinstance(addrs, list) or not addrs:
-        raise ConfigError(f"routing: {where}.addrs must be a non-empty list of 'host:port'")
-    for addr in addrs:
-        if not isinstance(addr, str) or not _valid_addr(addr):
-            raise ConfigError(f"routing: {where}.addrs has {addr!r}, not 'host:port'")
-    if len(set(addrs)) != len(addrs):
-        raise ConfigError(f"routing: {where}.addrs lists an address twice")
+    addrs, names = body.get("addrs", []), body.get("dns", [])
+    for key, values in (("addrs", addrs), ("dns", names)):
+        if not isinstance(values, list):
+            raise ConfigError(f"routing: {where}.{key} must be a list of 'host:port'")
+        for value in values:
+            if not isinstance(value, str) or not _valid_addr(value) or (key == "dns" and value.startswith("unix:")):
+                raise ConfigError(f"routing: {where}.{key} has {value!r}, not 'host:port'")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"routing: {where}.{key} lists an address twice")
+    if not addrs and not names:
+        raise ConfigError(f"routing: {where} needs members: addrs (fixed 'host:port') and/or dns (names)")
     max_inflight = _typed(body, "max_inflight", int, 0, where)
     if max_inflight < 0:
         raise ConfigError(f"routing: {where}.max_inflight must be >= 0 (0 = no cap)")
-    return PoolSpec(name, tuple(addrs), max_inflight)
+    return PoolSpec(name, tuple(addrs), max_inflight, tuple(names))
 
 
 def _route(i: int, body: Mapping[str, Any]) -> Route:

@@ -64,6 +64,9 @@ def test_outputs_go_next_to_the_file_or_under_out_and_collisions_keep_the_suffix
     under = {j.source.name: j for j in plan(sources, out)}
     assert under["d.mp4"].base == out / "sub" / "deeper" / "d"
     assert under["a.wav"].output("srt") == out / "a.srt" and under["a.wav"].marker == out / "a.done"
+    other = touch(tmp_path / "elsewhere" / "a.wav")
+    twins, _ = discover([str(tree / "a.wav"), str(other)])
+    assert [j.base for j in plan(twins, out)] == [out / "a.wav-1", out / "a.wav-2"]  # one name, two folders
 
 
 def test_a_job_is_done_when_its_marker_names_this_content_and_every_format_exists(tmp_path: Path) -> None:

@@ -204,7 +204,10 @@ def test_gateway_drain_fits_the_grace_period(overlay: str) -> None:
     gateway = _kinds(docs, "Deployment")["gateway"]["spec"]["template"]["spec"]
     pre_stop = gateway["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert gateway["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + drain_s + 5
+    # After the grace, the sessions still streaming end with `shutdown` and their stages get up to
+    # STAGE_TIMEOUT_SEC (default 15 s) to answer (docs/runbook.md#shutdown-and-deploys).
+    stage_s = int(config["data"].get("STAGE_TIMEOUT_SEC", 15))
+    assert gateway["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + drain_s + stage_s + 2
     assert gateway["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
@@ -286,3 +289,10 @@ def test_adapter_serves_every_metric_the_hpas_read() -> None:
         for m in hpa["spec"]["metrics"]
     }
     assert wanted <= served
+
+
+def test_the_cluster_routing_table_loads_in_the_gateway() -> None:
+    from orchestrator.routing.table import RoutingTable
+
+    table = RoutingTable.load(K8S / "base" / "routing.toml")
+    assert all(spec.dns and not spec.addrs for spec in table.pools)

@@ -7,7 +7,15 @@ import pytest
 from common.envconf import ConfigError, load_env
 from orchestrator.config import GatewayConfig
 from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode
-from orchestrator.edge.limits import REFUSAL_REASONS, ClientLimits, LimitsConfig, Refusal, Ticket, TokenBucket
+from orchestrator.edge.limits import (
+    REFUSAL_REASONS,
+    ClientLimits,
+    LimitsConfig,
+    Refusal,
+    Ticket,
+    TokenBucket,
+    own_origin,
+)
 from tests.clock import FakeClock
 
 pytestmark = pytest.mark.unit
@@ -146,6 +154,49 @@ def test_origin_allow_list(allowed: tuple[str, ...], origins: list[str], ok: boo
     assert (result is None) is ok
     if not ok:
         assert code(result) == ErrorCode.ORIGIN_NOT_ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("hosts", "secure", "authenticated", "own"),
+    [
+        (["127.0.0.1:8080"], False, False, "http://127.0.0.1:8080"),
+        (["LOCALHOST:8080"], False, False, "http://localhost:8080"),
+        (["[::1]:8080"], True, False, "https://[::1]:8080"),
+        (["127.0.0.2"], False, False, "http://127.0.0.2"),
+        (["gw.example.com:443"], True, True, "https://gw.example.com"),  # a default port is left out
+        (["gw.example.com:80"], False, True, "http://gw.example.com"),
+        (["gw.example.com:8443"], True, True, "https://gw.example.com:8443"),
+        # Without tokens, a name could be a DNS-rebinding page's own: only loopback counts.
+        (["gw.example.com"], False, False, None),
+        (["10.0.0.5:8080"], False, False, None),
+        ([], False, True, None),
+        (["a.example", "b.example"], False, True, None),
+        (["gw.example.com:8080/x"], False, True, None),
+        (["user@gw.example.com"], False, True, None),
+        (["gw.example.com:"], False, True, None),
+    ],
+)
+def test_own_origin_from_the_host_header(hosts: list[str], secure: bool, authenticated: bool, own: str | None) -> None:
+    assert own_origin(hosts, secure=secure, authenticated=authenticated) == own
+
+
+@pytest.mark.parametrize(
+    ("origins", "ok"),
+    [
+        (["http://127.0.0.1:8080"], True),  # the page the gateway served
+        (["HTTP://127.0.0.1:8080/"], True),
+        (["http://127.0.0.1:8081"], False),  # another port is another origin
+        (["https://127.0.0.1:8080"], False),
+        (["http://localhost:8080"], False),  # another name too, though it points to the same place
+        (["http://127.0.0.1:8080", "http://127.0.0.1:8080"], False),
+        (["null"], False),
+    ],
+)
+def test_the_gateways_own_origin_passes_without_the_allow_list(origins: list[str], ok: bool) -> None:
+    limits = ClientLimits(LimitsConfig(allowed_origins=()), max_sessions=1)
+    own = own_origin(["127.0.0.1:8080"], secure=False, authenticated=False)
+    assert (limits.check_origin(origins, own) is None) is ok
+    assert limits.check_origin(origins) is not None  # without its own origin, an empty list refuses every browser
 
 
 def test_every_refusal_reason_has_a_close_code() -> None:

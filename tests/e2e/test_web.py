@@ -1,0 +1,96 @@
+"""The browser page at `GET /` against the whole stack (JWT on, as `make run`): headless chromium with a fake
+microphone playing an espeak-ng sentence, the token from the URL fragment, live partials then a final on
+the page, Stop, the record link; and a refused token shown on the page (docs/web.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page
+
+from devtools.stack import Stack
+from tests.browser import chromium, console_problems
+from tests.corpus import EN_SENTENCES, SpeechSpec, Utterance, build
+from tests.poll import seconds
+from tests.wer import wer
+
+pytestmark = pytest.mark.e2e
+SENTENCE = EN_SENTENCES[5]  # "Can you send me the report before lunch?"
+ENDED = "() => document.getElementById('status').textContent === 'Ended (flush).'"
+# Every element the page changes while the partial text is replaced in place, seen from inside the page.
+WATCH_PARTIALS = """() => {
+  window.partialTexts = [];
+  const partial = document.getElementById("partial");
+  new MutationObserver(() => { if (partial.textContent) window.partialTexts.push(partial.textContent); })
+    .observe(partial, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+@pytest.fixture(scope="module")
+def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"LOG_LEVEL": "WARNING", "ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en"}
+    with Stack(("vad", "asr", "compress"), env=env, workdir=tmp_path_factory.mktemp("records")) as stack:
+        yield stack
+
+
+def ms(n: float) -> float:
+    """A Playwright timeout (milliseconds) of `n` time units."""
+    return seconds(n) * 1000
+
+
+def final_texts(page: Page) -> list[str]:
+    """The finals on the page, without their time spans."""
+    return [str(t) for t in page.eval_on_selector_all("#finals .final", "ps => ps.map(p => p.lastChild.textContent)")]
+
+
+def test_the_page_transcribes_the_microphone(web_stack: Stack, tmp_path: Path) -> None:
+    sentence = build(SpeechSpec("web-page", (Utterance(SENTENCE, "en", "en-us"),), lead_in_s=0.5, tail_s=3.0))
+    token = web_stack.token("web-page")
+    with chromium(fake_audio=sentence.path) as browser:
+        page = browser.new_page(viewport={"width": 860, "height": 400})
+        problems = console_problems(page)
+        page.goto(f"{web_stack.http_base}/#token={token}")
+        assert page.input_value("#token") == token
+        assert page.url == f"{web_stack.http_base}/"  # the token left the address bar
+        page.evaluate(WATCH_PARTIALS)
+        page.select_option("#lang", "en")
+        page.click("#start")
+        page.wait_for_selector("#finals .final", timeout=ms(30))
+        assert "language en (chosen)" in page.text_content("#status")
+        assert page.is_disabled("#start") and page.is_enabled("#stop")
+        page.click("#stop")
+        page.wait_for_selector("#record-link", state="visible", timeout=ms(20))
+        page.wait_for_function(ENDED, timeout=ms(10))
+        page.screenshot(path=tmp_path / "web_page.png")
+        finals = final_texts(page)
+        partials = page.evaluate("window.partialTexts")
+        record = page.get_attribute("#record-link", "href")
+        assert page.is_enabled("#start") and page.is_disabled("#stop")
+        assert page.is_hidden("#error"), page.text_content("#error")
+        assert page.eval_on_selector_all(".partial", "ps => ps.length") == 1 and not page.text_content("#partial")
+    # One sentence, once (the fake microphone does not loop), on the page as the gateway transcribed it.
+    assert len(finals) == 1 and wer([SENTENCE], finals) <= 0.25, finals
+    assert partials, "the sentence lasts about 3 s: the page showed partials before its final"
+    assert record is not None and record.startswith("http://127.0.0.1:") and "sig=" in record
+    assert problems == []  # no script error, no Content-Security-Policy violation
+
+
+@pytest.mark.parametrize(
+    ("fragment", "code", "advice"),
+    [
+        ("#token=not-a-jwt", "auth_invalid", "The token was not accepted"),
+        ("", "auth_required", "This gateway needs a token"),
+    ],
+)
+def test_a_refused_token_is_shown_plainly(web_stack: Stack, fragment: str, code: str, advice: str) -> None:
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"{web_stack.http_base}/{fragment}")
+        page.click("#start")
+        page.wait_for_selector("#error", state="visible", timeout=ms(10))
+        error = page.text_content("#error") or ""
+        page.wait_for_function("() => !document.getElementById('start').disabled", timeout=ms(5))
+        assert error.startswith(f"Error {code}: ") and advice in error, error
+        assert page.is_hidden("#record") and page.text_content("#finals") == ""
