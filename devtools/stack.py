@@ -56,6 +56,9 @@ LOOPBACK_LIMITS = {
     "MAX_SESSIONS_PER_TENANT": "0",
     "SESSION_START_RATE": "0",
 }
+# `make run` keeps the archive's HTTP port fixed, so record URLs (and the deferred jobs that hold them)
+# stay valid when the archive restarts (docs/storage.md); PUBLIC_BASE, when set, wins over it.
+ARCHIVE_HTTP_PORT = "8081"
 PAGE_TOKEN_TTL_S = 12 * 3600.0  # the token in the browser page's link that `make run` prints
 POOL_ENV = {
     "en": {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_LANG": "en"},
@@ -209,6 +212,7 @@ class Stack:
                 "COMPRESS_STORE_DIR": str(self.workdir / "records"),
                 "COMPRESS_SPOOL_DIR": str(self.workdir / "spool"),
                 "JOBS_DB": str(self.workdir / "jobs.sqlite"),
+                "ARCHIVE_SPOOL_DIR": str(self.workdir / "archive-spool"),
                 **self.env,
             }
         # Authentication on with the development keys unless the environment configures it (README).
@@ -269,6 +273,19 @@ class Stack:
                 if self._stopping.wait(delay):
                     return
                 self._restart(name, svc)
+
+    def restart(self, name: str) -> RunningService:
+        """Stop `name` if it still runs and start it again on its ports, as the supervisor does for a
+        child that exits (a test's kill-and-restart without `supervise`)."""
+        old = self.running[name]
+        if old.proc.poll() is None:
+            old.stop()
+        else:
+            old.kill()  # already dead: only release its pipe
+        self._restart(name, old)
+        if self.running[name] is old:
+            raise LaunchError(f"{name} did not start again")
+        return self.running[name]
 
     def _restart(self, name: str, old: RunningService) -> None:
         env = dict(self._launch_env[name])
@@ -349,7 +366,9 @@ def _prometheus_from_env() -> bool:
 
 
 def cmd_run(port: int, tls: bool, prometheus: bool) -> int:
-    stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True, tls=tls, supervise=True)
+    env = dict(os.environ)
+    env.setdefault("COMPRESS_HTTP_PORT", ARCHIVE_HTTP_PORT)
+    stack = Stack(_services_from_env(), env=env, gateway_port=port, echo=True, tls=tls, supervise=True)
     with stack, contextlib.ExitStack() as extras:
         ca = f"; clients trust {stack.ca_file} (speechgw-client --ca)" if stack.ca_file else ""
         print(f"stack up: {stack.url}{ca}  (Ctrl-C stops)", file=sys.stderr, flush=True)
