@@ -28,6 +28,7 @@ from speechgw_client.events import (
     ResumeAnswer,
     UnknownEvent,
     Vad,
+    Word,
     parse_event,
 )
 from speechgw_client.session import (
@@ -64,6 +65,7 @@ __all__ = [
     "StreamResult",
     "UnknownEvent",
     "Vad",
+    "Word",
     "audio_seconds",
     "connect",
     "connect_kwargs",

@@ -35,6 +35,7 @@ __all__ = [
     "StageFigures",
     "UnknownEvent",
     "Vad",
+    "Word",
     "parse_event",
 ]
 
@@ -99,6 +100,9 @@ class Ack(EventBase):
     limits: Limits
     resume: ResumeAnswer | None = None
     """on the ack that answers `start.resume`: where the audio continues"""
+    trace_id: str | None = None  # the session's trace, while the gateway traces (docs/observability.md)
+    hotwords_applied: bool | None = None
+    """present when `start` had hotwords: whether the ASR engines apply them"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +132,16 @@ class Lid(EventBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Word:
+    """One word of a transcript: seconds on the session timeline; `confidence` 0..1 when the engine gives one."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class AsrPartial(EventBase):
     """Text of the open utterance so far."""
 
@@ -137,6 +151,8 @@ class AsrPartial(EventBase):
     """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     text: str
     ts: tuple[float, float]
+    words: list[Word] | None = None
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +167,9 @@ class AsrFinal(EventBase):
     ts: tuple[float, float]
     lang: str
     from_finalize: bool | None = None
+    words: list[Word] | None = None
+    """the words of `text` with their times, when the engine gives them (docs/protocol.md)"""
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
