@@ -28,6 +28,8 @@ SESSION_ENV = {
     "start_timeout_s": "START_TIMEOUT_SEC",
     "max_session_s": "MAX_SESSION_SEC",
     "partial_interval_ms": "PARTIAL_INTERVAL_MS",
+    "resume_window_s": "RESUME_WINDOW_S",
+    "resume_buffer_events": "RESUME_BUFFER_EVENTS",
     "send_timeout_s": "SEND_TIMEOUT_S",
 }
 OPUS_LINK_ENV = {

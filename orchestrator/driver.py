@@ -6,6 +6,10 @@ stages' feeds, hands stage inputs over, cancels the stages the session gave up o
 
 One task group per session (STYLE §6): the writer, one task per stage, and the reader in the
 caller's task. Nothing outlives the session; a stage's own tasks live inside its task.
+
+Resume (docs/protocol.md#resume): when the client's connection drops, the session may wait for it
+(`Session.awaiting_resume`); the gateway then `attach`es the client's new connection, and the reader
+and the writer carry on over it. The decisions (whether to wait, what to replay) are the session's.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common import tracing
@@ -30,7 +35,7 @@ from orchestrator.core.events import (
     StageName,
     Transcript,
 )
-from orchestrator.core.protocol import ErrorCode
+from orchestrator.core.protocol import ErrorCode, ResumeRequest
 from orchestrator.core.reframer import AudioBlock
 from orchestrator.core.session import Session, State
 from orchestrator.session_trace import SessionTrace
@@ -60,13 +65,25 @@ class Connection(Protocol):
     def stalled_since(self) -> float | None:
         """Since when (monotonic) the client's socket takes nothing more; None while it drains."""
 
+    @property
+    def dropped(self) -> bool:
+        """Once closed: whether it was lost without a close frame from the client (resumable)."""
+
     def abort(self) -> None:
-        """Drop the connection at once, without a closing handshake (a client that reads nothing)."""
+        """Drop the connection at once, without a closing handshake (a client that reads nothing, or a
+        resume moved its session to another connection)."""
+
+
+@dataclass(frozen=True)
+class HandedOver:
+    """Admission verdict: the connection now carries another, resumed session (`to.attach` took it)."""
+
+    to: SessionDriver
 
 
 # Decides whether a session that sent `start` may go on: the tenant (a str, "" with auth off) admits
-# it, a (code, message) pair refuses it (docs/security.md).
-Admit = Callable[[Session], Awaitable["tuple[ErrorCode, str] | str"]]
+# it, a (code, message) pair refuses it (docs/security.md), HandedOver: it resumed another session.
+Admit = Callable[[Session], Awaitable["tuple[ErrorCode, str] | str | HandedOver"]]
 
 
 class SessionDriver:
@@ -98,6 +115,9 @@ class SessionDriver:
         self._reading = asyncio.Event()  # set while the session accepts audio (backpressure)
         self._reading.set()
         self._latency = SpeechLatencyProbe()  # the SLO histograms (first partial, final lag)
+        self._wake = asyncio.Event()  # a reader waiting for a resume: a connection came, or time passed
+        self._gone: Connection | None = None  # the connection a send failed on
+        self.handed_over_to: SessionDriver | None = None
         self.trace = SessionTrace() if tracing.enabled() else None  # None: tracing is off, no cost
         self.closed = asyncio.Event()
 
@@ -127,9 +147,15 @@ class SessionDriver:
                 # then look at the state again (a refused session reads nothing more).
                 await self._reading.wait()
                 continue
-            message = await self.conn.receive()
+            conn = self.conn
+            message = await conn.receive()
+            if conn is not self.conn:
+                continue  # a resume moved the session to another connection while this one was read
             if message is None:
-                break
+                if not self._wait_for_resume(conn):
+                    return
+                await self._resumed_or_lapsed(conn)
+                continue
             now = time.monotonic()
             try:
                 if isinstance(message, str):
@@ -147,13 +173,64 @@ class SessionDriver:
                 )
                 self.session.internal_error("the gateway failed on this message", now)
             self.pump()
-        self.session.receive_disconnect(time.monotonic())
+
+    def _wait_for_resume(self, conn: Connection) -> bool:
+        """The client's connection ended: tell the session; whether it waits for a resume."""
+        self.session.receive_disconnect(time.monotonic(), dropped=conn.dropped)
         self.pump()
+        return self.session.awaiting_resume
+
+    async def _resumed_or_lapsed(self, conn: Connection) -> None:
+        while self.session.awaiting_resume and self.conn is conn:
+            self._wake.clear()
+            await self._wake.wait()
 
     def tick(self, now: float) -> None:
-        self.session.output_stalled(self.conn.stalled_since(), now)
+        # A client away (its connection dropped) is not a client that stopped reading.
+        stalled = None if self.session.awaiting_resume else self.conn.stalled_since()
+        self.session.output_stalled(stalled, now)
         self.session.tick(now)
         self.pump()
+        self._count_resumes()
+        self._wake.set()
+
+    def end_resume_window(self) -> None:
+        """Wait no longer for the client to come back (the gateway drains): flush as on a disconnect."""
+        self.session.end_resume_window(time.monotonic())
+        self.pump()
+        self._count_resumes()
+        self._wake.set()
+
+    def _count_resumes(self) -> None:
+        for outcome in self.session.resume_outcomes():
+            metrics.RESUMES.labels(outcome).inc()
+
+    def attach(self, conn: Connection, request: ResumeRequest) -> tuple[ErrorCode, str] | None:
+        """The client is back on `conn` (`start.resume`): move the session to it, or say why not. The
+        connection it replaces, dropped or half-open (the gateway never saw it go), is aborted."""
+        s = self.session
+        refusal = s.check_resume(request)
+        if refusal is not None:
+            return refusal
+        old, self.conn = self.conn, conn
+        if old is not conn:
+            old.abort()
+        # What was queued for the old connection is in the session's event log: the replay sends what
+        # the client lacks, once.
+        while not self._out.empty():
+            self._out.get_nowait()
+        self._close_queued = False
+        s.resume(request, time.monotonic())
+        self._wake.set()
+        self.pump()
+        self._count_resumes()
+        return None
+
+    async def released(self, conn: Connection) -> None:
+        """Until the session is done with `conn`: it ended, or another resume replaced `conn`."""
+        while self.conn is conn and not self.closed.is_set():
+            self._wake.clear()
+            await self._wake.wait()
 
     def shutdown(self, now: float) -> None:
         """The gateway stops: the session ends its audio here and drains (`end` reason `shutdown`)."""
@@ -213,7 +290,7 @@ class SessionDriver:
             # The client read nothing for SEND_TIMEOUT_S: its socket goes now, its stages drain on.
             self._aborted = True
             self.conn.abort()
-        if s.close is not None and not self._close_queued:
+        if s.close is not None and not self._close_queued and not s.awaiting_resume:
             self._close_queued = True
             self._out.put_nowait(_CLOSE)
 
@@ -235,6 +312,10 @@ class SessionDriver:
             verdict = (ErrorCode.INTERNAL_ERROR, "the session could not be admitted")
         if isinstance(verdict, tuple):
             s.refuse(*verdict)
+        elif isinstance(verdict, HandedOver):
+            self.handed_over_to = verdict.to
+            s.hand_over()
+            self._out.put_nowait(_CLOSE)
         else:
             s.admit(verdict, time.monotonic())
         self.pump()
@@ -350,25 +431,51 @@ class SessionDriver:
         self._paths.remove(name)
 
     async def _write_loop(self) -> None:
-        gone = False
+        ended = False
         while True:
             item = await self._out.get()
             if item is _CLOSE:
-                break
+                if self.session.awaiting_resume:
+                    self._close_queued = False  # queued again once the client is back or the window ends
+                    continue
+                if self.session.handed_over or await self._closed_for_good():
+                    break
+                continue
             kind, text = item
-            if self._before_end is not None and kind == "end":
+            if self._before_end is not None and kind == "end" and not ended:
                 # e.g. the deferred transcription job is durable before the client hears `end`
+                ended = True
                 await self._before_end(self.session)
-            if gone or self.session.output_abandoned:
+            conn = self.conn
+            if conn is self._gone or self.session.output_abandoned:
                 continue
             try:
-                await self.conn.send(text)
+                await conn.send(text)
             except ConnectionClosedError:
-                gone = True
-        code, reason = self.session.close or (1000, "end")
-        with contextlib.suppress(ConnectionClosedError):
-            await self.conn.close(int(code), reason)
+                self._gone = conn
+                if conn is self.conn and self.session.state is State.CLOSED:
+                    # The reader has stopped: the client may come back for the rest (its `end`).
+                    self.session.receive_disconnect(time.monotonic(), dropped=conn.dropped)
+                    self.pump()
         self.closed.set()
+        self._wake.set()
+
+    async def _closed_for_good(self) -> bool:
+        """Close the client's connection after the last event. False when the session goes on waiting:
+        the close handshake failed (a client gone without a word may not have the `end`) and the client
+        may resume, or a resume moved the session to another connection meanwhile."""
+        s, conn = self.session, self.conn
+        code, reason = s.close or (1000, "end")
+        with contextlib.suppress(ConnectionClosedError):
+            await conn.close(int(code), reason)
+        if conn is not self.conn:
+            return False
+        if conn.dropped:
+            s.receive_disconnect(time.monotonic(), dropped=True)
+            self._close_queued = False
+            self.pump()
+            return not s.awaiting_resume
+        return True
 
 
 def root_cause(exc: BaseException) -> BaseException:

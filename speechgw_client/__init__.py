@@ -25,6 +25,7 @@ from speechgw_client.events import (
     Lid,
     Metrics,
     RecordUrl,
+    ResumeAnswer,
     UnknownEvent,
     Vad,
     Word,
@@ -39,7 +40,7 @@ from speechgw_client.session import (
     connect_kwargs,
     start_message,
 )
-from speechgw_client.stream import StreamResult, send_paced, stream_pcm
+from speechgw_client.stream import ResumePolicy, StreamResult, send_paced, stream_pcm
 
 __all__ = [
     "BYTES_PER_S",
@@ -56,6 +57,8 @@ __all__ = [
     "Lid",
     "Metrics",
     "RecordUrl",
+    "ResumeAnswer",
+    "ResumePolicy",
     "Session",
     "SessionClosed",
     "SessionProgress",

@@ -95,5 +95,6 @@ def test_the_loaders_read_the_known_set() -> None:
     # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG; eight limits
     # per client (orchestrator/edge/limits.py); the gateway's nine AUTH_* and the archive's record-URL
     # key and TTL; ASR_BATCH_MAX; the gateway's six archive-spool and job-wait variables; the fourteen
-    # OTEL_* variables of the traces (common/tracing.py); ASR_WORD_TIMESTAMPS.
-    assert len(loader_vars()) == 212
+    # OTEL_* variables of the traces (common/tracing.py); ASR_WORD_TIMESTAMPS; RESUME_WINDOW_S and
+    # RESUME_BUFFER_EVENTS.
+    assert len(loader_vars()) == 214
