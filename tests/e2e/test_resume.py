@@ -1,7 +1,7 @@
 """Resume by flowId through the whole stack (docs/protocol.md#resume): `speechgw-client` streams speech
-in real time through a TCP relay (tests/faultproxy.py) that the test cuts mid-sentence (an RST both ways, no close frame);
-the client reconnects by itself and the user sees one session: one transcript, one archive, every
-event once and in `seq` order."""
+in real time through a TCP relay (tests/faultproxy.py) that the test cuts mid-sentence (an RST both
+ways, no close frame); the client reconnects by itself and the user sees one session: one transcript,
+one archive, every event once and in `seq` order."""
 
 from __future__ import annotations
 
