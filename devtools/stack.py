@@ -45,6 +45,9 @@ LOOPBACK_LIMITS = {
     "SESSION_START_RATE": "0",
 }
 PAGE_TOKEN_TTL_S = 12 * 3600.0  # the token in the browser page's link that `make run` prints
+# `make run` keeps the archive's HTTP port fixed, so record URLs (and the deferred jobs that hold them)
+# stay valid when the archive restarts (docs/storage.md); PUBLIC_BASE, when set, wins over it.
+ARCHIVE_HTTP_PORT = "8081"
 POOL_ENV = {
     "en": {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_LANG": "en"},
     "multi": {"ASR_ENGINE": "whisper", "ASR_MODEL": "base"},
@@ -182,6 +185,7 @@ class Stack:
                 "COMPRESS_STORE_DIR": str(self.workdir / "records"),
                 "COMPRESS_SPOOL_DIR": str(self.workdir / "spool"),
                 "JOBS_DB": str(self.workdir / "jobs.sqlite"),
+                "ARCHIVE_SPOOL_DIR": str(self.workdir / "archive-spool"),
                 **self.env,
             }
         # Authentication on with the development keys unless the environment configures it (README).
@@ -190,12 +194,7 @@ class Stack:
         self._start_object_storage()
 
         def one(name: str) -> RunningService:
-            module, _, pool = name.partition(".")
-            env = {**self.env, **POOL_ENV.get(pool, {})} if module == "asr" else dict(self.env)
-            env |= self.tls_env(name)
-            return launch(
-                name, [sys.executable, "-m", f"services.{module}"], env=env, timeout_s=timeout_s, echo_stdout=self.echo
-            )
+            return self._launch(name, timeout_s)
 
         try:
             # Start the services side by side: model warm-ups overlap.
@@ -222,6 +221,35 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def _launch(self, name: str, timeout_s: float, ports: tuple[int, int] = (0, 0)) -> RunningService:
+        """Start one service process; `ports` (gRPC, HTTP) pins its ports (0: the configured or a free one)."""
+        module, _, pool = name.partition(".")
+        env = {**self.env, **POOL_ENV.get(pool, {})} if module == "asr" else dict(self.env)
+        env |= self.tls_env(name)
+        prefix = module.upper()
+        for kind, port in zip(("GRPC", "HTTP"), ports, strict=True):
+            if port:
+                env[f"{prefix}_{kind}_PORT"] = str(port)
+        return launch(
+            name, [sys.executable, "-m", f"services.{module}"], env=env, timeout_s=timeout_s, echo_stdout=self.echo
+        )
+
+    def restart(self, name: str, timeout_s: float = 180.0) -> RunningService:
+        """A new process for service `name` on the ports of the old one (stopped first if still running):
+        the gateway's channel reconnects to it, and its record URLs keep their host and port."""
+        old = self.running[name]
+        if old.proc.poll() is None:
+            old.stop()
+        else:
+            old.kill()  # already dead: only release its pipe
+        if name == "gateway":
+            env = {**self.gateway_env(), "GATEWAY_PORT": str(old.http_port)}
+            cmd = [sys.executable, "-m", "orchestrator"]
+            self.running[name] = launch(name, cmd, env=env, timeout_s=timeout_s, echo_stdout=self.echo)
+        else:
+            self.running[name] = self._launch(name, timeout_s, (old.grpc_port, old.http_port))
+        return self.running[name]
 
     def stop(self) -> None:
         """Gateway first (it drains), then the services; each SIGTERM with grace, SIGKILL last."""
@@ -257,7 +285,9 @@ def _tls_from_env() -> bool:
 
 
 def cmd_run(port: int, tls: bool) -> int:
-    stack = Stack(_services_from_env(), env=dict(os.environ), gateway_port=port, echo=True, tls=tls)
+    env = dict(os.environ)
+    env.setdefault("COMPRESS_HTTP_PORT", ARCHIVE_HTTP_PORT)
+    stack = Stack(_services_from_env(), env=env, gateway_port=port, echo=True, tls=tls)
     with stack:
         ca = f"; clients trust {stack.ca_file} (speechgw-client --ca)" if stack.ca_file else ""
         print(f"stack up: {stack.url}{ca}  (Ctrl-C stops)", file=sys.stderr, flush=True)

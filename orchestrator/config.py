@@ -48,6 +48,7 @@ JOBS_ENV = {
     "jitter_seed": "JOBS_JITTER_SEED",
     "capacity_poll_s": "JOBS_CAPACITY_POLL_SEC",
     "attempt_timeout_s": "JOBS_ATTEMPT_TIMEOUT_SEC",
+    "wait_cap_s": "JOBS_WAIT_CAP_SEC",
 }
 TRANSCRIBE_ENV = {
     "deadline_s": "TRANSCRIBE_DEADLINE_SEC",
@@ -115,6 +116,22 @@ class CompressLinkConfig:
     enabled: bool = setting(True, env="ENABLE_COMPRESS")
     addr: str = setting("", env="COMPRESS_ADDR")
     batch_ms: int = setting(1000, env="COMPRESS_BATCH_MS")
+    # The gateway keeps each session's audio on its disk until the archive has it, and hands it to an
+    # archive member when the archive failed mid-session (docs/storage.md). 0 bytes: off.
+    spool_dir: str = setting("var/archive-spool", env="ARCHIVE_SPOOL_DIR")
+    spool_max_bytes: int = setting(2 * 1024**3, env="ARCHIVE_SPOOL_MAX_BYTES")
+    # After the end of audio, how long a session whose archive failed waits for a re-upload (and its
+    # record_url) before it ends with the record pending; at most half of STAGE_TIMEOUT_SEC (the session
+    # gives up a stage silent that long after the end of audio).
+    retry_window_s: float = setting(5.0, env="ARCHIVE_RETRY_WINDOW_SEC")
+    retry_base_s: float = setting(1.0, env="ARCHIVE_RETRY_BASE_SEC")  # background uploader's first wait
+    retry_max_s: float = setting(30.0, env="ARCHIVE_RETRY_MAX_SEC")
+
+    def __post_init__(self) -> None:
+        if self.spool_max_bytes < 0 or self.retry_window_s < 0:
+            raise ConfigError("ARCHIVE_SPOOL_MAX_BYTES and ARCHIVE_RETRY_WINDOW_SEC must be >= 0")
+        if not 0 < self.retry_base_s <= self.retry_max_s:
+            raise ConfigError("need 0 < ARCHIVE_RETRY_BASE_SEC <= ARCHIVE_RETRY_MAX_SEC")
 
 
 @dataclass(frozen=True)

@@ -44,17 +44,20 @@ from orchestrator.edge.auth import (
 )
 from orchestrator.edge.keys import JwksVerifier, Verifier, build_verifier
 from orchestrator.edge.limits import ClientLimits, Refusal, Ticket, own_origin
+from orchestrator.recordings.policy import RetrySchedule, SpoolBudget
+from orchestrator.recordings.spool import ArchiveSpool, RecordingFiles
+from orchestrator.recordings.uploader import SpoolUploader, archive_uploader
 from orchestrator.routing.pool import PoolSet
 from orchestrator.stages.asr import AsrStage
 from orchestrator.stages.base import Stage
-from orchestrator.stages.compress import CompressStage
+from orchestrator.stages.compress import CompressStage, SpoolLink
 from orchestrator.stages.denoise import DenoiseStage
 from orchestrator.stages.lid import LidStage
 from orchestrator.stages.vad import VadStage
 from orchestrator.supervisor import Supervisor
+from orchestrator.transcripts.dispatch import PoolTranscriber
 from orchestrator.transcripts.runner import JobRunner
-from orchestrator.transcripts.store import AsyncJobStore, Job
-from orchestrator.transcripts.transcribe import transcribe_recording
+from orchestrator.transcripts.store import AsyncJobStore
 from orchestrator.transcripts.view import transcript_response
 from orchestrator.web import SECURITY_HEADERS, load_assets
 
@@ -79,6 +82,7 @@ class Gateway:
         self._server: Server | None = None
         self._background = Supervisor()
         self._opus_pool: ThreadPoolExecutor | None = None
+        self._spool_pool: ThreadPoolExecutor | None = None
         self.pools: PoolSet | None = None
         self.jobs: JobRunner | None = None
         self._job_store: AsyncJobStore | None = None
@@ -145,7 +149,8 @@ class Gateway:
             )
             await self._start_jobs()
         if "compress" in self._channels:
-            self._stages.append(CompressStage(self._channels["compress"], cfg.compress.batch_ms))
+            spool = await self._start_archive_spool(self._channels["compress"])
+            self._stages.append(CompressStage(self._channels["compress"], cfg.compress.batch_ms, spool))
         edge_tls = edge_context(cfg.edge_tls)  # wss://, its certificate reloaded from disk
         self._server = await serve(
             self._handle,
@@ -186,6 +191,8 @@ class Gateway:
             await self.pools.close()
         if self._opus_pool is not None:
             self._opus_pool.shutdown(wait=False, cancel_futures=True)
+        if self._spool_pool is not None:
+            self._spool_pool.shutdown(wait=True)
 
     async def _admit(
         self,
@@ -298,44 +305,61 @@ class Gateway:
 
     async def _before_end(self, session: Session) -> None:
         """A record-only session's transcription job is stored before its `end` goes out."""
-        if session.needs_deferred_transcript and self.jobs is not None and session.record_url:
+        if session.needs_deferred_transcript and self.jobs is not None:
             assert session.flow_id and session.start
+            # A record still in the archive spool has no URL yet: the job waits for it (store.record_stored).
             await self.jobs.enqueue(
-                session.flow_id, session.record_url, session.lang, session.start.domain, tenant=session.tenant
+                session.flow_id, session.record_url or "", session.lang, session.start.domain, tenant=session.tenant
             )
+
+    async def _open_store(self) -> AsyncJobStore:
+        """The job store (deferred transcripts, and the records the archive took late), opened once."""
+        if self._job_store is None:
+            Path(self.config.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
+            self._job_store = await AsyncJobStore.open(self.config.jobs.db_path)
+        return self._job_store
+
+    async def _start_archive_spool(self, channel: grpc.aio.Channel) -> SpoolLink | None:
+        """The gateway's spool of session audio, for when the archive fails (docs/storage.md)."""
+        cfg = self.config.compress
+        if cfg.spool_max_bytes <= 0:
+            return None
+        records = await self._open_store()
+        self._spool_pool = ThreadPoolExecutor(2, thread_name_prefix="archive-spool")
+        spool = ArchiveSpool(
+            RecordingFiles(Path(cfg.spool_dir)),
+            SpoolBudget(cfg.spool_max_bytes),
+            self._spool_pool,
+            metrics.spool_changed,
+            metrics.ARCHIVE_SPOOL_REFUSED.inc,
+        )
+        left = await spool.prepare()  # what a previous process left: uploaded by the loop's first pass
+        uploader = SpoolUploader(
+            spool,
+            archive_uploader(channel, spool),
+            records,
+            RetrySchedule(cfg.retry_base_s, cfg.retry_max_s),
+            lambda outcome: metrics.ARCHIVE_SPOOL_UPLOADS.labels(outcome).inc(),
+        )
+        if left:
+            log.warning(
+                "archive spool holds sessions of an earlier run: %d",
+                len(left),
+                extra={"stage": "archive_spool", "event": "spool_recovered"},
+            )
+        self._background.start("archive-spool", uploader.run)
+        window_s = min(cfg.retry_window_s, self.config.stages.timeout_s / 2)  # the session's patience
+        return SpoolLink(spool, uploader, records, window_s)
 
     async def _start_jobs(self) -> None:
         """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""
         cfg = self.config
-        Path(cfg.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
-        self._job_store = await AsyncJobStore.open(cfg.jobs.db_path)
-        self.jobs = JobRunner(self._job_store, self._transcribe_job, cfg.jobs, self._asr_capacity)
-        self._background.start("job-runner", self.jobs.run)
-
-    async def _transcribe_job(self, job: Job) -> list[dict[str, Any]]:
+        self._job_store = await self._open_store()
         assert self.pools is not None
-        member = self.pools.route(job.lang, job.domain).pick(time.monotonic())
-        if member is None:
-            raise RuntimeError("no ASR member can take the job now")
-        with member.lease():
-            return await transcribe_recording(
-                job.record_url,
-                member.addr,
-                job.lang,
-                job.domain,
-                flow_id=job.flow_id,
-                config=self.config.transcribe,
-                tls=self.config.tls,
-            )
-
-    async def _asr_capacity(self) -> bool:
-        """Checked before each deferred job: probe the members now rather than trust the last round, so a
-        dead ASR does not burn the job's attempts (the failure cooldown is for recordings that fail)."""
-        if self.pools is None:
-            return False
-        await self.pools.check_health()
-        now = time.monotonic()
-        return any(p.pick(now) is not None for p in self.pools.pools.values())
+        # A job runs on any pool that serves its language when its own is gone (transcripts/dispatch.py).
+        runs = PoolTranscriber(self.pools, cfg.transcribe, cfg.tls)
+        self.jobs = JobRunner(self._job_store, runs.transcribe, cfg.jobs, runs.capacity_available)
+        self._background.start("job-runner", self.jobs.run)
 
     async def _sweep(self) -> None:
         """One timer for all sessions: idle flush, start timeout, length cap, stage timeouts. One
@@ -437,9 +461,11 @@ class Gateway:
                 body = {"code": ErrorCode.AUTH_FORBIDDEN.value, "message": "the token does not allow transcripts"}
                 return _response(HTTPStatus.FORBIDDEN, json.dumps(body).encode(), "application/json")
             tenant = principal.sub
-        valid = self._job_store is not None and valid_flow_id(flow_id)
-        job = await self._job_store.get(flow_id, tenant=tenant) if valid and self._job_store is not None else None
-        status, body = transcript_response(flow_id, job)
+        job = record = None
+        if self._job_store is not None and valid_flow_id(flow_id):
+            job = await self._job_store.get(flow_id, tenant=tenant)
+            record = await self._job_store.get_record(flow_id, tenant=tenant)
+        status, body = transcript_response(flow_id, job, record)
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
 
 

@@ -151,6 +151,34 @@ BREAKER_STATE = Gauge(
 )
 
 # Every label value known at start is exported from the start, at 0: a fresh gateway shows 0, not "no data".
+ARCHIVE_SPOOL_BYTES = Gauge(
+    "orchestrator_archive_spool_bytes",
+    "Session audio on the gateway's archive spool: live sessions' and those waiting for an archive member",
+    registry=REGISTRY,
+)
+ARCHIVE_SPOOL_RECORDINGS = Gauge(
+    "orchestrator_archive_spool_recordings", "Sessions with audio on the gateway's archive spool", registry=REGISTRY
+)
+ARCHIVE_SPOOL_UPLOADS = Counter(
+    "orchestrator_archive_spool_uploads_total",
+    "Uploads of spooled sessions to the archive, by outcome (stored, failed, dropped)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ARCHIVE_SPOOL_REFUSED = Counter(
+    "orchestrator_archive_spool_refused_total",
+    "Sessions whose audio the spool stopped keeping (ARCHIVE_SPOOL_MAX_BYTES reached, or a disk error)",
+    registry=REGISTRY,
+)
+for _outcome in ("stored", "failed", "dropped"):
+    ARCHIVE_SPOOL_UPLOADS.labels(_outcome)
+
+
+def spool_changed(size_bytes: int, recordings: int) -> None:
+    ARCHIVE_SPOOL_BYTES.set(size_bytes)
+    ARCHIVE_SPOOL_RECORDINGS.set(recordings)
+
+
 EVENT_TYPES = ("ack", "end", "error", *FAMILY_OF)
 END_REASONS = ("flush", "disconnect", "idle")
 SESSION_MODE_NAMES = ("live", "record_only", "asr_lost", "no_asr")

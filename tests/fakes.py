@@ -117,15 +117,34 @@ class FakeVad(vad_pb2_grpc.VadServicer):
 
 
 class FakeCompress(compress_pb2_grpc.CompressServicer):
-    """Counts the audio and answers a URL; stores nothing."""
+    """Counts the audio and answers a URL; stores nothing. `fail_after_frames`: the next call aborts
+    UNAVAILABLE after that many frames (an archive dying mid-stream); `down`: every call aborts at
+    once. With `keep`, `archived` holds (flowId, tenant metadata, PCM) of every call that completed."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.fail_after_frames: int | None = None
+        self.down = False
+        self.archived: list[tuple[str, bytes, bytes]] = []
 
     async def Archive(
         self, request_iterator: AsyncIterator[common_pb2.AudioFrame], context: grpc.aio.ServicerContext
     ) -> compress_pb2.ArchiveResult:
-        flow, samples = "", 0
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "fake archive is down")
+        flow, samples, pcm, frames = "", 0, bytearray(), 0
+        fail_after, self.fail_after_frames = self.fail_after_frames, None
         async for frame in request_iterator:
             flow = frame.flow_id
             samples += len(frame.pcm) // 2
+            if self.keep:
+                pcm += frame.pcm
+            frames += 1
+            if fail_after is not None and frames >= fail_after:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "fake archive died mid-stream")
+        if self.keep:
+            tenant = dict(context.invocation_metadata() or ()).get("speechgw-tenant-bin", b"")
+            self.archived.append((flow, tenant if isinstance(tenant, bytes) else tenant.encode(), bytes(pcm)))
         return compress_pb2.ArchiveResult(
             flow_id=flow,
             record_url=f"http://fake.invalid/records/{flow}.ogg",

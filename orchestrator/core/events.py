@@ -35,6 +35,14 @@ class RecordReady:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordPending:
+    """The archive failed, but the gateway keeps the session's audio in its spool and hands it to
+    an archive member when one answers; `record_url` may still come (docs/storage.md)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class LangDetected:
     """The LID service's answer (`und` when it cannot tell); the session decides what it means."""
 
@@ -112,4 +120,6 @@ class Finalize:
 StageInput = SpeechBoundary | Finalize | LanguageDecided
 
 
-StageEvent = SpeechBoundary | RecordReady | LangDetected | Transcript | StageLatency | StageDone | StageFailed
+StageEvent = (
+    SpeechBoundary | RecordReady | RecordPending | LangDetected | Transcript | StageLatency | StageDone | StageFailed
+)

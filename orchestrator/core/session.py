@@ -23,6 +23,7 @@ from orchestrator.core.events import (
     Finalize,
     LangDetected,
     LanguageDecided,
+    RecordPending,
     RecordReady,
     SpeechBoundary,
     StageDone,
@@ -121,6 +122,7 @@ class Session:
         self.pending_stages: set[StageName] = set()
         self.failed_stages: set[StageName] = set()
         self.record_url: str | None = None
+        self.record_pending = False  # the archive failed; the gateway's spool holds the audio
         self.tenant = ""  # the verified token's `sub`; "" when authentication is off
         self.acknowledged = False  # `ack` sent: the session streams (and its stages run)
         self.language: LanguageDecider | None = None
@@ -259,8 +261,11 @@ class Session:
             self._on_boundary(event)
             if StageName.ASR in self.pending_stages and self.start is not None and self.start.vad_endpoints:
                 self._stage_inputs.append((StageName.ASR, event))  # the ASR link's endpoints
+        elif isinstance(event, RecordPending):
+            self._on_record_pending(event)
         elif isinstance(event, RecordReady):
             self.record_url = event.url
+            self.record_pending = False
             self._emit(
                 {
                     "type": "record_url",
@@ -283,6 +288,8 @@ class Session:
             if event.stage in self.failed_stages or event.stage not in self.pending_stages:
                 return
             self.failed_stages.add(event.stage)
+            if event.stage == StageName.COMPRESS:
+                self.record_pending = False  # the spool could not keep the audio after all
             code = UNAVAILABLE_CODE.get(event.stage, ErrorCode.INTERNAL_ERROR)
             error = error_event(self.flow_id, code, f"{event.stage}: {event.message}", fatal=False)
             if event.stage == "asr" and self.config.deferred_transcripts:
@@ -342,8 +349,10 @@ class Session:
 
     @property
     def needs_deferred_transcript(self) -> bool:
-        """The ASR failed for this session but its audio was archived: transcribe it later."""
-        return self.config.deferred_transcripts and "asr" in self.failed_stages and self.record_url is not None
+        """The ASR failed for this session but its audio was archived (or waits in the spool to be):
+        transcribe it later."""
+        archived = self.record_url is not None or self.record_pending
+        return self.config.deferred_transcripts and "asr" in self.failed_stages and archived
 
     @property
     def audio_s(self) -> float:
@@ -441,6 +450,17 @@ class Session:
         partial = self._partials.offer(event, now)
         if partial is not None:
             self._emit(partial.to_event(self.flow_id))
+
+    def _on_record_pending(self, event: RecordPending) -> None:
+        """The archive failed mid-session, but the audio is kept (SPEC §4): a non-fatal
+        `archive_unavailable` that says where `record_url` will be once an archive member has it."""
+        if self.record_pending or StageName.COMPRESS not in self.pending_stages:
+            return
+        self.record_pending = True
+        error = error_event(self.flow_id, ErrorCode.ARCHIVE_UNAVAILABLE, f"compress: {event.message}", fatal=False)
+        error["mode"] = "spooled"
+        error["transcript_path"] = f"/v1/flows/{self.flow_id}/transcript"
+        self._emit(error)
 
     def _on_boundary(self, event: SpeechBoundary) -> None:
         ts = event.pts_ns / 1e9
@@ -544,7 +564,7 @@ def _stage_of(event: StageEvent) -> StageName:
     """Which stage an event comes from."""
     if isinstance(event, SpeechBoundary):
         return StageName.VAD
-    if isinstance(event, RecordReady):
+    if isinstance(event, RecordReady | RecordPending):
         return StageName.COMPRESS
     if isinstance(event, LangDetected):
         return StageName.LID

@@ -526,6 +526,15 @@ class PoolSet:
         """The pool the routing table picks for this language and domain."""
         return self.pools[self.table.route(lang, domain)]
 
+    def pick_serving(self, lang: str, domain: str, now: float) -> Member | None:
+        """A member of the first pool that serves this language and can take a stream now
+        (`RoutingTable.serving_pools`), or None when every such pool is busy or down."""
+        for name in self.table.serving_pools(lang, domain):
+            member = self.pools[name].pick(now)
+            if member is not None:
+                return member
+        return None
+
     def members(self) -> Iterator[Member]:
         for pool in self.pools.values():
             yield from pool.members

@@ -124,6 +124,17 @@ class RoutingTable:
                 return route.pool
         return self.default_pool
 
+    def serving_pools(self, lang: str, domain: str) -> tuple[str, ...]:
+        """Every pool that can serve this language, in order of preference: the routed pool first, then
+        the pools of the other routes that match the language (any domain), then the default pool. A
+        deferred job whose own pool is gone runs on the next one (docs/transcripts.md); a pool of
+        another language is never a candidate (its model may not know the language)."""
+        code = normalise_lang(lang)
+        order = [self.route(lang, domain)]
+        order += [r.pool for r in self.routes if r.lang in (ANY, code)]
+        order.append(self.default_pool)
+        return tuple(dict.fromkeys(order))
+
     @classmethod
     def single_pool(cls, addrs: tuple[str, ...], name: str = "default") -> RoutingTable:
         """One pool that takes every session: the table when only ASR_ADDR is configured."""

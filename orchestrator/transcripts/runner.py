@@ -1,6 +1,7 @@
 """`JobRunner`: transcribes due deferred jobs, at most `concurrency` at once, while an injected
-`capacity_available()` says the ASR can take them; failures retry with exponential backoff up to
-`max_attempts`, then the job is `failed` with its last error (never retried forever)."""
+`capacity_available()` says the ASR can take them. What follows a failed attempt is `policy.py`'s:
+a busy or unavailable service makes the job wait without using an attempt; other failures retry with
+exponential backoff up to `max_attempts`, then the job is `failed` with its last error."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from orchestrator.metrics import REGISTRY
+from orchestrator.transcripts.policy import after_failure, describe
 from orchestrator.transcripts.srt import to_srt
-from orchestrator.transcripts.store import AsyncJobStore, Backoff, Job, JobsConfig, PermanentJobError
+from orchestrator.transcripts.store import AsyncJobStore, Backoff, Job, JobsConfig
 from orchestrator.transcripts.view import normalise_finals
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,33 @@ JOBS_OLDEST_AGE = Gauge(
     "Age of the oldest unfinished deferred transcription job (0 when none), computed at scrape",
     registry=REGISTRY,
 )
-for _outcome in ("done", "retry", "failed"):
+JOB_AGE = Histogram(
+    "transcribe_job_age_seconds",
+    "Age of a deferred transcription job (queued to finished) when it ends, by outcome",
+    ["outcome"],
+    buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 24 * 3600),
+    registry=REGISTRY,
+)
+JOB_ATTEMPTS = Histogram(
+    "transcribe_job_attempts",
+    "Attempts a deferred transcription job used (waits for capacity not counted) when it ends, by outcome",
+    ["outcome"],
+    buckets=(1, 2, 3, 4, 5, 7, 10),
+    registry=REGISTRY,
+)
+JOB_WAITS = Histogram(
+    "transcribe_job_waits",
+    "Times a deferred transcription job found its ASR busy or down before it ended, by outcome",
+    ["outcome"],
+    buckets=(0, 1, 2, 5, 10, 20, 50, 100),
+    registry=REGISTRY,
+)
+for _outcome in ("done", "retry", "wait", "failed"):
     JOB_OUTCOMES.labels(_outcome)  # exported from the start, at 0
+for _outcome in ("done", "failed"):
+    JOB_AGE.labels(_outcome)
+    JOB_ATTEMPTS.labels(_outcome)
+    JOB_WAITS.labels(_outcome)
 
 
 class _Backlog:
@@ -166,6 +193,7 @@ class JobRunner:
                 return
             await self.store.complete(job.flow_id, {"finals": finals, "srt": to_srt(finals)}, job.tenant)
             JOB_OUTCOMES.labels("done").inc()
+            self._observe_end(job, "done")
             log.info(
                 "transcription done: %d finals",
                 len(finals),
@@ -179,11 +207,22 @@ class JobRunner:
             self._wake.set()
 
     async def _after_failure(self, job: Job, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if isinstance(exc, PermanentJobError) or job.attempts >= self.config.max_attempts:
+        error = describe(exc)
+        verdict = after_failure(job, exc, self.config, self._backoff)
+        if verdict.action == "fail":
             await self._give_up(job, error)
             return
-        delay = self._backoff.delay_s(job.attempts)
+        if verdict.action == "wait":
+            await self.store.wait(job.flow_id, error, self.store.now_fn() + verdict.delay_s, job.tenant)
+            JOB_OUTCOMES.labels("wait").inc()
+            log.info(
+                "transcription waits for capacity, next try in %.1f s: %s",
+                verdict.delay_s,
+                error,
+                extra={"flowId": job.flow_id, "stage": "jobs", "event": "wait"},
+            )
+            return
+        delay = verdict.delay_s
         await self.store.retry(job.flow_id, error, self.store.now_fn() + delay, job.tenant)
         JOB_OUTCOMES.labels("retry").inc()
         log.warning(
@@ -197,9 +236,16 @@ class JobRunner:
     async def _give_up(self, job: Job, error: str) -> None:
         await self.store.fail(job.flow_id, error, job.tenant)
         JOB_OUTCOMES.labels("failed").inc()
+        self._observe_end(job, "failed")
         log.error(
             "transcription failed after %d attempts: %s",
             job.attempts,
             error,
             extra={"flowId": job.flow_id, "stage": "jobs", "err_code": "transcribe_failed"},
         )
+
+    def _observe_end(self, job: Job, outcome: str) -> None:
+        """A job's age, attempts and waits when it ends (docs/metrics.md)."""
+        JOB_AGE.labels(outcome).observe(max(0.0, self.store.now_fn() - job.created_at))
+        JOB_ATTEMPTS.labels(outcome).observe(job.attempts)
+        JOB_WAITS.labels(outcome).observe(job.waits)

@@ -32,6 +32,13 @@ class PermanentJobError(Exception):
     input): the job is marked failed at once."""
 
 
+class CapacityUnavailable(Exception):
+    """Raised by a `transcribe` coroutine when the service it needs is busy or down (ASR `busy`,
+    `RESOURCE_EXHAUSTED`, `UNAVAILABLE`, no member of any pool serving the language, the archive not
+    answering): nothing is wrong with the job, so it waits with backoff and the attempt is not
+    counted against `JOBS_MAX_ATTEMPTS`, which is kept for failures of the job itself."""
+
+
 @dataclass(frozen=True)
 class JobsConfig:
     """The job store and runner. Backoff before attempt n+1: min(cap, base * factor**(n-1)), less up
@@ -47,6 +54,8 @@ class JobsConfig:
     jitter_seed: int | None = None
     capacity_poll_s: float = 5.0
     attempt_timeout_s: float = 900.0
+    # Waits for capacity (busy, unavailable) back off from `capacity_poll_s`, doubling up to this.
+    wait_cap_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_attempts < 1:
@@ -57,6 +66,8 @@ class JobsConfig:
             raise ConfigError("JOBS_BACKOFF_JITTER must be in [0, 1)")
         if self.capacity_poll_s <= 0 or self.attempt_timeout_s <= 0:
             raise ConfigError("JOBS_CAPACITY_POLL_SEC and JOBS_ATTEMPT_TIMEOUT_SEC must be > 0")
+        if self.wait_cap_s < self.capacity_poll_s:
+            raise ConfigError("JOBS_WAIT_CAP_SEC must be >= JOBS_CAPACITY_POLL_SEC")
 
 
 class Backoff:
@@ -70,6 +81,26 @@ class Backoff:
         c = self._cfg
         delay = min(c.backoff_cap_s, c.backoff_base_s * c.backoff_factor ** max(0, attempts - 1))
         return delay * (1.0 - c.backoff_jitter * self._rng.random())
+
+    def wait_s(self, waits: int) -> float:
+        """Delay before trying again after the `waits`-th time the capacity was missing:
+        `capacity_poll_s` doubling up to `wait_cap_s`, jittered like `delay_s`."""
+        c = self._cfg
+        delay = min(c.wait_cap_s, c.capacity_poll_s * 2.0 ** max(0, min(waits - 1, 32)))
+        return delay * (1.0 - c.backoff_jitter * self._rng.random())
+
+
+@dataclass(frozen=True)
+class Record:
+    """A session's recording that the archive did not take live: spooled by the gateway (`pending`)
+    until an archive member stored it (`stored`, with its URL)."""
+
+    flow_id: str
+    tenant: str
+    status: str
+    record_url: str
+    created_at: float
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -86,6 +117,7 @@ class Job:
     created_at: float
     updated_at: float
     tenant: str = ""
+    waits: int = 0  # times it found no capacity (busy, unavailable); not counted in `attempts`
 
     @property
     def finals(self) -> list[dict[str, Any]]:
@@ -110,22 +142,33 @@ CREATE TABLE IF NOT EXISTS jobs (
   created_at REAL NOT NULL,
   updated_at REAL NOT NULL,
   tenant TEXT NOT NULL DEFAULT '',
+  waits INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (tenant, flow_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS records (
+  flow_id TEXT NOT NULL,
+  tenant TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL CHECK (status IN ('pending', 'stored')),
+  record_url TEXT NOT NULL DEFAULT '',
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  PRIMARY KEY (tenant, flow_id)
+);
 """
-_COLUMNS = (
-    "flow_id, record_url, lang, domain, status, attempts, next_attempt_at, last_error, result, created_at, updated_at,"
-    " tenant"
+_OLD_COLUMNS = (
+    "flow_id, record_url, lang, domain, status, attempts, next_attempt_at, last_error, result, created_at, updated_at"
 )
+_COLUMNS = f"{_OLD_COLUMNS}, tenant, waits"
 # A store written before tenants (flow_id alone as the key) is rebuilt in place, its jobs kept as tenant "".
-_OLD_COLUMNS = _COLUMNS.rsplit(",", 1)[0]
 _MIGRATE = f"""
 ALTER TABLE jobs RENAME TO jobs_untenanted;
 {_SCHEMA}
-INSERT INTO jobs ({_COLUMNS}) SELECT {_OLD_COLUMNS}, '' FROM jobs_untenanted;
+INSERT INTO jobs ({_OLD_COLUMNS}, tenant) SELECT {_OLD_COLUMNS}, '' FROM jobs_untenanted;
 DROP TABLE jobs_untenanted;
 """
+# A store written before waits were counted gets the column, at 0.
+_ADD_WAITS = "ALTER TABLE jobs ADD COLUMN waits INTEGER NOT NULL DEFAULT 0"
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
@@ -152,6 +195,8 @@ class JobStore:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if columns and "tenant" not in columns:
                 self._db.executescript(f"BEGIN; {_MIGRATE} COMMIT;")
+            elif columns and "waits" not in columns:
+                self._db.execute(_ADD_WAITS)
             self._db.executescript(_SCHEMA)
         self.recovered = self._recover(time.time() if now is None else now)
 
@@ -187,10 +232,14 @@ class JobStore:
         self, flow_id: str, record_url: str, lang: str, domain: str, now: float, tenant: str = ""
     ) -> tuple[Job, bool]:
         """Queue a job, idempotent by (tenant, flowId): an existing job (whatever its state) is returned
-        as is. Returns (job, created)."""
+        as is. Returns (job, created). Without `record_url` (the recording waits in the gateway's
+        archive spool) the job takes the URL once the record is stored (`record_stored`)."""
+        if not record_url:
+            record = self.get_record(flow_id, tenant)
+            record_url = record.record_url if record is not None else ""
         with self._lock:
             cur = self._db.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, 'pending', 0, ?, '', NULL, ?, ?, ?) "
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, 'pending', 0, ?, '', NULL, ?, ?, ?, 0) "
                 "ON CONFLICT(tenant, flow_id) DO NOTHING",
                 (flow_id, record_url, lang, domain, now, now, now, tenant),
             )
@@ -255,6 +304,16 @@ class JobStore:
             tenant,
         )
 
+    def wait(self, flow_id: str, error: str, next_attempt_at: float, now: float, tenant: str = "") -> Job | None:
+        """running -> pending for want of capacity: the attempt is given back, `waits` counts it."""
+        return self._update(
+            "UPDATE jobs SET status='pending', attempts=MAX(attempts-1, 0), waits=waits+1, last_error=?, "
+            "next_attempt_at=?, updated_at=? WHERE tenant=? AND flow_id=? AND status='running'",
+            (error[:MAX_ERROR_CHARS], next_attempt_at, now),
+            flow_id,
+            tenant,
+        )
+
     def fail(self, flow_id: str, error: str, now: float, tenant: str = "") -> Job | None:
         return self._update(
             "UPDATE jobs SET status='failed', last_error=?, updated_at=? "
@@ -273,6 +332,39 @@ class JobStore:
                 (now, now),
             )
         return cur.rowcount
+
+    def record_pending(self, flow_id: str, now: float, tenant: str = "") -> None:
+        """The archive did not take the session live; its audio waits in the gateway's spool."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO records (flow_id, tenant, status, record_url, created_at, updated_at) "
+                "VALUES (?, ?, 'pending', '', ?, ?) ON CONFLICT(tenant, flow_id) DO UPDATE SET "
+                "status='pending', record_url='', updated_at=excluded.updated_at",
+                (flow_id, tenant, now, now),
+            )
+
+    def record_stored(self, flow_id: str, url: str, now: float, tenant: str = "") -> None:
+        """The spooled session is in the archive under `url`; a deferred job waiting for it gets it."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO records (flow_id, tenant, status, record_url, created_at, updated_at) "
+                "VALUES (?, ?, 'stored', ?, ?, ?) ON CONFLICT(tenant, flow_id) DO UPDATE SET "
+                "status='stored', record_url=excluded.record_url, updated_at=excluded.updated_at",
+                (flow_id, tenant, url, now, now),
+            )
+            self._db.execute(
+                "UPDATE jobs SET record_url=?, updated_at=? WHERE tenant=? AND flow_id=? AND record_url=''",
+                (url, now, tenant, flow_id),
+            )
+
+    def get_record(self, flow_id: str, tenant: str = "") -> Record | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT flow_id, tenant, status, record_url, created_at, updated_at FROM records "
+                "WHERE tenant=? AND flow_id=?",
+                (tenant, flow_id),
+            ).fetchone()
+        return Record(*row) if row else None
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -332,11 +424,23 @@ class AsyncJobStore:
     async def retry(self, flow_id: str, error: str, next_attempt_at: float, tenant: str = "") -> Job | None:
         return await self._run(self.store.retry, flow_id, error, next_attempt_at, self.now_fn(), tenant)
 
+    async def wait(self, flow_id: str, error: str, next_attempt_at: float, tenant: str = "") -> Job | None:
+        return await self._run(self.store.wait, flow_id, error, next_attempt_at, self.now_fn(), tenant)
+
     async def fail(self, flow_id: str, error: str, tenant: str = "") -> Job | None:
         return await self._run(self.store.fail, flow_id, error, self.now_fn(), tenant)
 
     async def release_running(self) -> int:
         return await self._run(self.store.release_running, self.now_fn())
+
+    async def record_pending(self, flow_id: str, tenant: str = "") -> None:
+        await self._run(self.store.record_pending, flow_id, self.now_fn(), tenant)
+
+    async def record_stored(self, flow_id: str, url: str, tenant: str = "") -> None:
+        await self._run(self.store.record_stored, flow_id, url, self.now_fn(), tenant)
+
+    async def get_record(self, flow_id: str, tenant: str = "") -> Record | None:
+        return await self._run(self.store.get_record, flow_id, tenant)
 
     async def counts(self) -> dict[str, int]:
         return await self._run(self.store.counts)

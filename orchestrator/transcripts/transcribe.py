@@ -23,7 +23,7 @@ import numpy as np
 from common.envconf import ConfigError
 from common.server import GRPC_OPTIONS
 from common.tls import TlsConfig, client_ssl_context, grpc_channel
-from orchestrator.transcripts.store import PermanentJobError
+from orchestrator.transcripts.store import CapacityUnavailable, PermanentJobError
 from proto import asr_pb2, asr_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,21 @@ from common.audio import SAMPLE_RATE  # noqa: E402
 
 class TranscribeError(RuntimeError):
     """A transient failure (download, ASR busy or down, deadline): the job is retried."""
+
+
+class AsrUnavailable(TranscribeError, CapacityUnavailable):
+    """The ASR is busy (`busy` event, `RESOURCE_EXHAUSTED`) or down (`UNAVAILABLE`), or no pool that
+    serves the language has a member now: the job waits without using an attempt."""
+
+
+class ArchiveUnreachable(TranscribeError, CapacityUnavailable):
+    """The archive did not answer (connection refused or reset, HTTP 502/503/504): it is restarting
+    or down, and the job waits without using an attempt."""
+
+
+# The ASR's status codes that mean busy or down, not a verdict on the recording.
+_ASR_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+_ARCHIVE_UNAVAILABLE = (502, 503, 504)
 
 
 class RecordingUnreadable(PermanentJobError):
@@ -76,6 +91,8 @@ async def download(url: str, timeout_s: float, max_bytes: int, tls: TlsConfig | 
                 msg = f"GET {url}: HTTP {resp.status}"
                 if 400 <= resp.status < 500 and resp.status not in (404, 408, 429):
                     raise RecordingUnreadable(msg)
+                if resp.status in _ARCHIVE_UNAVAILABLE:
+                    raise ArchiveUnreachable(msg)
                 raise TranscribeError(msg)
             if (resp.content_length or 0) > max_bytes:
                 raise RecordingUnreadable(f"GET {url}: {resp.content_length} bytes > {max_bytes}")
@@ -85,6 +102,8 @@ async def download(url: str, timeout_s: float, max_bytes: int, tls: TlsConfig | 
                 if len(body) > max_bytes:
                     raise RecordingUnreadable(f"GET {url}: more than {max_bytes} bytes")
             return bytes(body)
+    except aiohttp.ClientConnectionError as exc:
+        raise ArchiveUnreachable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise TranscribeError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
 
@@ -153,6 +172,8 @@ async def recognise(
                 ts = [round(start_s, 3), round(end_s, 3)]  # float32 on the wire: drop its noise
                 finals.append({"text": ev.text, "ts": ts, "lang": ev.lang or lang_hint})
             elif ev.type == "error":
+                if ev.code == "busy":  # documented as retryable: the member refused the stream for load
+                    raise AsrUnavailable(f"ASR error busy: {ev.text}")
                 raise AsrRefused(f"ASR error {ev.code or 'asr_error'}: {ev.text}")
             elif ev.type == "end":
                 return finals
@@ -160,6 +181,8 @@ async def recognise(
         msg = f"ASR {exc.code().name}: {exc.details()}"
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
             raise AsrRefused(msg) from exc
+        if exc.code() in _ASR_UNAVAILABLE:
+            raise AsrUnavailable(msg) from exc
         raise TranscribeError(msg) from exc
     finally:
         call.cancel()

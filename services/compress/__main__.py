@@ -24,7 +24,7 @@ from services.compress.service import ArchivePipeline, CompressServicer, record_
 from services.compress.signing import UrlSigner
 from services.compress.spool import PendingSpool
 from services.compress.store import LocalStore, S3Store, Store, StoreUnavailable
-from services.compress.uploader import Uploader
+from services.compress.uploader import RECOVERED, Uploader
 
 log = logging.getLogger("services.compress")
 
@@ -75,11 +75,18 @@ async def compress_service(cfg: CompressConfig) -> AsyncIterator[Service]:
                 local.public_base,
                 extra={"stage": "compress", "event": "public_base_default"},
             )
-        stale = await loop.run_in_executor(executor, spool.prepare)
-        if stale:
+        for part in await loop.run_in_executor(executor, spool.prepare):
+            # A flow cut by a kill: keep what it holds; the uploader's first pass stores it (docs/storage.md).
+            got = await loop.run_in_executor(executor, spool.recover, part, cfg.sample_rate_hz, cfg.compression_level)
+            RECOVERED.labels("archived" if got is not None else "unreadable").inc()
             log.warning(
-                "dropped unfinished spool files of a previous run",
-                extra={"stage": "compress", "event": f"spool_stale:{stale}"},
+                "recovered an archive cut by a restart" if got is not None else "dropped an unreadable spool file",
+                extra={
+                    "flowId": part.parent.name,
+                    "stage": "compress",
+                    "event": "spool_recovered" if got is not None else "spool_unreadable",
+                    "bytes_out": got.bytes if got is not None else 0,
+                },
             )
         try:
             await loop.run_in_executor(executor, store.ensure_ready)

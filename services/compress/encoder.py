@@ -72,6 +72,35 @@ def encode_pcm_file(
     return enc.close()
 
 
+SALVAGE_BLOCK_SAMPLES = 1024  # a failed read loses at most this much of the cut end
+
+
+def salvage_archive(
+    part: Path, out_path: Path, fmt: str, sample_rate_hz: int, compression_level: float | None = None
+) -> Encoded | None:
+    """Re-encode what decodes of an archive a killed process left unfinished (`.part`: its stream never
+    closed, its last frames may be cut) into a complete archive at `out_path`. None when nothing in it
+    decodes at `sample_rate_hz`. Blocking."""
+    enc: StreamEncoder | None = None
+    try:
+        with sf.SoundFile(part) as src:
+            if src.samplerate != sample_rate_hz:
+                return None
+            while True:
+                try:
+                    block = src.read(SALVAGE_BLOCK_SAMPLES, dtype="int16", always_2d=True)[:, 0]
+                except (sf.LibsndfileError, RuntimeError):
+                    break  # the cut end: keep what came before it
+                if not len(block):
+                    break
+                if enc is None:
+                    enc = StreamEncoder(out_path, fmt, sample_rate_hz, compression_level)
+                enc.write(block.astype("<i2").tobytes())
+    except (sf.LibsndfileError, RuntimeError):
+        pass  # not even a header: nothing to keep
+    return None if enc is None else enc.close()
+
+
 def audio_duration_s(path: Path) -> float:
     """Duration of an encoded archive as its decoder reports it."""
     info = sf.info(str(path))

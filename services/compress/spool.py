@@ -3,7 +3,8 @@
 Layout under COMPRESS_SPOOL_DIR (`<name>` is the archive name `<namespace>/<flow_id>`, session.py):
   pending/<name>/<seq>.<ext>.part  archive of a flow still streaming, encoded as the audio arrives
   pending/<name>/<seq>.<ext>       finished archive waiting for the store; the newest seq wins
-Archives leave `pending/` only once the store has them, so a crash or an S3 outage loses nothing.
+Archives leave `pending/` only once the store has them, so a crash or an S3 outage loses nothing; a
+`.part` a killed process left is recovered at the next start (what decodes of it becomes an archive).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.compress.encoder import Encoded, StreamEncoder
-from services.compress.session import CONTENT_TYPES, FLOW_ID_RE, NAMESPACE_RE, is_archive_name
+from services.compress.encoder import Encoded, StreamEncoder, salvage_archive
+from services.compress.session import CONTENT_TYPES, EXTENSIONS, FLOW_ID_RE, NAMESPACE_RE, is_archive_name
+
+FORMAT_OF_EXTENSION = {ext: fmt for fmt, ext in EXTENSIONS.items()}
 
 _counter = itertools.count()
 T = TypeVar("T")
@@ -31,13 +34,28 @@ class PendingSpool:
         self.root = root
         self.pending_dir = root / "pending"
 
-    def prepare(self) -> int:
-        """Create the layout; delete what a crash left unfinished (`.part`: no caller got an answer)."""
+    def prepare(self) -> list[Path]:
+        """Create the layout; return the `.part` files a killed process left (flows cut mid-stream),
+        oldest first, for `recover`."""
         self.pending_dir.mkdir(parents=True, exist_ok=True)
-        stale = list(self.pending_dir.glob("*/*/*.part"))
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return len(stale)
+        return sorted(self.pending_dir.glob("*/*/*.part"), key=lambda p: p.name)
+
+    @staticmethod
+    def recover(part: Path, sample_rate_hz: int, compression_level: float | None = None) -> Encoded | None:
+        """Turn a `.part` into a finished archive of the audio that decodes in it, published under its
+        own seq: older than any archive this process writes, so a later upload of the whole flow (the
+        gateway re-sends a session it spooled) wins. None, and the file gone, when nothing decodes."""
+        ext = part.with_suffix("").suffix.lstrip(".")
+        fmt = FORMAT_OF_EXTENSION.get(ext)
+        out = part.with_name(part.name.removesuffix(".part") + ".salvage")
+        encoded = salvage_archive(part, out, fmt, sample_rate_hz, compression_level) if fmt else None
+        part.unlink(missing_ok=True)
+        if encoded is None:
+            out.unlink(missing_ok=True)
+            return None
+        final = out.with_suffix("")  # <seq>.<ext>
+        out.replace(final)
+        return Encoded(final, encoded.bytes, encoded.duration_s, encoded.codec)
 
     def new_archive_path(self, name: str, ext: str) -> Path:
         """Create a fresh, empty `.part` file (seq = wall-clock ns + counter); `publish` renames it."""

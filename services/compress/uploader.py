@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 UPLOAD_FAILURES = Counter("compress_upload_failures_total", "Archive uploads the store refused or missed")
 UPLOADS = Counter("compress_uploads_total", "Archives written to the store", ["path"])
 PENDING = Gauge("compress_pending_archives", "Encoded archives spooled locally, waiting for the store")
+RECOVERED = Counter(
+    "compress_recovered_archives_total",
+    "Unfinished archives a killed process left, at start: archived (what decodes of them) or unreadable",
+    ["outcome"],
+)
+for _outcome in ("archived", "unreadable"):
+    RECOVERED.labels(_outcome)
 for _path in ("direct", "retry"):
     UPLOADS.labels(_path)  # exported from the start, at 0
 

@@ -4,6 +4,7 @@ an in-process fake ASR servicer on 127.0.0.1:0, the job runner end to end, and t
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -15,10 +16,15 @@ import soundfile as sf
 from aiohttp import web
 
 from devtools.launcher import RunningService, launch
+from orchestrator.routing.pool import PoolSet
+from orchestrator.routing.table import RoutingTable
+from orchestrator.transcripts.dispatch import PoolTranscriber
 from orchestrator.transcripts.runner import JobRunner
-from orchestrator.transcripts.store import AsyncJobStore, Job, JobsConfig
+from orchestrator.transcripts.store import AsyncJobStore, CapacityUnavailable, Job, JobsConfig
 from orchestrator.transcripts.transcribe import (
+    ArchiveUnreachable,
     AsrRefused,
+    AsrUnavailable,
     RecordingUnreadable,
     TranscribeConfig,
     TranscribeError,
@@ -103,7 +109,7 @@ async def test_batched_packets(fake_asr: tuple[FakeRecognizer, str], archive: st
     ("path", "error"),
     [
         ("/status/404", TranscribeError),  # the store may be catching up: retried
-        ("/status/503", TranscribeError),
+        ("/status/503", ArchiveUnreachable),  # the archive restarting: the job waits, no attempt used
         ("/status/403", RecordingUnreadable),  # refused for good
         ("/records/junk.ogg", RecordingUnreadable),
     ],
@@ -127,6 +133,24 @@ async def test_asr_failures_raise(
         await transcribe_recording(f"{archive}/records/fox.ogg", addr, "en", "d")
 
 
+async def test_a_busy_refusal_is_capacity_not_a_failure(fake_asr: tuple[FakeRecognizer, str], archive: str) -> None:
+    """The ASR's `busy` error event (documented as retryable) is not a verdict on the recording."""
+    fake, addr = fake_asr
+    fake.refusals = 1
+    with pytest.raises(AsrUnavailable, match="busy"):
+        await transcribe_recording(f"{archive}/records/fox.ogg", addr, "en", "d")
+    assert isinstance(AsrUnavailable("x"), CapacityUnavailable)
+
+
+async def test_an_archive_that_does_not_answer_is_capacity_not_a_failure(fake_asr: tuple[FakeRecognizer, str]) -> None:
+    _, addr = fake_asr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens here once the socket closes
+    with pytest.raises(ArchiveUnreachable):
+        await transcribe_recording(f"http://127.0.0.1:{port}/records/fox.ogg", addr, "en", "d")
+
+
 async def test_deadline_bounds_the_whole_call(fake_asr: tuple[FakeRecognizer, str], archive: str) -> None:
     fake, addr = fake_asr
     fake.mode = "hang"
@@ -145,15 +169,16 @@ async def test_no_asr_listening_is_transient(archive: str) -> None:
         )
 
 
-async def _until_job(store: AsyncJobStore, flow_id: str, status: str, attempts: int) -> Job:
+async def _until_job(store: AsyncJobStore, flow_id: str, status: str, tries: int) -> Job:
+    """Until the job has `status` after `tries` tries (attempts and waits for capacity)."""
     job: Job | None = None
 
     async def reached() -> bool:
         nonlocal job
         job = await store.get(flow_id)
-        return job is not None and job.status == status and job.attempts == attempts
+        return job is not None and job.status == status and job.attempts + job.waits == tries
 
-    await until(reached, 15, f"{flow_id} to reach {status} after {attempts} attempts")
+    await until(reached, 15, f"{flow_id} to reach {status} after {tries} tries")
     assert job is not None
     return job
 
@@ -168,14 +193,17 @@ async def test_job_survives_asr_outage(fake_asr: tuple[FakeRecognizer, str], arc
     async def transcribe(job: Job) -> list[dict[str, Any]]:
         return await transcribe_recording(job.record_url, addr, job.lang, job.domain, flow_id=job.flow_id)
 
-    config = JobsConfig(backoff_base_s=60, backoff_jitter=0, max_attempts=3)
+    config = JobsConfig(backoff_base_s=60, backoff_jitter=0, max_attempts=3, capacity_poll_s=60, wait_cap_s=60)
     runner = JobRunner(store, transcribe, config)
     runner.start()
     try:
         await runner.enqueue("flow-1", f"{archive}/records/fox.ogg", "en", "default")
         job = await _until_job(store, "flow-1", "pending", 1)
-        # UNAVAILABLE, or INTERNAL when grpcio aio loses the status to a late write (grpc/grpc#36066)
-        assert job.last_error.startswith("TranscribeError: ASR") and job.next_attempt_at == clock.t + 60
+        # UNAVAILABLE (a wait: no attempt used), or INTERNAL when grpcio aio loses the status to a late
+        # write (grpc/grpc#36066; a counted attempt)
+        assert job.last_error.startswith(("AsrUnavailable: ASR UNAVAILABLE", "TranscribeError: ASR"))
+        assert job.next_attempt_at == clock.t + 60
+        counted = job.attempts
         fake.mode = "ok"
         clock.t += 60
         runner.wake()
@@ -184,7 +212,7 @@ async def test_job_survives_asr_outage(fake_asr: tuple[FakeRecognizer, str], arc
         await runner.stop()
         await store.close()
     status, body = transcript_response("flow-1", job)
-    assert status == 200 and body["status"] == "done" and body["attempts"] == 2
+    assert status == 200 and body["status"] == "done" and body["attempts"] == counted + 1
     assert body["finals"][0]["text"] == "fake transcript"
     assert re.fullmatch(r"1\n00:00:00,000 --> 00:00:02,9\d\d\nfake transcript\n", body["srt"])
 
@@ -209,3 +237,38 @@ async def test_real_asr_transcribes_the_archive(real_asr: RunningService, archiv
     hypothesis = " ".join(f["text"] for f in finals)
     assert wer([reference], [hypothesis]) <= WER_BOUND
     assert all(f["lang"] == "en" and f["ts"][1] <= 2.9 + 1e-6 for f in finals)
+
+
+async def test_jobs_of_a_killed_pool_complete_on_another_pool_of_their_language(archive: str, tmp_path: Path) -> None:
+    """The measured fault: with the `en` member dead, English jobs burned their attempts while the
+    `multi` pool was healthy. Kill the English pool: every job completes on `multi`, in one attempt."""
+    english, multilingual = FakeRecognizer("english pool"), FakeRecognizer("multilingual pool")
+    async with FakeAsrServer(english) as en_server, FakeAsrServer(multilingual) as multi_server:
+        table = RoutingTable.from_dict(
+            {
+                "default_pool": "jp_multi",
+                "pools": {"jp_en": {"addrs": [en_server.addr]}, "jp_multi": {"addrs": [multi_server.addr]}},
+                "routes": [{"lang": "en", "pool": "jp_en"}],
+            }
+        )
+        pools = PoolSet(table)
+        store = await AsyncJobStore.open(tmp_path / "jobs.sqlite")
+        runs = PoolTranscriber(pools, TranscribeConfig(deadline_s=seconds(10)))
+        config = JobsConfig(max_attempts=1, concurrency=2, capacity_poll_s=0.05, wait_cap_s=0.2)
+        runner = JobRunner(store, runs.transcribe, config, runs.capacity_available)
+        runner.start()
+        try:
+            await runner.enqueue("while-alive", f"{archive}/records/fox.ogg", "en")
+            await _until_job(store, "while-alive", "done", 1)
+            await en_server.stop()  # the English pool's only member dies
+            flows = [f"en-{i}" for i in range(6)]
+            for flow_id in flows:
+                await runner.enqueue(flow_id, f"{archive}/records/fox.flac", "en")
+            done = [await _until_job(store, flow_id, "done", 1) for flow_id in flows]
+        finally:
+            await runner.stop()
+            await store.close()
+            await pools.close()
+    assert [len(english.starts), len(multilingual.starts)] == [1, 6]
+    assert {job.finals[0]["text"] for job in done} == {"multilingual pool"}
+    assert {job.attempts for job in done} == {1}  # with JOBS_MAX_ATTEMPTS=1: no attempt was lost to the dead pool

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from common.envconf import ConfigError, load_env
 from proto import common_pb2
 from services.compress.config import CompressConfig, S3Config
-from services.compress.encoder import audio_duration_s, encode_pcm_file
+from services.compress.encoder import StreamEncoder, audio_duration_s, encode_pcm_file
 from services.compress.service import ArchivePipeline
 from services.compress.session import (
     ArchiveSession,
@@ -241,7 +241,7 @@ def _pending(spool: PendingSpool, flow: str, body: bytes) -> Path:
 
 def test_spool_keeps_newest_and_drops_superseded(tmp_path: Path) -> None:
     spool = PendingSpool(tmp_path)
-    assert spool.prepare() == 0
+    assert spool.prepare() == []
     old, new = _pending(spool, "public/f1", b"old"), _pending(spool, "public/f1", b"new")
     assert spool.newest("public/f1") == new and spool.pending_flows() == ["public/f1"] and spool.count() == 2
     spool.drop_upto("public/f1", old)
@@ -250,14 +250,38 @@ def test_spool_keeps_newest_and_drops_superseded(tmp_path: Path) -> None:
     assert spool.newest("public/f1") is None and spool.pending_flows() == []
 
 
-def test_spool_prepare_removes_crash_leftovers_but_keeps_archives(tmp_path: Path) -> None:
+def test_spool_prepare_lists_crash_leftovers_and_keeps_archives(tmp_path: Path) -> None:
     spool = PendingSpool(tmp_path)
     spool.prepare()
-    spool.new_archive_path("public/f2", "ogg").write_bytes(b"half")
+    part = spool.new_archive_path("public/f2", "ogg")
+    part.write_bytes(b"half")
     kept = _pending(spool, "public/f3", b"done")
-    assert PendingSpool(tmp_path).prepare() == 1
+    assert PendingSpool(tmp_path).prepare() == [part]
+    assert spool.recover(part, 16000) is None  # nothing in it decodes: dropped
     assert spool.pending_flows() == ["public/f3"] and kept.exists()
-    assert not list(tmp_path.glob("pending/*/*/*.part"))
+    assert not list(tmp_path.glob("pending/*/*/*.part")) and not list(tmp_path.glob("pending/*/*/*.salvage"))
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("flac", "flac"), ("ogg_opus", "ogg")])
+def test_a_part_cut_by_a_kill_is_recovered_as_an_older_archive(tmp_path: Path, fmt: str, ext: str) -> None:
+    """The measured fault: an archive killed mid-stream left `.part` files that were never uploaded.
+    What decodes of one (all but the encoder's unflushed tail) becomes a finished archive."""
+    spool = PendingSpool(tmp_path)
+    spool.prepare()
+    part = spool.new_archive_path("public/cut", ext)
+    enc = StreamEncoder(part, fmt, 16000)
+    tone = (np.sin(np.arange(16000 * 8) / 7) * 8000).astype("<i2")
+    for second in range(8):
+        enc.write(tone[second * 16000 : (second + 1) * 16000].tobytes())
+    left = part.read_bytes()  # the file as a SIGKILL leaves it: the stream never closed
+    enc.close()
+    part.write_bytes(left)
+    newer = _pending(spool, "public/cut", b"a whole re-upload, later")
+    assert PendingSpool(tmp_path).prepare() == [part]
+    got = spool.recover(part, 16000)
+    assert got is not None and got.path.suffix == f".{ext}" and not part.exists()
+    assert 6.5 <= audio_duration_s(got.path) <= 8.0  # all but what the encoder still buffered
+    assert spool.newest("public/cut") == newer  # the recovered one is older: a later whole upload wins
 
 
 # --- uploader with a Fake store ------------------------------------------------------------------------

@@ -86,4 +86,4 @@ def test_the_loaders_read_the_known_set() -> None:
     # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG; eight limits
     # per client (orchestrator/edge/limits.py); the gateway's nine AUTH_* and the archive's record-URL
     # key and TTL; ASR_BATCH_MAX.
-    assert len(loader_vars()) == 190
+    assert len(loader_vars()) == 196

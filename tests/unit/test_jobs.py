@@ -12,9 +12,19 @@ from typing import Any
 
 import pytest
 
+from common.envconf import ConfigError
+from orchestrator.transcripts.policy import Verdict, after_failure
 from orchestrator.transcripts.runner import JobRunner
 from orchestrator.transcripts.srt import to_srt
-from orchestrator.transcripts.store import AsyncJobStore, Backoff, Job, JobsConfig, JobStore, PermanentJobError
+from orchestrator.transcripts.store import (
+    AsyncJobStore,
+    Backoff,
+    CapacityUnavailable,
+    Job,
+    JobsConfig,
+    JobStore,
+    PermanentJobError,
+)
 from orchestrator.transcripts.view import transcript_response, transcript_view
 from tests.clock import T0, FakeClock
 from tests.poll import seconds, until
@@ -414,3 +424,126 @@ def test_a_store_from_before_tenants_is_migrated_in_place(tmp_path: Path) -> Non
     _, created = s.enqueue("old", "http://h/t.flac", "en", "d", T0, tenant="tenant-a")
     assert created  # the new key is (tenant, flowId)
     s.close()
+
+
+def test_a_store_from_before_waits_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "tenanted.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE jobs (flow_id TEXT NOT NULL, record_url TEXT NOT NULL, lang TEXT NOT NULL DEFAULT '',"
+        " domain TEXT NOT NULL DEFAULT '', status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt_at REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '', result TEXT,"
+        " created_at REAL NOT NULL, updated_at REAL NOT NULL, tenant TEXT NOT NULL DEFAULT '',"
+        " PRIMARY KEY (tenant, flow_id));"
+        f"INSERT INTO jobs VALUES ('t', 'http://h/t.flac', 'en', 'd', 'pending', 2, {T0}, 'x', NULL, {T0}, {T0}, 'a');"
+    )
+    db.commit()
+    db.close()
+    s = JobStore(path, now=T0)
+    job = s.get("t", "a")
+    assert job is not None and (job.attempts, job.waits) == (2, 0)
+    s.close()
+
+
+# waits for capacity (busy, unavailable) ---------------------------------------------------------
+def test_wait_schedule_doubles_from_the_poll_up_to_its_cap() -> None:
+    plain = Backoff(cfg(capacity_poll_s=2, wait_cap_s=20))
+    assert [plain.wait_s(n) for n in range(1, 7)] == [2, 4, 8, 16, 20, 20]
+    assert plain.wait_s(10_000) == 20  # no overflow however long the outage
+    with pytest.raises(ConfigError):
+        JobsConfig(capacity_poll_s=5, wait_cap_s=1)
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts", "action", "delay"),
+    [
+        (CapacityUnavailable("ASR error busy"), 1, "wait", 2),  # waits use no attempt...
+        (CapacityUnavailable("ASR UNAVAILABLE"), 3, "wait", 2),  # ...even on the last one
+        (ConnectionError("reset"), 1, "retry", 10),
+        (ConnectionError("reset"), 3, "fail", 0),
+        (PermanentJobError("not audio"), 1, "fail", 0),
+    ],
+)
+def test_after_failure_tells_capacity_from_failures(error: Exception, attempts: int, action: str, delay: float) -> None:
+    config = cfg(max_attempts=3, capacity_poll_s=2, wait_cap_s=20)
+    job = Job("f", "u", "en", "", "running", attempts, T0, "", None, T0, T0)
+    assert after_failure(job, error, config, Backoff(config)) == Verdict(action, delay)
+
+
+async def test_busy_and_unavailable_wait_without_using_attempts(store: AsyncJobStore, clock: FakeClock) -> None:
+    """The measured fault: a busy ASR failed a job for good after one attempt, and a dead pool burned
+    all five in minutes. Here 7 busy or unavailable answers (more than the 3 attempts) end `done`."""
+    answers: list[Exception | None] = [
+        *[CapacityUnavailable("ASR error busy: all decoders taken")] * 4,
+        *[CapacityUnavailable("ASR UNAVAILABLE: connection refused")] * 3,
+        ConnectionError("a real failure"),
+        None,
+    ]
+
+    async def transcribe(job: Job) -> list[dict[str, Any]]:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        return FINALS
+
+    runner = JobRunner(store, transcribe, cfg(max_attempts=3, capacity_poll_s=1, wait_cap_s=4))
+    runner.start()
+    await runner.enqueue("f1", "http://h/a", "en", "d")
+    for waits, delay in ((1, 1), (2, 2), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4)):
+        await until(functools.partial(_waits_pending, store, "f1", waits), what=f"wait {waits}")
+        job = await store.get("f1")
+        assert job is not None and job.attempts == 0 and job.next_attempt_at == clock() + delay
+        clock.t += delay
+        runner.wake()
+    await until(functools.partial(_attempts_pending, store, "f1", 1), what="the real failure counted")
+    clock.t += 10
+    runner.wake()
+    await until(status_is(store, "f1", "done"), what="done")
+    await runner.stop()
+    job = await store.get("f1")
+    assert job is not None and (job.attempts, job.waits) == (2, 7) and job.finals == FINALS
+
+
+async def _waits_pending(store: AsyncJobStore, flow_id: str, waits: int) -> bool:
+    job = await store.get(flow_id)
+    return job is not None and job.status == "pending" and job.waits == waits
+
+
+async def test_job_age_attempts_and_waits_are_observed_when_it_ends(store: AsyncJobStore, clock: FakeClock) -> None:
+    from orchestrator.metrics import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"outcome": "done"}) or 0.0
+
+    before = {
+        n: sample(n)
+        for n in (
+            "transcribe_job_age_seconds_sum",
+            "transcribe_job_attempts_sum",
+            "transcribe_job_waits_sum",
+            "transcribe_job_age_seconds_count",
+        )
+    }
+    answers: list[Exception | None] = [CapacityUnavailable("busy"), None]
+
+    async def transcribe(job: Job) -> list[dict[str, Any]]:
+        clock.t += 30  # the attempt takes 30 s of store time
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        return FINALS
+
+    runner = JobRunner(store, transcribe, cfg(capacity_poll_s=1))
+    runner.start()
+    await runner.enqueue("m1", "http://h/a")
+    await until(functools.partial(_waits_pending, store, "m1", 1), what="one wait")
+    clock.t += 1
+    runner.wake()
+    await until(status_is(store, "m1", "done"), what="done")
+    await runner.stop()
+    assert sample("transcribe_job_age_seconds_count") == before["transcribe_job_age_seconds_count"] + 1
+    assert sample("transcribe_job_age_seconds_sum") == pytest.approx(before["transcribe_job_age_seconds_sum"] + 61)
+    assert sample("transcribe_job_attempts_sum") == before["transcribe_job_attempts_sum"] + 1
+    assert sample("transcribe_job_waits_sum") == before["transcribe_job_waits_sum"] + 1

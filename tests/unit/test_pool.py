@@ -317,3 +317,26 @@ async def test_pool_set_routes_and_closes() -> None:
     with pytest.raises(KeyError, match="ps_en"):
         pools.pool("asr.fr")
     await pools.close()
+
+
+def test_pick_serving_falls_back_to_another_pool_of_the_language() -> None:
+    table = RoutingTable.from_dict(
+        {
+            "default_pool": "fb_multi",
+            "pools": {
+                "fb_en": {"addrs": ["127.0.0.1:11"]},
+                "fb_multi": {"addrs": ["127.0.0.1:12"]},
+                "fb_de": {"addrs": ["127.0.0.1:13"]},
+            },
+            "routes": [{"lang": "en", "pool": "fb_en"}, {"lang": "de", "pool": "fb_de"}],
+        }
+    )
+    pools = PoolSet(table)
+    for m in pools.members():
+        m.healthy = True
+    assert pools.pick_serving("en", "", 0.0) is pools.pool("fb_en").members[0]
+    pools.pool("fb_en").members[0].healthy = False  # the English pool is gone
+    assert pools.pick_serving("en", "", 0.0) is pools.pool("fb_multi").members[0]
+    pools.pool("fb_multi").members[0].healthy = False
+    assert pools.pick_serving("en", "", 0.0) is None  # never the German pool
+    assert pools.pick_serving("de", "", 0.0) is pools.pool("fb_de").members[0]

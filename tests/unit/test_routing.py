@@ -95,6 +95,28 @@ def test_route_first_match_wins_else_default(table: RoutingTable, lang: str, dom
     assert table.route(lang, domain) == pool
 
 
+@pytest.mark.parametrize(
+    ("lang", "domain", "pools"),
+    [
+        ("en", "default", ("en", "medical", "multi")),  # its own pool, the other English route, the default
+        ("en", "medical", ("medical", "en", "multi")),
+        ("zh", "default", ("multi", "medical")),  # */medical serves every language
+        ("fr", "default", ("multi", "medical")),
+        ("", "", ("multi", "medical")),
+    ],
+)
+def test_serving_pools_start_with_the_route_and_never_add_another_language(
+    table: RoutingTable, lang: str, domain: str, pools: tuple[str, ...]
+) -> None:
+    assert table.serving_pools(lang, domain) == pools
+
+
+def test_serving_pools_of_a_language_without_route_is_the_default_alone() -> None:
+    table = RoutingTable.from_dict(base())
+    assert table.serving_pools("de", "") == ("multi",)
+    assert table.serving_pools("en", "") == ("en", "multi")
+
+
 def test_loaded_table_holds_pools_and_defaults(table: RoutingTable) -> None:
     assert table.pool_names == ("en", "multi", "medical")
     assert table.pool("en").addrs == ("127.0.0.1:50061", "127.0.0.1:50062")

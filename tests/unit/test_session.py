@@ -5,6 +5,7 @@ import pytest
 
 from orchestrator.core.events import (
     LangDetected,
+    RecordPending,
     RecordReady,
     SpeechBoundary,
     StageDone,
@@ -89,6 +90,34 @@ def test_return_filters_families_but_not_ack_end_error() -> None:
     s.stage_event(StageFailed("vad", "UNAVAILABLE"), 0.2)
     s.stage_event(StageDone("compress"), 0.2)
     assert types(s.events_to_send()) == ["ack", "error", "end"]
+
+
+def test_archive_failure_with_the_audio_spooled_is_said_once_and_record_url_may_follow() -> None:
+    s = started()
+    s.events_to_send()
+    s.receive_binary(FRAME, 0.1)
+    s.stage_event(RecordPending("UNAVAILABLE: archive died"), 0.2)
+    s.stage_event(RecordPending("UNAVAILABLE: again"), 0.3)  # said once
+    s.receive_text('{"type":"flush"}', 0.4)
+    s.stage_event(StageDone("vad"), 0.5)
+    assert s.record_pending and s.close is None  # the archive stage still works on it
+    s.stage_event(RecordReady("http://h/records/f1.flac", 0.02, 100, "flac", "stored"), 0.6)
+    s.stage_event(StageDone("compress"), 0.6)
+    events = s.events_to_send()
+    assert types(events) == ["error", "record_url", "metrics", "end"]
+    assert events[0]["code"] == "archive_unavailable" and events[0]["fatal"] is False
+    assert events[0]["mode"] == "spooled" and events[0]["transcript_path"] == "/v1/flows/f1/transcript"
+    assert not s.record_pending and s.record_url == "http://h/records/f1.flac"
+
+
+def test_a_spooled_record_of_a_record_only_session_still_gets_its_deferred_job() -> None:
+    cfg = SessionConfig(stages=("asr", "compress"), deferred_transcripts=True)
+    s = started(cfg)
+    s.stage_event(StageFailed("asr", "UNAVAILABLE"), 0.1)
+    s.stage_event(RecordPending("UNAVAILABLE: archive died"), 0.2)
+    assert s.needs_deferred_transcript and s.record_url is None  # the job waits for the stored record
+    s.stage_event(StageFailed("compress", "the spool could not keep it"), 0.3)
+    assert not s.record_pending and not s.needs_deferred_transcript  # nothing will ever be stored
 
 
 def test_missing_flow_id_is_generated() -> None:
