@@ -85,5 +85,5 @@ def test_the_loaders_read_the_known_set() -> None:
     # a variable lost from a loader shows up here as well as in the page check. Nine TLS variables
     # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG; eight limits
     # per client (orchestrator/edge/limits.py); the gateway's nine AUTH_* and the archive's record-URL
-    # key and TTL; ASR_BATCH_MAX.
-    assert len(loader_vars()) == 196
+    # key and TTL; ASR_BATCH_MAX; the shared job store's URL, lease and poll (JOBS_STORE_URL, ...).
+    assert len(loader_vars()) == 199
