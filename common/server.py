@@ -87,6 +87,7 @@ class ServiceRunner:
         self._runner = web.AppRunner(self.app, access_log=None)
         self.http_port = 0
         self.serving = False
+        self.draining = False
 
     async def start(self) -> None:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -107,7 +108,10 @@ class ServiceRunner:
         announce(self.name, self.config.host, self.grpc_port, self.http_port, tls=self.tls.enabled)
 
     async def stop(self) -> None:
+        """The drain (STYLE §6): NOT_SERVING (the gateway's health watch sees it), no new calls, the open
+        streams finish within `grace_s` (`<PREFIX>_GRACE_S`), then whatever is left is cancelled."""
         self.serving = False
+        self.draining = True
         if self._tls_watch is not None:
             self._tls_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -119,7 +123,8 @@ class ServiceRunner:
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.serving:
             return web.json_response({"status": "ok", "service": self.name})
-        return web.json_response({"status": "starting", "service": self.name}, status=503)
+        status = "draining" if self.draining else "starting"
+        return web.json_response({"status": status, "service": self.name}, status=503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

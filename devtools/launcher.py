@@ -29,6 +29,7 @@ class RunningService:
     grpc_port: int
     http_port: int
     tls: bool = False  # its HTTP port (and, for the gateway, its WebSocket) speaks TLS
+    started_at: float = field(default_factory=time.monotonic)
     _lines: queue.Queue[bytes] = field(repr=False, default_factory=queue.Queue)
     _pump: threading.Thread | None = field(repr=False, default=None)
 
@@ -80,13 +81,16 @@ def launch(
     env: Mapping[str, str] | None = None,
     timeout_s: float = 60.0,
     echo_stdout: bool = False,
+    new_session: bool = False,
 ) -> RunningService:
-    """Run `python -m services.<name>` (or `args`) and wait for its `listening` line."""
+    """Run `python -m services.<name>` (or `args`) and wait for its `listening` line. `new_session`: in a
+    process group of its own, so a Ctrl-C at the terminal reaches only the launcher, which stops its
+    children in order (the gateway drains while the services still serve)."""
     cmd = list(args) if args else [sys.executable, "-m", f"services.{name}"]
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, start_new_session=new_session)
     lines: queue.Queue[bytes] = queue.Queue()
     pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo_stdout), daemon=True)
     pump.start()
@@ -121,6 +125,6 @@ def launch(
                 int(msg["grpc_port"]),
                 int(msg["http_port"]),
                 bool(msg.get("tls", False)),
-                lines,
-                pump,
+                _lines=lines,
+                _pump=pump,
             )

@@ -3,17 +3,26 @@
 speechgw-stack run            # foreground; Ctrl-C stops everything
 speechgw-stack demo [FILE]    # start, stream a sample clip in real time, print events, stop
 speechgw-stack run --tls      # wss:// and mTLS everywhere, certificates from a throwaway CA in var/certs
+speechgw-stack run --prometheus   # and a Prometheus scraping every process, with the rules (PROMETHEUS=1)
+
+`run` supervises its children as Kubernetes would: one that exits is started again on the same ports,
+after a backoff that grows while it keeps failing (devtools/restarts.py), and every exit and restart
+is logged. On SIGTERM or Ctrl-C (which reaches only the stack: each child has its own process group)
+the gateway drains first, then the services stop.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from devtools.devauth import keys_dir, mint, with_dev_keys
-from devtools.launcher import RunningService, launch
+from devtools.launcher import LaunchError, RunningService, launch
+from devtools.restarts import RestartBackoff, RestartPolicy
 
 # Two ASR pools with different models (SPEC §4): English on Whisper tiny.en, the rest on the
 # multilingual Whisper base; LID picks between them.
@@ -33,6 +43,8 @@ ADDR_ENV = {
     "asr": "ASR_ADDR",
     "compress": "COMPRESS_ADDR",
 }
+# The prefix of each service's ServerConfig variables (`VAD_GRPC_PORT`): a restart keeps its ports.
+PORT_PREFIX = {"vad": "VAD_", "denoise": "DENOISE_", "lid": "LID_", "asr": "ASR_", "compress": "COMPRESS_"}
 # Every client of the local stack is 127.0.0.1 (one address, one tenant until sessions are
 # authenticated): the limits per client of docs/security.md would count the tests, benchmarks and
 # demos of one machine as one client. The stack turns them off unless its environment sets them.
@@ -44,10 +56,10 @@ LOOPBACK_LIMITS = {
     "MAX_SESSIONS_PER_TENANT": "0",
     "SESSION_START_RATE": "0",
 }
-PAGE_TOKEN_TTL_S = 12 * 3600.0  # the token in the browser page's link that `make run` prints
 # `make run` keeps the archive's HTTP port fixed, so record URLs (and the deferred jobs that hold them)
 # stay valid when the archive restarts (docs/storage.md); PUBLIC_BASE, when set, wins over it.
 ARCHIVE_HTTP_PORT = "8081"
+PAGE_TOKEN_TTL_S = 12 * 3600.0  # the token in the browser page's link that `make run` prints
 POOL_ENV = {
     "en": {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_LANG": "en"},
     "multi": {"ASR_ENGINE": "whisper", "ASR_MODEL": "base"},
@@ -88,8 +100,18 @@ class Stack:
     # written to `certs_dir` (default: the workdir's `certs`, else var/certs).
     tls: bool = False
     certs_dir: Path | None = None
+    # Restart a child that exits (`make run`); tests that kill a child on purpose leave it off.
+    supervise: bool = False
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # Every exit the supervisor saw: (child, exit code), in order; and the restarts per child.
+    exits: list[tuple[str, int]] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)
     _identities: dict[str, Any] = field(default_factory=dict, repr=False)
     _seaweed: Any = field(default=None, repr=False)
+    _launch_env: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    _watcher: threading.Thread | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def url(self) -> str:
@@ -110,7 +132,12 @@ class Stack:
         if self.certs_dir is None:
             self.certs_dir = self.workdir / "certs" if self.workdir is not None else Path("var/certs")
         self.certs_dir = self.certs_dir.resolve()
-        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge", "seaweed"])
+        # `prometheus`: the client identity a local Prometheus scrapes the /metrics ports with.
+        self._identities = dev_certs(self.certs_dir, [*self.services, "gateway", "edge", "seaweed", "prometheus"])
+
+    def identity(self, name: str) -> Any:
+        """The certificate and key of one identity of this stack's CA (with TLS only)."""
+        return self._identities[name]
 
     def tls_env(self, name: str) -> dict[str, str]:
         """The TLS variables of one process (empty without TLS)."""
@@ -194,8 +221,13 @@ class Stack:
         self._start_object_storage()
 
         def one(name: str) -> RunningService:
-            return self._launch(name, timeout_s)
+            module, _, pool = name.partition(".")
+            env = {**self.env, **POOL_ENV.get(pool, {})} if module == "asr" else dict(self.env)
+            env |= self.tls_env(name)
+            self._launch_env[name] = env
+            return self._launch(name, env, timeout_s)
 
+        self._stopping.clear()
         try:
             # Start the services side by side: model warm-ups overlap.
             with ThreadPoolExecutor(len(self.services) or 1) as pool:
@@ -210,56 +242,93 @@ class Stack:
                     raise errors[0]
             gw_env = self.gateway_env()
             gw_env["GATEWAY_PORT"] = str(self.gateway_port)
-            self.running["gateway"] = launch(
-                "gateway",
-                [sys.executable, "-m", "orchestrator"],
-                env=gw_env,
-                timeout_s=timeout_s,
-                echo_stdout=self.echo,
-            )
+            self._launch_env["gateway"] = gw_env
+            self.running["gateway"] = self._launch("gateway", gw_env, timeout_s)
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self._watcher = threading.Thread(target=self._watch, name="stack-supervisor", daemon=True)
+            self._watcher.start()
         return self
 
-    def _launch(self, name: str, timeout_s: float, ports: tuple[int, int] = (0, 0)) -> RunningService:
-        """Start one service process; `ports` (gRPC, HTTP) pins its ports (0: the configured or a free one)."""
-        module, _, pool = name.partition(".")
-        env = {**self.env, **POOL_ENV.get(pool, {})} if module == "asr" else dict(self.env)
-        env |= self.tls_env(name)
-        prefix = module.upper()
-        for kind, port in zip(("GRPC", "HTTP"), ports, strict=True):
-            if port:
-                env[f"{prefix}_{kind}_PORT"] = str(port)
-        return launch(
-            name, [sys.executable, "-m", f"services.{module}"], env=env, timeout_s=timeout_s, echo_stdout=self.echo
-        )
+    def _launch(self, name: str, env: Mapping[str, str], timeout_s: float = 180.0) -> RunningService:
+        module = name.partition(".")[0]
+        args = [sys.executable, "-m", "orchestrator" if name == "gateway" else f"services.{module}"]
+        return launch(name, args, env=env, timeout_s=timeout_s, echo_stdout=self.echo, new_session=True)
 
-    def restart(self, name: str, timeout_s: float = 180.0) -> RunningService:
-        """A new process for service `name` on the ports of the old one (stopped first if still running):
-        the gateway's channel reconnects to it, and its record URLs keep their host and port."""
+    def _watch(self) -> None:
+        """The supervisor: a child that exits is started again on its ports after its backoff."""
+        backoffs: dict[str, RestartBackoff] = {}
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                gone = [(n, s) for n, s in self.running.items() if s.proc.poll() is not None]
+            for name, svc in gone:
+                code = svc.proc.returncode  # poll() reaped it: no zombie
+                svc.kill()  # releases its stdout pump
+                backoff = backoffs.setdefault(name, RestartBackoff(self.restart_policy))
+                delay = backoff.on_exit(time.monotonic() - svc.started_at)
+                self.exits.append((name, code))
+                _log("child_exited", name, code=code, restart_in_s=round(delay, 2), exits_in_a_row=backoff.failures)
+                if self._stopping.wait(delay):
+                    return
+                self._restart(name, svc)
+
+    def restart(self, name: str) -> RunningService:
+        """Stop `name` if it still runs and start it again on its ports, as the supervisor does for a
+        child that exits (a test's kill-and-restart without `supervise`)."""
         old = self.running[name]
         if old.proc.poll() is None:
             old.stop()
         else:
             old.kill()  # already dead: only release its pipe
-        if name == "gateway":
-            env = {**self.gateway_env(), "GATEWAY_PORT": str(old.http_port)}
-            cmd = [sys.executable, "-m", "orchestrator"]
-            self.running[name] = launch(name, cmd, env=env, timeout_s=timeout_s, echo_stdout=self.echo)
-        else:
-            self.running[name] = self._launch(name, timeout_s, (old.grpc_port, old.http_port))
+        self._restart(name, old)
+        if self.running[name] is old:
+            raise LaunchError(f"{name} did not start again")
         return self.running[name]
+
+    def _restart(self, name: str, old: RunningService) -> None:
+        env = dict(self._launch_env[name])
+        if name == "gateway":
+            env["GATEWAY_PORT"] = str(old.http_port)
+        else:
+            prefix = PORT_PREFIX[name.partition(".")[0]]
+            env |= {f"{prefix}GRPC_PORT": str(old.grpc_port), f"{prefix}HTTP_PORT": str(old.http_port)}
+        try:
+            svc = self._launch(name, env)
+        except LaunchError as exc:
+            _log("child_restart_failed", name, error=str(exc))
+            old.started_at = time.monotonic()  # seen as exited again at the next look: the backoff grows
+            return
+        with self._lock:
+            if self._stopping.is_set():
+                svc.stop()
+                return
+            self.running[name] = svc
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        if svc.proc.poll() is None:
+            _log("child_restarted", name, pid=svc.proc.pid, restarts=self.restarts[name])
 
     def stop(self) -> None:
         """Gateway first (it drains), then the services; each SIGTERM with grace, SIGKILL last."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(200.0)
+            self._watcher = None
         for name in ["gateway", *reversed(list(self.services))]:
-            svc = self.running.pop(name, None)
+            with self._lock:
+                svc = self.running.pop(name, None)
             if svc is not None:
-                svc.stop()
+                svc.stop(self._drain_s() if name == "gateway" else 10.0)
         if self._seaweed is not None:
             self._seaweed.stop()
             self._seaweed = None
+
+    def _drain_s(self) -> float:
+        """How long the gateway may take to drain: DRAIN_GRACE_SEC, then its stages' answers."""
+        grace = float(self.env.get("DRAIN_GRACE_SEC") or 30.0)
+        stage_timeout = float(self.env.get("STAGE_TIMEOUT_SEC") or 15.0)
+        return grace + stage_timeout + 5.0
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -273,6 +342,12 @@ def page_link(http_base: str, token: str | None) -> str:
     return f"{http_base}/" + (f"#token={token}" if token else "")
 
 
+def _log(event: str, child: str, **fields: Any) -> None:
+    """One JSON line on stderr, like the children's own logs (docs/runbook.md)."""
+    line = {"ts": round(time.time(), 3), "level": "WARNING", "stage": "stack", "event": event, "child": child}
+    print(json.dumps(line | fields), file=sys.stderr, flush=True)
+
+
 def _services_from_env() -> tuple[str, ...]:
     raw = os.environ.get("STACK_SERVICES", "")
     return tuple(s for s in raw.split(",") if s) or DEFAULT_SERVICES
@@ -284,13 +359,30 @@ def _tls_from_env() -> bool:
     return parse_bool(os.environ.get("STACK_TLS", "") or "false")
 
 
-def cmd_run(port: int, tls: bool) -> int:
+def _prometheus_from_env() -> bool:
+    from common.envconf import parse_bool
+
+    return parse_bool(os.environ.get("PROMETHEUS", "") or "false")
+
+
+def cmd_run(port: int, tls: bool, prometheus: bool) -> int:
     env = dict(os.environ)
     env.setdefault("COMPRESS_HTTP_PORT", ARCHIVE_HTTP_PORT)
-    stack = Stack(_services_from_env(), env=env, gateway_port=port, echo=True, tls=tls)
-    with stack:
+    stack = Stack(_services_from_env(), env=env, gateway_port=port, echo=True, tls=tls, supervise=True)
+    with stack, contextlib.ExitStack() as extras:
         ca = f"; clients trust {stack.ca_file} (speechgw-client --ca)" if stack.ca_file else ""
         print(f"stack up: {stack.url}{ca}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+        if prometheus:
+            from devtools.prometheus import for_stack
+
+            prom_port = int(os.environ.get("PROMETHEUS_PORT", "9091"))
+            prom = extras.enter_context(for_stack(stack, Path("var/prometheus").resolve(), prom_port))
+            print(
+                f"prometheus: {prom.url} scrapes {len(stack.running)} processes every {prom.scrape_interval} "
+                f"with the rules of deploy/observability (data in {prom.workdir})",
+                file=sys.stderr,
+                flush=True,
+            )
         page_token = stack.token(ttl_s=PAGE_TOKEN_TTL_S)
         if page_token is not None:
             print(
@@ -309,7 +401,8 @@ def cmd_run(port: int, tls: bool) -> int:
 
 
 def cmd_demo(clip: Path, speed: float, tls: bool) -> int:
-    from devtools.client import load_wav, stream_pcm
+    from devtools.client import stream_pcm
+    from speechgw_client import load_audio
 
     env = {**os.environ, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}
     with Stack(_services_from_env(), env=env, tls=tls) as stack:
@@ -317,14 +410,14 @@ def cmd_demo(clip: Path, speed: float, tls: bool) -> int:
         result = asyncio.run(
             stream_pcm(
                 stack.url,
-                load_wav(clip),
+                load_audio(clip),
                 speed=speed,
                 token=stack.token(),
                 start={
                     "flowId": "demo-" + clip.stem,
                     "return": ["lid", "asr", "record_url", "metrics", "vad"],
                 },
-                on_event=lambda e: print(json.dumps(e, ensure_ascii=False), flush=True),
+                on_event=lambda e: print(json.dumps(e.raw, ensure_ascii=False), flush=True),
                 ca_file=stack.ca_file,
             )
         )
@@ -349,9 +442,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=_tls_from_env(),
             help="wss:// and mTLS with a throwaway CA in var/certs (or STACK_TLS=1)",
         )
+    run.add_argument(
+        "--prometheus",
+        action="store_true",
+        default=_prometheus_from_env(),
+        help="also run Prometheus with the rules of deploy/observability on PROMETHEUS_PORT (or PROMETHEUS=1)",
+    )
     args = p.parse_args(argv)
     if args.cmd == "run":
-        return cmd_run(args.port, args.tls)
+        return cmd_run(args.port, args.tls, args.prometheus)
     return cmd_demo(args.clip or sample_clip(), args.speed, args.tls)
 
 

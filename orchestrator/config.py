@@ -28,6 +28,7 @@ SESSION_ENV = {
     "start_timeout_s": "START_TIMEOUT_SEC",
     "max_session_s": "MAX_SESSION_SEC",
     "partial_interval_ms": "PARTIAL_INTERVAL_MS",
+    "send_timeout_s": "SEND_TIMEOUT_S",
 }
 OPUS_LINK_ENV = {
     "codec": "ASR_LINK_CODEC",
@@ -240,6 +241,8 @@ class GatewayConfig:
                 f"AUTH_MODE: the gateway would listen on {self.listen.host} without authentication; set a key "
                 "(AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY_FILE or AUTH_JWKS_URL) or AUTH_MODE=off explicitly"
             )
+        if self.session.send_timeout_s <= 0:
+            raise ConfigError("SEND_TIMEOUT_S must be > 0")
         if self.session.max_frame_bytes > self.listen.ws_max_message_bytes:
             raise ConfigError("MAX_FRAME_BYTES must not exceed WS_MAX_MESSAGE_BYTES")
         batches = (

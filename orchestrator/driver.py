@@ -55,6 +55,12 @@ class Connection(Protocol):
 
     async def close(self, code: int, reason: str) -> None: ...
 
+    def stalled_since(self) -> float | None:
+        """Since when (monotonic) the client's socket takes nothing more; None while it drains."""
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake (a client that reads nothing)."""
+
 
 # Decides whether a session that sent `start` may go on: the tenant (a str, "" with auth off) admits
 # it, a (code, message) pair refuses it (docs/security.md).
@@ -83,6 +89,7 @@ class SessionDriver:
         self._admission: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._stages_started = False
+        self._aborted = False
         self._feeds_closed = False
         self._close_queued = False
         self._backlog_limit_bytes = session.config.stage_backlog_s * BYTES_PER_S
@@ -139,7 +146,18 @@ class SessionDriver:
         self.pump()
 
     def tick(self, now: float) -> None:
+        self.session.output_stalled(self.conn.stalled_since(), now)
         self.session.tick(now)
+        self.pump()
+
+    def shutdown(self, now: float) -> None:
+        """The gateway stops: the session ends its audio here and drains (`end` reason `shutdown`)."""
+        self.session.shutdown(now)
+        self.pump()
+
+    def give_up_stages(self, why: str, now: float) -> None:
+        """The gateway cannot wait longer: the stages still working are failed, `end` goes out."""
+        self.session.give_up_stages(why, now)
         self.pump()
 
     def pump(self) -> None:
@@ -180,6 +198,10 @@ class SessionDriver:
             self._reading.clear()
         elif not self._reading.is_set():
             self._reading.set()
+        if s.output_abandoned and not self._aborted:
+            # The client read nothing for SEND_TIMEOUT_S: its socket goes now, its stages drain on.
+            self._aborted = True
+            self.conn.abort()
         if s.close is not None and not self._close_queued:
             self._close_queued = True
             self._out.put_nowait(_CLOSE)
@@ -300,7 +322,7 @@ class SessionDriver:
             if self._before_end is not None and kind == "end":
                 # e.g. the deferred transcription job is durable before the client hears `end`
                 await self._before_end(self.session)
-            if gone:
+            if gone or self.session.output_abandoned:
                 continue
             try:
                 await self.conn.send(text)

@@ -167,12 +167,39 @@ class Gateway:
         log.info("gateway listening", extra={"stage": "gateway", "event": f"listening:{self.port}"})
 
     async def drain(self) -> None:
-        """Shutdown as an API (STYLE §6): not ready, refuse new sessions, let open ones finish."""
+        """Shutdown as an API (STYLE §6, docs/runbook.md): not ready, refuse new sessions with
+        `server_draining`, let open ones finish for up to DRAIN_GRACE_SEC, then end the audio of the
+        rest where it is (final, `record_url`, `end` with `reason: "shutdown"`), wait for their stages
+        to answer for up to STAGE_TIMEOUT_SEC, give up on any still working (so every session still gets
+        its `end`), and stop."""
         self.draining = True
+        grace = self.config.listen.drain_grace_s
+        log.info(
+            "draining",
+            extra={"stage": "gateway", "event": f"draining:{len(self.drivers)} sessions, grace {grace:g} s"},
+        )
+        await self._wait_all_closed(grace)
+        if self.drivers:
+            now = time.monotonic()
+            log.info("grace over", extra={"stage": "gateway", "event": f"shutdown:{len(self.drivers)} sessions"})
+            for driver in list(self.drivers):
+                driver.shutdown(now)
+            await self._wait_all_closed(self.session_config.stage_timeout_s)
+        if self.drivers:
+            now = time.monotonic()
+            log.warning(
+                "stages still working at shutdown",
+                extra={"stage": "gateway", "event": f"give_up:{len(self.drivers)} sessions"},
+            )
+            for driver in list(self.drivers):
+                driver.give_up_stages("the gateway is shutting down", now)
+            await self._wait_all_closed(2.0)  # the writers send the last events
+        await self.stop()
+
+    async def _wait_all_closed(self, timeout_s: float) -> None:
         if self.drivers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), self.config.listen.drain_grace_s)
-        await self.stop()
+                await asyncio.wait_for(self._all_closed.wait(), timeout_s)
 
     async def stop(self) -> None:
         await self._background.stop()
@@ -206,6 +233,10 @@ class Gateway:
         `start.auth.token`) and its claims, the limits per client and per tenant, then the flowId not
         live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal."""
         assert session.start is not None and session.flow_id is not None
+        if self.draining:  # connected before SIGTERM, `start` after it
+            draining = Refusal(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
+            refused(draining)
+            return draining.code, draining.message
         tenant = ""
         if self.verifier is not None:
             try:
@@ -339,7 +370,7 @@ class Gateway:
             archive_uploader(channel, spool),
             records,
             RetrySchedule(cfg.retry_base_s, cfg.retry_max_s),
-            lambda outcome: metrics.ARCHIVE_SPOOL_UPLOADS.labels(outcome).inc(),
+            self._spool_uploaded,
         )
         if left:
             log.warning(
@@ -350,6 +381,11 @@ class Gateway:
         self._background.start("archive-spool", uploader.run)
         window_s = min(cfg.retry_window_s, self.config.stages.timeout_s / 2)  # the session's patience
         return SpoolLink(spool, uploader, records, window_s)
+
+    def _spool_uploaded(self, outcome: str) -> None:
+        metrics.ARCHIVE_SPOOL_UPLOADS.labels(outcome).inc()
+        if outcome == "stored" and self.jobs is not None:
+            self.jobs.wake()  # a deferred job may have waited for this record's URL
 
     async def _start_jobs(self) -> None:
         """Deferred transcription of record-only sessions (SPEC §4), durable across restarts."""
@@ -416,19 +452,52 @@ class Gateway:
             response.headers.update(SECURITY_HEADERS)
             return response
         if path == "/healthz":
-            return _response(HTTPStatus.OK, b'{"status":"ok"}\n', "application/json")
+            stages, pools = self.stage_health(), self.pool_health()
+            degraded = not all(stages.values()) or any(p["healthy"] == 0 for p in pools.values())
+            body: dict[str, Any] = {
+                "status": "degraded" if degraded else "ok",
+                "draining": self.draining,
+                "stages": stages,
+            }
+            if pools:
+                body["pools"] = pools
+            return _response(HTTPStatus.OK, json.dumps(body).encode() + b"\n", "application/json")
         if path == "/readyz":
-            health = dict(self._stage_health)
-            if self.pools is not None:
-                health["asr"] = any(m.healthy for m in self.pools.members())
-            ready = not self.draining and all(health.values())
-            body = json.dumps({"ready": ready, "draining": self.draining, "stages": dict(sorted(health.items()))})
+            ready = self.ready
+            full = self.limits.live >= self.limits.max_sessions
+            body = {"ready": ready, "draining": self.draining, "full": full, "stages": self.stage_health()}
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-            return _response(status, body.encode() + b"\n", "application/json")
+            return _response(status, json.dumps(body).encode() + b"\n", "application/json")
         if path == "/metrics":
             self._refresh_scrape_gauges()
             return _response(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    @property
+    def ready(self) -> bool:
+        """Whether a load balancer should send new sessions here: listening, not draining, and below
+        MAX_SESSIONS (a full gateway refuses every `start`). A stage that is down does not stop a
+        session from being served (no VAD, no archive, record-only without ASR): it shows on
+        `/healthz` and in `orchestrator_stage_up`, not here."""
+        listening = self._server is not None and self._server.is_serving()
+        return listening and not self.draining and self.limits.live < self.limits.max_sessions
+
+    def stage_health(self) -> dict[str, bool]:
+        """Each configured stage: True while it answers SERVING (ASR: while any pool member does)."""
+        health = dict(self._stage_health)
+        if self.pools is not None:
+            health["asr"] = any(m.healthy for m in self.pools.members())
+        return dict(sorted(health.items()))
+
+    def pool_health(self) -> dict[str, dict[str, int]]:
+        """Each ASR pool's members and how many answer: a pool at 0 sends its languages elsewhere or
+        record-only (docs/routing.md)."""
+        if self.pools is None:
+            return {}
+        return {
+            name: {"members": len(pool.members), "healthy": pool.healthy_count}
+            for name, pool in sorted(self.pools.pools.items())
+        }
 
     def _refresh_scrape_gauges(self) -> None:
         """Gauges read at scrape time, so the hot path pays nothing for them: send queues, breakers."""
@@ -440,6 +509,9 @@ class Gateway:
         )
         if self.pools is not None:
             metrics.refresh_breakers(self.pools.members(), time.monotonic())
+        for name, up in self.stage_health().items():
+            metrics.STAGE_UP.labels(name).set(int(up))
+        metrics.DRAINING.set(int(self.draining))
 
     async def _transcript(self, flow_id: str, headers: Headers) -> Response:
         """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session, to a
@@ -469,11 +541,64 @@ class Gateway:
         return _response(HTTPStatus(status), json.dumps(body).encode(), "application/json")
 
 
+class GatewayConnection(ServerConnection):
+    """A server connection that reads nothing while its peer reads nothing, and knows since when.
+
+    websockets answers every ping with a pong written straight to the transport, whatever its write
+    buffer holds: a client that sends pings and never reads would make the gateway buffer pongs without
+    bound. Here, while the transport's write buffer is over its high-water mark (`write_limit`), the
+    socket is not read either, so the client's pings wait in its own buffers; the library's pause for a
+    full message queue (`max_queue`) still holds too. The session closes a client stalled for
+    SEND_TIMEOUT_S (`stalled_since`)."""
+
+    write_stalled_since: float | None = None
+    _queue_full = False
+    _reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.recv_messages.pause = self._queue_pause
+        self.recv_messages.resume = self._queue_resume
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.write_stalled_since = time.monotonic()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.write_stalled_since = None
+        self._update_reading()
+
+    def _queue_pause(self) -> None:
+        self._queue_full = True
+        self._update_reading()
+
+    def _queue_resume(self) -> None:
+        self._queue_full = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        paused = self._queue_full or self.write_stalled_since is not None
+        if paused == self._reading_paused or self.transport.is_closing():
+            return
+        self._reading_paused = paused
+        (self.transport.pause_reading if paused else self.transport.resume_reading)()
+
+
 class WebSocketConnection:
     """The driver's Connection over a websockets server connection."""
 
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
+
+    def stalled_since(self) -> float | None:
+        return self._ws.write_stalled_since if isinstance(self._ws, GatewayConnection) else None
+
+    def abort(self) -> None:
+        transport = self._ws.transport
+        if transport is not None:
+            transport.abort()
 
     async def receive(self) -> str | bytes | None:
         try:
@@ -506,6 +631,10 @@ def websocket_options(config: GatewayConfig) -> dict[str, Any]:
         # (a browser fails a handshake that echoes none of its offers); the token is never echoed.
         "select_subprotocol": _select_subprotocol,
         "max_queue": 64,
+        # Events are small: past this much unsent in the transport, the client is not reading (and it
+        # is not read either, see GatewayConnection); SEND_TIMEOUT_S later it is closed.
+        "write_limit": 64 * 1024,
+        "create_connection": GatewayConnection,
         # Pings keep idle paths open, but a missing pong closes nothing: while backpressure holds a
         # fast client, its pong waits behind megabytes of audio in the TCP buffers. A dead client
         # is found by FLUSH_IDLE_SEC instead (docs/protocol.md).

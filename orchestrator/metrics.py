@@ -118,7 +118,7 @@ FINAL_LAG = Histogram(
 )
 SESSION_OUTCOMES = Counter(
     "orchestrator_session_outcomes_total",
-    "Sessions ended, by end reason (flush, disconnect, idle, error, refused) and fatal error code (none)",
+    "Sessions ended, by end reason (flush, disconnect, idle, shutdown, error, refused) and fatal error code (none)",
     ["reason", "code"],
     registry=REGISTRY,
 )
@@ -141,6 +141,17 @@ SEND_QUEUE_EVENTS_MAX = Gauge(
 SEND_BUFFER_BYTES = Gauge(
     "orchestrator_send_buffer_bytes",
     "Bytes in the WebSocket transports' write buffers, all sessions (at scrape)",
+    registry=REGISTRY,
+)
+STAGE_UP = Gauge(
+    "orchestrator_stage_up",
+    "Whether each configured stage answers its health check: 1 serving, 0 down (ASR: any pool member) (at scrape)",
+    ["stage"],
+    registry=REGISTRY,
+)
+DRAINING = Gauge(
+    "orchestrator_draining",
+    "1 while the gateway drains on SIGTERM (not ready, refusing new sessions), else 0 (at scrape)",
     registry=REGISTRY,
 )
 BREAKER_STATE = Gauge(
@@ -180,7 +191,7 @@ def spool_changed(size_bytes: int, recordings: int) -> None:
 
 
 EVENT_TYPES = ("ack", "end", "error", *FAMILY_OF)
-END_REASONS = ("flush", "disconnect", "idle")
+END_REASONS = ("flush", "disconnect", "idle", "shutdown")
 SESSION_MODE_NAMES = ("live", "record_only", "asr_lost", "no_asr")
 LINK_CODECS = ("opus", "pcm")
 for _reason in REFUSAL_REASONS:

@@ -48,6 +48,17 @@ class FakeConnection:
         self.taken = 0  # messages the driver has read
         self.sent: list[dict[str, Any]] = []
         self.close_code: int | None = None
+        self.stalled_at: float | None = None  # set by a test: the client stopped reading then
+        self.aborted = False
+
+    def stalled_since(self) -> float | None:
+        return self.stalled_at
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.close_code is None:
+            self.close_code = 1006  # what a client sees of a connection dropped without a close frame
+        self.incoming.put_nowait(None)
 
     def send_start(self, pref: str = "auto") -> None:
         start = {"type": "start", "flowId": "f1", "return": ["lid", "asr"], "hints": {"user_lang_pref": pref}}
@@ -119,21 +130,28 @@ class FakeVad(vad_pb2_grpc.VadServicer):
 class FakeCompress(compress_pb2_grpc.CompressServicer):
     """Counts the audio and answers a URL; stores nothing. `fail_after_frames`: the next call aborts
     UNAVAILABLE after that many frames (an archive dying mid-stream); `down`: every call aborts at
-    once. With `keep`, `archived` holds (flowId, tenant metadata, PCM) of every call that completed."""
+    once; `invalid`: every call (but one `fail_after_frames` cuts) is refused INVALID_ARGUMENT.
+    `calls` counts the calls; with `keep`, `archived` holds (flowId, tenant metadata, PCM) of every
+    call that completed."""
 
     def __init__(self, keep: bool = False) -> None:
         self.keep = keep
         self.fail_after_frames: int | None = None
         self.down = False
+        self.invalid = False  # every call aborts INVALID_ARGUMENT at once (refused for good)
+        self.calls = 0
         self.archived: list[tuple[str, bytes, bytes]] = []
 
     async def Archive(
         self, request_iterator: AsyncIterator[common_pb2.AudioFrame], context: grpc.aio.ServicerContext
     ) -> compress_pb2.ArchiveResult:
+        self.calls += 1
         if self.down:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "fake archive is down")
-        flow, samples, pcm, frames = "", 0, bytearray(), 0
         fail_after, self.fail_after_frames = self.fail_after_frames, None
+        if self.invalid and fail_after is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "fake archive refuses the stream")
+        flow, samples, pcm, frames = "", 0, bytearray(), 0
         async for frame in request_iterator:
             flow = frame.flow_id
             samples += len(frame.pcm) // 2

@@ -77,6 +77,7 @@ class ErrorCode(StrEnum):
     AUTH_EXPIRED = "auth_expired"
     AUTH_FORBIDDEN = "auth_forbidden"
     FLOW_IN_USE = "flow_in_use"
+    SEND_TIMEOUT = "send_timeout"
     INTERNAL_ERROR = "internal_error"
     # Limits per client (orchestrator/edge/limits.py, docs/security.md).
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
@@ -119,6 +120,7 @@ FATAL_CLOSE: dict[ErrorCode, Close] = {
     ErrorCode.AUTH_EXPIRED: Close.POLICY_VIOLATION,
     ErrorCode.AUTH_FORBIDDEN: Close.POLICY_VIOLATION,
     ErrorCode.FLOW_IN_USE: Close.POLICY_VIOLATION,
+    ErrorCode.SEND_TIMEOUT: Close.POLICY_VIOLATION,  # rarely seen: the client reads nothing
     ErrorCode.INTERNAL_ERROR: Close.INTERNAL_ERROR,
     ErrorCode.ORIGIN_NOT_ALLOWED: Close.POLICY_VIOLATION,  # answered 403 before the upgrade
     ErrorCode.IP_CONNECTION_LIMIT: Close.POLICY_VIOLATION,

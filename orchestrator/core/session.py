@@ -98,6 +98,9 @@ class SessionConfig:
     # nothing is acknowledged and no audio is read before its token, its ownership of the flowId and
     # the limits per client and per tenant (orchestrator/edge/) are checked.
     admission: bool = False
+    # A client whose socket takes nothing for this long (it stopped reading) is closed with
+    # `send_timeout` once its audio so far has drained through every stage (docs/errors.md).
+    send_timeout_s: float = 10.0
 
 
 class Session:
@@ -142,6 +145,10 @@ class Session:
         self._behind_since: dict[StageName, float] = {}  # stages over the backlog limit, since when
         self._audio_ended_at: float | None = None
         self._last_heard: dict[StageName, float] = {}  # when each stage last said anything
+        self._output_stalled_since: float | None = None  # the client stopped taking what is sent
+        # The client took nothing for `send_timeout_s`: nothing more goes to its socket (the driver
+        # drops the connection); the session still drains its audio through every stage.
+        self.output_abandoned = False
 
     # ----- inputs from the client -----
 
@@ -194,6 +201,8 @@ class Session:
             # The driver reads nothing while a session is admitted; audio here was sent before `start`.
             self._fail(ErrorCode.AUDIO_BEFORE_START, "binary audio before the start frame")
             return
+        if not data:
+            return  # no audio, and no sign of life either: only audio and `keepalive` hold off the idle flush
         self._figures.on_audio(len(data))
         self._last_audio_at = now
         block = self._reframer.feed(data)
@@ -216,11 +225,49 @@ class Session:
         if waiting and now - self._opened_at >= self.config.start_timeout_s:
             self._fail(ErrorCode.START_TIMEOUT, f"no start frame within {self.config.start_timeout_s:g} s")
         elif self.state is State.STREAMING:
-            if self.accepts_audio and now - self._last_audio_at >= self.config.flush_idle_s:
+            idle = now - self._last_audio_at >= self.config.flush_idle_s
+            if self.accepts_audio and self._output_stalled_since is None and idle:
                 self._end_audio("idle", now)
             elif now - self._started_at >= self.config.max_session_s:
                 self._fail(ErrorCode.SESSION_TOO_LONG, f"session exceeds {self.config.max_session_s:g} s", now)
         self._apply_stage_policy(now)
+
+    def output_stalled(self, since: float | None, now: float) -> None:
+        """Whether the client takes what the gateway sends: `since` is when its socket stopped draining,
+        None while it drains. The gateway reads nothing from a client that does not read (so its pings
+        cannot pile up pongs), which is no idleness; a stall of `send_timeout_s` is fatal (`send_timeout`):
+        the audio accepted so far drains through every stage, nothing more is sent."""
+        if since is None:
+            if self._output_stalled_since is not None:
+                self._last_audio_at = max(self._last_audio_at, now)  # we held the client; it was not idle
+            self._output_stalled_since = None
+            return
+        self._output_stalled_since = since
+        if self.output_abandoned or now - since < self.config.send_timeout_s:
+            return
+        self.output_abandoned = True
+        message = f"the client took nothing the gateway sent for {self.config.send_timeout_s:g} s"
+        if self.state in (State.STREAMING, State.AWAITING_START, State.ADMITTING):
+            self._fail(ErrorCode.SEND_TIMEOUT, message, now)
+        elif self.fatal_code is None and self.state is State.DRAINING:
+            # The audio has ended already: the stages finish; only the outcome records the stall.
+            self.fatal_code = ErrorCode.SEND_TIMEOUT
+            self._fatal = (ErrorCode.SEND_TIMEOUT, message)
+
+    def shutdown(self, now: float) -> None:
+        """The gateway stops (its drain grace is over): end the audio here, as a flush would, so the
+        stages answer what they have (final, `record_url`) and `end` says `reason: "shutdown"`."""
+        if self.state is State.STREAMING:
+            self._end_audio("shutdown", now)
+        elif self.state in (State.AWAITING_START, State.ADMITTING):
+            self._fail(ErrorCode.SERVER_DRAINING, "the gateway is shutting down; reconnect to another")
+
+    def give_up_stages(self, why: str, now: float) -> None:
+        """Stop waiting for the stages still working (the gateway cannot wait longer to stop): each is
+        failed as if it had timed out, so `end` goes out now."""
+        self.shutdown(now)
+        for stage in sorted(self.pending_stages):
+            self._give_up(stage, why)
 
     def refuse(self, code: ErrorCode, message: str) -> None:
         """Refuse the connection before anything else (capacity, draining) or at admission (auth)."""
@@ -538,6 +585,8 @@ class Session:
         )
         if self._fatal is not None:
             self._finish(FATAL_CLOSE[self._fatal[0]], self._fatal[0].value)
+        elif self.end_reason == "shutdown":
+            self._finish(Close.GOING_AWAY, "shutdown")  # RFC 6455: the server is going down
         else:
             self._finish(Close.NORMAL, self.end_reason or "end")
 

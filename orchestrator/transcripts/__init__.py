@@ -1,1 +1,2 @@
-"""Deferred transcripts: the durable job store, the runner that transcribes archived recordings, the HTTP view, SRT."""
+"""Deferred transcripts: the durable job store, the runner that transcribes archived recordings, the HTTP
+view; the SRT and WebVTT writers."""

@@ -295,8 +295,9 @@ class PostgresJobStore:
                 "DO UPDATE SET status='stored', record_url=excluded.record_url, updated_at=excluded.updated_at",
                 args,
             )
-            await conn.execute(
-                f"UPDATE speechgw_jobs SET record_url=%(url)s, updated_at=%(now)s WHERE {_KEY} AND record_url=''",
+            await conn.execute(  # due at once: it was only waiting for this URL
+                "UPDATE speechgw_jobs SET record_url=%(url)s, next_attempt_at=LEAST(next_attempt_at, %(now)s), "
+                f"updated_at=%(now)s WHERE {_KEY} AND record_url=''",
                 args,
             )
 

@@ -370,9 +370,10 @@ class JobStore:
                 "status='stored', record_url=excluded.record_url, updated_at=excluded.updated_at",
                 (flow_id, tenant, url, now, now),
             )
-            self._db.execute(
-                "UPDATE jobs SET record_url=?, updated_at=? WHERE tenant=? AND flow_id=? AND record_url=''",
-                (url, now, tenant, flow_id),
+            self._db.execute(  # due at once: it was only waiting for this URL
+                "UPDATE jobs SET record_url=?, next_attempt_at=MIN(next_attempt_at, ?), updated_at=? "
+                "WHERE tenant=? AND flow_id=? AND record_url=''",
+                (url, now, now, tenant, flow_id),
             )
 
     def get_record(self, flow_id: str, tenant: str = "") -> Record | None:

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from devtools.client import load_wav, stream_pcm
+from devtools.client import stream_pcm
 from devtools.devauth import default_token
 from devtools.launcher import RunningService, launch
 from devtools.stack import Stack
+from speechgw_client import load_audio
 from tests.poll import seconds, wait_for
 from tests.wer import wer
 
@@ -69,7 +70,7 @@ def assert_record_only(events: list[dict[str, Any]], flow_id: str) -> None:
 
 
 def test_asr_killed_mid_session_then_transcribed_later(stack: Stack, clips: Path) -> None:
-    pcm = load_wav(clips / "en" / "quick_brown_fox.wav")
+    pcm = load_audio(clips / "en" / "quick_brown_fox.wav")
 
     async def go() -> Any:
         partial = asyncio.Event()
@@ -79,7 +80,7 @@ def test_asr_killed_mid_session_then_transcribed_later(stack: Stack, clips: Path
                 pcm,
                 speed=1.0,
                 start={"flowId": "killed-mid", "return": ["asr", "record_url"]},
-                on_event=lambda e: partial.set() if e["type"] == "asr_partial" else None,
+                on_event=lambda e: partial.set() if e.type == "asr_partial" else None,
             )
         )
         await asyncio.wait_for(partial.wait(), seconds(20))  # the ASR is serving this session
@@ -101,7 +102,7 @@ def test_asr_killed_mid_session_then_transcribed_later(stack: Stack, clips: Path
 
 def test_pending_job_survives_a_gateway_restart(stack: Stack, clips: Path) -> None:
     stack.running["asr"].kill()
-    pcm = load_wav(clips / "en" / "hello_world.wav")
+    pcm = load_audio(clips / "en" / "hello_world.wav")
     result = asyncio.run(stream_pcm(stack.url, pcm, speed=0, start={"flowId": "restart-me"}))
     assert_record_only(result.events, "restart-me")
     assert transcript(stack.http_base, "restart-me")[1]["status"] in ("pending", "running")

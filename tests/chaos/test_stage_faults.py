@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.client import load_wav, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import Stack
+from speechgw_client import Event, load_audio
 from tests.poll import seconds
 
 pytestmark = pytest.mark.chaos
@@ -28,7 +29,7 @@ def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
 
 def test_vad_down_session_still_archives_and_ends(fresh_stack: Stack, clips: Path) -> None:
     fresh_stack.running["vad"].kill()
-    pcm = load_wav(clips / "en" / "hello_world.wav")
+    pcm = load_audio(clips / "en" / "hello_world.wav")
     result = asyncio.run(stream_pcm(fresh_stack.url, pcm, speed=0, start={"return": ["record_url", "metrics", "vad"]}))
     errors = result.of_type("error")
     assert [e["code"] for e in errors] == ["vad_unavailable"] and errors[0]["fatal"] is False
@@ -38,7 +39,7 @@ def test_vad_down_session_still_archives_and_ends(fresh_stack: Stack, clips: Pat
 
 def test_archive_down_session_still_gets_vad_and_end(fresh_stack: Stack, clips: Path) -> None:
     fresh_stack.running["compress"].kill()
-    pcm = load_wav(clips / "en" / "hello_world.wav")
+    pcm = load_audio(clips / "en" / "hello_world.wav")
     result = asyncio.run(stream_pcm(fresh_stack.url, pcm, speed=0, start={"return": ["record_url", "metrics", "vad"]}))
     assert [e["code"] for e in result.of_type("error")] == ["archive_unavailable"]
     assert result.of_type("vad") and not result.of_type("record_url")
@@ -46,15 +47,15 @@ def test_archive_down_session_still_gets_vad_and_end(fresh_stack: Stack, clips: 
 
 
 def test_vad_dies_mid_session_other_sessions_unharmed(fresh_stack: Stack, clips: Path) -> None:
-    pcm = load_wav(clips / "en" / "counting.wav")
+    pcm = load_audio(clips / "en" / "counting.wav")
 
     async def go() -> list:
         acked = 0
         all_acked = asyncio.Event()
 
-        def on_event(event: dict) -> None:
+        def on_event(event: Event) -> None:
             nonlocal acked
-            acked += event["type"] == "ack"
+            acked += event.type == "ack"
             if acked == 3:
                 all_acked.set()
 

@@ -30,9 +30,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def counting_pcm(clips: Path) -> bytes:
-    from devtools.client import load_wav
+    from speechgw_client import load_audio
 
-    return load_wav(clips / "en" / "counting.wav")
+    return load_audio(clips / "en" / "counting.wav")
 
 
 @contextmanager

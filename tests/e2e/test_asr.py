@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.client import StreamResult, load_wav, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import Stack
+from speechgw_client import StreamResult, load_audio
 from tests.e2e.conftest import extra_gateway
 from tests.poll import seconds
 from tests.schemas import check_event
@@ -43,7 +44,7 @@ def transcribe(url: str, pcm: bytes, speed: float = 0.0) -> StreamResult:
 def corpus_wer(url: str, clips: Path) -> float:
     refs, hyps = [], []
     for name in EN_CLIPS:
-        result = transcribe(url, load_wav(clips / "en" / f"{name}.wav"))
+        result = transcribe(url, load_audio(clips / "en" / f"{name}.wav"))
         assert result.ok, result.events
         refs.append((clips / "en" / f"{name}.txt").read_text())
         hyps.append(" ".join(e["text"] for e in result.of_type("asr_final")))
@@ -51,7 +52,7 @@ def corpus_wer(url: str, clips: Path) -> float:
 
 
 def test_real_time_clip_transcript_partials_and_finals(asr_stack: Stack, clips: Path) -> None:
-    pcm = load_wav(clips / "en" / "quick_brown_fox.wav")
+    pcm = load_audio(clips / "en" / "quick_brown_fox.wav")
     result = transcribe(asr_stack.url, pcm, speed=1.0)
     for event in result.events:
         check_event(event)
@@ -80,7 +81,7 @@ def test_opus_link_costs_at_most_two_wer_points(asr_stack: Stack, clips: Path) -
 
 
 def test_encoder_failure_falls_back_to_pcm_and_still_transcribes(asr_stack: Stack, clips: Path) -> None:
-    pcm = load_wav(clips / "en" / "quick_brown_fox.wav")
+    pcm = load_audio(clips / "en" / "quick_brown_fox.wav")
     with extra_gateway(asr_stack, OPUS_FAULT_AFTER_FRAMES="40") as url:
         result = transcribe(url, pcm)
         metrics_url = url.replace("ws://", "http://").replace("/ws/stream", "/metrics")
@@ -96,7 +97,7 @@ def test_encoder_failure_falls_back_to_pcm_and_still_transcribes(asr_stack: Stac
 
 def test_busy_asr_degrades_to_record_only(asr_stack: Stack, clips: Path) -> None:
     """ASR_MAX_SESSIONS=4 and no queue on this ASR: the fifth concurrent session is refused at once."""
-    pcm = load_wav(clips / "en" / "counting.wav")
+    pcm = load_audio(clips / "en" / "counting.wav")
 
     async def many() -> list[StreamResult]:
         return list(

@@ -17,9 +17,10 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from devtools.client import StreamResult, connect_kwargs, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import Stack
 from services.compress.signing import UrlSigner
+from speechgw_client import StreamResult, connect_kwargs
 from tests.e2e.conftest import records_of
 from tests.poll import seconds
 

@@ -5,16 +5,15 @@ quiet stream open past FLUSH_IDLE_SEC (docs/protocol.md)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 
 import pytest
-from websockets.asyncio.client import connect
 
-from devtools.client import connect_kwargs, stream_pcm
+from devtools.client import stream_pcm
 from devtools.devauth import default_token
 from devtools.stack import Stack
+from speechgw_client import Ack, End, connect
 from tests import corpus
 from tests.corpus import SpeechSpec, Utterance
 from tests.schemas import check_event
@@ -104,21 +103,20 @@ def test_endpointing_sets_the_silence_that_ends_an_utterance(
 
 def test_keepalive_holds_a_quiet_stream_past_the_idle_timeout(stack: Stack) -> None:
     async def session(keepalive: bool) -> tuple[float, str]:
-        async with connect(stack.url, **connect_kwargs(default_token())) as ws:
-            await ws.send(json.dumps({"type": "start", "return": ["asr"]}))
-            assert json.loads(await ws.recv())["type"] == "ack"
-            await ws.send(b"\x00\x00" * 3200)  # 0.2 s of silence, then none
+        async with connect(stack.url, token=default_token(), families=["asr"]) as s:
+            events = aiter(s.events())
+            assert isinstance(await anext(events), Ack)
+            await s.send(b"\x00\x00" * 3200)  # 0.2 s of silence, then none
             t0 = time.monotonic()
             if keepalive:
                 for _ in range(4):  # 2.4 s, past FLUSH_IDLE_SEC (1.5 s): the stream stays open
                     await asyncio.sleep(0.6)
-                    await ws.send(json.dumps({"type": "keepalive"}))
-                await ws.send(json.dumps({"type": "flush"}))
-            async for raw in ws:
-                event = json.loads(raw)
-                check_event(event)
-                if event["type"] == "end":
-                    return time.monotonic() - t0, event["reason"]
+                    await s.keepalive()
+                await s.flush()
+            async for event in events:
+                check_event(event.raw)
+                if isinstance(event, End):
+                    return time.monotonic() - t0, event.reason
             raise AssertionError("closed without end")
 
     held, reason = asyncio.run(session(keepalive=True))

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.client import StreamResult, load_wav, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import Stack
+from speechgw_client import StreamResult, load_audio
 from tests.wer import wer
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +38,7 @@ def check(result: StreamResult, pcm: bytes, reference: str) -> None:
 
 
 def test_denoised_path_keeps_timeline_and_transcribes(dn_stack: Stack, clips: Path) -> None:
-    pcm = load_wav(clips / "en" / "quick_brown_fox.wav")
+    pcm = load_audio(clips / "en" / "quick_brown_fox.wav")
     result = asyncio.run(stream_pcm(dn_stack.url, pcm, speed=0, start={"return": ["asr", "record_url", "metrics"]}))
     assert not result.of_type("error")
     assert "denoise" in result.of_type("metrics")[0]["stages"]
@@ -45,7 +46,7 @@ def test_denoised_path_keeps_timeline_and_transcribes(dn_stack: Stack, clips: Pa
 
 
 def test_denoise_dies_mid_session_raw_audio_takes_over(dn_stack: Stack, clips: Path) -> None:
-    pcm = load_wav(clips / "en" / "quick_brown_fox.wav")
+    pcm = load_audio(clips / "en" / "quick_brown_fox.wav")
 
     async def go() -> StreamResult:
         acked = asyncio.Event()
@@ -55,7 +56,7 @@ def test_denoise_dies_mid_session_raw_audio_takes_over(dn_stack: Stack, clips: P
                 pcm,
                 speed=1.0,
                 start={"return": ["asr", "record_url"]},
-                on_event=lambda e: acked.set() if e["type"] == "ack" else None,
+                on_event=lambda e: acked.set() if e.type == "ack" else None,
             )
         )
         await asyncio.wait_for(acked.wait(), 20)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.client import load_wav, stream_pcm
+from devtools.client import stream_pcm
 from devtools.launcher import RunningService, launch
+from speechgw_client import load_audio
 from tests.poll import seconds, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +104,7 @@ def test_sessions_spread_over_the_names_members_and_follow_its_changes(
 ) -> None:
     hosts_file, members, base = dns_pool
     url = base.replace("http", "ws", 1) + "/ws/stream"
-    pcm = load_wav(clips / "en" / "hello_world.wav")
+    pcm = load_audio(clips / "en" / "hello_world.wav")
     assert metric(base, "orchestrator_asr_pool_members", 'pool="en"') == 3
 
     # Three sessions at once: least in-flight first, so one each.

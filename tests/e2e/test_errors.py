@@ -13,10 +13,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from devtools.client import connect_kwargs, stream_pcm
+from devtools.client import stream_pcm
 from devtools.devauth import default_token
 from devtools.launcher import launch
 from devtools.stack import Stack
+from speechgw_client import connect_kwargs
 from tests.schemas import check_event
 
 pytestmark = pytest.mark.e2e

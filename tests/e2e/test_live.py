@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from devtools.client import StreamResult, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import DEFAULT_SERVICES, Stack
+from speechgw_client import StreamResult
 from tests import corpus
 from tests.corpus import Case, NoiseSpec
 from tests.schemas import check_event

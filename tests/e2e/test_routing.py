@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.client import StreamResult, load_wav, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import DEFAULT_SERVICES, Stack
+from speechgw_client import StreamResult, load_audio
 from tests.schemas import check_event
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +29,7 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def run(stack: Stack, clip: Path, **hints: str) -> StreamResult:
     result = asyncio.run(
-        stream_pcm(stack.url, load_wav(clip), speed=0, start={"return": ["lid", "asr", "record_url"], "hints": hints})
+        stream_pcm(stack.url, load_audio(clip), speed=0, start={"return": ["lid", "asr", "record_url"], "hints": hints})
     )
     for event in result.events:
         check_event(event)

@@ -9,10 +9,10 @@ import urllib.request
 
 import pytest
 import soundfile as sf
-from websockets.asyncio.client import connect
 
-from devtools.client import connect_kwargs, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import Stack
+from speechgw_client import connect
 from tests.e2e.conftest import records_of
 from tests.poll import seconds
 from tests.schemas import check_event
@@ -78,10 +78,10 @@ def test_odd_chunks_are_reframed(stack: Stack, counting_pcm: bytes) -> None:
 
 def test_disconnect_without_flush_still_archives(stack: Stack, counting_pcm: bytes) -> None:
     async def go() -> None:
-        async with connect(stack.url, **connect_kwargs(stack.token())) as ws:
-            await ws.send(json.dumps({"type": "start", "flowId": "e2e-gone"}))
-            await ws.recv()
-            await ws.send(counting_pcm[:32000])
+        async with connect(stack.url, token=stack.token(), flow_id="e2e-gone") as s:
+            await anext(aiter(s.events()))  # ack
+            await s.send(counting_pcm[:32000])
+        # leaving the block closed the connection without a flush
 
     asyncio.run(go())
     from tests.conftest import wait_for

@@ -116,9 +116,10 @@ async def test_archive_down_past_the_window_is_handed_to_the_uploader(rig: Rig) 
     assert [type(r) for r in reports if isinstance(r, RecordReady | RecordPending)] == [RecordPending]
     assert rig.records.records == {("", "later"): ("pending", "")}
     assert rig.spool.budget.used == len(pcm) and rig.spool.recordings == 1
+    tried = rig.fake.calls
     task = asyncio.create_task(rig.uploader.run())
     try:
-        await asyncio.sleep(0.3)  # the uploader tries and backs off while the archive is down
+        await until(lambda: rig.fake.calls >= tried + 2, what="the uploader tries, backs off, tries again")
         assert rig.fake.archived == []
         rig.fake.down = False
         rig.uploader.wake()
@@ -155,3 +156,11 @@ async def test_a_gateway_killed_mid_session_leaves_its_audio_for_the_next_one(ri
     uploader = SpoolUploader(again, archive_uploader(rig.channel, again), rig.records, RetrySchedule(0.05, 0.2))
     assert await uploader.upload_one(rec) is not None
     assert rig.fake.archived == [("crashed", b"", pcm_of(1))] and again.recordings == 0
+
+
+async def test_a_re_upload_refused_as_invalid_is_dropped_not_retried_forever(rig: Rig) -> None:
+    rig.fake.fail_after_frames = 1  # the live call is cut; the re-upload is refused as invalid
+    rig.fake.invalid = True
+    with pytest.raises(RuntimeError, match="refused the spooled session"):
+        await run_stage(rig.stage(window_s=5.0), "refused", pcm_of(2))
+    assert rig.spool.recordings == 0 and rig.spool.budget.used == 0 and rig.records.records == {}

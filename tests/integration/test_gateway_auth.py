@@ -18,10 +18,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from common.envconf import load_env
-from devtools.client import connect_kwargs
 from devtools.devauth import mint
 from orchestrator.config import GatewayConfig
 from orchestrator.gateway import Gateway
+from speechgw_client import connect_kwargs
 from tests.poll import seconds
 
 pytestmark = pytest.mark.integration

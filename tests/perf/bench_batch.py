@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devtools.client import StreamResult, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import DEFAULT_SERVICES, Stack
+from speechgw_client import StreamResult
 from tests.corpus import Case, build, long_spec
 from tests.wer import wer
 

@@ -44,8 +44,8 @@ async def _one_session(
 
     pcm = b"\x10\x00\xf0\xff" * (CHUNK // 4)
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    from devtools.client import connect_kwargs
     from devtools.devauth import default_token
+    from speechgw_client import connect_kwargs
 
     tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
     auth = connect_kwargs(default_token())

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from common.models import package_dir
-from devtools.client import load_wav, stream_pcm
+from devtools.client import stream_pcm
 from devtools.stack import DEFAULT_SERVICES, Stack
+from speechgw_client import load_audio
 from tests.wer import wer
 
 _TINY = {"ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en"}
@@ -61,7 +62,7 @@ def run_engine(name: str, env: dict[str, str], runs: int, lid: bool = False) -> 
     with Stack(services, env=base, workdir=Path(work)) as stack:
         for _ in range(runs):
             for wav in sorted(clips.glob("*.wav")):
-                pcm = load_wav(wav)
+                pcm = load_audio(wav)
                 speech_at = first_speech_s(pcm)
                 result = asyncio.run(stream_pcm(stack.url, pcm, speed=1.0, start={"return": ["asr"]}))
                 t0 = result.first_audio_at or 0.0

@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-from devtools.client import connect_kwargs
 from devtools.devauth import default_token
 from devtools.stack import DEFAULT_SERVICES, Stack
+from speechgw_client import connect_kwargs
 from tests import corpus
 from tests.corpus import Case
 from tests.wer import wer

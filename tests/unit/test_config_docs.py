@@ -23,7 +23,15 @@ pytestmark = pytest.mark.unit
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 ROOTS = (LogConfig, GatewayConfig, VadConfig, DenoiseConfig, LidConfig, AsrConfig, CompressConfig)
 # Read by tools, not by a process's loader.
-TOOLS = {"SPEECHGW_MODELS_DIR", "STACK_SERVICES", "STACK_TLS", "SPEECHGW_DEV_KEYS_DIR", "SPEECHGW_TOKEN"}
+TOOLS = {
+    "SPEECHGW_MODELS_DIR",
+    "STACK_SERVICES",
+    "STACK_TLS",
+    "SPEECHGW_DEV_KEYS_DIR",
+    "SPEECHGW_TOKEN",
+    "PROMETHEUS",
+    "PROMETHEUS_PORT",
+}
 ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", re.M)
 
 
@@ -86,4 +94,4 @@ def test_the_loaders_read_the_known_set() -> None:
     # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG; eight limits
     # per client (orchestrator/edge/limits.py); the gateway's nine AUTH_* and the archive's record-URL
     # key and TTL; ASR_BATCH_MAX; the shared job store's URL, lease and poll (JOBS_STORE_URL, ...).
-    assert len(loader_vars()) == 199
+    assert len(loader_vars()) == 200

@@ -440,12 +440,19 @@ async def test_jobs_of_two_tenants_with_one_flow_id_are_apart(store: TranscriptS
     assert other is not None and other.status == "pending" and other.finals == []
 
 
-async def test_records_pending_then_stored_hand_the_url_to_a_waiting_job(store: TranscriptStore) -> None:
+async def test_records_pending_then_stored_hand_the_url_to_a_waiting_job(
+    store: TranscriptStore, clock: FakeClock
+) -> None:
     await store.record_pending("f1", tenant="a")
     job, _ = await store.enqueue("f1", "", "en", "d", tenant="a")  # record-only and spooled: no URL yet
     assert job.record_url == "" and await store.get_record("f1", "a") == Record("f1", "a", "pending", "", T0, T0)
+    await store.claim("f1", tenant="a")
+    await store.wait("f1", "ArchiveUnreachable: in the spool", T0 + 60, tenant="a")  # waits for its record
+    clock.t = T0 + 5
     await store.record_stored("f1", "http://h/r/f1.flac", tenant="a")
-    assert (await store.get("f1", "a")).record_url == "http://h/r/f1.flac"  # type: ignore[union-attr]
+    job = await store.get("f1", "a")
+    assert job is not None and job.record_url == "http://h/r/f1.flac"
+    assert job.next_attempt_at == T0 + 5 and [j.flow_id for j in await store.due(10)] == ["f1"]  # due at once
     assert await store.get_record("f1", "b") is None  # another tenant's flow of the same id is not this one
     await store.record_stored("f2", "http://h/r/f2.flac", tenant="a")  # stored before its job was queued
     assert (await store.enqueue("f2", "", "en", "d", tenant="a"))[0].record_url == "http://h/r/f2.flac"

@@ -1,0 +1,3 @@
+from devtools.batch.run import main
+
+raise SystemExit(main())
