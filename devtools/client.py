@@ -21,6 +21,7 @@ from typing import Any
 
 from devtools.devauth import default_token
 from orchestrator.transcripts.srt import to_srt
+from orchestrator.transcripts.vtt import to_vtt
 from speechgw_client import Event, StreamResult, connect_kwargs, load_audio
 from speechgw_client import stream_pcm as _stream_pcm
 from speechgw_client.audio import SAMPLE_RATE
@@ -101,12 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="send a finalize after every SECONDS of audio (0: never)",
     )
+    p.add_argument("--hotwords", default="", help="comma-separated hints.hotwords (names, terms)")
     p.add_argument("--srt", type=Path, default=None, help="write the finals as SRT")
+    p.add_argument("--vtt", type=Path, default=None, help="write the finals as WebVTT")
     p.add_argument("--json", type=Path, default=None, help="write all events as a JSON array")
     args = p.parse_args(argv)
 
     pcm = sys.stdin.buffer.read() if args.input == "-" else load_wav(args.input)
     start: dict[str, Any] = {"hints": {"domain": args.domain, "user_lang_pref": args.lang}}
+    if args.hotwords:
+        start["hints"]["hotwords"] = [w.strip() for w in args.hotwords.split(",") if w.strip()]
     if args.flow_id:
         start["flowId"] = args.flow_id
     if args.families:
@@ -135,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.srt:
         args.srt.write_text(to_srt(result.of_type("asr_final")), encoding="utf-8")
+    if args.vtt:
+        args.vtt.write_text(to_vtt(result.of_type("asr_final")), encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps(result.events, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0 if result.ok else 1

@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from common.audio import BYTES_PER_S, bytes_for_ms
+from common import tracing
+from common.audio import BYTES_PER_S, BYTES_PER_SAMPLE, NS_PER_SAMPLE, SAMPLE_RATE, bytes_for_ms
 from orchestrator import metrics
 from orchestrator.core.events import (
     SpeechBoundary,
@@ -32,6 +33,7 @@ from orchestrator.core.events import (
 from orchestrator.core.protocol import ErrorCode
 from orchestrator.core.reframer import AudioBlock
 from orchestrator.core.session import Session, State
+from orchestrator.session_trace import SessionTrace
 from orchestrator.speech_latency import SpeechLatencyProbe
 from orchestrator.stages.audio_paths import AudioPaths
 from orchestrator.stages.base import Stage, StageContext, StageFeed
@@ -96,6 +98,7 @@ class SessionDriver:
         self._reading = asyncio.Event()  # set while the session accepts audio (backpressure)
         self._reading.set()
         self._latency = SpeechLatencyProbe()  # the SLO histograms (first partial, final lag)
+        self.trace = SessionTrace() if tracing.enabled() else None  # None: tracing is off, no cost
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
@@ -114,6 +117,8 @@ class SessionDriver:
         finally:
             if self._partial_timer is not None:
                 self._partial_timer.cancel()
+            if self.trace is not None:
+                self.trace.closed(self.session)
 
     async def _read_loop(self) -> None:
         while self.session.state is not State.CLOSED:
@@ -163,10 +168,14 @@ class SessionDriver:
     def pump(self) -> None:
         """Carry out everything the session decided."""
         s = self.session
+        if self.trace is not None and self.trace.trace_id is None and s.start is not None:
+            self.trace.started(s)
         if s.awaiting_admission and self._admission is None and self._tg is not None:
             self._admission = self._tg.create_task(self._run_admission())
         if s.acknowledged and self._tg is not None and not self._stages_started:
             self._stages_started = True
+            if self.trace is not None:
+                self.trace.acknowledged(s)
             self._start_stages()
         # This runs once per client message: the common case (audio in, nothing decided) stays cheap.
         blocks = s.audio_to_stages()
@@ -185,6 +194,8 @@ class SessionDriver:
             self._feeds_closed = True
             self._paths.end_of_audio()
         for event in s.events_to_send():
+            if event["type"] == "ack" and self.trace is not None and self.trace.trace_id is not None:
+                event["trace_id"] = self.trace.trace_id
             metrics.EGRESS_EVENTS.labels(event["type"]).inc()
             if event["type"] == "error":
                 metrics.ERRORS.labels(event["code"]).inc()
@@ -230,6 +241,8 @@ class SessionDriver:
 
     def report(self, event: StageEvent) -> None:
         """A stage found something: update the feeds it implies, then let the session decide."""
+        if self.trace is not None:
+            self.trace.on_event(event)
         if isinstance(event, Transcript):
             self._latency.on_transcript(event, time.monotonic())
         elif isinstance(event, SpeechBoundary):
@@ -290,8 +303,13 @@ class SessionDriver:
 
     async def _run_stage(self, stage: Stage, ctx: StageContext) -> None:
         try:
-            await stage.run(ctx)
+            if self.trace is None:
+                await stage.run(ctx)
+            else:
+                with self.trace.stage(stage.name):  # its gRPC calls carry this span's traceparent
+                    await stage.run(ctx)
         except asyncio.CancelledError:
+            self._log_stage(stage.name, ctx, "stage stopped", "cancelled")
             raise
         except Exception as exc:
             cause = root_cause(exc)
@@ -300,9 +318,28 @@ class SessionDriver:
                 exc_info=cause,
                 extra={"flowId": ctx.flow_id, "stage": stage.name, "err_code": type(cause).__name__},
             )
+            self._log_stage(stage.name, ctx, "stage failed", type(cause).__name__)
             self.report(StageFailed(stage.name, describe(cause)))
             return
+        self._log_stage(stage.name, ctx, "stage done", None)
         self.report(StageDone(stage.name))
+
+    def _log_stage(self, name: StageName, ctx: StageContext, message: str, err_code: str | None) -> None:
+        """One line per stage stream with the SPEC §7 fields: what the stage was given (docs/observability.md#logs)."""
+        feed = ctx.feed
+        log.info(
+            message,
+            extra={
+                "flowId": ctx.flow_id,
+                "stage": name,
+                "seq": feed.last_seq,
+                "sr": SAMPLE_RATE,
+                "ns": feed.bytes_total // BYTES_PER_SAMPLE * NS_PER_SAMPLE,
+                "bytes_in": feed.bytes_total,
+                "lang": self.session.lang or None,
+                "err_code": err_code,
+            },
+        )
 
     def _stop_stage(self, name: StageName) -> None:
         """The session gave up on the stage (it already counts as failed there)."""

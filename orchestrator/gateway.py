@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from common import tracing
 from common.server import GRPC_OPTIONS, announce
 from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
@@ -57,7 +58,7 @@ from orchestrator.stages.vad import VadStage
 from orchestrator.supervisor import Supervisor
 from orchestrator.transcripts.dispatch import PoolTranscriber
 from orchestrator.transcripts.runner import JobRunner
-from orchestrator.transcripts.store import TranscriptStore, open_store
+from orchestrator.transcripts.store import Job, TranscriptStore, open_store
 from orchestrator.transcripts.view import transcript_response
 from orchestrator.web import SECURITY_HEADERS, load_assets
 
@@ -123,7 +124,9 @@ class Gateway:
         if "lid" in self._channels:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages and self._given_stages is None:
-            self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
+            table = cfg.routing_table()
+            self.pools = PoolSet(table, tls=cfg.tls)
+            self.session_config = replace(self.session_config, hotwords_applied=table.hotwords_applied)
             if self.pools.uses_dns:
                 # Members named by DNS are known before the first session; then re-resolved.
                 metrics.forget_members(await self.pools.refresh_dns())
@@ -332,7 +335,17 @@ class Gateway:
             reason = session.end_reason or (session.close[1] if session.close else "unknown")
             metrics.SESSIONS.labels(reason).inc()
             count_outcome(session)
-            log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
+            log.info(
+                "session closed",
+                extra={
+                    "flowId": session.flow_id,
+                    "stage": "gateway",
+                    "event": reason,
+                    "lang": session.lang or None,
+                    "err_code": session.fatal_code.value if session.fatal_code is not None else None,
+                    "trace_id": driver.trace.trace_id if driver.trace is not None else None,
+                },
+            )
 
     async def _before_end(self, session: Session) -> None:
         """A record-only session's transcription job is stored before its `end` goes out."""
@@ -394,7 +407,13 @@ class Gateway:
         assert self.pools is not None
         # A job runs on any pool that serves its language when its own is gone (transcripts/dispatch.py).
         runs = PoolTranscriber(self.pools, cfg.transcribe, cfg.tls)
-        self.jobs = JobRunner(self._job_store, runs.transcribe, cfg.jobs, runs.capacity_available)
+
+        async def transcribe(job: Job) -> list[dict[str, Any]]:
+            # A trace of its own (the session's has ended), found by its flowId; the ASR's span joins it.
+            with tracing.span("transcript.job", flow_id=job.flow_id, **{"speechgw.attempt": job.attempts}):
+                return await runs.transcribe(job)
+
+        self.jobs = JobRunner(self._job_store, transcribe, cfg.jobs, runs.capacity_available)
         self._background.start("job-runner", self.jobs.run)
 
     async def _sweep(self) -> None:

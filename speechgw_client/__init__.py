@@ -27,6 +27,7 @@ from speechgw_client.events import (
     RecordUrl,
     UnknownEvent,
     Vad,
+    Word,
     parse_event,
 )
 from speechgw_client.session import (
@@ -61,6 +62,7 @@ __all__ = [
     "StreamResult",
     "UnknownEvent",
     "Vad",
+    "Word",
     "audio_seconds",
     "connect",
     "connect_kwargs",

@@ -34,6 +34,7 @@ __all__ = [
     "StageFigures",
     "UnknownEvent",
     "Vad",
+    "Word",
     "parse_event",
 ]
 
@@ -90,6 +91,9 @@ class Ack(EventBase):
     audio: AudioFormat
     return_: list[str] = field(metadata={WIRE_NAME: "return"})
     limits: Limits
+    trace_id: str | None = None  # the session's trace, while the gateway traces (docs/observability.md)
+    hotwords_applied: bool | None = None
+    """present when `start` had hotwords: whether the ASR engines apply them"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +119,16 @@ class Lid(EventBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Word:
+    """One word of a transcript: seconds on the session timeline; `confidence` 0..1 when the engine gives one."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class AsrPartial(EventBase):
     """Text of the open utterance so far."""
 
@@ -122,6 +136,8 @@ class AsrPartial(EventBase):
     flow_id: str | None = _flow_id()
     text: str
     ts: tuple[float, float]
+    words: list[Word] | None = None
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +150,9 @@ class AsrFinal(EventBase):
     ts: tuple[float, float]
     lang: str
     from_finalize: bool | None = None
+    words: list[Word] | None = None
+    """the words of `text` with their times, when the engine gives them (docs/protocol.md)"""
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

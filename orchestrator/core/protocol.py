@@ -33,6 +33,9 @@ MAX_TOKEN_CHARS = 16 * 1024
 # otherwise). Below ~100 ms Silero ends utterances inside words; past 5 s a pause is not an end.
 MIN_ENDPOINTING_MS = 100
 MAX_ENDPOINTING_MS = 5000
+# `start.traceparent`: W3C Trace Context version 00, lowercase hex, trace and parent ids not all zero.
+TRACEPARENT_RE = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
+TRACEPARENT_CHARS = 55
 LANG_PREF_RE = re.compile(r"^(?:auto|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3})?\Z")
 # For the depth check: a JSON string (its brackets do not nest), and what is not a bracket.
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -156,6 +159,8 @@ class StartRequest:
     # VAD's endpoints off for the ASR (utterances end at `finalize`, flush or the ASR's length cap).
     endpointing_ms: int | None = None
     vad_endpoints: bool = True
+    # The client's W3C trace context: the session's trace continues it (docs/observability.md#traces).
+    traceparent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -248,6 +253,11 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
     token = _field(auth, "token", str, None)
     if token is not None and len(token) > MAX_TOKEN_CHARS:
         raise ProtocolError(ErrorCode.INVALID_START, f"auth.token is longer than {MAX_TOKEN_CHARS} characters")
+    traceparent = _field(msg, "traceparent", str, None)
+    if traceparent is not None and (len(traceparent) > TRACEPARENT_CHARS or not TRACEPARENT_RE.match(traceparent)):
+        raise ProtocolError(
+            ErrorCode.INVALID_START, "traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>"
+        )
     return StartRequest(
         flow_id=flow_id,
         returns=frozenset(ret),
@@ -258,6 +268,7 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
         token=token,
         endpointing_ms=endpointing_ms,
         vad_endpoints=vad_endpoints,
+        traceparent=traceparent,
     )
 
 

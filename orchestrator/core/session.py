@@ -101,6 +101,9 @@ class SessionConfig:
     # A client whose socket takes nothing for this long (it stopped reading) is closed with
     # `send_timeout` once its audio so far has drained through every stage (docs/errors.md).
     send_timeout_s: float = 10.0
+    # Every ASR pool this gateway routes to applies `hints.hotwords` (the routing file's per-pool
+    # `hotwords`); the `ack` of a session with hotwords says whether they are applied.
+    hotwords_applied: bool = True
 
 
 class Session:
@@ -421,6 +424,14 @@ class Session:
         else:
             self._begin(now)
 
+    def _hotwords_ack(self) -> dict[str, bool]:
+        """`hotwords_applied` when the start has hotwords: false when no ASR runs or a pool's engine
+        ignores them (pocketsphinx)."""
+        assert self.start is not None
+        if not self.start.hotwords:
+            return {}
+        return {"hotwords_applied": StageName.ASR in self.config.stages and self.config.hotwords_applied}
+
     def _begin(self, now: float) -> None:
         assert self.start is not None
         self.state = State.STREAMING
@@ -452,6 +463,7 @@ class Session:
                     "flush_idle_s": self.config.flush_idle_s,
                     "partial_interval_ms": self.config.partial_interval_ms,
                 },
+                **self._hotwords_ack(),
             }
         )
         if self.language.decision is not None:

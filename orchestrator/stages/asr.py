@@ -22,10 +22,18 @@ import grpc
 
 from common.audio import CHANNELS, SAMPLE_RATE
 from orchestrator import metrics
-from orchestrator.core.events import Finalize, LanguageDecided, SpeechBoundary, StageLatency, StageName, Transcript
+from orchestrator.core.events import (
+    Finalize,
+    LanguageDecided,
+    SpeechBoundary,
+    StageLatency,
+    StageName,
+    Transcript,
+)
 from orchestrator.routing.pool import AsrPool, Lease, Member, MemberBusy, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.stages.base import AudioSource, SendTimes, StageContext
 from orchestrator.stages.opus_link import OpusLink, OpusLinkConfig
+from orchestrator.stages.words import words_of
 from proto import asr_pb2, asr_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -315,7 +323,15 @@ class AsrStage:
                 if ev.type in ("partial", "final"):
                     start_s, end_s = [*ev.ts, 0.0, 0.0][:2]
                     transcript = Transcript(
-                        ev.type == "final", ev.text, start_s, end_s, ev.lang, ev.from_finalize, pool=stream.pool.name
+                        ev.type == "final",
+                        ev.text,
+                        start_s,
+                        end_s,
+                        ev.lang,
+                        ev.from_finalize,
+                        pool=stream.pool.name,
+                        words=words_of(ev),
+                        confidence=ev.confidence if ev.HasField("confidence") else None,
                     )
                     if transcript.final and stream.held_finals is not None:
                         stream.held_finals.append(transcript)  # provisional: wait for the route

@@ -15,13 +15,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import soundfile as sf
 
 from devtools.client import StreamResult, load_wav, stream_pcm
 from devtools.stack import Stack
+from speechgw_client import Event
 from tests.poll import seconds
 
 pytestmark = pytest.mark.chaos
@@ -61,9 +61,9 @@ def test_sigterm_drains_fifty_live_sessions(tmp_path: Path, clips: Path) -> None
             acked = 0
             all_acked = asyncio.Event()
 
-            def on_event(event: dict[str, Any]) -> None:
+            def on_event(event: Event) -> None:
                 nonlocal acked
-                if event["type"] == "ack":
+                if event.type == "ack":
                     acked += 1
                     if acked == SESSIONS:
                         all_acked.set()

@@ -173,10 +173,27 @@ def test_nested_values_are_typed() -> None:
     assert isinstance(final, ev.AsrFinal) and final.ts == (0.5, 1.25) and final.from_finalize is True
 
 
+def test_words_and_confidence_are_typed() -> None:
+    words = [{"word": "hello", "start": 0.5, "end": 0.9, "confidence": 0.93}, {"word": "there", "start": 1, "end": 1.2}]
+    message = {"type": "asr_final", "flowId": "f", "text": "hello there", "ts": [0.5, 1.25], "lang": "en"}
+    check_event({**message, "words": words, "confidence": 0.8})
+    final = parse_event({**message, "words": words, "confidence": 0.8})
+    assert isinstance(final, ev.AsrFinal) and final.confidence == 0.8
+    assert final.words == [
+        ev.Word(word="hello", start=0.5, end=0.9, confidence=0.93),
+        ev.Word(word="there", start=1.0, end=1.2),
+    ]
+    assert isinstance(final.words[1].start, float)
+    bare = parse_event(message)
+    assert isinstance(bare, ev.AsrFinal) and bare.words is None and bare.confidence is None
+    ack = parse_event({**SAMPLES[0], "hotwords_applied": False})
+    assert isinstance(ack, ev.Ack) and ack.hotwords_applied is False
+
+
 def test_unknown_fields_stay_in_raw_and_unknown_types_are_kept() -> None:
-    message = {"type": "asr_final", "flowId": "f", "text": "x", "ts": [0, 1], "lang": "en", "confidence": 0.9}
+    message = {"type": "asr_final", "flowId": "f", "text": "x", "ts": [0, 1], "lang": "en", "sentiment": 0.9}
     final = parse_event(message)
-    assert isinstance(final, ev.AsrFinal) and final.raw["confidence"] == 0.9
+    assert isinstance(final, ev.AsrFinal) and final.raw["sentiment"] == 0.9
     other = parse_event({"type": "speaker_change", "flowId": "f", "speaker": 2})
     assert isinstance(other, ev.UnknownEvent) and other.type == "speaker_change" and other.raw["speaker"] == 2
 
@@ -217,13 +234,15 @@ def test_start_messages_are_valid() -> None:
         hotwords=["Kubernetes"],
         chunk_ms=40,
         token="t" * 40,
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         extra={"endpointing": 500},
     )
     for msg in (start_message(), full):
         validator("start").validate(msg)
     assert full["hints"] == {"domain": "default", "user_lang_pref": "en", "hotwords": ["Kubernetes"]}
     assert full["auth"] == {"token": "t" * 40} and full["endpointing"] == 500 and full["audio"]["chunk_ms"] == 40
-    assert "auth" not in start_message() and "hints" not in start_message() and "return" not in start_message()
+    assert full["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert not {"auth", "hints", "return", "traceparent"} & set(start_message())
 
 
 def test_the_library_constants_are_the_gateways() -> None:
