@@ -52,6 +52,9 @@ JOBS_ENV = {
     "capacity_poll_s": "JOBS_CAPACITY_POLL_SEC",
     "attempt_timeout_s": "JOBS_ATTEMPT_TIMEOUT_SEC",
     "wait_cap_s": "JOBS_WAIT_CAP_SEC",
+    "store_url": "JOBS_STORE_URL",
+    "lease_s": "JOBS_LEASE_SEC",
+    "poll_s": "JOBS_POLL_SEC",
 }
 TRANSCRIBE_ENV = {
     "deadline_s": "TRANSCRIBE_DEADLINE_SEC",

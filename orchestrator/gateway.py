@@ -59,7 +59,7 @@ from orchestrator.stages.vad import VadStage
 from orchestrator.supervisor import Supervisor
 from orchestrator.transcripts.dispatch import PoolTranscriber
 from orchestrator.transcripts.runner import JobRunner
-from orchestrator.transcripts.store import AsyncJobStore, Job
+from orchestrator.transcripts.store import Job, TranscriptStore, open_store
 from orchestrator.transcripts.view import transcript_response
 from orchestrator.web import SECURITY_HEADERS, load_assets
 
@@ -87,7 +87,7 @@ class Gateway:
         self._spool_pool: ThreadPoolExecutor | None = None
         self.pools: PoolSet | None = None
         self.jobs: JobRunner | None = None
-        self._job_store: AsyncJobStore | None = None
+        self._job_store: TranscriptStore | None = None
         self._all_closed = asyncio.Event()
         self.verifier: Verifier | None = None
         # Ownership (docs/security.md): the live session of each (tenant, flowId), resumes included.
@@ -394,11 +394,11 @@ class Gateway:
                 session.flow_id, session.record_url or "", session.lang, session.start.domain, tenant=session.tenant
             )
 
-    async def _open_store(self) -> AsyncJobStore:
-        """The job store (deferred transcripts, and the records the archive took late), opened once."""
+    async def _open_store(self) -> TranscriptStore:
+        """The job store (deferred transcripts, and the records the archive took late), opened once:
+        the sqlite file `JOBS_DB`, or the store every gateway shares at `JOBS_STORE_URL`."""
         if self._job_store is None:
-            Path(self.config.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
-            self._job_store = await AsyncJobStore.open(self.config.jobs.db_path)
+            self._job_store = await open_store(self.config.jobs)
         return self._job_store
 
     async def _start_archive_spool(self, channel: grpc.aio.Channel) -> SpoolLink | None:

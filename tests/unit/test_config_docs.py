@@ -96,5 +96,6 @@ def test_the_loaders_read_the_known_set() -> None:
     # per client (orchestrator/edge/limits.py); the gateway's nine AUTH_* and the archive's record-URL
     # key and TTL; ASR_BATCH_MAX; the gateway's six archive-spool and job-wait variables; the fourteen
     # OTEL_* variables of the traces (common/tracing.py); ASR_WORD_TIMESTAMPS; RESUME_WINDOW_S and
-    # RESUME_BUFFER_EVENTS.
-    assert len(loader_vars()) == 214
+    # RESUME_BUFFER_EVENTS; the shared job store's URL, lease and poll (JOBS_STORE_URL, JOBS_LEASE_SEC,
+    # JOBS_POLL_SEC).
+    assert len(loader_vars()) == 217
