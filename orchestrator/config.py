@@ -262,6 +262,7 @@ class GatewayConfig:
             self.session,
             stages=stages,
             deferred_transcripts=StageName.ASR in stages,
+            archive_spool=StageName.COMPRESS in stages and self.compress.spool_max_bytes > 0,
             stage_backlog_s=self.stages.backlog_s,
             stage_timeout_s=self.stages.timeout_s,
             admission=True,  # auth, ownership and flow_in_use are checked between `start` and `ack`

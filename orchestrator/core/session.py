@@ -95,6 +95,9 @@ class SessionConfig:
     stages: tuple[StageName, ...] = (StageName.VAD, StageName.COMPRESS)
     # A session whose ASR is unavailable goes on as record-only and is transcribed later.
     deferred_transcripts: bool = False
+    # The gateway keeps each session's audio in its archive spool (ARCHIVE_SPOOL_MAX_BYTES > 0): an
+    # archive stage given up (silent, or stalled behind) hands its audio to the spool's uploader.
+    archive_spool: bool = False
     # Backpressure (SPEC §4): while a stage holds more than this much unsent audio, the client's
     # socket is not read; a stage that stays that far behind for `stage_timeout_s` is failed.
     stage_backlog_s: float = 10.0
@@ -164,6 +167,7 @@ class Session:
         self._behind_since: dict[StageName, float] = {}  # stages over the backlog limit, since when
         self._audio_ended_at: float | None = None
         self._last_heard: dict[StageName, float] = {}  # when each stage last said anything
+        self._language_at = 0.0  # when the language was settled, if it took LID's answer or end
         resumable = config.resume_window_s > 0
         self._log = EventLog(config.resume_buffer_events if resumable else 0)
         self.detached_at: float | None = None  # the client dropped; waiting for its resume since then
@@ -409,6 +413,12 @@ class Session:
     def stage_event(self, event: StageEvent, now: float) -> None:
         if self.state is State.CLOSED:
             return
+        settled = self._language_settled
+        self._on_stage_event(event, now)
+        if not settled and self._language_settled:
+            self._language_at = now
+
+    def _on_stage_event(self, event: StageEvent, now: float) -> None:
         self._last_heard[_stage_of(event)] = now
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
@@ -651,15 +661,37 @@ class Session:
                 self._give_up(stage, f"more than {self.config.stage_backlog_s:g} s behind the audio for {limit:g} s")
         if self._audio_ended_at is not None:
             # A stage still working through the audio (a batch client's ASR) keeps answering: only
-            # one silent for the whole timeout after the end of audio is given up.
-            for stage in sorted(self.pending_stages):
-                if now - max(self._audio_ended_at, self._last_heard.get(stage, 0.0)) >= limit:
+            # one silent for the whole timeout after the end of audio is given up. LID first: the ASR
+            # holds its finals (or its stream) until the language is settled, so it is not blamed for
+            # a silent LID; its own clock starts again when LID is over.
+            for stage in sorted(self.pending_stages, key=lambda s: (s is not StageName.LID, s)):
+                if stage is StageName.ASR and not self._language_settled:
+                    continue
+                since = max(self._audio_ended_at, self._last_heard.get(stage, 0.0))
+                if stage is StageName.ASR:
+                    since = max(since, self._language_at)
+                if now - since >= limit:
+                    settled = self._language_settled
                     self._give_up(stage, f"nothing from it for {limit:g} s after the end of audio")
+                    if not settled and self._language_settled:
+                        self._language_at = now
+
+    @property
+    def _language_settled(self) -> bool:
+        """The ASR has heard its language (or the session has no LID to wait for)."""
+        return self.language is None or self.language.decision is not None
 
     def _give_up(self, stage: StageName, why: str) -> None:
         self._behind_since.pop(stage, None)
         if stage in self.pending_stages:
             self._stages_to_stop.append(stage)
+            if stage is StageName.COMPRESS and self.config.archive_spool and self.record_url is None:
+                # A hung archive: the stage, stopped, hands the spooled audio to the uploader
+                # (orchestrator/stages/compress.py): the client is told where record_url will be.
+                self._on_record_pending(RecordPending(why))
+                self.failed_stages.add(stage)
+                self._stage_over(stage)
+                return
             self.stage_event(StageFailed(stage, why), self._last_audio_at)
 
     def _end_audio(self, reason: str, now: float | None = None) -> None:

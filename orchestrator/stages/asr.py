@@ -55,6 +55,7 @@ class _Wire:
         self._out: asyncio.Queue[asr_pb2.ClientFrame | None] | None = None
         self._log: list[asr_pb2.ClientFrame] | None = []
         self._ended = False
+        self._queues: list[asyncio.Queue[asr_pb2.ClientFrame | None]] = []  # every stream's, for close()
         self.sent_at = SendTimes()  # packet seq -> send time, for latency
 
     def send(self, frame: asr_pb2.ClientFrame) -> None:
@@ -70,6 +71,7 @@ class _Wire:
         if self._ended:
             out.put_nowait(None)
         self._out = out
+        self._queues.append(out)
 
     def settle(self) -> None:
         self._log = None
@@ -78,6 +80,14 @@ class _Wire:
         self._ended = True
         if self._out is not None:
             self._out.put_nowait(None)
+
+    def close(self) -> None:
+        """The stage is over: end the request stream of every call it opened. A call that failed by
+        itself (a reset connection) leaves gRPC's task that reads its requests waiting on the queue;
+        without an end it is collected pending, and its generator closed while running."""
+        for out in self._queues:
+            out.put_nowait(None)
+        self._queues = []
 
 
 @dataclass
@@ -152,6 +162,7 @@ class AsrStage:
             for stream in streams:
                 stream.lease.value.cancel()
                 stream.lease.release()
+            wire.close()
 
     async def _listen(self, ctx: StageContext, wire: _Wire, language: asyncio.Future[str]) -> None:
         """What the session tells the stage: VAD endpoints and the client's finalize travel with the
@@ -236,12 +247,15 @@ class AsrStage:
                 first = await asyncio.wait_for(call.read(), self._open_timeout_s)
             except BaseException:
                 call.cancel()
+                out.put_nowait(None)  # ends the request stream (see _Wire.close)
                 raise
             if first is grpc.aio.EOF:
+                out.put_nowait(None)
                 await call  # raises the RPC's error status
                 raise AsrError("asr_closed: the ASR closed the stream before admitting it")
             if first.type == "error":
                 call.cancel()
+                out.put_nowait(None)
                 if first.code == "busy":  # the member's admission refusal (its status may arrive as INTERNAL)
                     raise MemberBusy(first.text)
                 raise AsrError(f"{first.code or 'asr_error'}: {first.text}")

@@ -1,7 +1,7 @@
 """Resume by flowId through the whole stack (docs/protocol.md#resume): `speechgw-client` streams speech
-in real time through a TCP relay that the test cuts mid-sentence (an RST both ways, no close frame);
-the client reconnects by itself and the user sees one session: one transcript, one archive, every
-event once and in `seq` order."""
+in real time through a TCP relay (tests/faultproxy.py) that the test cuts mid-sentence (an RST both
+ways, no close frame); the client reconnects by itself and the user sees one session: one transcript,
+one archive, every event once and in `seq` order."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import soundfile as sf
 from devtools.stack import Stack
 from speechgw_client import load_audio
 from tests.e2e.conftest import records_of
+from tests.faultproxy import FaultProxy
 from tests.poll import seconds, until
-from tests.tcp_proxy import TcpProxy
 from tests.wer import wer
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +50,7 @@ async def test_the_cli_resumes_across_a_cut_tcp_connection(resume_stack: Stack, 
     wav = tmp_path / "talk.wav"
     sf.write(wav, np.frombuffer(pcm, dtype="<i2"), 16000, subtype="PCM_16")
     before = resumes(resume_stack)
-    proxy = TcpProxy("127.0.0.1", int(resume_stack.url.rsplit(":", 1)[1].split("/")[0]))
+    proxy = FaultProxy("127.0.0.1", int(resume_stack.url.rsplit(":", 1)[1].split("/")[0]))
     port = await proxy.start()
     out = tmp_path / "events.json"
     cli = await asyncio.create_subprocess_exec(
