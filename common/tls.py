@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import Counter, Gauge
 
 from common.envconf import ConfigError, setting
+from common.tracing import client_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -397,11 +398,11 @@ def grpc_channel(addr: str, cfg: TlsConfig | None, options: Sequence[tuple[str, 
     """A channel to an internal service: mTLS when this process has an identity, else plaintext.
     The files are read now: a channel opened after a rotation presents the new certificate."""
     if cfg is None or not cfg.enabled:
-        return grpc.aio.insecure_channel(addr, options=list(options))
+        return grpc.aio.insecure_channel(addr, options=list(options), interceptors=client_interceptors())
     identity = read_identity(cfg.cert_file, cfg.key_file, cfg.ca_file)
     CERT_EXPIRY.labels("client").set(identity.not_after)
     creds = grpc.ssl_channel_credentials(identity.ca_pem, identity.key_pem, identity.cert_pem)
-    return grpc.aio.secure_channel(addr, creds, options=list(options))
+    return grpc.aio.secure_channel(addr, creds, options=list(options), interceptors=client_interceptors())
 
 
 def client_ssl_context(cfg: TlsConfig | None) -> ssl.SSLContext | None:

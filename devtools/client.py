@@ -6,7 +6,8 @@
     sox in.mp3 -t raw -r 16000 -c 1 -b 16 -e signed - | speechgw-client --raw -
 
 Each event is printed as one JSON line. The exit status is 0 when the stream ended with `end` and
-no `error` event, 1 otherwise.
+no `error` event, 1 otherwise. A connection that drops is resumed (docs/protocol.md#resume): each
+event is printed once, and a note on stderr tells of the resume.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 
 from devtools.devauth import default_token
 from orchestrator.transcripts.srt import to_srt
-from speechgw_client import Event, StreamResult, connect_kwargs, load_audio
+from orchestrator.transcripts.vtt import to_vtt
+from speechgw_client import Event, ResumePolicy, StreamResult, connect_kwargs, load_audio
 from speechgw_client import stream_pcm as _stream_pcm
 from speechgw_client.audio import SAMPLE_RATE
+from speechgw_client.stream import DEFAULT_RESUME
 
 __all__ = ["DEFAULT_URL", "StreamResult", "connect_kwargs", "load_wav", "main", "stream_pcm"]
 
@@ -48,6 +51,7 @@ async def stream_pcm(
     token_via: str = "header",
     ca_file: str | Path | None = None,
     finalize_at_s: Sequence[float] = (),
+    resume: ResumePolicy | None = DEFAULT_RESUME,
 ) -> StreamResult:
     """`speechgw_client.stream_pcm` with the local stack's token by default: `token` None mints one from
     the development key (`devauth.default_token()`); "" sends none."""
@@ -64,6 +68,7 @@ async def stream_pcm(
         token_via=token_via,
         ca_file=ca_file,
         finalize_at_s=finalize_at_s,
+        resume=resume,
     )
 
 
@@ -101,12 +106,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="send a finalize after every SECONDS of audio (0: never)",
     )
+    p.add_argument("--hotwords", default="", help="comma-separated hints.hotwords (names, terms)")
+    p.add_argument(
+        "--resume-attempts",
+        type=int,
+        default=ResumePolicy.attempts,
+        metavar="N",
+        help="after a dropped connection, reconnect and resume the session up to N times, with backoff (0: never)",
+    )
     p.add_argument("--srt", type=Path, default=None, help="write the finals as SRT")
+    p.add_argument("--vtt", type=Path, default=None, help="write the finals as WebVTT")
     p.add_argument("--json", type=Path, default=None, help="write all events as a JSON array")
     args = p.parse_args(argv)
 
     pcm = sys.stdin.buffer.read() if args.input == "-" else load_wav(args.input)
     start: dict[str, Any] = {"hints": {"domain": args.domain, "user_lang_pref": args.lang}}
+    if args.hotwords:
+        start["hints"]["hotwords"] = [w.strip() for w in args.hotwords.split(",") if w.strip()]
     if args.flow_id:
         start["flowId"] = args.flow_id
     if args.families:
@@ -131,10 +147,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             token_via=args.token_via,
             ca_file=ca,
             finalize_at_s=finalize_at,
+            resume=ResumePolicy(attempts=args.resume_attempts) if args.resume_attempts > 0 else None,
         )
     )
+    for ack in result.resumes:
+        assert ack.resume is not None
+        print(
+            f"resumed flow {ack.flow_id} after a dropped connection: audio from {ack.resume.resume_from_s:.3f} s",
+            file=sys.stderr,
+        )
     if args.srt:
         args.srt.write_text(to_srt(result.of_type("asr_final")), encoding="utf-8")
+    if args.vtt:
+        args.vtt.write_text(to_vtt(result.of_type("asr_final")), encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps(result.events, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0 if result.ok else 1

@@ -28,6 +28,8 @@ SESSION_ENV = {
     "start_timeout_s": "START_TIMEOUT_SEC",
     "max_session_s": "MAX_SESSION_SEC",
     "partial_interval_ms": "PARTIAL_INTERVAL_MS",
+    "resume_window_s": "RESUME_WINDOW_S",
+    "resume_buffer_events": "RESUME_BUFFER_EVENTS",
     "send_timeout_s": "SEND_TIMEOUT_S",
 }
 OPUS_LINK_ENV = {
@@ -50,6 +52,9 @@ JOBS_ENV = {
     "capacity_poll_s": "JOBS_CAPACITY_POLL_SEC",
     "attempt_timeout_s": "JOBS_ATTEMPT_TIMEOUT_SEC",
     "wait_cap_s": "JOBS_WAIT_CAP_SEC",
+    "store_url": "JOBS_STORE_URL",
+    "lease_s": "JOBS_LEASE_SEC",
+    "poll_s": "JOBS_POLL_SEC",
 }
 TRANSCRIBE_ENV = {
     "deadline_s": "TRANSCRIBE_DEADLINE_SEC",
@@ -257,6 +262,7 @@ class GatewayConfig:
             self.session,
             stages=stages,
             deferred_transcripts=StageName.ASR in stages,
+            archive_spool=StageName.COMPRESS in stages and self.compress.spool_max_bytes > 0,
             stage_backlog_s=self.stages.backlog_s,
             stage_timeout_s=self.stages.timeout_s,
             admission=True,  # auth, ownership and flow_in_use are checked between `start` and `ack`

@@ -25,14 +25,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from common import tracing
 from common.server import GRPC_OPTIONS, announce
 from common.tls import edge_context, grpc_channel
 from orchestrator import metrics
 from orchestrator.config import GatewayConfig, is_loopback
 from orchestrator.core.events import StageName
-from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, valid_flow_id
+from orchestrator.core.protocol import FATAL_CLOSE, ErrorCode, ResumeRequest, valid_flow_id
 from orchestrator.core.session import Session
-from orchestrator.driver import ConnectionClosedError, SessionDriver
+from orchestrator.driver import ConnectionClosedError, HandedOver, SessionDriver
 from orchestrator.edge.auth import (
     SUBPROTOCOL,
     AuthError,
@@ -42,6 +43,7 @@ from orchestrator.edge.auth import (
     may_read_transcripts,
     token_from_handshake,
 )
+from orchestrator.edge.flows import FlowRegistry
 from orchestrator.edge.keys import JwksVerifier, Verifier, build_verifier
 from orchestrator.edge.limits import ClientLimits, Refusal, Ticket, own_origin
 from orchestrator.recordings.policy import RetrySchedule, SpoolBudget
@@ -57,7 +59,7 @@ from orchestrator.stages.vad import VadStage
 from orchestrator.supervisor import Supervisor
 from orchestrator.transcripts.dispatch import PoolTranscriber
 from orchestrator.transcripts.runner import JobRunner
-from orchestrator.transcripts.store import AsyncJobStore
+from orchestrator.transcripts.store import Job, TranscriptStore, open_store
 from orchestrator.transcripts.view import transcript_response
 from orchestrator.web import SECURITY_HEADERS, load_assets
 
@@ -85,11 +87,11 @@ class Gateway:
         self._spool_pool: ThreadPoolExecutor | None = None
         self.pools: PoolSet | None = None
         self.jobs: JobRunner | None = None
-        self._job_store: AsyncJobStore | None = None
+        self._job_store: TranscriptStore | None = None
         self._all_closed = asyncio.Event()
         self.verifier: Verifier | None = None
-        # Ownership (docs/security.md): the live session of each (tenant, flowId).
-        self._live_flows: dict[tuple[str, str], SessionDriver] = {}
+        # Ownership (docs/security.md): the live session of each (tenant, flowId), resumes included.
+        self.flows: FlowRegistry[SessionDriver] = FlowRegistry()
         self._page = load_assets()  # the browser page at `GET /` (docs/web.md), from memory
 
     @property
@@ -123,7 +125,9 @@ class Gateway:
         if "lid" in self._channels:
             self._stages.append(LidStage(self._channels["lid"], cfg.lid.batch_ms))
         if "asr" in cfg.active_stages and self._given_stages is None:
-            self.pools = PoolSet(cfg.routing_table(), tls=cfg.tls)
+            table = cfg.routing_table()
+            self.pools = PoolSet(table, tls=cfg.tls)
+            self.session_config = replace(self.session_config, hotwords_applied=table.hotwords_applied)
             if self.pools.uses_dns:
                 # Members named by DNS are known before the first session; then re-resolved.
                 metrics.forget_members(await self.pools.refresh_dns())
@@ -173,6 +177,7 @@ class Gateway:
         to answer for up to STAGE_TIMEOUT_SEC, give up on any still working (so every session still gets
         its `end`), and stop."""
         self.draining = True
+        self._end_resume_windows()
         grace = self.config.listen.drain_grace_s
         log.info(
             "draining",
@@ -201,7 +206,13 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), timeout_s)
 
+    def _end_resume_windows(self) -> None:
+        """No client can come back to a gateway that stops: flush the sessions waiting for one."""
+        for driver in list(self.drivers):
+            driver.end_resume_window()
+
     async def stop(self) -> None:
+        self._end_resume_windows()
         await self._background.stop()
         if self._server is not None:
             self._server.close()
@@ -228,10 +239,11 @@ class Gateway:
         ws: ServerConnection,
         ticket: Ticket | None,
         principal: Principal | None,
-    ) -> tuple[ErrorCode, str] | str:
+    ) -> tuple[ErrorCode, str] | str | HandedOver:
         """Between `start` and `ack` (docs/security.md): the token (from the handshake or
         `start.auth.token`) and its claims, the limits per client and per tenant, then the flowId not
-        live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal."""
+        live already for the same tenant. Returns the tenant ("" with authentication off) or a refusal;
+        for a `start.resume`, the session it resumed (docs/protocol.md#resume)."""
         assert session.start is not None and session.flow_id is not None
         if self.draining:  # connected before SIGTERM, `start` after it
             draining = Refusal(ErrorCode.SERVER_DRAINING, "the gateway is draining; reconnect to another")
@@ -259,6 +271,8 @@ class Gateway:
                 )
                 return exc.code, exc.message
             tenant = principal.sub
+        if session.start.resume is not None:
+            return self._resume(session.start.resume, session.flow_id, driver, ws, ticket, tenant)
         if ticket is not None:
             # The limits per tenant count the token's subject; without authentication, the client's address.
             # A start refused below still counts against the start rate: an attempt is an attempt.
@@ -268,16 +282,38 @@ class Gateway:
                 refused(refusal)
                 return refusal.code, refusal.message
             metrics.PENDING_CONNECTIONS.set(self.limits.pending)
-        key = (tenant, session.flow_id)
-        if key in self._live_flows:
-            return ErrorCode.FLOW_IN_USE, "another session is streaming this flowId; retry once it has ended"
-        self._live_flows[key] = driver
+        taken = self.flows.claim(tenant, session.flow_id, driver)
+        if taken is not None:
+            return taken.code, taken.message
         return tenant
 
+    def _resume(
+        self,
+        request: ResumeRequest,
+        flow_id: str,
+        driver: SessionDriver,
+        ws: ServerConnection,
+        ticket: Ticket | None,
+        tenant: str,
+    ) -> tuple[ErrorCode, str] | HandedOver:
+        """Move the flow's live session to this connection, or say why not (counted by outcome)."""
+        found = self.flows.find_for_resume(tenant, flow_id)
+        refusal: tuple[ErrorCode, str] | None
+        if isinstance(found, Refusal):
+            refusal = found.code, found.message
+        else:
+            limited = self.limits.resume_session(ticket, tenant or client_ip(ws), time.monotonic()) if ticket else None
+            refusal = (limited.code, limited.message) if limited is not None else found.attach(driver.conn, request)
+        if refusal is not None:
+            metrics.RESUMES.labels(refusal[0].value).inc()
+            log.info("resume refused", extra={"flowId": flow_id, "stage": "gateway", "err_code": refusal[0].value})
+            return refusal
+        assert not isinstance(found, Refusal)
+        log.info("session resumed", extra={"flowId": flow_id, "stage": "gateway", "event": "resumed"})
+        return HandedOver(found)
+
     def _release_flow(self, session: Session, driver: SessionDriver) -> None:
-        key = (session.tenant, session.flow_id or "")
-        if self._live_flows.get(key) is driver:
-            del self._live_flows[key]
+        self.flows.release(session.tenant, session.flow_id or "", driver)
 
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
@@ -305,7 +341,7 @@ class Gateway:
             except AuthError as exc:
                 session.refuse(exc.code, exc.message)
 
-        async def admit(s: Session) -> tuple[ErrorCode, str] | str:
+        async def admit(s: Session) -> tuple[ErrorCode, str] | str | HandedOver:
             return await self._admit(s, driver, ws, ticket, principal)
 
         driver = SessionDriver(session, WebSocketConnection(ws), self._stages, self._before_end, admit)
@@ -313,6 +349,10 @@ class Gateway:
         metrics.ACTIVE_SESSIONS.set(len(self.drivers))
         try:
             await driver.run()
+            if driver.handed_over_to is not None:
+                # This connection now carries a resumed session, run by the task that started it.
+                self.drivers.discard(driver)
+                await driver.handed_over_to.released(driver.conn)
         except Exception:
             log.exception(
                 "session crashed",
@@ -329,10 +369,21 @@ class Gateway:
             if self.draining and not self.drivers:
                 self._all_closed.set()
             metrics.ACTIVE_SESSIONS.set(len(self.drivers))
-            reason = session.end_reason or (session.close[1] if session.close else "unknown")
-            metrics.SESSIONS.labels(reason).inc()
-            count_outcome(session)
-            log.info("session closed", extra={"flowId": session.flow_id, "stage": "gateway", "event": reason})
+            if not session.handed_over:
+                reason = session.end_reason or (session.close[1] if session.close else "unknown")
+                metrics.SESSIONS.labels(reason).inc()
+                count_outcome(session)
+                log.info(
+                    "session closed",
+                    extra={
+                        "flowId": session.flow_id,
+                        "stage": "gateway",
+                        "event": reason,
+                        "lang": session.lang or None,
+                        "err_code": session.fatal_code.value if session.fatal_code is not None else None,
+                        "trace_id": driver.trace.trace_id if driver.trace is not None else None,
+                    },
+                )
 
     async def _before_end(self, session: Session) -> None:
         """A record-only session's transcription job is stored before its `end` goes out."""
@@ -343,11 +394,11 @@ class Gateway:
                 session.flow_id, session.record_url or "", session.lang, session.start.domain, tenant=session.tenant
             )
 
-    async def _open_store(self) -> AsyncJobStore:
-        """The job store (deferred transcripts, and the records the archive took late), opened once."""
+    async def _open_store(self) -> TranscriptStore:
+        """The job store (deferred transcripts, and the records the archive took late), opened once:
+        the sqlite file `JOBS_DB`, or the store every gateway shares at `JOBS_STORE_URL`."""
         if self._job_store is None:
-            Path(self.config.jobs.db_path).parent.mkdir(parents=True, exist_ok=True)
-            self._job_store = await AsyncJobStore.open(self.config.jobs.db_path)
+            self._job_store = await open_store(self.config.jobs)
         return self._job_store
 
     async def _start_archive_spool(self, channel: grpc.aio.Channel) -> SpoolLink | None:
@@ -394,7 +445,13 @@ class Gateway:
         assert self.pools is not None
         # A job runs on any pool that serves its language when its own is gone (transcripts/dispatch.py).
         runs = PoolTranscriber(self.pools, cfg.transcribe, cfg.tls)
-        self.jobs = JobRunner(self._job_store, runs.transcribe, cfg.jobs, runs.capacity_available)
+
+        async def transcribe(job: Job) -> list[dict[str, Any]]:
+            # A trace of its own (the session's has ended), found by its flowId; the ASR's span joins it.
+            with tracing.span("transcript.job", flow_id=job.flow_id, **{"speechgw.attempt": job.attempts}):
+                return await runs.transcribe(job)
+
+        self.jobs = JobRunner(self._job_store, transcribe, cfg.jobs, runs.capacity_available)
         self._background.start("job-runner", self.jobs.run)
 
     async def _sweep(self) -> None:
@@ -504,6 +561,7 @@ class Gateway:
         queued = [d.send_queue_len for d in self.drivers]
         metrics.SEND_QUEUE_EVENTS.set(sum(queued))
         metrics.SEND_QUEUE_EVENTS_MAX.set(max(queued, default=0))
+        metrics.AWAITING_RESUME.set(sum(d.session.awaiting_resume for d in self.drivers))
         metrics.SEND_BUFFER_BYTES.set(
             sum(d.conn.buffered_bytes() for d in self.drivers if isinstance(d.conn, WebSocketConnection))
         )
@@ -592,6 +650,7 @@ class WebSocketConnection:
 
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
+        self._closing = False  # the driver's close sent the close frame (after the session's last event)
 
     def stalled_since(self) -> float | None:
         return self._ws.write_stalled_since if isinstance(self._ws, GatewayConnection) else None
@@ -613,12 +672,21 @@ class WebSocketConnection:
         except ConnectionClosed as exc:
             raise ConnectionClosedError from exc
 
+    @property
+    def dropped(self) -> bool:
+        """Lost without a close frame from the client (a cut TCP connection, or no answer to the close
+        the driver sent): resumable. A connection the WebSocket library failed itself (invalid UTF-8,
+        a message past its cap) sent its own close frame and is not."""
+        protocol = self._ws.protocol
+        return protocol.close_rcvd is None and (protocol.close_sent is None or self._closing)
+
     def buffered_bytes(self) -> int:
         """Bytes written to the socket's transport and not yet sent (the kernel took the rest)."""
         transport = self._ws.transport
         return 0 if transport is None else transport.get_write_buffer_size()
 
     async def close(self, code: int, reason: str) -> None:
+        self._closing = self._ws.protocol.close_sent is None  # this close sends the close frame
         with contextlib.suppress(ConnectionClosed):
             await self._ws.close(code, reason)
 

@@ -128,6 +128,18 @@ SESSION_MODES = Counter(
     ["mode"],
     registry=REGISTRY,
 )
+RESUMES = Counter(
+    "orchestrator_resumes_total",
+    "Resumes by outcome: resumed, lapsed (the window ended without one; the session was flushed), "
+    "or the error code of a refused resume",
+    ["outcome"],
+    registry=REGISTRY,
+)
+AWAITING_RESUME = Gauge(
+    "orchestrator_sessions_awaiting_resume",
+    "Sessions whose client dropped and that wait for it to resume (at scrape)",
+    registry=REGISTRY,
+)
 SEND_QUEUE_EVENTS = Gauge(
     "orchestrator_send_queue_events",
     "Events queued for clients and not yet written to their sockets, all sessions (at scrape)",
@@ -199,6 +211,13 @@ EVENT_TYPES = ("ack", "end", "error", *FAMILY_OF)
 END_REASONS = ("flush", "disconnect", "idle", "shutdown")
 SESSION_MODE_NAMES = ("live", "record_only", "asr_lost", "no_asr")
 LINK_CODECS = ("opus", "pcm")
+RESUME_OUTCOMES = (
+    "resumed",
+    "lapsed",
+    ErrorCode.RESUME_EXPIRED.value,
+    ErrorCode.RESUME_UNKNOWN.value,
+    ErrorCode.RESUME_FORBIDDEN.value,
+)
 for _reason in REFUSAL_REASONS:
     REFUSALS.labels(_reason.value)
 for _type in EVENT_TYPES:
@@ -212,6 +231,8 @@ for _reason_name in END_REASONS:
 for _code in FATAL_CLOSE:
     SESSION_OUTCOMES.labels("error", _code.value)
     SESSION_OUTCOMES.labels("refused", _code.value)
+for _outcome in RESUME_OUTCOMES:
+    RESUMES.labels(_outcome)
 for _mode in SESSION_MODE_NAMES:
     SESSION_MODES.labels(_mode)
 for _stage in StageName:

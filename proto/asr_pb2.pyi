@@ -82,7 +82,7 @@ class ClientFrame(_message.Message):
     def __init__(self, start: _Optional[_Union[Start, _Mapping]] = ..., opus: _Optional[_Union[OpusPacket, _Mapping]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., batch: _Optional[_Union[OpusBatch, _Mapping]] = ...) -> None: ...
 
 class AsrEvent(_message.Message):
-    __slots__ = ("type", "flow_id", "text", "ts", "lang", "model", "code", "from_finalize")
+    __slots__ = ("type", "flow_id", "text", "ts", "lang", "model", "code", "from_finalize", "words", "confidence")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,8 @@ class AsrEvent(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     FROM_FINALIZE_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     type: str
     flow_id: str
     text: str
@@ -99,4 +101,18 @@ class AsrEvent(_message.Message):
     model: str
     code: str
     from_finalize: bool
-    def __init__(self, type: _Optional[str] = ..., flow_id: _Optional[str] = ..., text: _Optional[str] = ..., ts: _Optional[_Iterable[float]] = ..., lang: _Optional[str] = ..., model: _Optional[str] = ..., code: _Optional[str] = ..., from_finalize: _Optional[bool] = ...) -> None: ...
+    words: _containers.RepeatedCompositeFieldContainer[Word]
+    confidence: float
+    def __init__(self, type: _Optional[str] = ..., flow_id: _Optional[str] = ..., text: _Optional[str] = ..., ts: _Optional[_Iterable[float]] = ..., lang: _Optional[str] = ..., model: _Optional[str] = ..., code: _Optional[str] = ..., from_finalize: _Optional[bool] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class Word(_message.Message):
+    __slots__ = ("word", "start", "end", "confidence")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    word: str
+    start: float
+    end: float
+    confidence: float
+    def __init__(self, word: _Optional[str] = ..., start: _Optional[float] = ..., end: _Optional[float] = ..., confidence: _Optional[float] = ...) -> None: ...

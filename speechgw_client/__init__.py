@@ -25,8 +25,10 @@ from speechgw_client.events import (
     Lid,
     Metrics,
     RecordUrl,
+    ResumeAnswer,
     UnknownEvent,
     Vad,
+    Word,
     parse_event,
 )
 from speechgw_client.session import (
@@ -38,7 +40,7 @@ from speechgw_client.session import (
     connect_kwargs,
     start_message,
 )
-from speechgw_client.stream import StreamResult, send_paced, stream_pcm
+from speechgw_client.stream import ResumePolicy, StreamResult, send_paced, stream_pcm
 
 __all__ = [
     "BYTES_PER_S",
@@ -55,12 +57,15 @@ __all__ = [
     "Lid",
     "Metrics",
     "RecordUrl",
+    "ResumeAnswer",
+    "ResumePolicy",
     "Session",
     "SessionClosed",
     "SessionProgress",
     "StreamResult",
     "UnknownEvent",
     "Vad",
+    "Word",
     "audio_seconds",
     "connect",
     "connect_kwargs",

@@ -31,9 +31,11 @@ __all__ = [
     "Limits",
     "Metrics",
     "RecordUrl",
+    "ResumeAnswer",
     "StageFigures",
     "UnknownEvent",
     "Vad",
+    "Word",
     "parse_event",
 ]
 
@@ -58,12 +60,6 @@ class EventBase:
     received_at: float | None = field(default=None, repr=False, compare=False, metadata={LOCAL: True})
     """`time.monotonic()` when the client read it"""
 
-    @property
-    def seq(self) -> int | None:
-        """The event's sequence number when the gateway numbers its events (for a resume), else None."""
-        value = self.raw.get("seq")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
 
 @dataclass(frozen=True, kw_only=True)
 class AudioFormat:
@@ -82,14 +78,31 @@ class Limits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ResumeAnswer:
+    """The gateway's answer to `start.resume` (docs/protocol.md#resume)."""
+
+    last_seq: int
+    resume_from_s: float
+    resume_from_bytes: int
+    audio_ended: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class Ack(EventBase):
     """First event: the session is accepted."""
 
     type: ClassVar[str] = "ack"
     flow_id: str | None = _flow_id()
+    seq: int | None = None
+    """1 on the first ack; None on the ack that answers a resume (it is not one of the flow's events)"""
     audio: AudioFormat
     return_: list[str] = field(metadata={WIRE_NAME: "return"})
     limits: Limits
+    resume: ResumeAnswer | None = None
+    """on the ack that answers `start.resume`: where the audio continues"""
+    trace_id: str | None = None  # the session's trace, while the gateway traces (docs/observability.md)
+    hotwords_applied: bool | None = None
+    """present when `start` had hotwords: whether the ASR engines apply them"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +111,8 @@ class Vad(EventBase):
 
     type: ClassVar[str] = "vad"
     flow_id: str | None = _flow_id()
+    seq: int
+    """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     event: Literal["speech_start", "speech_end"]
     ts: float
 
@@ -108,10 +123,22 @@ class Lid(EventBase):
 
     type: ClassVar[str] = "lid"
     flow_id: str | None = _flow_id()
+    seq: int
+    """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     lang: str
     score: float
     source: Literal["lid", "hint"] | None = None
     pool: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Word:
+    """One word of a transcript: seconds on the session timeline; `confidence` 0..1 when the engine gives one."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,8 +147,12 @@ class AsrPartial(EventBase):
 
     type: ClassVar[str] = "asr_partial"
     flow_id: str | None = _flow_id()
+    seq: int
+    """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     text: str
     ts: tuple[float, float]
+    words: list[Word] | None = None
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,10 +161,15 @@ class AsrFinal(EventBase):
 
     type: ClassVar[str] = "asr_final"
     flow_id: str | None = _flow_id()
+    seq: int
+    """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     text: str
     ts: tuple[float, float]
     lang: str
     from_finalize: bool | None = None
+    words: list[Word] | None = None
+    """the words of `text` with their times, when the engine gives them (docs/protocol.md)"""
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +178,8 @@ class RecordUrl(EventBase):
 
     type: ClassVar[str] = "record_url"
     flow_id: str | None = _flow_id()
+    seq: int
+    """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     url: str
     duration_s: float | None = None
     bytes: int | None = None
@@ -162,6 +200,8 @@ class Metrics(EventBase):
 
     type: ClassVar[str] = "metrics"
     flow_id: str | None = _flow_id()
+    seq: int
+    """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     audio_s: float
     bytes_in: int
     messages_in: int | None = None
@@ -176,6 +216,8 @@ class End(EventBase):
 
     type: ClassVar[str] = "end"
     flow_id: str | None = _flow_id()
+    seq: int
+    """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     reason: Literal["flush", "disconnect", "idle", "error", "shutdown"]
     audio_s: float
 
@@ -186,6 +228,8 @@ class Error(EventBase):
 
     type: ClassVar[str] = "error"
     flow_id: str | None = _flow_id()
+    seq: int | None = None
+    """the event's number in its flow, 1, 2, 3 ... (docs/protocol.md#resume)"""
     code: str
     message: str
     fatal: bool
@@ -198,6 +242,7 @@ class UnknownEvent(EventBase):
     """An event type this client does not know (a newer gateway); everything is in `raw`."""
 
     type: str
+    seq: int | None = None
 
 
 Event = Ack | Vad | Lid | AsrPartial | AsrFinal | RecordUrl | Metrics | End | Error | UnknownEvent
@@ -214,7 +259,9 @@ def parse_event(message: dict[str, Any], *, received_at: float | None = None) ->
         raise EventParseError(f"event without a string type: {message!r:.200}")
     cls = EVENT_CLASSES.get(kind)
     if cls is None:
-        return UnknownEvent(type=kind, raw=message, received_at=received_at)
+        seq = message.get("seq")
+        seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+        return UnknownEvent(type=kind, seq=seq, raw=message, received_at=received_at)
     values = _values(cls, message)
     return typing.cast(Event, cls(raw=message, received_at=received_at, **values))
 
@@ -269,4 +316,6 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return {k: _convert(get_args(tp)[1], v, where) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise EventParseError(f"{where}: expected an integer, got {value!r:.80}")
     return value

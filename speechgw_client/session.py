@@ -107,6 +107,7 @@ def start_message(
     hotwords: Sequence[str] | None = None,
     chunk_ms: int = 20,
     token: str | None = None,
+    traceparent: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `start` message (docs/schemas/start.json); `extra` is merged last (fields this client does not name)."""
@@ -125,6 +126,8 @@ def start_message(
         msg["hints"] = hints
     if token:
         msg["auth"] = {"token": token}
+    if traceparent:  # the client's span: the session's trace continues it (docs/protocol.md)
+        msg["traceparent"] = traceparent
     msg.update(extra or {})
     return msg
 

@@ -1,20 +1,23 @@
 """Stream a whole buffer of audio in one call: `stream_pcm` paces it (real time, N x, or as fast as the
-gateway takes it), sends `flush`, and returns every event with when it was read."""
+gateway takes it), sends `flush`, and returns every event with when it was read. A connection that drops
+is resumed (docs/protocol.md#resume): the caller sees one stream of events, each once."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speechgw_client.audio import SAMPLE_RATE
-from speechgw_client.events import AsrFinal, Event
-from speechgw_client.session import Session, SessionClosed, TokenVia, connect
+from speechgw_client.audio import BYTES_PER_S, SAMPLE_RATE
+from speechgw_client.events import Ack, AsrFinal, End, Event, ResumeAnswer
+from speechgw_client.session import ConnectError, Session, SessionClosed, TokenVia, connect
 
-__all__ = ["StreamResult", "send_paced", "stream_pcm"]
+__all__ = ["ResumePolicy", "StreamResult", "send_paced", "stream_pcm"]
+ABNORMAL_CLOSURE = 1006  # the connection was lost without a close frame (RFC 6455 §7.1.5): resumable
 
 
 @dataclass
@@ -29,6 +32,8 @@ class StreamResult:
     received_at: list[float] = field(default_factory=list)
     first_audio_at: float | None = None
     audio_s_sent: float = 0.0
+    resumes: list[Ack] = field(default_factory=list)
+    """the `ack` of each resume after a dropped connection (docs/protocol.md#resume)"""
 
     def add(self, event: Event) -> None:
         self.typed.append(event)
@@ -48,6 +53,25 @@ class StreamResult:
         return bool(self.events) and self.events[-1].get("type") == "end" and not self.of_type("error")
 
 
+@dataclass(frozen=True)
+class ResumePolicy:
+    """How `stream_pcm` comes back when its connection drops (docs/protocol.md#resume): after each drop,
+    up to `attempts` reconnections, the first after `backoff_s`, each next one `backoff_factor` times
+    later, at most `backoff_max_s`; a resume that succeeds starts the count again. The gateway waits
+    `RESUME_WINDOW_S` (30 s) for the client: the default tries for about 8 s."""
+
+    attempts: int = 5
+    backoff_s: float = 0.25
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 4.0
+
+    def delay_s(self, attempt: int) -> float:
+        return float(min(self.backoff_max_s, self.backoff_s * self.backoff_factor**attempt))
+
+
+DEFAULT_RESUME = ResumePolicy()
+
+
 async def send_paced(
     session: Session,
     pcm: bytes,
@@ -55,15 +79,19 @@ async def send_paced(
     chunk_ms: int = 20,
     speed: float = 1.0,
     finalize_at_s: Sequence[float] = (),
+    offset: int = 0,
+    t0: float | None = None,
 ) -> float:
-    """Send `pcm` in `chunk_ms` chunks at `speed` x real time (0: as fast as the gateway takes it), with a
-    `finalize` after each audio position in `finalize_at_s`. Returns when the first chunk went out."""
+    """Send `pcm` from byte `offset` in `chunk_ms` chunks at `speed` x real time (0: as fast as the
+    gateway takes it), with a `finalize` after each audio position in `finalize_at_s`. The pace keeps
+    to the clock started at `t0` (now when None): audio that is late (after a reconnect) goes at once.
+    Returns `t0`."""
     chunk = SAMPLE_RATE * chunk_ms // 1000 * 2
-    finalize_after = sorted(int(s * SAMPLE_RATE) * 2 for s in finalize_at_s)  # byte offsets
-    t0 = time.monotonic()
-    for i, off in enumerate(range(0, len(pcm), chunk)):
+    finalize_after = sorted(b for b in (int(s * SAMPLE_RATE) * 2 for s in finalize_at_s) if b > offset)
+    t0 = time.monotonic() if t0 is None else t0
+    for off in range(offset, len(pcm), chunk):
         if speed > 0:
-            delay = t0 + i * chunk_ms / 1000.0 / speed - time.monotonic()
+            delay = t0 + off / BYTES_PER_S / speed - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
         await session.send(pcm[off : off + chunk])
@@ -87,36 +115,119 @@ async def stream_pcm(
     token_via: TokenVia | str = "header",
     ca_file: str | Path | None = None,
     finalize_at_s: Sequence[float] = (),
+    resume: ResumePolicy | None = DEFAULT_RESUME,
 ) -> StreamResult:
     """Open a session (`start` fields as given), send the audio paced at `speed` (0 = as fast as
-    possible), then `flush` unless told not to; collect events until the gateway closes."""
+    possible), then `flush` unless told not to; collect events until the gateway closes.
+
+    When the connection drops (closed without a close frame), it reconnects as `resume` says and
+    resumes the session (docs/protocol.md#resume): the audio goes on from where the gateway's `ack`
+    says, and each event reaches `result` and `on_event` once, in `seq` order. A `flowId` is made
+    up when `start` has none (a resume names its flow). `resume=None`: no reconnection."""
     result = StreamResult()
-    async with connect(
-        url,
-        token=token,
-        token_via=token_via,
-        chunk_ms=chunk_ms,
-        start=start,
-        ca_file=ca_file,
-        open_timeout_s=open_timeout_s,
-    ) as session:
+    fields = dict(start or {})
+    if resume is not None and not fields.get("flowId"):
+        fields["flowId"] = uuid.uuid4().hex
+    run = _Run(result, pcm, on_event)
+    request: dict[str, Any] | None = None
+    attempt = 0
+    while True:
+        try:
+            async with connect(
+                url,
+                token=token,
+                token_via=token_via,
+                chunk_ms=chunk_ms,
+                start={**fields, "resume": request} if request is not None else fields,
+                ca_file=ca_file,
+                open_timeout_s=open_timeout_s,
+            ) as session:
+                await run.over(session, request is not None, chunk_ms, speed, flush, finalize_at_s)
+            result.close_code = session.close_code
+            result.close_reason = session.close_reason
+            dropped = not run.ended and session.close_code == ABNORMAL_CLOSURE
+        except ConnectError:
+            if request is None:
+                raise  # the gateway cannot be reached at all: nothing to resume
+            dropped = True
+        if run.resumed:
+            attempt = 0
+        if not dropped or resume is None or attempt >= resume.attempts:
+            break
+        await asyncio.sleep(resume.delay_s(attempt))
+        attempt += 1
+        request = {"last_seq": run.last_seq, "audio_s": run.sent_bytes / BYTES_PER_S}
+    result.audio_s_sent = run.sent_bytes / BYTES_PER_S
+    return result
+
+
+class _Run:
+    """One `stream_pcm` over one or more connections: what was delivered, what was sent."""
+
+    def __init__(self, result: StreamResult, pcm: bytes, on_event: Callable[[Event], None] | None) -> None:
+        self.result, self.pcm, self.on_event = result, pcm, on_event
+        self.last_seq = 0  # the newest event delivered
+        self.sent_bytes = 0  # audio handed to a connection
+        self.ended = False
+        self.resumed = False  # the last connection resumed the session
+        self.t0: float | None = None
+
+    async def over(
+        self,
+        session: Session,
+        resuming: bool,
+        chunk_ms: int,
+        speed: float,
+        flush: bool,
+        finalize_at_s: Sequence[float],
+    ) -> None:
+        """Collect the events of one connection while sending the audio (from where the resume's `ack` says)."""
+        answer: asyncio.Future[ResumeAnswer | None] = asyncio.get_running_loop().create_future()
+        self.resumed = False
 
         async def collect() -> None:
             async for event in session.events():
-                result.add(event)
-                if on_event is not None:
-                    on_event(event)
+                if isinstance(event, Ack) and event.resume is not None:
+                    self.resumed = True
+                    self.result.resumes.append(event)
+                    if not answer.done():
+                        answer.set_result(event.resume)
+                    continue
+                if event.seq is not None:
+                    if event.seq <= self.last_seq:
+                        continue  # delivered before the connection dropped
+                    self.last_seq = event.seq
+                self.ended = self.ended or isinstance(event, End)
+                self.result.add(event)
+                if self.on_event is not None:
+                    self.on_event(event)
+            if not answer.done():
+                answer.set_result(None)  # closed before answering: refused, or dropped again
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(collect())
+            offset, audio_ended = 0, False
+            if resuming:
+                resumed = await answer
+                if resumed is None:
+                    return
+                offset, audio_ended = resumed.resume_from_bytes, resumed.audio_ended
             try:
-                result.first_audio_at = time.monotonic()
-                await send_paced(session, pcm, chunk_ms=chunk_ms, speed=speed, finalize_at_s=finalize_at_s)
-                if flush:
-                    await session.flush()
+                if self.t0 is None:
+                    self.t0 = self.result.first_audio_at = time.monotonic()
+                if not audio_ended:
+                    await send_paced(
+                        session,
+                        self.pcm,
+                        chunk_ms=chunk_ms,
+                        speed=speed,
+                        finalize_at_s=finalize_at_s,
+                        offset=offset,
+                        t0=self.t0,
+                    )
+                    if flush:
+                        await session.flush()
             except SessionClosed:
-                pass  # the gateway ended the session; its events say why
-        result.audio_s_sent = session.progress.audio_s_sent
-    result.close_code = session.close_code
-    result.close_reason = session.close_reason
-    return result
+                pass  # the gateway ended the session, or the connection dropped; the events say which
+            finally:
+                self.sent_bytes = max(self.sent_bytes, offset + session.progress.audio_bytes_sent)

@@ -48,8 +48,15 @@ class FakeConnection:
         self.taken = 0  # messages the driver has read
         self.sent: list[dict[str, Any]] = []
         self.close_code: int | None = None
+        self.dropped = False  # `drop()`: lost without a close frame, like a cut TCP connection
         self.stalled_at: float | None = None  # set by a test: the client stopped reading then
         self.aborted = False
+
+    def drop(self) -> None:
+        """The network cut the connection: no close frame; what is sent from now on is lost."""
+        self.dropped = True
+        self.close_code = 1006
+        self.incoming.put_nowait(None)
 
     def stalled_since(self) -> float | None:
         return self.stalled_at

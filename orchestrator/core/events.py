@@ -51,6 +51,23 @@ class LangDetected:
 
 
 @dataclass(frozen=True, slots=True)
+class TranscriptWord:
+    """One word of a transcript, its times in seconds on the session timeline; `confidence` 0..1, or
+    None when the engine gives none."""
+
+    word: str
+    start_s: float
+    end_s: float
+    confidence: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"word": self.word, "start": round(self.start_s, 3), "end": round(self.end_s, 3)}
+        if self.confidence is not None:
+            out["confidence"] = round(self.confidence, 4)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Transcript:
     """An ASR result: `final` False for a partial."""
 
@@ -62,6 +79,8 @@ class Transcript:
     from_finalize: bool = False  # the final answering the client's `finalize`
     # The ASR pool whose stream produced it: for the gateway's metrics only (not sent, not compared).
     pool: str = field(default="", compare=False)
+    words: tuple[TranscriptWord, ...] = ()  # when the engine gives word timings
+    confidence: float | None = None  # the utterance's, 0..1, when the engine gives one
 
     def to_event(self, flow_id: str | None) -> dict[str, Any]:
         event: dict[str, Any] = {
@@ -74,6 +93,10 @@ class Transcript:
             event["lang"] = self.lang
             if self.from_finalize:
                 event["from_finalize"] = True
+        if self.words:
+            event["words"] = [w.to_json() for w in self.words]
+        if self.confidence is not None:
+            event["confidence"] = round(self.confidence, 4)
         return event
 
 

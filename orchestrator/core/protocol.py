@@ -33,6 +33,9 @@ MAX_TOKEN_CHARS = 16 * 1024
 # otherwise). Below ~100 ms Silero ends utterances inside words; past 5 s a pause is not an end.
 MIN_ENDPOINTING_MS = 100
 MAX_ENDPOINTING_MS = 5000
+# `start.traceparent`: W3C Trace Context version 00, lowercase hex, trace and parent ids not all zero.
+TRACEPARENT_RE = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
+TRACEPARENT_CHARS = 55
 LANG_PREF_RE = re.compile(r"^(?:auto|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3})?\Z")
 # For the depth check: a JSON string (its brackets do not nest), and what is not a bracket.
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -77,6 +80,10 @@ class ErrorCode(StrEnum):
     AUTH_EXPIRED = "auth_expired"
     AUTH_FORBIDDEN = "auth_forbidden"
     FLOW_IN_USE = "flow_in_use"
+    # Resume by flowId (docs/protocol.md#resume): refusals of a `start` carrying `resume`.
+    RESUME_EXPIRED = "resume_expired"
+    RESUME_UNKNOWN = "resume_unknown"
+    RESUME_FORBIDDEN = "resume_forbidden"
     SEND_TIMEOUT = "send_timeout"
     INTERNAL_ERROR = "internal_error"
     # Limits per client (orchestrator/edge/limits.py, docs/security.md).
@@ -95,6 +102,7 @@ class ErrorCode(StrEnum):
     LID_UNAVAILABLE = "lid_unavailable"
     ASR_UNAVAILABLE = "asr_unavailable"
     ARCHIVE_UNAVAILABLE = "archive_unavailable"
+    RESUME_GAP = "resume_gap"
 
 
 FATAL_CLOSE: dict[ErrorCode, Close] = {
@@ -120,6 +128,9 @@ FATAL_CLOSE: dict[ErrorCode, Close] = {
     ErrorCode.AUTH_EXPIRED: Close.POLICY_VIOLATION,
     ErrorCode.AUTH_FORBIDDEN: Close.POLICY_VIOLATION,
     ErrorCode.FLOW_IN_USE: Close.POLICY_VIOLATION,
+    ErrorCode.RESUME_EXPIRED: Close.POLICY_VIOLATION,
+    ErrorCode.RESUME_UNKNOWN: Close.POLICY_VIOLATION,
+    ErrorCode.RESUME_FORBIDDEN: Close.POLICY_VIOLATION,
     ErrorCode.SEND_TIMEOUT: Close.POLICY_VIOLATION,  # rarely seen: the client reads nothing
     ErrorCode.INTERNAL_ERROR: Close.INTERNAL_ERROR,
     ErrorCode.ORIGIN_NOT_ALLOWED: Close.POLICY_VIOLATION,  # answered 403 before the upgrade
@@ -142,6 +153,15 @@ class ProtocolError(Exception):
 
 
 @dataclass(frozen=True)
+class ResumeRequest:
+    """`start.resume`: the client lost its connection and continues the flow of the same `flowId`.
+    `last_seq`: the last event it received (0: none); `audio_s`: the audio it had sent."""
+
+    last_seq: int
+    audio_s: float
+
+
+@dataclass(frozen=True)
 class StartRequest:
     """A validated `start` control frame."""
 
@@ -156,6 +176,9 @@ class StartRequest:
     # VAD's endpoints off for the ASR (utterances end at `finalize`, flush or the ASR's length cap).
     endpointing_ms: int | None = None
     vad_endpoints: bool = True
+    resume: ResumeRequest | None = None
+    # The client's W3C trace context: the session's trace continues it (docs/observability.md#traces).
+    traceparent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -248,6 +271,12 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
     token = _field(auth, "token", str, None)
     if token is not None and len(token) > MAX_TOKEN_CHARS:
         raise ProtocolError(ErrorCode.INVALID_START, f"auth.token is longer than {MAX_TOKEN_CHARS} characters")
+    resume = _resume(msg, bool(msg.get("flowId")))
+    traceparent = _field(msg, "traceparent", str, None)
+    if traceparent is not None and (len(traceparent) > TRACEPARENT_CHARS or not TRACEPARENT_RE.match(traceparent)):
+        raise ProtocolError(
+            ErrorCode.INVALID_START, "traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>"
+        )
     return StartRequest(
         flow_id=flow_id,
         returns=frozenset(ret),
@@ -258,7 +287,23 @@ def parse_start(msg: dict[str, Any], new_flow_id: str) -> StartRequest:
         token=token,
         endpointing_ms=endpointing_ms,
         vad_endpoints=vad_endpoints,
+        resume=resume,
+        traceparent=traceparent,
     )
+
+
+def _resume(msg: dict[str, Any], has_flow_id: bool) -> ResumeRequest | None:
+    """`start.resume`: `{"last_seq": N, "audio_s": T}`, integers and seconds >= 0, with a `flowId`."""
+    raw = _field(msg, "resume", dict, None)
+    if raw is None:
+        return None
+    if not has_flow_id:
+        raise ProtocolError(ErrorCode.INVALID_START, "resume needs the flowId of the session to resume")
+    last_seq = _field(raw, "last_seq", int, 0)
+    audio_s = _field(raw, "audio_s", (int, float), 0.0)
+    if isinstance(audio_s, bool) or last_seq < 0 or not 0 <= audio_s < 1e9:
+        raise ProtocolError(ErrorCode.INVALID_START, "resume.last_seq and resume.audio_s must be numbers >= 0")
+    return ResumeRequest(last_seq=last_seq, audio_s=float(audio_s))
 
 
 def valid_flow_id(flow_id: object) -> bool:

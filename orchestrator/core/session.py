@@ -7,6 +7,10 @@ running stages must hear (`stage_inputs`: the ASR's endpoints and language), the
 on (`stages_to_stop`), whether to read the socket (`accepts_audio`), whether the audio has ended
 (`audio_ended`) and, last, how to close the socket (`close`). Nothing here awaits or does I/O.
 
+A client whose connection drops (no close frame) may come back within `resume_window_s` with the
+same `flowId` (`start.resume`): the session waits for it with its stages open (`awaiting_resume`), then
+`resume`s on the new connection, replaying the numbered events the client missed (core/resume.py).
+
 The session decides: which stages run (`stages`), the language and the pool it routes to
 (`language`, core/language.py), and when a stage is given up (behind the audio for too long, or no
 answer in time after its end). The driver only carries these decisions out.
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from common.audio import CHANNELS, SAMPLE_RATE
+from common.audio import BYTES_PER_S, CHANNELS, SAMPLE_RATE
 from orchestrator.core.events import (
     Finalize,
     LangDetected,
@@ -42,12 +46,14 @@ from orchestrator.core.protocol import (
     Close,
     ErrorCode,
     ProtocolError,
+    ResumeRequest,
     StartRequest,
     error_event,
     parse_control,
     parse_start,
 )
 from orchestrator.core.reframer import AudioBlock, Reframer
+from orchestrator.core.resume import EventLog
 
 UNAVAILABLE_CODE = {
     StageName.VAD: ErrorCode.VAD_UNAVAILABLE,
@@ -89,6 +95,9 @@ class SessionConfig:
     stages: tuple[StageName, ...] = (StageName.VAD, StageName.COMPRESS)
     # A session whose ASR is unavailable goes on as record-only and is transcribed later.
     deferred_transcripts: bool = False
+    # The gateway keeps each session's audio in its archive spool (ARCHIVE_SPOOL_MAX_BYTES > 0): an
+    # archive stage given up (silent, or stalled behind) hands its audio to the spool's uploader.
+    archive_spool: bool = False
     # Backpressure (SPEC §4): while a stage holds more than this much unsent audio, the client's
     # socket is not read; a stage that stays that far behind for `stage_timeout_s` is failed.
     stage_backlog_s: float = 10.0
@@ -98,9 +107,22 @@ class SessionConfig:
     # nothing is acknowledged and no audio is read before its token, its ownership of the flowId and
     # the limits per client and per tenant (orchestrator/edge/) are checked.
     admission: bool = False
+    # Resume (docs/protocol.md#resume): a session whose client dropped waits this long for it to come
+    # back with `start.resume` (0: no resume, a drop flushes at once), keeping its newest events.
+    resume_window_s: float = 30.0
+    resume_buffer_events: int = 256
     # A client whose socket takes nothing for this long (it stopped reading) is closed with
     # `send_timeout` once its audio so far has drained through every stage (docs/errors.md).
     send_timeout_s: float = 10.0
+    # Every ASR pool this gateway routes to applies `hints.hotwords` (the routing file's per-pool
+    # `hotwords`); the `ack` of a session with hotwords says whether they are applied.
+    hotwords_applied: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resume_window_s < 0:
+            raise ValueError("resume_window_s must be >= 0")
+        if self.resume_buffer_events < 1:
+            raise ValueError("resume_buffer_events must be >= 1")
 
 
 class Session:
@@ -145,6 +167,13 @@ class Session:
         self._behind_since: dict[StageName, float] = {}  # stages over the backlog limit, since when
         self._audio_ended_at: float | None = None
         self._last_heard: dict[StageName, float] = {}  # when each stage last said anything
+        self._language_at = 0.0  # when the language was settled, if it took LID's answer or end
+        resumable = config.resume_window_s > 0
+        self._log = EventLog(config.resume_buffer_events if resumable else 0)
+        self.detached_at: float | None = None  # the client dropped; waiting for its resume since then
+        self.handed_over = False  # this connection resumed another session (it ends without a word)
+        self._window_over = False  # a resume window ended unused: the session is flushed, never resumed
+        self._resume_outcomes: list[str] = []
         self._output_stalled_since: float | None = None  # the client stopped taking what is sent
         # The client took nothing for `send_timeout_s`: nothing more goes to its socket (the driver
         # drops the connection); the session still drains its audio through every stage.
@@ -209,23 +238,33 @@ class Session:
         if block is not None:
             self._audio.append(block)
 
-    def receive_disconnect(self, now: float) -> None:
-        """The client went away: flush what was accepted (SPEC §2 auto flush)."""
+    def receive_disconnect(self, now: float, dropped: bool = False) -> None:
+        """The client went away: flush what was accepted (SPEC §2 auto flush). A connection `dropped`
+        without a close frame may be resumed: the session then waits `resume_window_s` for it."""
+        resumable = self.acknowledged and self.config.resume_window_s > 0 and not self.output_abandoned
+        if dropped and resumable and not self._window_over:
+            if self.detached_at is None:
+                self.detached_at = now
+            return
         if self.state is State.STREAMING:
             self._end_audio("disconnect", now)
         elif self.state in (State.AWAITING_START, State.ADMITTING):
             self._finish(Close.NORMAL, "disconnect")
 
     def tick(self, now: float) -> None:
-        """Timers: held partial, start timeout, idle flush (FLUSH_IDLE_SEC), session length cap."""
+        """Timers: held partial, start timeout, resume window, idle flush (FLUSH_IDLE_SEC), session
+        length cap."""
         held = self._partials.release(now)
         if held is not None:
             self._emit(held.to_event(self.flow_id))
         waiting = self.state in (State.AWAITING_START, State.ADMITTING)
         if waiting and now - self._opened_at >= self.config.start_timeout_s:
             self._fail(ErrorCode.START_TIMEOUT, f"no start frame within {self.config.start_timeout_s:g} s")
+        elif self.detached_at is not None and now - self.detached_at >= self.config.resume_window_s:
+            self.end_resume_window(now)
         elif self.state is State.STREAMING:
-            idle = now - self._last_audio_at >= self.config.flush_idle_s
+            # A client away (awaiting its resume) is not idle: the resume window decides instead.
+            idle = now - self._last_audio_at >= self.config.flush_idle_s and self.detached_at is None
             if self.accepts_audio and self._output_stalled_since is None and idle:
                 self._end_audio("idle", now)
             elif now - self._started_at >= self.config.max_session_s:
@@ -285,6 +324,77 @@ class Session:
             self.tenant = tenant
             self._begin(now)
 
+    # ----- resume (docs/protocol.md#resume) -----
+
+    @property
+    def awaiting_resume(self) -> bool:
+        """The client dropped and may still come back: the session keeps its stages and its events."""
+        return self.detached_at is not None
+
+    def check_resume(self, request: ResumeRequest) -> tuple[ErrorCode, str] | None:
+        """Whether a client may resume this session now; None, or the refusal."""
+        if not self.acknowledged or self.config.resume_window_s <= 0:
+            return ErrorCode.RESUME_UNKNOWN, "this flow cannot be resumed"
+        if self._window_over or (self.state is State.CLOSED and self.detached_at is None):
+            return ErrorCode.RESUME_EXPIRED, "the session has ended, or its resume window has"
+        if request.last_seq > self._log.last_seq:
+            return ErrorCode.INVALID_START, (
+                f"resume.last_seq {request.last_seq} is past the last event sent ({self._log.last_seq})"
+            )
+        return None
+
+    def resume(self, request: ResumeRequest, now: float) -> None:
+        """The client is back on a new connection (the driver moved the session to it): answer an
+        `ack` with where its audio continues, then the events after `request.last_seq`."""
+        assert self.check_resume(request) is None and self.start is not None
+        self.detached_at = None
+        self._last_audio_at = max(self._last_audio_at, now)  # the idle timer starts again
+        self._resume_outcomes.append("resumed")
+        # Events not taken yet are numbered and kept: the replay below sends them.
+        self._events.clear()
+        replay, lost = self._log.after(request.last_seq)
+        ack = self._ack_event(self.start)
+        accepted = self._figures.bytes_in
+        ack["resume"] = {
+            "last_seq": self._log.last_seq,
+            "resume_from_s": accepted / BYTES_PER_S,
+            "resume_from_bytes": accepted,
+            "audio_ended": self.audio_ended,
+        }
+        self._events.append(ack)  # not numbered: it answers this connection, it is never replayed
+        self._events.extend(replay)
+        if lost:
+            first = request.last_seq + 1
+            self._emit(
+                error_event(
+                    self.flow_id,
+                    ErrorCode.RESUME_GAP,
+                    f"events {first}..{first + lost - 1} are no longer kept (RESUME_BUFFER_EVENTS)",
+                    fatal=False,
+                )
+            )
+
+    def end_resume_window(self, now: float) -> None:
+        """No resume came in time (or the gateway drains): flush what was accepted, as on a disconnect.
+        From now on the session waits for no resume."""
+        self._window_over = True
+        if self.detached_at is None:
+            return
+        self.detached_at = None
+        self._resume_outcomes.append("lapsed")
+        self._end_audio("disconnect", now)
+
+    def hand_over(self) -> None:
+        """This connection resumed another session of the same flow: this one ends without a word."""
+        if self.state is State.ADMITTING:
+            self.handed_over = True
+            self.state = State.CLOSED
+
+    def resume_outcomes(self) -> list[str]:
+        """What became of the resumes (`resumed`, `lapsed`) since the last call (metrics)."""
+        out, self._resume_outcomes = self._resume_outcomes, []
+        return out
+
     def internal_error(self, message: str, now: float) -> None:
         """A bug met while handling the client's input: fatal (1011), but like any other fatal error
         the audio accepted so far still drains through every stage (archived, transcribed)."""
@@ -303,6 +413,12 @@ class Session:
     def stage_event(self, event: StageEvent, now: float) -> None:
         if self.state is State.CLOSED:
             return
+        settled = self._language_settled
+        self._on_stage_event(event, now)
+        if not settled and self._language_settled:
+            self._language_at = now
+
+    def _on_stage_event(self, event: StageEvent, now: float) -> None:
         self._last_heard[_stage_of(event)] = now
         if isinstance(event, SpeechBoundary):
             self._on_boundary(event)
@@ -416,10 +532,21 @@ class Session:
         start = parse_start(msg, self._new_flow_id)
         self.start = start
         self.flow_id = self.start.flow_id
+        if start.resume is not None and not self.config.admission:
+            # Only a gateway (admission) knows the other sessions: nothing to resume here.
+            raise ProtocolError(ErrorCode.RESUME_UNKNOWN, "no session of this flowId to resume")
         if self.config.admission:
             self.state = State.ADMITTING
         else:
             self._begin(now)
+
+    def _hotwords_ack(self) -> dict[str, bool]:
+        """`hotwords_applied` when the start has hotwords: false when no ASR runs or a pool's engine
+        ignores them (pocketsphinx)."""
+        assert self.start is not None
+        if not self.start.hotwords:
+            return {}
+        return {"hotwords_applied": StageName.ASR in self.config.stages and self.config.hotwords_applied}
 
     def _begin(self, now: float) -> None:
         assert self.start is not None
@@ -435,27 +562,29 @@ class Session:
         )
         self.stages = tuple(s for s in self.config.stages if s is not StageName.LID or self.language.asks_lid)
         self.pending_stages = set(self.stages)
-        self._emit(
-            {
-                "type": "ack",
-                "flowId": self.flow_id,
-                "audio": {
-                    "codec": CODEC,
-                    "sr": SAMPLE_RATE,
-                    "channels": CHANNELS,
-                    "chunk_ms": self.start.chunk_ms,
-                    "frame_ms": self.config.frame_ms,
-                },
-                "return": sorted(self.start.returns),
-                "limits": {
-                    "max_frame_bytes": self.config.max_frame_bytes,
-                    "flush_idle_s": self.config.flush_idle_s,
-                    "partial_interval_ms": self.config.partial_interval_ms,
-                },
-            }
-        )
+        self._emit(self._ack_event(self.start))
         if self.language.decision is not None:
             self._decided(self.language.decision)
+
+    def _ack_event(self, start: StartRequest) -> dict[str, Any]:
+        return {
+            "type": "ack",
+            "flowId": self.flow_id,
+            "audio": {
+                "codec": CODEC,
+                "sr": SAMPLE_RATE,
+                "channels": CHANNELS,
+                "chunk_ms": start.chunk_ms,
+                "frame_ms": self.config.frame_ms,
+            },
+            "return": sorted(start.returns),
+            "limits": {
+                "max_frame_bytes": self.config.max_frame_bytes,
+                "flush_idle_s": self.config.flush_idle_s,
+                "partial_interval_ms": self.config.partial_interval_ms,
+            },
+            **self._hotwords_ack(),
+        }
 
     def _keepalive(self, now: float) -> None:
         """The client is there without audio (Deepgram's KeepAlive): the idle timer starts again. No
@@ -532,15 +661,37 @@ class Session:
                 self._give_up(stage, f"more than {self.config.stage_backlog_s:g} s behind the audio for {limit:g} s")
         if self._audio_ended_at is not None:
             # A stage still working through the audio (a batch client's ASR) keeps answering: only
-            # one silent for the whole timeout after the end of audio is given up.
-            for stage in sorted(self.pending_stages):
-                if now - max(self._audio_ended_at, self._last_heard.get(stage, 0.0)) >= limit:
+            # one silent for the whole timeout after the end of audio is given up. LID first: the ASR
+            # holds its finals (or its stream) until the language is settled, so it is not blamed for
+            # a silent LID; its own clock starts again when LID is over.
+            for stage in sorted(self.pending_stages, key=lambda s: (s is not StageName.LID, s)):
+                if stage is StageName.ASR and not self._language_settled:
+                    continue
+                since = max(self._audio_ended_at, self._last_heard.get(stage, 0.0))
+                if stage is StageName.ASR:
+                    since = max(since, self._language_at)
+                if now - since >= limit:
+                    settled = self._language_settled
                     self._give_up(stage, f"nothing from it for {limit:g} s after the end of audio")
+                    if not settled and self._language_settled:
+                        self._language_at = now
+
+    @property
+    def _language_settled(self) -> bool:
+        """The ASR has heard its language (or the session has no LID to wait for)."""
+        return self.language is None or self.language.decision is not None
 
     def _give_up(self, stage: StageName, why: str) -> None:
         self._behind_since.pop(stage, None)
         if stage in self.pending_stages:
             self._stages_to_stop.append(stage)
+            if stage is StageName.COMPRESS and self.config.archive_spool and self.record_url is None:
+                # A hung archive: the stage, stopped, hands the spooled audio to the uploader
+                # (orchestrator/stages/compress.py): the client is told where record_url will be.
+                self._on_record_pending(RecordPending(why))
+                self.failed_stages.add(stage)
+                self._stage_over(stage)
+                return
             self.stage_event(StageFailed(stage, why), self._last_audio_at)
 
     def _end_audio(self, reason: str, now: float | None = None) -> None:
@@ -598,7 +749,11 @@ class Session:
         family = FAMILY_OF.get(event["type"])
         if family is not None and not self.wants(family):
             return
-        self._events.append(event)
+        if self.start is not None and self.start.resume is not None and not self.acknowledged:
+            # The refusal of a resume answers this connection: it is not one of the flow's events.
+            self._events.append(event)
+            return
+        self._events.append(self._log.number(event))
 
 
 def utf8_size(text: str, limit: int) -> int:

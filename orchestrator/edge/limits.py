@@ -93,6 +93,7 @@ class Ticket:
 
     ip: str
     tenant: str | None = None  # set once live
+    resumed: bool = False  # carries a resumed session, counted by the connection that started it
 
     @property
     def live(self) -> bool:
@@ -206,6 +207,23 @@ class ClientLimits:
         ticket.tenant = tenant
         return None
 
+    def resume_session(self, ticket: Ticket, tenant: str, now: float) -> Refusal | None:
+        """The connection resumes a live session (docs/protocol.md#resume): it leaves the pending pool
+        and adds no session (the session stays counted once, by the connection that started it), but
+        takes a token of the tenant's start rate like any start: an attempt is an attempt."""
+        if ticket.live or ticket.resumed:
+            return None
+        cfg = self.config
+        wait_s = self._bucket(tenant, now).take(now) if cfg.session_rate_per_s > 0 else 0.0
+        if wait_s > 0:
+            return Refusal(
+                ErrorCode.SESSION_RATE_LIMITED,
+                f"more than {cfg.session_rate_per_s:g} session starts per second; retry in {wait_s:.1f} s",
+            )
+        self._leave_pending(ticket.ip)
+        ticket.resumed = True
+        return None
+
     def release(self, ticket: Ticket) -> None:
         """The connection closed (call exactly once per `connect` that returned a ticket)."""
         _add(self._connections, ticket.ip, -1)
@@ -214,7 +232,7 @@ class ClientLimits:
             _add(self._sessions_ip, ticket.ip, -1)
             _add(self._sessions_tenant, ticket.tenant, -1)
             self.live -= 1
-        else:
+        elif not ticket.resumed:
             self._leave_pending(ticket.ip)
 
     def held_by(self, ip: str) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ from orchestrator.routing.breaker import BreakerConfig
 
 ANY = "*"
 _TOP_KEYS = {"default_pool", "pools", "routes", "breaker", "health", "retry", "dns"}
-_POOL_KEYS = {"addrs", "dns", "max_inflight"}
+_POOL_KEYS = {"addrs", "dns", "max_inflight", "hotwords"}
 _ROUTE_KEYS = {"lang", "domain", "pool"}
 _HOSTPORT = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -69,6 +69,7 @@ class PoolSpec:
     # "host:port" names whose every address (A/AAAA records) is a member, re-resolved every
     # `dns.refresh_s`: a Kubernetes headless Service, for instance.
     dns: tuple[str, ...] = ()
+    hotwords: bool = True  # its engine applies `hints.hotwords` (Whisper); false: ignores them (pocketsphinx)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,11 @@ class RoutingTable:
                 raise ConfigError(f"routing: routes[{i}] names unknown pool {route.pool!r} ({names})")
         if self.max_attempts < 1:
             raise ConfigError("routing: retry max_attempts must be at least 1")
+
+    @property
+    def hotwords_applied(self) -> bool:
+        """Whether every pool's engine applies hotwords, so any session's are (the `ack` says so)."""
+        return all(p.hotwords for p in self.pools)
 
     @property
     def pool_names(self) -> tuple[str, ...]:
@@ -196,7 +202,8 @@ def _pool_spec(name: str, body: Any) -> PoolSpec:
     max_inflight = _typed(body, "max_inflight", int, 0, where)
     if max_inflight < 0:
         raise ConfigError(f"routing: {where}.max_inflight must be >= 0 (0 = no cap)")
-    return PoolSpec(name, tuple(addrs), max_inflight, tuple(names))
+    hotwords = _typed(body, "hotwords", bool, True, where)
+    return PoolSpec(name, tuple(addrs), max_inflight, tuple(names), hotwords)
 
 
 def _route(i: int, body: Mapping[str, Any]) -> Route:
@@ -238,7 +245,7 @@ def _no_unknown_keys(where: str, d: Mapping[str, Any], known: set[str]) -> None:
 
 def _typed(d: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
     value = d.get(key, default)
-    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
     if kind is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value

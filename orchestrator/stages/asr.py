@@ -22,10 +22,18 @@ import grpc
 
 from common.audio import CHANNELS, SAMPLE_RATE
 from orchestrator import metrics
-from orchestrator.core.events import Finalize, LanguageDecided, SpeechBoundary, StageLatency, StageName, Transcript
+from orchestrator.core.events import (
+    Finalize,
+    LanguageDecided,
+    SpeechBoundary,
+    StageLatency,
+    StageName,
+    Transcript,
+)
 from orchestrator.routing.pool import AsrPool, Lease, Member, MemberBusy, PoolExhausted, PoolSet, open_with_retries
 from orchestrator.stages.base import AudioSource, SendTimes, StageContext
 from orchestrator.stages.opus_link import OpusLink, OpusLinkConfig
+from orchestrator.stages.words import words_of
 from proto import asr_pb2, asr_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,7 @@ class _Wire:
         self._out: asyncio.Queue[asr_pb2.ClientFrame | None] | None = None
         self._log: list[asr_pb2.ClientFrame] | None = []
         self._ended = False
+        self._queues: list[asyncio.Queue[asr_pb2.ClientFrame | None]] = []  # every stream's, for close()
         self.sent_at = SendTimes()  # packet seq -> send time, for latency
 
     def send(self, frame: asr_pb2.ClientFrame) -> None:
@@ -62,6 +71,7 @@ class _Wire:
         if self._ended:
             out.put_nowait(None)
         self._out = out
+        self._queues.append(out)
 
     def settle(self) -> None:
         self._log = None
@@ -70,6 +80,14 @@ class _Wire:
         self._ended = True
         if self._out is not None:
             self._out.put_nowait(None)
+
+    def close(self) -> None:
+        """The stage is over: end the request stream of every call it opened. A call that failed by
+        itself (a reset connection) leaves gRPC's task that reads its requests waiting on the queue;
+        without an end it is collected pending, and its generator closed while running."""
+        for out in self._queues:
+            out.put_nowait(None)
+        self._queues = []
 
 
 @dataclass
@@ -144,6 +162,7 @@ class AsrStage:
             for stream in streams:
                 stream.lease.value.cancel()
                 stream.lease.release()
+            wire.close()
 
     async def _listen(self, ctx: StageContext, wire: _Wire, language: asyncio.Future[str]) -> None:
         """What the session tells the stage: VAD endpoints and the client's finalize travel with the
@@ -228,12 +247,15 @@ class AsrStage:
                 first = await asyncio.wait_for(call.read(), self._open_timeout_s)
             except BaseException:
                 call.cancel()
+                out.put_nowait(None)  # ends the request stream (see _Wire.close)
                 raise
             if first is grpc.aio.EOF:
+                out.put_nowait(None)
                 await call  # raises the RPC's error status
                 raise AsrError("asr_closed: the ASR closed the stream before admitting it")
             if first.type == "error":
                 call.cancel()
+                out.put_nowait(None)
                 if first.code == "busy":  # the member's admission refusal (its status may arrive as INTERNAL)
                     raise MemberBusy(first.text)
                 raise AsrError(f"{first.code or 'asr_error'}: {first.text}")
@@ -315,7 +337,15 @@ class AsrStage:
                 if ev.type in ("partial", "final"):
                     start_s, end_s = [*ev.ts, 0.0, 0.0][:2]
                     transcript = Transcript(
-                        ev.type == "final", ev.text, start_s, end_s, ev.lang, ev.from_finalize, pool=stream.pool.name
+                        ev.type == "final",
+                        ev.text,
+                        start_s,
+                        end_s,
+                        ev.lang,
+                        ev.from_finalize,
+                        pool=stream.pool.name,
+                        words=words_of(ev),
+                        confidence=ev.confidence if ev.HasField("confidence") else None,
                     )
                     if transcript.final and stream.held_finals is not None:
                         stream.held_finals.append(transcript)  # provisional: wait for the route

@@ -33,6 +33,8 @@ class StageFeed:
         self._seq = 0
         self._pts = 0
         self.backlog_bytes = 0
+        self.bytes_total = 0  # every byte put, for the stage's log line
+        self.last_seq = -1  # the last frame's seq put (-1: none yet)
         self.closed = False
 
     def put(self, block: AudioBlock) -> None:
@@ -42,6 +44,8 @@ class StageFeed:
             self._seq, self._pts = block.seq, block.pts_ns
         self._buf += block.pcm
         self.backlog_bytes += len(block.pcm)
+        self.bytes_total += len(block.pcm)
+        self.last_seq = block.seq
         if len(self._buf) >= self._batch:
             self._push()
 

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from orchestrator.metrics import REGISTRY
 from orchestrator.transcripts.policy import after_failure, describe
 from orchestrator.transcripts.srt import to_srt
-from orchestrator.transcripts.store import AsyncJobStore, Backoff, Job, JobsConfig
+from orchestrator.transcripts.store import Backoff, Job, JobsConfig, TranscriptStore
 from orchestrator.transcripts.view import normalise_finals
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,13 @@ JOBS_OLDEST_AGE.set_function(_Backlog.age_s)
 class JobRunner:
     """Runs due jobs until stopped. It sleeps on an event (set by `enqueue`, `wake` and finished
     attempts) or until the next job is due; while `capacity_available()` is false it re-checks every
-    `capacity_poll_s` (or on `wake`)."""
+    `capacity_poll_s` (or on `wake`). On a shared store it also looks every `poll_s` (other gateways
+    queue jobs, and their leases run out, without waking it) and renews the leases of its running
+    jobs every third of `lease_s`; an attempt whose job another gateway took over is cancelled."""
 
     def __init__(
         self,
-        store: AsyncJobStore,
+        store: TranscriptStore,
         transcribe: Transcribe,
         config: JobsConfig,
         capacity_available: CapacityCheck | None = None,
@@ -123,7 +125,7 @@ class JobRunner:
 
     async def stop(self) -> None:
         """Cancel the loop and in-flight attempts; their jobs go back to pending, attempt not counted
-        (every `running` row belongs to this process: one store file per gateway). Call it before
+        (this gateway's `running` rows only: on a shared store the others' are theirs). Call it before
         closing the store."""
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -136,7 +138,16 @@ class JobRunner:
         await self.store.release_running()
 
     async def run(self) -> None:
-        """The dispatch loop, forever: `start()` runs it as its own task, or a supervisor runs it."""
+        """The dispatch loop (and, on a shared store, the lease renewal), forever: `start()` runs it
+        as its own task, or a supervisor runs it."""
+        if not self.store.shared:
+            await self._dispatch_loop()
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._renew_leases(), name="job-leases")
+            await self._dispatch_loop()
+
+    async def _dispatch_loop(self) -> None:
         while True:
             self._wake.clear()
             try:
@@ -144,11 +155,35 @@ class JobRunner:
             except Exception:  # a store error must not end the runner; try again later
                 log.exception("job dispatch failed", extra={"stage": "jobs", "err_code": "jobs_store"})
                 delay = self.config.capacity_poll_s
+            if self.store.shared:  # look again soon whatever this store said
+                delay = self.config.poll_s if delay is None else min(delay, self.config.poll_s)
             if delay is None:
                 await self._wake.wait()
             elif delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel (stop()) that comes
+                # as the wake event is set, and the loop would never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+
+    async def _renew_leases(self) -> None:
+        """Every third of the lease, `renew_leases`; a failed round is logged and the next tries again."""
+        while True:
+            await asyncio.sleep(self.config.lease_s / 3)
+            try:
+                await self.renew_leases()
+            except Exception:  # the store is away: the leases may run out; the next round tries again
+                log.exception("lease renewal failed", extra={"stage": "jobs", "err_code": "jobs_store"})
+
+    async def renew_leases(self) -> None:
+        """Extend the leases of the jobs running here; cancel an attempt whose job is no longer this
+        gateway's (it lost its lease and another gateway took the job over)."""
+        for key in await self.store.renew(list(self._inflight)):
+            task = self._inflight.get(key)
+            if task is not None:
+                extra = {"flowId": key[1], "stage": "jobs", "event": "lease_lost"}
+                log.warning("job lease lost, attempt cancelled", extra=extra)
+                task.cancel()
 
     async def _dispatch(self) -> float | None:
         """Start what is due; return how long to sleep (None: until woken)."""
@@ -166,6 +201,12 @@ class JobRunner:
             if self._capacity is not None and not await self._capacity():
                 return self.config.capacity_poll_s
             claimed = await self.store.claim(job.flow_id, job.tenant)
+            if claimed is not None and job.status == "running":
+                log.warning(
+                    "job taken over: %s",
+                    claimed.last_error,
+                    extra={"flowId": job.flow_id, "stage": "jobs", "event": "taken_over"},
+                )
             if claimed is not None:
                 self._inflight[(job.tenant, job.flow_id)] = asyncio.create_task(self._attempt(claimed))
                 JOBS_INFLIGHT.set(len(self._inflight))
@@ -186,7 +227,8 @@ class JobRunner:
         t0 = time.monotonic()
         try:
             try:
-                raw = await asyncio.wait_for(self._transcribe(job), self.config.attempt_timeout_s)
+                async with asyncio.timeout(self.config.attempt_timeout_s):
+                    raw = await self._transcribe(job)
                 finals = normalise_finals(raw)
             except Exception as exc:
                 await self._after_failure(job, exc)

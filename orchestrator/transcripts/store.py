@@ -1,7 +1,13 @@
 """The durable store of deferred transcription jobs (SPEC §4 "ASR busy or down -> record only,
-transcribe later"): one sqlite table (WAL), one row per (tenant, flowId), durable across restarts. The
-tenant is the owner's token `sub` ("" when authentication is off): two tenants' flows never meet. `JobStore` is
-blocking; the gateway uses it through `AsyncJobStore`, which runs every call on one dedicated thread.
+transcribe later"): one row per (tenant, flowId), durable across restarts. The tenant is the owner's
+token `sub` ("" when authentication is off): two tenants' flows never meet.
+
+`TranscriptStore` is the interface the runner and the gateway use; two stores implement it:
+- the embedded default, one sqlite file (WAL) per gateway: `JobStore` is blocking, `AsyncJobStore`
+  runs every call of it on one dedicated thread;
+- a PostgreSQL database that several gateways share (`JOBS_STORE_URL`, `pgstore.PostgresJobStore`):
+  a running job carries its gateway's lease, and a job whose lease ran out (its gateway died) is
+  taken over by another gateway (docs/transcripts.md#several-gateways).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from common.envconf import ConfigError
 
@@ -56,6 +62,14 @@ class JobsConfig:
     attempt_timeout_s: float = 900.0
     # Waits for capacity (busy, unavailable) back off from `capacity_poll_s`, doubling up to this.
     wait_cap_s: float = 60.0
+    # A shared store (PostgreSQL) instead of `db_path`: "postgresql://user:password@host:port/db".
+    store_url: str = ""
+    # How long a running job stays this gateway's without a renewal (renewed every third of it); a
+    # job whose lease ran out is taken over. Only with a shared store.
+    lease_s: float = 60.0
+    # With a shared store, the runner looks for due jobs at least this often: other gateways queue
+    # jobs and leases run out without waking it.
+    poll_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_attempts < 1:
@@ -68,6 +82,10 @@ class JobsConfig:
             raise ConfigError("JOBS_CAPACITY_POLL_SEC and JOBS_ATTEMPT_TIMEOUT_SEC must be > 0")
         if self.wait_cap_s < self.capacity_poll_s:
             raise ConfigError("JOBS_WAIT_CAP_SEC must be >= JOBS_CAPACITY_POLL_SEC")
+        if self.store_url and not self.store_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("JOBS_STORE_URL must be a postgresql:// URL (or empty for the sqlite file JOBS_DB)")
+        if self.lease_s <= 0 or self.poll_s <= 0:
+            raise ConfigError("JOBS_LEASE_SEC and JOBS_POLL_SEC must be > 0")
 
 
 class Backoff:
@@ -374,9 +392,54 @@ class JobStore:
         return {s: int(found.get(s, 0)) for s in STATUSES}
 
 
+JobKey = tuple[str, str]  # (tenant, flowId)
+
+
+class TranscriptStore(Protocol):
+    """The job and record store as the runner and the gateway use it (every call async). `now_fn` is
+    the store's clock (wall-clock epoch seconds: jobs outlive processes). `shared` says whether other
+    gateways use the same store: then `running` rows may be theirs, and the runner polls."""
+
+    now_fn: Callable[[], float]
+    shared: bool
+
+    async def close(self) -> None: ...
+    async def get(self, flow_id: str, tenant: str = "") -> Job | None: ...
+    async def enqueue(
+        self, flow_id: str, record_url: str, lang: str = "", domain: str = "", tenant: str = ""
+    ) -> tuple[Job, bool]: ...
+    async def due(self, limit: int, now: float | None = None) -> list[Job]: ...
+    async def next_due_at(self) -> float | None: ...
+    async def backlog(self) -> tuple[int, float | None]: ...
+    async def claim(self, flow_id: str, tenant: str = "") -> Job | None: ...
+    async def renew(self, keys: list[JobKey]) -> set[JobKey]: ...
+    async def complete(self, flow_id: str, result: dict[str, Any], tenant: str = "") -> Job | None: ...
+    async def retry(self, flow_id: str, error: str, next_attempt_at: float, tenant: str = "") -> Job | None: ...
+    async def wait(self, flow_id: str, error: str, next_attempt_at: float, tenant: str = "") -> Job | None: ...
+    async def fail(self, flow_id: str, error: str, tenant: str = "") -> Job | None: ...
+    async def release_running(self) -> int: ...
+    async def record_pending(self, flow_id: str, tenant: str = "") -> None: ...
+    async def record_stored(self, flow_id: str, url: str, tenant: str = "") -> None: ...
+    async def get_record(self, flow_id: str, tenant: str = "") -> Record | None: ...
+    async def counts(self) -> dict[str, int]: ...
+
+
+async def open_store(config: JobsConfig, now_fn: Callable[[], float] = time.time) -> TranscriptStore:
+    """The shared PostgreSQL store when `JOBS_STORE_URL` is set, else the sqlite file `JOBS_DB`."""
+    if config.store_url:
+        from orchestrator.transcripts.pgstore import PostgresJobStore  # psycopg only when configured
+
+        return await PostgresJobStore.open(config.store_url, lease_s=config.lease_s, now_fn=now_fn)
+    Path(config.db_path).parent.mkdir(parents=True, exist_ok=True)
+    return await AsyncJobStore.open(config.db_path, now_fn)
+
+
 class AsyncJobStore:
     """`JobStore` for the event loop: every call runs on one dedicated thread (sqlite work, and an
-    fsync per write, never block the loop). Time comes from `now_fn` (wall clock by default)."""
+    fsync per write, never block the loop). Time comes from `now_fn` (wall clock by default). The
+    file is this gateway's alone (`shared` is false): every `running` row is its own."""
+
+    shared = False
 
     def __init__(self, store: JobStore, executor: ThreadPoolExecutor, now_fn: Callable[[], float] = time.time) -> None:
         self.store, self._executor, self.now_fn = store, executor, now_fn
@@ -418,6 +481,10 @@ class AsyncJobStore:
 
     async def claim(self, flow_id: str, tenant: str = "") -> Job | None:
         return await self._run(self.store.claim, flow_id, self.now_fn(), tenant)
+
+    async def renew(self, keys: list[JobKey]) -> set[JobKey]:
+        """No leases in a file of one gateway: nothing is ever lost."""
+        return set()
 
     async def complete(self, flow_id: str, result: dict[str, Any], tenant: str = "") -> Job | None:
         return await self._run(self.store.complete, flow_id, result, self.now_fn(), tenant)

@@ -23,6 +23,7 @@ import numpy as np
 from common.envconf import ConfigError
 from common.server import GRPC_OPTIONS
 from common.tls import TlsConfig, client_ssl_context, grpc_channel
+from orchestrator.stages.words import words_of
 from orchestrator.transcripts.store import CapacityUnavailable, PermanentJobError
 from proto import asr_pb2, asr_pb2_grpc
 
@@ -170,7 +171,12 @@ async def recognise(
             if ev.type == "final":
                 start_s, end_s = [*list(ev.ts), 0.0, 0.0][:2]
                 ts = [round(start_s, 3), round(end_s, 3)]  # float32 on the wire: drop its noise
-                finals.append({"text": ev.text, "ts": ts, "lang": ev.lang or lang_hint})
+                final: dict[str, Any] = {"text": ev.text, "ts": ts, "lang": ev.lang or lang_hint}
+                if ev.words:
+                    final["words"] = [w.to_json() for w in words_of(ev)]
+                if ev.HasField("confidence"):
+                    final["confidence"] = round(ev.confidence, 4)
+                finals.append(final)
             elif ev.type == "error":
                 if ev.code == "busy":  # documented as retryable: the member refused the stream for load
                     raise AsrUnavailable(f"ASR error busy: {ev.text}")

@@ -1,5 +1,5 @@
-"""The body of `GET /v1/flows/{flowId}/transcript`: a job's status, finals and SRT, and where the
-recording is (`record_url`, `record_status`) when the archive took the session late."""
+"""The body of `GET /v1/flows/{flowId}/transcript`: a job's status, finals (with their words) and SRT, and
+where the recording is (`record_url`, `record_status`) when the archive took the session late."""
 
 from __future__ import annotations
 
@@ -11,20 +11,33 @@ from orchestrator.transcripts.store import Job, Record
 
 
 def normalise_finals(finals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep {text, ts:[start, end], lang} of each final with text; raises ValueError on a bad shape."""
+    """Keep {text, ts:[start, end], lang} of each final with text, and its `words` and `confidence`
+    when it has them; raises ValueError (or KeyError, TypeError) on a bad shape."""
     out = []
     for f in finals:
         text = str(f["text"]).strip()
         start, end = (float(x) for x in f["ts"])
-        if text:
-            out.append(
-                {
-                    "text": text,
-                    "ts": [round(start, 3), round(max(start, end), 3)],
-                    "lang": str(f.get("lang", "")),
-                }
-            )
+        if not text:
+            continue
+        final: dict[str, Any] = {
+            "text": text,
+            "ts": [round(start, 3), round(max(start, end), 3)],
+            "lang": str(f.get("lang", "")),
+        }
+        if f.get("words"):
+            final["words"] = [_word(w) for w in f["words"]]
+        if f.get("confidence") is not None:
+            final["confidence"] = round(float(f["confidence"]), 4)
+        out.append(final)
     return out
+
+
+def _word(w: dict[str, Any]) -> dict[str, Any]:
+    start, end = float(w["start"]), float(w["end"])
+    word: dict[str, Any] = {"word": str(w["word"]), "start": round(start, 3), "end": round(max(start, end), 3)}
+    if w.get("confidence") is not None:
+        word["confidence"] = round(float(w["confidence"]), 4)
+    return word
 
 
 def _iso(t: float | None) -> str | None:

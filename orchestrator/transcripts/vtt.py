@@ -1,5 +1,6 @@
-"""WebVTT text of ASR finals (the batch tool's `.vtt`), made from the SRT writer's cues so that both
-formats always split and time the text the same way."""
+"""WebVTT text of ASR finals (the batch tool's `.vtt`, the CLI's `--vtt`), made from the SRT writer's
+cues (cut on the word timings, orchestrator/transcripts/cues.py) so that both formats always split and
+time the text the same way."""
 
 from __future__ import annotations
 

@@ -65,6 +65,9 @@ class AsrConfig:
     speech_tail_ms: int = setting(200, env="ASR_SPEECH_TAIL_MS")
     # A final whose speech the last partial decoded reuses that decode.
     reuse_partial_final: bool = setting(True, env="ASR_REUSE_PARTIAL_FINAL")
+    # Whisper aligns each decode's words (cross-attention, one more decoder pass; cost and error in
+    # docs/performance.md): finals and partials carry `words`. pocketsphinx's come free with finals.
+    word_timestamps: bool = setting(True, env="ASR_WORD_TIMESTAMPS")
     guard: GuardConfig = nested(GuardConfig, prefix="ASR_GUARD_")
     server: ServerConfig = nested(ServerConfig, prefix="ASR_")
     tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)

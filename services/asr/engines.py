@@ -20,9 +20,11 @@ import numpy as np
 from common import models
 from common.audio import SAMPLE_RATE
 from services.asr import guards
+from services.asr import words as word_timing
 from services.asr.config import AsrConfig
 from services.asr.guards import GuardConfig
 from services.asr.window import WindowedDecoder, window_frames
+from services.asr.words import Word
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class Result:
     text: str
     lang: str
     refused: str = ""  # the guard that emptied `text` (services/asr/guards.py), "" if none
+    # Word timings (seconds from the decoded audio's first sample) and confidences, when the engine
+    # gives them (services/asr/words.py); `confidence` is the utterance's, None when unknown.
+    words: tuple[Word, ...] = ()
+    confidence: float | None = None
 
 
 class EngineStream(Protocol):
@@ -96,6 +102,7 @@ class WhisperEngine:
         final_window_s: float = 0.0,
         min_window_s: float = 0.0,
         guard: GuardConfig | None = None,
+        word_timestamps: bool = True,
     ) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -113,6 +120,8 @@ class WhisperEngine:
         self._min_window_frames = window_frames(min_window_s)  # 0: fixed windows
         self._full_window = WindowedDecoder(self._whisper, 30.0, beam_size)
         self._guard = guard or GuardConfig()
+        self.word_timestamps = word_timestamps  # every decode aligns its words (ASR_WORD_TIMESTAMPS)
+        self.snap_words = True  # word boundaries moved onto the speech (words.snap_to_speech)
         self._fallbacks_lock = threading.Lock()
         self.window_fallbacks = 0  # windowed decodes redone on the normal path
         self.windowed_decodes = 0
@@ -180,20 +189,35 @@ class WhisperEngine:
             vad_filter=False,
             hotwords=prompt,
         )
-        kept, refused = [], ""
+        kept, refused, logprobs = [], "", []
+        words: list[Word] = []
         for seg in segments:
             scores = guards.Scores(seg.no_speech_prob, seg.avg_logprob)
             seg_s = max(seg.end - seg.start, 0.0) or audio_s
             reason = guards.check(seg.text.strip(), seg_s, scores, self._guard)
             if reason is None:
                 kept.append(seg.text.strip())
+                logprobs.append(seg.avg_logprob)
+                if self.word_timestamps:
+                    words += self._segment_words(pcm, seg.start, seg.end, seg.tokens, info.language)
             else:
                 refused = refused or reason
         text = " ".join(kept).strip()
         reason = guards.check(text, audio_s, guards.Scores(), self._guard)
         if reason is not None:
             text, refused = "", reason
-        return self._refused(Result(text, info.language, "" if text else refused))
+        if not text:
+            return self._refused(Result("", info.language, refused))
+        confidence = word_timing.utterance_confidence(sum(logprobs) / len(logprobs))
+        return Result(text, info.language, "", self._snapped(word_timing.clamp(words, audio_s), pcm), confidence)
+
+    def _segment_words(
+        self, pcm: np.ndarray, start_s: float, end_s: float, tokens: Sequence[int], lang: str
+    ) -> list[Word]:
+        """Word timings of one segment of faster-whisper's own path (at most its 30 s window)."""
+        first = int(start_s * SAMPLE_RATE)
+        chunk = pcm[first : max(int(end_s * SAMPLE_RATE), first + 1)]
+        return [w.shifted(start_s) for w in self._full_window.align(chunk, tokens, lang)]
 
     def _window_frames(self, window: WindowedDecoder, samples: int) -> int:
         """The window `samples` of audio are decoded on: sized to them when a minimum is set."""
@@ -214,7 +238,9 @@ class WhisperEngine:
         for n, attempt in enumerate(attempts):
             # A loop stops at the token budget of the audio instead of Whisper's 448 tokens (seconds).
             budgets = [_max_tokens(pcm.size / SAMPLE_RATE) for pcm in pending.values()]
-            batch = self._full_window.decode_batch(list(pending.values()), language, prompt, attempt, budgets)
+            batch = self._full_window.decode_batch(
+                list(pending.values()), language, prompt, attempt, budgets, self.word_timestamps
+            )
             for (i, pcm), decoded in zip(list(pending.items()), batch, strict=True):
                 audio_s = pcm.size / SAMPLE_RATE
                 scores = guards.Scores(decoded.no_speech_prob, decoded.avg_logprob)
@@ -224,11 +250,19 @@ class WhisperEngine:
                     self.windowed_decodes += n == 0
                     self.window_fallbacks += looped and n == 0
                 if not looped or n == len(attempts) - 1:
-                    results[i] = self._refused(Result("" if refused else decoded.text, decoded.lang, refused or ""))
+                    if refused:
+                        results[i] = self._refused(Result("", decoded.lang, refused))
+                    else:
+                        confidence = word_timing.utterance_confidence(decoded.avg_logprob)
+                        words = self._snapped(decoded.words, pcm)
+                        results[i] = Result(decoded.text, decoded.lang, "", words, confidence)
                     del pending[i]
             if not pending:
                 break
         return results
+
+    def _snapped(self, words: tuple[Word, ...], pcm: np.ndarray) -> tuple[Word, ...]:
+        return word_timing.snap_to_speech(words, pcm) if self.snap_words else words
 
     def _refused(self, result: Result) -> Result:
         if result.refused:
@@ -336,9 +370,13 @@ class _SphinxStream:
         return self._guarded()
 
     def finish(self) -> Result:
+        """The final, with pocketsphinx's own word segmentation (its 10 ms frames) and posteriors."""
         self._decoder.end_utt()
         self._in_utt = False
         result = self._guarded()
+        if result.text:
+            found = word_timing.from_sphinx(self._decoder.seg())
+            result = Result(result.text, result.lang, "", word_timing.clamp(found, self._samples / SAMPLE_RATE))
         self.close()
         return result
 
@@ -369,4 +407,5 @@ def build_engine(config: AsrConfig) -> Engine:
         config.final_window_s,
         config.min_window_s,
         config.guard,
+        config.word_timestamps,
     )

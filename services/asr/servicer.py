@@ -54,6 +54,9 @@ class RecognizeServicer(asr_pb2_grpc.RecognizeServicer):
                 queued.dec()
                 waiting = False
                 log.info("stream open", extra={**extra, "event": "stream_open"})
+                if params.hotwords and not self._engine.supports_hotwords:
+                    # The gateway's `ack` says so only if the routing file marks this pool `hotwords = false`.
+                    log.warning("hotwords ignored by this engine", extra={**extra, "event": "hotwords_ignored"})
                 # Admitted: say so at once, so the client knows this member took the stream and
                 # can start sending audio (a queued stream waits here without answering).
                 yield asr_pb2.AsrEvent(type="ready", flow_id=params.flow_id, model=self._engine.model)

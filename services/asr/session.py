@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -131,9 +131,9 @@ class AsrSession:
         self._last_partial_at = -1e9
         self._last_partial_key: tuple[int, int] = (-1, -1)
         self._last_partial: tuple[int, str] = (-1, "")  # (utterance, text): repeats are not sent
-        # (utterance, end of the audio decoded in ns, text) of the last partial decode: a final whose
-        # speech ended within that audio reuses it instead of decoding again.
-        self._last_decode: tuple[int, int, str] = (-1, 0, "")
+        # (utterance, end of the audio decoded in ns, result) of the last partial decode: a final whose
+        # speech ended within that audio reuses it (text, words, confidence) instead of decoding again.
+        self._last_decode: tuple[int, int, Result] = (-1, 0, Result("", ""))
         self._final_ready = asyncio.Event()  # an utterance closed or the stream ended
         self._partial_running = False
         self._labels = {"engine": engine.name, "model": engine.model}
@@ -245,7 +245,7 @@ class AsrSession:
             with self._lock:
                 if self._stream_index == utt.index:
                     self._close_stream_locked()
-            result = Result(reused, self.params.lang)
+            result = replace(reused, lang=self.params.lang)
         else:
             try:
                 result, decoded, took = await self._decode_final(utt)
@@ -264,6 +264,7 @@ class AsrSession:
                 lang=result.lang or self.params.lang,
                 from_finalize=utt.finalized,
             )
+            _add_words(event, result, utt.start_ns)
             await self._send(emit, event, since=closed.closed_at)
 
     async def _decode_final(self, utt: Utterance) -> tuple[Result, int, float]:
@@ -291,15 +292,15 @@ class AsrSession:
 
         return await self._scheduler.run(decode)
 
-    def _reusable(self, utt: Utterance) -> str | None:
-        """The last partial's text when it decoded all of this utterance's audio, speech end and tail
+    def _reusable(self, utt: Utterance) -> Result | None:
+        """The last partial's result when it decoded all of this utterance's audio, speech end and tail
         (Whisper only: an incremental engine finishes its own stream)."""
-        index, end_ns, text = self._last_decode
+        index, end_ns, result = self._last_decode
         if self._engine.incremental or not self._config.reuse_partial_final or utt.speech_end_ns is None:
             return None
         # The partial must have heard the speech end and its tail: a decode that stops right at the
         # end of the last word can lose it (measured: lone WER 0.095 -> 0.238 with `>= speech_end`).
-        return text if index == utt.index and end_ns >= utt.end_ns else None
+        return result if index == utt.index and end_ns >= utt.end_ns else None
 
     async def _maybe_partial(self, emit: Emit) -> float:
         """Decode the open utterance for a partial if one is due; return how long to wait next."""
@@ -386,9 +387,7 @@ class AsrSession:
             return
         metrics.ASR_BATCH_SIZE.labels(kind="partial", **self._labels).observe(outcome.size)
         result = outcome.result
-        await self._partial_result(
-            emit, taken, taken.utt.pcm.size, outcome.seconds, result.text, result.refused, interval_s
-        )
+        await self._partial_result(emit, taken, taken.utt.pcm.size, outcome.seconds, result, interval_s)
 
     async def _partial_decode(self, emit: Emit, asked: float, interval_s: float) -> None:
         taken = self._take_partial_audio(asked, interval_s)
@@ -396,7 +395,7 @@ class AsrSession:
             return
         pcm, index = taken.utt.pcm, taken.utt.index
 
-        def decode() -> tuple[str, int, float, str]:
+        def decode() -> tuple[Result, int, float]:
             t0 = time.perf_counter()
             with self._lock:
                 if self._stream_index != index or self._stream is None:
@@ -409,21 +408,22 @@ class AsrSession:
                 result = self._stream.partial()
                 # Whisper re-decodes the whole utterance, an incremental engine only the new audio.
                 decoded = new.size if self._engine.incremental else pcm.size
-                return result.text, decoded, time.perf_counter() - t0, result.refused
+                return result, decoded, time.perf_counter() - t0
 
-        text, decoded, took, refused = await self._scheduler.execute(decode)
-        await self._partial_result(emit, taken, decoded, took, text, refused, interval_s)
+        result, decoded, took = await self._scheduler.execute(decode)
+        await self._partial_result(emit, taken, decoded, took, result, interval_s)
 
     async def _partial_result(
-        self, emit: Emit, taken: _Taken, decoded: int, took: float, text: str, refused: str, interval_s: float
+        self, emit: Emit, taken: _Taken, decoded: int, took: float, result: Result, interval_s: float
     ) -> None:
         """Account for one partial decode and send its text if it is new and the utterance still open."""
         open_utt = taken.utt
         pcm, index = open_utt.pcm, open_utt.index
         self._observe_rtf("partial", took, decoded)
-        self._count_refusal("partial", refused)
+        self._count_refusal("partial", result.refused)
+        text = result.text
         self._last_partial_key = (index, pcm.size)
-        self._last_decode = (index, open_utt.end_ns, text)
+        self._last_decode = (index, open_utt.end_ns, result)
         self._last_partial_at = self._clock()  # one decode per interval, text or not
         if self._last_partial[0] != index:
             # No partial yet for this utterance (too little speech decoded): try again after half
@@ -435,7 +435,9 @@ class AsrSession:
             self._last_partial = (index, text)
             self._last_partial_at = self._clock()
             ts = [open_utt.start_ns / NS_PER_S, open_utt.end_ns / NS_PER_S]
-            await self._send(emit, asr_pb2.AsrEvent(type="partial", text=text, ts=ts), since=taken.audio_at)
+            event = asr_pb2.AsrEvent(type="partial", text=text, ts=ts)
+            _add_words(event, result, open_utt.start_ns)
+            await self._send(emit, event, since=taken.audio_at)
 
     def _count_refusal(self, kind: str, guard: str) -> None:
         if guard:
@@ -487,3 +489,15 @@ class AsrSession:
         ):
             if n:
                 metrics.ASR_PACKETS.labels(codec=codec, outcome=outcome).inc(n)
+
+
+def _add_words(event: asr_pb2.AsrEvent, result: Result, start_ns: int) -> None:
+    """The result's words (times from its audio's first sample) on the session timeline, and its
+    confidence, into `event`."""
+    offset_s = start_ns / NS_PER_S
+    for w in result.words:
+        word = event.words.add(word=w.word, start=round(w.start_s + offset_s, 3), end=round(w.end_s + offset_s, 3))
+        if w.confidence is not None:
+            word.confidence = w.confidence
+    if result.confidence is not None:
+        event.confidence = result.confidence

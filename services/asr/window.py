@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from services.asr import words as word_timing
 from services.asr.guards import compression_ratio  # noqa: F401  (re-exported: tests, benchmarks)
+from services.asr.words import Word
 
 HOP_SAMPLES = 160  # 10 ms at 16 kHz: one mel frame
 # faster-whisper's TranscriptionOptions defaults, as WhisperEngine leaves them.
@@ -64,11 +66,12 @@ class WindowedDecoder:
         hotwords: str | None = None,
         frames: int = 0,
         max_tokens: int = 0,
+        word_timestamps: bool = False,
     ) -> Decoded:
         """One decode of a clip shorter than `frames` mel frames (default: this decoder's window);
         `language=None` detects it; `max_tokens` (0 = Whisper's 448) stops a repetition loop early
         (a text that reaches it is `truncated`). Whisper's own no-speech rule is left to the guards."""
-        return self.decode_batch([audio], language, hotwords, frames, [max_tokens])[0]
+        return self.decode_batch([audio], language, hotwords, frames, [max_tokens], word_timestamps)[0]
 
     def decode_batch(
         self,
@@ -77,12 +80,14 @@ class WindowedDecoder:
         hotwords: str | None = None,
         frames: int = 0,
         max_tokens: Sequence[int] = (),
+        word_timestamps: bool = False,
     ) -> list[Decoded]:
         """`decode` of several clips in one encoder call and one `generate` call (issue 9: four
         prompts decode in 31 ms each against 71 ms alone): every clip is padded to the same
         `frames`. Each clip keeps its own token budget (`max_tokens[i]`, 0 = Whisper's 448): the batch
         runs to the largest and a clip's tokens are cut at its own, so a clip that would have stopped
-        there alone ends with the same tokens, `truncated`."""
+        there alone ends with the same tokens, `truncated`. `word_timestamps` aligns each text's
+        tokens on the same encoder output (one more decoder pass, docs/performance.md)."""
         frames = frames or self.frames
         budgets = list(max_tokens) or [0] * len(audios)
         if len(budgets) != len(audios) or not audios:
@@ -91,10 +96,11 @@ class WindowedDecoder:
             if not 0 < audio.size < frames * HOP_SAMPLES:
                 raise ValueError(f"{audio.size} samples do not fit a {frames}-frame window")
         fw = self._whisper
-        segments = []
+        segments, contents = [], []
         for audio in audios:
             features = fw.feature_extractor(audio)
             content = features[:, : max(features.shape[-1] - 1, 0)]  # as transcribe(): the last frame is padding
+            contents.append(content)
             segments.append(np.pad(content, ((0, 0), (0, frames - content.shape[-1]))))
         encoded = fw.encode(segments[0] if len(segments) == 1 else np.stack(segments))
         if language is None:
@@ -125,13 +131,58 @@ class WindowedDecoder:
             max_initial_timestamp_index=round(MAX_INITIAL_TIMESTAMP_S / fw.time_precision),
         )
         decoded = []
+        kept_tokens = []
         for result, tokenizer, lang, budget in zip(results, tokenizers, languages, budgets, strict=True):
             tokens = result.sequences_ids[0]
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
             truncated = bool(budget) and len(tokens) >= budget
             text = tokenizer.decode(tokens[:budget] if truncated else tokens).strip()
+            kept_tokens.append([] if truncated else list(tokens))
             decoded.append(Decoded(text, lang, float(result.no_speech_prob), float(avg_logprob), frames, truncated))
+        if word_timestamps:
+            content_frames = [min(s.shape[-1], frames) for s in contents]
+            timed = self._align(encoded, tokenizers, kept_tokens, content_frames)
+            decoded = [replace(d, words=w) for d, w in zip(decoded, timed, strict=True)]
         return decoded
+
+    def align(self, audio: np.ndarray, tokens: Sequence[int], language: str) -> tuple[Word, ...]:
+        """Word timings of `tokens` (the text of a decode on faster-whisper's own path) on `audio`
+        (at most this window): one more encoder pass and the alignment. faster-whisper's own
+        `word_timestamps=True` would change that path's text (it seeks to the last word's end and
+        decodes the rest again, measured: a hallucinated "Okay." after a clip)."""
+        fw = self._whisper
+        features = fw.feature_extractor(audio)
+        content = features[:, : min(max(features.shape[-1] - 1, 0), self.frames)]
+        encoded = fw.encode(np.pad(content, ((0, 0), (0, self.frames - content.shape[-1]))))
+        tokenizer = self._tokenizer_cls(fw.hf_tokenizer, fw.model.is_multilingual, "transcribe", language)
+        words = word_timing.align(fw, tokenizer, [tokens], encoded, [content.shape[-1]])[0]
+        return word_timing.clamp(words, audio.size / (HOP_SAMPLES * 100))
+
+    def _align(
+        self,
+        encoded: Any,
+        tokenizers: Sequence[Any],
+        tokens: Sequence[Sequence[int]],
+        frames: Sequence[int],
+    ) -> list[tuple[Word, ...]]:
+        """Each clip's word timings, aligned alone on its own rows of the batch's encoder output: a
+        batched alignment pads the shorter texts and moves their times and probabilities (measured),
+        and a clip's words must not depend on who shared its batch. A clip without text gets none."""
+        import ctranslate2
+
+        fw = self._whisper
+        batch = np.asarray(encoded) if len(tokens) > 1 else None
+        timed = [
+            word_timing.align(
+                fw,
+                tokenizers[i],
+                [tokens[i]],
+                encoded if batch is None else ctranslate2.StorageView.from_array(batch[i : i + 1]),
+                [frames[i]],
+            )[0]
+            for i in range(len(tokens))
+        ]
+        return [word_timing.clamp(words, f / 100) for words, f in zip(timed, frames, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -142,3 +193,4 @@ class Decoded:
     avg_logprob: float
     frames: int
     truncated: bool = False  # stopped at max_tokens: more text than the audio can hold
+    words: tuple[Word, ...] = ()  # with word_timestamps: seconds from the clip's first sample

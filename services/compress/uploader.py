@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
+from common import tracing
 from services.compress.session import CONTENT_TYPES, KEY_PREFIX
 from services.compress.spool import PendingSpool
 from services.compress.store import Store, StoreUnavailable
@@ -65,6 +66,15 @@ class Uploader:
         return "spooled"
 
     async def _upload_newest(self, flow_id: str, path: str) -> bool:
+        # A direct upload is a child of the Archive call's span; a retry, a trace of its own with the flowId.
+        flow = None if path == "direct" else flow_id.partition("/")[2]
+        with tracing.span("archive.upload", flow_id=flow, **{"speechgw.upload_path": path}) as span:
+            stored = await self._upload_newest_now(flow_id, path)
+            if span is not None:
+                span.set_attribute("speechgw.stored", stored)
+            return stored
+
+    async def _upload_newest_now(self, flow_id: str, path: str) -> bool:
         loop = asyncio.get_running_loop()
         async with self._flow_lock(flow_id):
             archive = await loop.run_in_executor(self.executor, self.spool.newest, flow_id)

@@ -5,7 +5,6 @@ key; the archive recovers what its own spool held; every record URL is reachable
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import urllib.error
 import urllib.request
@@ -14,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import soundfile as sf
 
 from devtools.client import StreamResult, load_wav, stream_pcm
 from devtools.devauth import default_token
 from devtools.stack import Stack
 from tests.poll import seconds, wait_for
+from tests.records import decoded_s, fetch
 
 pytestmark = pytest.mark.chaos
 FLOWS = ("archive-cut-a", "archive-cut-b")
@@ -62,11 +61,10 @@ def wait_for_parts(stack: Stack, count: int) -> None:
     wait_for(lambda: len([p for p in archived_parts(stack) if p.stat().st_size > 0]) >= count, 20, "archive writing")
 
 
-def decoded_s(url: str) -> float:
-    with urllib.request.urlopen(url, timeout=seconds(5)) as resp:
-        audio, rate = sf.read(io.BytesIO(resp.read()), dtype="int16")
-    assert rate == 16000
-    return float(len(audio) / rate)
+def downloaded_s(url: str) -> float:
+    status, body = fetch(url)
+    assert status == 200, (status, body[:200])
+    return decoded_s(body)
 
 
 def test_archive_back_before_the_end_gives_record_url_in_the_session(stack: Stack, clips: Path) -> None:
@@ -89,7 +87,7 @@ def test_archive_back_before_the_end_gives_record_url_in_the_session(stack: Stac
     error, record = result.events[-3], result.events[-2]
     assert error["code"] == "archive_unavailable" and error["mode"] == "spooled"
     assert record["status"] == "stored" and abs(record["duration_s"] - len(pcm) / 32000) <= 0.02
-    assert abs(decoded_s(record["url"]) - len(pcm) / 32000) <= 0.02
+    assert abs(downloaded_s(record["url"]) - len(pcm) / 32000) <= 0.02
 
 
 def test_archive_killed_mid_stream_loses_no_audio(stack: Stack, clips: Path) -> None:
@@ -127,7 +125,7 @@ def test_archive_killed_mid_stream_loses_no_audio(stack: Stack, clips: Path) -> 
         assert body["status"] == "done" and body["record_status"] == "stored"
         url = body["record_url"]
         assert url.startswith(archive.http_base + "/records/")
-        assert abs(decoded_s(url) - sent_s) <= 0.02, (flow, sent_s)
+        assert abs(downloaded_s(url) - sent_s) <= 0.02, (flow, sent_s)
     # The archive recovered its own cut parts at start (then superseded by the whole sessions).
     assert not archived_parts(stack)
     with urllib.request.urlopen(f"{archive.http_base}/metrics", timeout=seconds(5)) as resp:

@@ -9,38 +9,22 @@ object, decoded, lasts what `end.audio_s` says, within one 20 ms frame. Meanwhil
 from __future__ import annotations
 
 import asyncio
-import io
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 
 from devtools.client import StreamResult, load_wav, stream_pcm
 from devtools.stack import Stack
 from speechgw_client import Event
 from tests.poll import seconds
+from tests.records import decoded_s, fetch
 
 pytestmark = pytest.mark.chaos
 SESSIONS = 50
 SHORT_S, LONG_S = 2.0, 12.0
 FRAME_S = 0.02
-
-
-def fetch(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=seconds(10)) as resp:
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def decoded_s(data: bytes) -> float:
-    info = sf.info(io.BytesIO(data))
-    return float(info.frames / info.samplerate)
 
 
 def test_sigterm_drains_fifty_live_sessions(tmp_path: Path, clips: Path) -> None:

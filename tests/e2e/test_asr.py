@@ -114,7 +114,7 @@ def test_busy_asr_degrades_to_record_only(asr_stack: Stack, clips: Path) -> None
     assert any(r.of_type("asr_final") for r in results if r not in refused)
 
 
-def test_cli_prints_events_writes_srt_and_json_and_fails_on_error(
+def test_cli_prints_events_writes_srt_vtt_and_json_and_fails_on_error(
     asr_stack: Stack, clips: Path, tmp_path: Path
 ) -> None:
     import json
@@ -123,8 +123,9 @@ def test_cli_prints_events_writes_srt_and_json_and_fails_on_error(
 
     wav = clips / "en" / "hello_world.wav"
     cli = [sys.executable, "-m", "devtools.client", "--url", asr_stack.url, "--speed", "0"]
+    outputs = [f"--{kind}={tmp_path / f'out.{kind}'}" for kind in ("srt", "vtt", "json")]
     ok = subprocess.run(
-        [*cli, "--srt", str(tmp_path / "out.srt"), "--json", str(tmp_path / "out.json"), str(wav)],
+        [*cli, "--hotwords", "Kubernetes", *outputs, str(wav)],
         capture_output=True,
         text=True,
         timeout=seconds(60),
@@ -136,6 +137,15 @@ def test_cli_prints_events_writes_srt_and_json_and_fails_on_error(
     assert json.loads((tmp_path / "out.json").read_text()) == lines
     srt = (tmp_path / "out.srt").read_text()
     assert srt.startswith("1\n00:00:00,") and "-->" in srt and "hello" in srt.lower()
+    vtt = (tmp_path / "out.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n1\n00:00:00.") and "hello" in vtt.lower()
+    assert lines[0]["hotwords_applied"] is True  # the stack's pools run Whisper
+    finals = [e for e in lines if e["type"] == "asr_final"]
+    for final in finals:  # word timings from the ASR, on the session timeline, within the final
+        assert " ".join(w["word"] for w in final["words"]) == final["text"]
+        assert all(final["ts"][0] - 0.001 <= w["start"] <= w["end"] <= final["ts"][1] + 0.001 for w in final["words"])
+        assert 0 < final["confidence"] <= 1
+    assert finals
     bad = subprocess.run(
         [*cli, "--flow-id", "no/slashes", str(wav)], capture_output=True, text=True, timeout=seconds(60), check=False
     )

@@ -5,16 +5,12 @@ not taken over, record URLs are signed and expire."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-import soundfile as sf
 from websockets.asyncio.client import connect
 
 from devtools.client import stream_pcm
@@ -22,22 +18,9 @@ from devtools.stack import Stack
 from services.compress.signing import UrlSigner
 from speechgw_client import StreamResult, connect_kwargs
 from tests.e2e.conftest import records_of
-from tests.poll import seconds
+from tests.records import decoded_s, fetch
 
 pytestmark = pytest.mark.e2e
-
-
-def fetch(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=seconds(10)) as resp:
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def duration_s(data: bytes) -> float:
-    info = sf.info(io.BytesIO(data))
-    return info.frames / info.samplerate
 
 
 def stream(stack: Stack, pcm: bytes, flow: str, tok: str | None, via: str = "header") -> StreamResult:
@@ -72,8 +55,8 @@ def test_two_tenants_with_one_flow_id_get_their_own_recordings(stack: Stack, cou
     status_a, data_a = fetch(url_a)
     status_b, data_b = fetch(url_b)
     assert (status_a, status_b) == (200, 200)
-    assert duration_s(data_a) == pytest.approx(len(long_pcm) / 32000, abs=0.05)  # A's audio, not B's
-    assert duration_s(data_b) == pytest.approx(len(short_pcm) / 32000, abs=0.05)
+    assert decoded_s(data_a) == pytest.approx(len(long_pcm) / 32000, abs=0.05)  # A's audio, not B's
+    assert decoded_s(data_b) == pytest.approx(len(short_pcm) / 32000, abs=0.05)
     again = stream(stack, long_pcm, "e2e-shared", stack.token("tenant-a"))  # A's retry: the same object
     assert urlsplit(again.of_type("record_url")[0]["url"]).path == urlsplit(url_a).path
     assert len([p for p in records_of(stack).rglob("e2e-shared.*")]) == 2
@@ -100,7 +83,7 @@ def test_a_second_session_on_a_live_flow_id_is_refused(stack: Stack, counting_pc
     assert code == 1000 and [e["type"] for e in events] == ["record_url", "end"]
     status, data = fetch(events[0]["url"])
     # The first session's recording holds all of its audio, none of the intruder's.
-    assert status == 200 and duration_s(data) == pytest.approx(len(counting_pcm) / 32000, abs=0.05)
+    assert status == 200 and decoded_s(data) == pytest.approx(len(counting_pcm) / 32000, abs=0.05)
     assert len([p for p in records_of(stack).rglob("e2e-live.*")]) == 1
 
 

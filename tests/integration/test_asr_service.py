@@ -4,6 +4,7 @@ bad input, the busy refusal, health and metrics."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -101,7 +102,22 @@ def check_transcript(events: list[asr_pb2.AsrEvent], duration_s: float) -> str:
             assert 0 <= e.ts[0] < e.ts[1] <= duration_s + 0.02
     assert [f.ts[0] for f in finals] == sorted(f.ts[0] for f in finals)
     assert all(f.lang == "en" and f.model == "whisper-tiny.en" for f in finals)
+    for f in finals:
+        check_words(f, with_confidence=True)
     return " ".join(f.text for f in finals)
+
+
+def check_words(event: asr_pb2.AsrEvent, with_confidence: bool) -> None:
+    """The event's words spell its text, in order, within its `ts` (the session timeline)."""
+    assert [w.word for w in event.words], event
+    assert " ".join(w.word for w in event.words).split() == event.text.split()
+    start, end = event.ts
+    assert all(a.start <= b.start for a, b in itertools.pairwise(event.words))
+    assert all(start - 0.001 <= w.start <= w.end <= end + 0.001 for w in event.words), (event.ts, event.words)
+    assert all(w.HasField("confidence") == with_confidence for w in event.words)
+    assert event.HasField("confidence") == with_confidence
+    if with_confidence:
+        assert 0 < event.confidence <= 1 and all(0 <= w.confidence <= 1 for w in event.words)
 
 
 @pytest.mark.parametrize("codec", ["opus", "pcm"])
@@ -217,6 +233,8 @@ async def test_sphinx_engine_streams_partials_and_a_final(clips: Path) -> None:
         finals = [e for e in events if e.type == "final"]
         assert len(partials) >= 2 and all(e.model == "sphinx-en-us" for e in partials + finals)
         assert wer([reference], [" ".join(f.text for f in finals)]) <= SPHINX_WER_BOUND
+        for f in finals:  # pocketsphinx's own segments, without posteriors
+            check_words(f, with_confidence=False)
     finally:
         service.stop()
 

@@ -3,7 +3,6 @@ and against a real SeaweedFS S3 server; then what only S3 has (presigned URLs, o
 
 from __future__ import annotations
 
-import io
 import socket
 import time
 import urllib.error
@@ -25,6 +24,7 @@ from proto import common_pb2, compress_pb2, compress_pb2_grpc
 from services.compress.service import TENANT_METADATA
 from services.compress.signing import UrlSigner
 from tests.poll import seconds, wait_for
+from tests.records import decoded_s
 
 pytestmark = pytest.mark.integration
 
@@ -71,11 +71,6 @@ async def archive(addr: str, frames: list[common_pb2.AudioFrame], tenant: str = 
 def download(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=seconds(10)) as resp:
         return bytes(resp.read())
-
-
-def decoded_s(data: bytes) -> float:
-    info = sf.info(io.BytesIO(data))
-    return info.frames / info.samplerate
 
 
 def metric(text: str, sample: str) -> float:

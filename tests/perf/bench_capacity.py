@@ -6,10 +6,12 @@ sending 20 ms PCM chunks at real-time pace. Printed per N: the gateway's CPU sec
 session-second of audio, its RSS, the achieved send rate, and event lag (flush -> end, and
 ack after start). Quote medians; the machine is shared.
 
-    python -m tests.perf.bench_capacity [--sessions 100,200,500] [--seconds 20] [--tls]
+    python -m tests.perf.bench_capacity [--sessions 100,200,500] [--seconds 20] [--tls] [--traces]
 
 `--tls` runs the same load over wss:// with mTLS on the gateway's gRPC links (certificates from a
-throwaway CA, devtools/certs.py): the difference is the cost of TLS.
+throwaway CA, devtools/certs.py): the difference is the cost of TLS. `--traces` turns OpenTelemetry
+tracing on in the gateway and the fakes, exporting every session's spans over OTLP/HTTP to a receiver
+in this process (tests/otlp_sink.py): the difference is the cost of the traces.
 """
 
 from __future__ import annotations
@@ -159,7 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         "--auth", action="store_true", help="JWT on (the development secret): every session's token is verified"
     )
     p.add_argument("--tls", action="store_true", help="wss:// at the gateway and mTLS to the fakes")
+    p.add_argument(
+        "--traces", action="store_true", help="tracing on everywhere, every session sampled, to a local OTLP receiver"
+    )
     args = p.parse_args(argv)
+    sink = None
+    otel: dict[str, str] = {}
+    if args.traces:
+        from tests.otlp_sink import OtlpSink
+
+        sink = OtlpSink().start()
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_TRACES_SAMPLER": "always_on"}
     auth_env = {k: v for k, v in dev_env().items() if k.startswith("AUTH_")} if args.auth else {}
     tls: dict[str, dict[str, str]] = {"vad": {}, "compress": {}, "gateway": {}}
     ca_file = None
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         edge = ca.issue("edge")
         tls["gateway"] |= {"TLS_CERT_FILE": str(edge.cert), "TLS_KEY_FILE": str(edge.key)}
     fakes = [
-        launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING", **tls[k]})
+        launch(f"fake-{k}", [sys.executable, "-m", "tests.fakes", k], env={"LOG_LEVEL": "WARNING", **tls[k], **otel})
         for k in ("vad", "compress")
     ]
     gw = launch(
@@ -193,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             **auth_env,
             **LOOPBACK_LIMITS,  # every simulated client is 127.0.0.1
             **tls["gateway"],
+            **otel,
             **dict(kv.split("=", 1) for kv in args.gateway_env),
         },
     )
@@ -200,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# capacity: gateway + fake VAD/compress, {args.seconds:g} s real-time audio per session, "
         f"{os.cpu_count()} cores, settings {args.gateway_env or 'default'}, TLS {'on' if args.tls else 'off'}, "
-        f"auth {'jwt' if args.auth else 'off'}",
+        f"auth {'jwt' if args.auth else 'off'}, traces {'on' if args.traces else 'off'}",
         flush=True,
     )
     try:
@@ -214,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         gw.stop()
         for f in fakes:
             f.stop()
+        if sink is not None:
+            spans = sink.snapshot()
+            traces = len({s.trace_id for s in spans if s.name == "session"})
+            print(json.dumps({"spans_received": len(spans), "session_traces": traces}), flush=True)
+            sink.stop()
     return 0
 
 

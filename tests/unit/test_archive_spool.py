@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.recordings.policy import RetrySchedule, SpoolBudget
 from orchestrator.recordings.spool import RecordingFiles, namespace
-from orchestrator.transcripts.store import Job, JobStore, Record
+from orchestrator.transcripts.store import Job, Record
 from orchestrator.transcripts.view import transcript_response
 from tests.clock import T0
 
@@ -45,23 +45,6 @@ def test_files_seal_what_a_killed_gateway_left_and_list_oldest_first(tmp_path: P
     assert files.size_bytes() == 20
     files.discard(first)
     assert files.sealed() == [second] and not first.pcm.exists()
-
-
-def test_store_records_pending_then_stored_and_hands_the_url_to_a_waiting_job(tmp_path: Path) -> None:
-    s = JobStore(tmp_path / "j.sqlite", now=T0)
-    s.record_pending("f1", T0, tenant="a")
-    job, _ = s.enqueue("f1", "", "en", "d", T0, tenant="a")  # record-only and spooled: no URL yet
-    assert job.record_url == "" and s.get_record("f1", "a") == Record("f1", "a", "pending", "", T0, T0)
-    s.claim("f1", T0, tenant="a")
-    s.wait("f1", "ArchiveUnreachable: in the spool", T0 + 60, T0, tenant="a")  # waits for its record
-    s.record_stored("f1", "http://h/r/f1.flac", T0 + 5, tenant="a")
-    job = s.get("f1", "a")
-    assert job is not None and job.record_url == "http://h/r/f1.flac"
-    assert job.next_attempt_at == T0 + 5 and [j.flow_id for j in s.due(T0 + 5, 10)] == ["f1"]  # due at once
-    assert s.get_record("f1", "b") is None  # another tenant's flow of the same id is not this one
-    s.record_stored("f2", "http://h/r/f2.flac", T0, tenant="a")  # stored before its job was queued
-    assert s.enqueue("f2", "", "en", "d", T0, tenant="a")[0].record_url == "http://h/r/f2.flac"
-    s.close()
 
 
 def test_the_endpoint_shows_a_pending_record_then_its_url() -> None:

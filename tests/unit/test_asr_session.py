@@ -16,7 +16,9 @@ from services.asr.config import AsrConfig
 from services.asr.engines import EngineStream, Result
 from services.asr.scheduler import Admission, Busy, DecodeScheduler
 from services.asr.session import AsrSession, SessionError, StreamParams
+from services.asr.words import Word
 from tests.conftest import wait_for
+from tests.poll import until
 
 pytestmark = pytest.mark.unit
 MS = 1_000_000
@@ -310,3 +312,58 @@ async def test_finalize_answers_one_final_marked_from_finalize() -> None:
         ("", [2.2, 2.2], True),
     ]
     assert events[-1][1].type == "end"
+
+
+class FakeWordsEngine(FakeEngine):
+    """FakeEngine whose results time two words over the audio it decoded (seconds from its first
+    sample) and carry a confidence; counts its decodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decodes = 0
+
+    def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        self.decodes += 1
+        result = super().transcribe(pcm, lang, hotwords)
+        half = pcm.size / 16000 / 2
+        words = (Word("heard", 0.0, half, 0.75), Word("it", half, 2 * half, None))
+        return Result(result.text, result.lang, words=words, confidence=0.5)
+
+
+def word_triples(event: asr_pb2.AsrEvent) -> list[tuple[str, float, float, float | None]]:
+    return [
+        (w.word, round(w.start, 3), round(w.end, 3), round(w.confidence, 3) if w.HasField("confidence") else None)
+        for w in event.words
+    ]
+
+
+async def test_words_and_confidence_go_onto_the_session_timeline() -> None:
+    """The engine times words from its audio's first sample; the events carry them from the
+    utterance's start (600 ms here), as their `ts`."""
+    frames = [endpoint(True, 600), endpoint(False, 1000)] + [pcm_frame(i) for i in range(60)]
+    events = await run_session(paced(frames, 0), FakeWordsEngine(), interval_ms=1000)
+    (final,) = [e for _, e in events if e.type == "final"]
+    assert [round(x, 3) for x in final.ts] == [0.6, 1.0]
+    assert word_triples(final) == [("heard", 0.6, 0.8, 0.75), ("it", 0.8, 1.0, None)]
+    assert final.HasField("confidence") and final.confidence == 0.5
+
+
+async def test_a_final_reusing_its_partial_keeps_the_partials_words() -> None:
+    """The last partial heard all the speech: the final reuses it, words and confidence included,
+    without another decode."""
+    engine = FakeWordsEngine()
+    frames = [endpoint(True, 0)] + [pcm_frame(i) for i in range(40)]
+
+    async def then_end() -> AsyncIterator[asr_pb2.ClientFrame]:
+        async for frame in paced(frames, 0):
+            yield frame
+        await until(lambda: engine.partial_samples == 40 * 320)  # a partial decoded all 800 ms
+        yield endpoint(False, 800)
+
+    events = await run_session(then_end(), engine, interval_ms=50)
+    (final,) = [e for _, e in events if e.type == "final"]
+    assert engine.decodes == engine.partial_calls  # no decode of its own
+    # The words of the 800 ms partial decode (its event may not go out: the end can close the
+    # utterance while that decode runs).
+    assert word_triples(final) == [("heard", 0.0, 0.4, 0.75), ("it", 0.4, 0.8, None)]
+    assert final.confidence == 0.5

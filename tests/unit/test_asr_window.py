@@ -110,3 +110,20 @@ def test_config_reads_the_windows() -> None:
         load_env(AsrConfig, {"ASR_WINDOW_S": "31"})
     with pytest.raises(ConfigError):
         load_env(AsrConfig, {"ASR_FINAL_WINDOW_S": "-1"})
+
+
+def test_windowed_and_normal_paths_time_the_same_words(w10: WhisperEngine, clips: Path) -> None:
+    """Both paths align the decoded text on the encoder output: the words spell the text, in order,
+    inside the clip, each with a probability; the normal path aligns its text apart (its own
+    `word_timestamps=True` would change the text)."""
+    audio, _ = load(clips, "quick_brown_fox")
+    normal = engine(0.0, 0.0)
+    for result in (w10.transcribe(audio), normal.transcribe(audio)):
+        assert " ".join(w.word for w in result.words) == result.text
+        assert all(a.end_s <= b.start_s + 1e-9 for a, b in zip(result.words, result.words[1:], strict=False))
+        assert all(0 <= w.start_s <= w.end_s <= audio.size / 16000 for w in result.words)
+        assert all(w.confidence is not None and 0 < w.confidence <= 1 for w in result.words)
+        assert result.confidence is not None and 0.5 < result.confidence <= 1
+    normal.word_timestamps = False
+    plain = normal.transcribe(audio)
+    assert plain.words == () and plain.text == w10.transcribe(audio).text

@@ -114,21 +114,31 @@ SAMPLES: list[dict[str, Any]] = [
         "audio": {"codec": "pcm_s16le", "sr": 16000, "channels": 1, "chunk_ms": 20, "frame_ms": 20},
         "return": ["asr"],
         "limits": {"max_frame_bytes": 65536, "flush_idle_s": 3.0, "partial_interval_ms": 250},
+        "resume": {"last_seq": 7, "resume_from_s": 1.5, "resume_from_bytes": 48000, "audio_ended": False},
     },
-    {"type": "vad", "flowId": "f", "event": "speech_start", "ts": 0},
-    {"type": "lid", "flowId": "f", "lang": "en", "score": 1, "source": "hint", "pool": "en"},
-    {"type": "asr_partial", "flowId": "f", "text": "hel", "ts": [0.5, 1]},
-    {"type": "asr_final", "flowId": "f", "text": "hello", "ts": [0.5, 1.25], "lang": "en", "from_finalize": True},
-    {"type": "record_url", "flowId": "f", "url": "http://x/f.ogg", "duration_s": 1.5, "status": "stored"},
+    {"type": "vad", "flowId": "f", "seq": 2, "event": "speech_start", "ts": 0},
+    {"type": "lid", "flowId": "f", "seq": 3, "lang": "en", "score": 1, "source": "hint", "pool": "en"},
+    {"type": "asr_partial", "flowId": "f", "seq": 4, "text": "hel", "ts": [0.5, 1]},
+    {
+        "type": "asr_final",
+        "flowId": "f",
+        "seq": 5,
+        "text": "hello",
+        "ts": [0.5, 1.25],
+        "lang": "en",
+        "from_finalize": True,
+    },
+    {"type": "record_url", "flowId": "f", "seq": 6, "url": "http://x/f.ogg", "duration_s": 1.5, "status": "stored"},
     {
         "type": "metrics",
         "flowId": "f",
+        "seq": 7,
         "audio_s": 1.5,
         "bytes_in": 48000,
         "stages": {"vad": {"count": 2, "latency_ms_p50": 3.0, "latency_ms_max": 4}},
     },
-    {"type": "end", "flowId": "f", "reason": "flush", "audio_s": 1.5},
-    {"type": "error", "flowId": None, "code": "auth_required", "message": "no token", "fatal": True},
+    {"type": "end", "flowId": "f", "seq": 8, "reason": "flush", "audio_s": 1.5},
+    {"type": "error", "flowId": None, "seq": 1, "code": "auth_required", "message": "no token", "fatal": True},
 ]
 
 
@@ -166,6 +176,7 @@ def test_parse_gives_the_typed_event_with_every_value(sample: dict[str, Any]) ->
 def test_nested_values_are_typed() -> None:
     ack = parse_event(SAMPLES[0])
     assert isinstance(ack, ev.Ack) and ack.audio.frame_ms == 20 and ack.limits.flush_idle_s == 3.0
+    assert ack.seq is None and ack.resume is not None and ack.resume.resume_from_bytes == 48000
     assert ack.return_ == ["asr"]
     metrics = parse_event(SAMPLES[6])
     assert isinstance(metrics, ev.Metrics) and metrics.stages["vad"].latency_ms_max == 4.0
@@ -173,12 +184,30 @@ def test_nested_values_are_typed() -> None:
     assert isinstance(final, ev.AsrFinal) and final.ts == (0.5, 1.25) and final.from_finalize is True
 
 
+def test_words_and_confidence_are_typed() -> None:
+    words = [{"word": "hello", "start": 0.5, "end": 0.9, "confidence": 0.93}, {"word": "there", "start": 1, "end": 1.2}]
+    message = {"type": "asr_final", "flowId": "f", "seq": 3, "text": "hello there", "ts": [0.5, 1.25], "lang": "en"}
+    check_event({**message, "words": words, "confidence": 0.8})
+    final = parse_event({**message, "words": words, "confidence": 0.8})
+    assert isinstance(final, ev.AsrFinal) and final.confidence == 0.8
+    assert final.words == [
+        ev.Word(word="hello", start=0.5, end=0.9, confidence=0.93),
+        ev.Word(word="there", start=1.0, end=1.2),
+    ]
+    assert isinstance(final.words[1].start, float)
+    bare = parse_event(message)
+    assert isinstance(bare, ev.AsrFinal) and bare.words is None and bare.confidence is None
+    ack = parse_event({**SAMPLES[0], "hotwords_applied": False})
+    assert isinstance(ack, ev.Ack) and ack.hotwords_applied is False
+
+
 def test_unknown_fields_stay_in_raw_and_unknown_types_are_kept() -> None:
-    message = {"type": "asr_final", "flowId": "f", "text": "x", "ts": [0, 1], "lang": "en", "confidence": 0.9}
+    message = {"type": "asr_final", "flowId": "f", "seq": 1, "text": "x", "ts": [0, 1], "lang": "en", "sentiment": 0.9}
     final = parse_event(message)
-    assert isinstance(final, ev.AsrFinal) and final.raw["confidence"] == 0.9
-    other = parse_event({"type": "speaker_change", "flowId": "f", "speaker": 2})
+    assert isinstance(final, ev.AsrFinal) and final.raw["sentiment"] == 0.9
+    other = parse_event({"type": "speaker_change", "flowId": "f", "seq": 4, "speaker": 2})
     assert isinstance(other, ev.UnknownEvent) and other.type == "speaker_change" and other.raw["speaker"] == 2
+    assert other.seq == 4
 
 
 @pytest.mark.parametrize(
@@ -190,7 +219,10 @@ def test_unknown_fields_stay_in_raw_and_unknown_types_are_kept() -> None:
         {"type": "asr_final", "flowId": "f", "text": "x", "lang": "en"},
         {"type": "ack", "flowId": "f", "audio": {"codec": "pcm_s16le"}, "return": [], "limits": {}},
         {"type": "ack", "flowId": "f", "audio": [], "return": [], "limits": {}},
-        {"type": "asr_partial", "flowId": "f", "text": "x", "ts": 0.5},
+        {"type": "asr_partial", "flowId": "f", "seq": 1, "text": "x", "ts": 0.5},
+        {"type": "vad", "flowId": "f", "event": "speech_end", "ts": 1.0},  # no seq
+        {"type": "end", "flowId": "f", "seq": True, "reason": "flush", "audio_s": 0},
+        {"type": "end", "flowId": "f", "seq": "3", "reason": "flush", "audio_s": 0},
     ],
 )
 def test_a_message_without_a_required_field_or_of_the_wrong_shape_is_refused(message: dict[str, Any]) -> None:
@@ -201,11 +233,10 @@ def test_a_message_without_a_required_field_or_of_the_wrong_shape_is_refused(mes
 def test_progress_keeps_the_newest_seq_and_the_audio_sent() -> None:
     progress = SessionProgress(audio_bytes_sent=48_000)
     assert progress.audio_s_sent == 1.5
-    for seq in (None, 3, 5, 4):
-        message = {"type": "vad", "flowId": "f", "event": "speech_end", "ts": 1.0}
-        progress.saw(parse_event(message if seq is None else {**message, "seq": seq}))
+    progress.saw(parse_event(SAMPLES[0]))  # the ack of a resume has no seq
+    for seq in (3, 5, 4):
+        progress.saw(parse_event({"type": "vad", "flowId": "f", "seq": seq, "event": "speech_end", "ts": 1.0}))
     assert progress.last_seq == 5 and progress.events_read == 4
-    assert parse_event({"type": "end", "flowId": "f", "reason": "flush", "audio_s": 0, "seq": True}).seq is None
 
 
 def test_start_messages_are_valid() -> None:
@@ -217,13 +248,15 @@ def test_start_messages_are_valid() -> None:
         hotwords=["Kubernetes"],
         chunk_ms=40,
         token="t" * 40,
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         extra={"endpointing": 500},
     )
     for msg in (start_message(), full):
         validator("start").validate(msg)
     assert full["hints"] == {"domain": "default", "user_lang_pref": "en", "hotwords": ["Kubernetes"]}
     assert full["auth"] == {"token": "t" * 40} and full["endpointing"] == 500 and full["audio"]["chunk_ms"] == 40
-    assert "auth" not in start_message() and "hints" not in start_message() and "return" not in start_message()
+    assert full["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert not {"auth", "hints", "return", "traceparent"} & set(start_message())
 
 
 def test_the_library_constants_are_the_gateways() -> None:

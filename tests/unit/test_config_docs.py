@@ -11,6 +11,7 @@ import pytest
 
 from common.envconf import EnvVar, env_vars
 from common.service import LogConfig
+from common.tracing import TracingConfig
 from orchestrator.config import GatewayConfig
 from services.asr.config import AsrConfig
 from services.compress.config import CompressConfig
@@ -21,7 +22,7 @@ from services.vad.config import VadConfig
 pytestmark = pytest.mark.unit
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-ROOTS = (LogConfig, GatewayConfig, VadConfig, DenoiseConfig, LidConfig, AsrConfig, CompressConfig)
+ROOTS = (LogConfig, TracingConfig, GatewayConfig, VadConfig, DenoiseConfig, LidConfig, AsrConfig, CompressConfig)
 # Read by tools, not by a process's loader.
 TOOLS = {
     "SPEECHGW_MODELS_DIR",
@@ -93,5 +94,8 @@ def test_the_loaders_read_the_known_set() -> None:
     # a variable lost from a loader shows up here as well as in the page check. Nine TLS variables
     # (six read by every process, three by the gateway's edge) and ASR_PROVISIONAL_LANG; eight limits
     # per client (orchestrator/edge/limits.py); the gateway's nine AUTH_* and the archive's record-URL
-    # key and TTL; ASR_BATCH_MAX.
-    assert len(loader_vars()) == 197
+    # key and TTL; ASR_BATCH_MAX; the gateway's six archive-spool and job-wait variables; the fourteen
+    # OTEL_* variables of the traces (common/tracing.py); ASR_WORD_TIMESTAMPS; RESUME_WINDOW_S and
+    # RESUME_BUFFER_EVENTS; the shared job store's URL, lease and poll (JOBS_STORE_URL, JOBS_LEASE_SEC,
+    # JOBS_POLL_SEC).
+    assert len(loader_vars()) == 217

@@ -222,6 +222,10 @@ async def test_a_bug_on_a_client_message_drains_the_session_instead_of_dropping_
         ({"type": "start", "endpointing": MIN_ENDPOINTING_MS - 1}, False),
         ({"type": "start", "endpointing": MAX_ENDPOINTING_MS + 1}, False),
         ({"type": "start", "endpointing": "500"}, False),
+        ({"type": "start", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, True),
+        ({"type": "start", "traceparent": "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}, False),
+        ({"type": "start", "traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}, False),
+        ({"type": "start", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x"}, False),
     ],
 )
 def test_the_published_start_schema_states_the_same_bounds(start: dict[str, Any], valid: bool) -> None:
@@ -229,3 +233,32 @@ def test_the_published_start_schema_states_the_same_bounds(start: dict[str, Any]
     s = Session(CFG, 0.0, "gen")
     s.receive_text(json.dumps(start), 0.0)
     assert (s.state is State.STREAMING) is valid
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        TRACEPARENT + "-00",  # a field more: only version 00's four are accepted
+        TRACEPARENT.upper(),
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",  # all-zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",  # all-zero span id
+        "ff" + TRACEPARENT[2:],
+        "x" * 20_000,
+        "",
+        42,
+    ],
+)
+def test_a_bad_traceparent_is_invalid_start(traceparent: object) -> None:
+    s = Session(CFG, 0.0, "gen")
+    s.receive_text(start_msg(traceparent=traceparent), 0.0)
+    assert first_error(s)["code"] == "invalid_start"
+
+
+def test_a_w3c_traceparent_is_kept_for_the_trace() -> None:
+    s = Session(CFG, 0.0, "gen")
+    s.receive_text(start_msg(traceparent=TRACEPARENT), 0.0)
+    assert s.state is State.STREAMING
+    assert s.start is not None and s.start.traceparent == TRACEPARENT

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 
 def event(kind: str, **fields: Any) -> Any:
-    return parse_event({"type": kind, "flowId": "f", **fields})
+    return parse_event({"type": kind, "flowId": "f", "seq": 1, **fields})
 
 
 def test_partials_rewrite_the_line_and_finals_take_their_own() -> None:
@@ -50,7 +50,8 @@ def test_without_a_terminal_only_finals_are_printed() -> None:
 def test_json_view_prints_each_message_as_received() -> None:
     out = io.StringIO()
     JsonView(out).show(event("vad", event="speech_start", ts=0.5, extra=1))
-    assert out.getvalue() == '{"type": "vad", "flowId": "f", "event": "speech_start", "ts": 0.5, "extra": 1}\n'
+    expected = '{"type": "vad", "flowId": "f", "seq": 1, "event": "speech_start", "ts": 0.5, "extra": 1}\n'
+    assert out.getvalue() == expected
 
 
 def test_the_file_source_yields_the_whole_file_in_blocks_and_stops_when_told(clips: Path) -> None:

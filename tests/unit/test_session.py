@@ -299,5 +299,13 @@ def test_lid_event_carries_source_and_pool_and_sets_the_language() -> None:
     s.stage_event(LangDetected("zh", 0.98765), 0.5)
     (event,) = s.events_to_send()
     check_event(event)
-    assert event == {"type": "lid", "flowId": "f1", "lang": "zh", "score": 0.9877, "source": "lid", "pool": "multi"}
+    assert event == {
+        "type": "lid",
+        "flowId": "f1",
+        "seq": 2,
+        "lang": "zh",
+        "score": 0.9877,
+        "source": "lid",
+        "pool": "multi",
+    }
     assert s.lang == "zh"

@@ -215,3 +215,63 @@ def test_endpointing_is_parsed_and_false_keeps_vad_endpoints_from_the_asr() -> N
     assert t.start is not None and t.start.endpointing_ms == 800 and t.start.vad_endpoints
     t.stage_event(SpeechBoundary("start", 0), 0.1)
     assert (StageName.ASR, SpeechBoundary("start", 0)) in t.stage_inputs()
+
+
+def test_a_silent_lid_is_given_up_first_and_the_asr_waiting_for_its_language_is_not() -> None:
+    """A hung LID: the ASR holds its finals until the language is settled, so it is not failed with
+    the LID; it gets the default route and a whole timeout from then to answer."""
+    s = started(stage_timeout_s=5.0)
+    s.receive_text('{"type":"flush"}', 10.0)
+    s.stage_event(StageDone(StageName.VAD), 10.5)
+    s.stage_event(StageDone(StageName.COMPRESS), 10.6)
+    s.events_to_send()
+    s.stage_inputs()
+    s.tick(15.0)
+    assert s.stages_to_stop() == [StageName.LID]
+    assert s.stage_inputs() == [(StageName.ASR, LanguageDecided("", "asr.default"))]
+    codes = [e.get("code") for e in s.events_to_send() if e["type"] == "error"]
+    assert codes == ["lid_unavailable"]
+    s.tick(19.9)
+    assert s.stages_to_stop() == [] and StageName.ASR in s.pending_stages
+    s.stage_event(Transcript(True, "released", 0.0, 1.0, ""), 15.2)
+    s.stage_event(StageDone(StageName.ASR), 15.3)
+    kinds = [e["type"] for e in s.events_to_send()]
+    assert "asr_final" in kinds and "error" not in kinds
+    assert kinds[-1] == "end" and s.state is State.CLOSED
+
+
+def test_an_asr_silent_after_the_language_is_settled_is_still_given_up() -> None:
+    s = started(stage_timeout_s=5.0)
+    s.receive_text('{"type":"flush"}', 10.0)
+    s.stage_event(LangDetected("en", 0.99), 11.0)
+    s.tick(15.9)
+    assert StageName.ASR not in s.stages_to_stop()
+    s.tick(16.0)
+    assert StageName.ASR in s.stages_to_stop()
+
+
+def test_a_hung_archive_given_up_with_the_spool_on_says_where_record_url_will_be() -> None:
+    """With the gateway's archive spool, a silent archive stage is stopped and its audio handed to the
+    spool's uploader: the client is told `mode: "spooled"`, not that the recording is lost."""
+    s = started(pref="en", stages=(StageName.COMPRESS,), stage_timeout_s=5.0, archive_spool=True)
+    s.receive_binary(b"\x00\x01" * 3200, 1.0)
+    s.receive_text('{"type":"flush"}', 1.0)
+    s.events_to_send()
+    s.tick(6.0)
+    assert s.stages_to_stop() == [StageName.COMPRESS] and s.record_pending
+    events = s.events_to_send()
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert (error["code"], error["fatal"], error["mode"]) == ("archive_unavailable", False, "spooled")
+    assert error["transcript_path"] == "/v1/flows/f1/transcript"
+    check_event(error)
+    assert events[-1]["type"] == "end" and s.state is State.CLOSED
+
+
+def test_a_hung_archive_without_the_spool_is_lost_to_the_session() -> None:
+    s = started(pref="en", stages=(StageName.COMPRESS,), stage_timeout_s=5.0)
+    s.receive_binary(b"\x00\x01" * 3200, 1.0)
+    s.receive_text('{"type":"flush"}', 1.0)
+    s.events_to_send()
+    s.tick(6.0)
+    (error,) = [e for e in s.events_to_send() if e["type"] == "error"]
+    assert error["code"] == "archive_unavailable" and "mode" not in error and not s.record_pending
