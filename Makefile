@@ -77,7 +77,7 @@ fuzz: fuzz-deps ## atheris on the control-message parser, FUZZ_RUNS inputs (2000
 autobahn: fuzz-deps ## the Autobahn conformance cases (kosoku) against the gateway and its WebSocket layer (~40 s)
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m tests.fuzz.autobahn --out var/autobahn
 
-bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 min, the others a few minutes each
+bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 min, the soak 10 min (var/soak_10min.png), the others a few minutes each
 	$(BIN)/python -m tests.perf.bench_live --json var/bench_live.json
 	$(BIN)/python -m tests.perf.plot_live var/bench_live.json --out var/live_capacity.png
 	$(BIN)/python -m tests.perf.bench_batch
@@ -90,6 +90,7 @@ bench: ## benchmarks that print figures (docs/performance.md); bench_live ~35 mi
 	$(BIN)/python -m tests.perf.bench_vad
 	$(BIN)/python -m tests.perf.bench_vad_load
 	$(BIN)/python -m tests.perf.bench_compress
+	$(BIN)/python -m tests.perf.soak --minutes 10 --json var/soak_10min.json --plot var/soak_10min.png
 
 run: ## the whole stack on localhost in the foreground; Ctrl-C stops it (STACK_TLS=1: wss:// and mTLS; PROMETHEUS=1: Prometheus on :9091)
 	$(BIN)/speechgw-stack run

@@ -570,6 +570,7 @@ class Gateway:
         for name, up in self.stage_health().items():
             metrics.STAGE_UP.labels(name).set(int(up))
         metrics.DRAINING.set(int(self.draining))
+        metrics.EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
 
     async def _transcript(self, flow_id: str, headers: Headers) -> Response:
         """GET /v1/flows/{flowId}/transcript: the deferred transcript of a record-only session, to a

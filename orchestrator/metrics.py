@@ -161,6 +161,11 @@ STAGE_UP = Gauge(
     ["stage"],
     registry=REGISTRY,
 )
+EVENT_LOOP_TASKS = Gauge(
+    "orchestrator_event_loop_tasks",
+    "asyncio tasks not yet done on the gateway's event loop (at scrape)",
+    registry=REGISTRY,
+)
 DRAINING = Gauge(
     "orchestrator_draining",
     "1 while the gateway drains on SIGTERM (not ready, refusing new sessions), else 0 (at scrape)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -209,3 +210,28 @@ async def test_refusal_reasons_are_exported_at_zero() -> None:
     text = generate_latest(metrics.REGISTRY).decode()
     for reason in ("origin_not_allowed", "too_many_pending", "session_rate_limited", "tenant_session_limit"):
         assert f'orchestrator_refusals_total{{reason="{reason}"}}' in text
+
+
+async def test_event_loop_tasks_gauge_counts_connections_and_returns_to_its_baseline(gateway: GatewayFactory) -> None:
+    """orchestrator_event_loop_tasks is read at scrape: each open connection holds tasks, and once they
+    have closed the count is back where it was (the soak's leak check, docs/performance.md#soak)."""
+    gw = await gateway(start_timeout_s=60.0)
+
+    async def tasks() -> float:
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/metrics", timeout=seconds(5)) as resp:
+                return resp.read().decode()
+
+        text = await asyncio.to_thread(scrape)
+        return next(float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("orchestrator_event_loop_tasks "))
+
+    base = await tasks()
+    sockets = [await connect(url(gw), local_addr=(CLIENT, 0)) for _ in range(5)]
+    await until(lambda: gw.limits.pending == 5, 20, "five pending connections")
+    assert await tasks() >= base + 5
+    await close_all(sockets)
+
+    async def back_to_base() -> bool:
+        return await tasks() <= base
+
+    await until(back_to_base, 20, "the tasks of the closed connections to end")

@@ -1,0 +1,718 @@
+"""Soak (issue 11): the default `make run` stack under a steady mix of traffic for `--minutes`, sampled
+every minute, and a verdict on whether memory, descriptors, tasks and latency stay flat.
+
+The stack is devtools.stack's default (VAD, LID, ASR pools `en` and `multi`, archive, gateway; each its
+own process). One client process (spawned, so its CPU does not count against the stack's) runs:
+
+- `--sessions` live loops: each streams a corpus case (tests/corpus.py main set: two sentences with
+  0-3 s lead-ins of silence or noise and a pause, English and es/de/fr) at real time through the client
+  library (`speechgw_client`), sends `flush`, reads to `end`, and starts the next case;
+- `--reconnects` reconnect loops: a session whose TCP connection is cut (transport aborted, no close
+  frame) at 30-70 % of its audio, then the same case again on a new connection from the start;
+- one bad client every `--bad-every-s` seconds, in turn: malformed JSON after `start`, an oversize
+  binary frame, a bad token, a client that streams without ever reading its socket (and holds the
+  connection 15 s after `flush`), a client that sends only zero-length binary frames for 10 s.
+
+Every `--sample-s` (60) the main process samples each stack process (psutil, children included): RSS,
+open fds, threads; from the gateway's /metrics: open sessions, send-queue depth, event-loop tasks and
+the per-minute P50/P95 of the SLO histograms (orchestrator_first_partial_latency_ms,
+orchestrator_final_lag_ms; from bucket deltas, all pools together); from each service's /metrics its
+open streams (VAD streams and flows, LID sessions, ASR sessions, archives waiting); from the client: the medians of
+first partial (from the first speech sample) and final lag (from the last audio chunk) of the sessions
+that ended in that minute, and the error codes seen. Plus the load average.
+
+Verdict ("flat"), printed and stored in the JSON:
+- RSS: the least-squares slope of each process's RSS over the last 2/3 of the run is below
+  `--rss-slope-mb-h` (10) MB/hour;
+- fds, threads (per process) and gateway tasks per open session: the median of the last third is at
+  most max(3, 10 %) above the median of the first third;
+- idle after the load (every client gone, 10 s later) against idle before it: gateway tasks at most 2
+  more; fds and threads at most 2 above the first third's peak (pools that grow on demand stay grown);
+  the services' open streams no more than before;
+- latency: the gateway's P95 first partial and final lag over the last third are within
+  `--latency-tol` (25 %) of the first third's (or within one bucket, 100 ms, of it).
+
+    python -m tests.perf.soak --minutes 10 [--sessions 4] [--json var/soak.json] [--plot docs/img/soak.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.stack import DEFAULT_SERVICES, Stack
+from tests import corpus
+from tests.corpus import Case
+from tests.perf.bench_live import analyse
+
+CHUNK_MS = 20
+SR = 16000
+CHUNK_BYTES = SR * CHUNK_MS // 1000 * 2
+HISTOGRAMS = {"first_partial": "orchestrator_first_partial_latency_ms", "final_lag": "orchestrator_final_lag_ms"}
+BAD_KINDS = ("bad_json", "oversize_frame", "bad_token", "no_read", "zero_length")
+START = {
+    "type": "start",
+    "audio": {"codec": "pcm_s16le", "sr": SR, "channels": 1, "chunk_ms": CHUNK_MS},
+    "return": ["lid", "asr", "record_url"],
+    "hints": {"domain": "default"},
+}
+
+
+# ----- the client process -----
+
+
+class Log:
+    """One JSON line per finished client, flushed at once: the main process reads it every minute."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = path.open("a", encoding="utf-8")
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(rec) + "\n")
+        self.fh.flush()
+
+
+def _summary(kind: str, case: Case, rec: dict[str, Any], t_start: float) -> dict[str, Any]:
+    out = analyse(case, rec)
+    out.pop("hyp", None)
+    out.pop("ref", None)
+    out |= {"kind": kind, "t_start": t_start, "t_end": time.monotonic()}
+    out["error_codes"] = [e.get("code", "?") for _, e in rec["events"] if e.get("type") == "error"]
+    if "client_error" in rec:
+        out["client_error"] = rec["client_error"]
+    return out
+
+
+async def _live(url: str, token: str | None, case: Case, pcm: bytes) -> dict[str, Any]:
+    """One session through the client library, paced at real time, read to the end."""
+    from speechgw_client import ConnectError, SessionClosed, connect, send_paced
+
+    rec: dict[str, Any] = {"events": [], "late_max_s": 0.0}
+    try:
+        async with connect(url, token=token, start=START, open_timeout_s=30) as s:
+
+            async def collect() -> None:
+                async for ev in s.events():
+                    rec["events"].append((ev.received_at or time.monotonic(), ev.raw))
+
+            reader = asyncio.create_task(collect())
+            try:
+                rec["t0"] = await send_paced(s, pcm, chunk_ms=CHUNK_MS)
+                rec["t_audio_end"] = time.monotonic()
+                await s.flush()
+            except SessionClosed:
+                pass
+            await asyncio.wait_for(reader, 120)
+    except (ConnectError, SessionClosed, TimeoutError, OSError) as exc:
+        rec["client_error"] = type(exc).__name__
+    return rec
+
+
+async def _dropped(url: str, token: str | None, pcm: bytes, cut_at: float) -> dict[str, Any]:
+    """Stream at real time, then abort the TCP connection (no close frame) at `cut_at` of the audio."""
+    from websockets.asyncio.client import connect
+
+    from speechgw_client import connect_kwargs
+
+    rec: dict[str, Any] = {"events": [], "cut_at_s": 0.0}
+    n = int(len(pcm) // CHUNK_BYTES * cut_at)
+    try:
+        async with connect(url, compression=None, open_timeout=30, **connect_kwargs(token)) as ws:
+            await ws.send(json.dumps(START))
+            t0 = time.monotonic()
+            for i in range(n):
+                delay = t0 + i * CHUNK_MS / 1000 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await ws.send(pcm[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES])
+            rec["cut_at_s"] = n * CHUNK_MS / 1000
+            ws.transport.abort()
+    except Exception as exc:  # the abort itself surfaces as a closed connection
+        rec["client_error"] = type(exc).__name__
+    return rec
+
+
+async def _bad(url: str, token: str | None, kind: str, pcm: bytes) -> dict[str, Any]:
+    """One misbehaving client; returns the error codes and the close code it got."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from speechgw_client import connect_kwargs
+
+    codes: list[str] = []
+    rec: dict[str, Any] = {"kind": kind, "error_codes": codes, "t_start": time.monotonic()}
+    auth = connect_kwargs("not.a.token" if kind == "bad_token" else token)
+    try:
+        async with connect(url, compression=None, open_timeout=30, max_size=2**22, **auth) as ws:
+            await ws.send(json.dumps(START))
+
+            async def read() -> None:
+                try:
+                    async for raw in ws:
+                        msg = json.loads(raw)
+                        if msg.get("type") == "error":
+                            codes.append(msg.get("code", "?"))
+                        elif msg.get("type") == "end":
+                            rec["end_reason"] = msg.get("reason")
+                except ConnectionClosed:
+                    pass
+
+            if kind == "no_read":
+                # Real-time audio and a flush, never reading; then hold the socket 15 s.
+                t0 = time.monotonic()
+                for i, off in enumerate(range(0, len(pcm), CHUNK_BYTES)):
+                    await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.monotonic()))
+                    await ws.send(pcm[off : off + CHUNK_BYTES])
+                await ws.send(json.dumps({"type": "flush"}))
+                await asyncio.sleep(15)
+                await asyncio.wait_for(read(), 30)
+            else:
+                reader = asyncio.create_task(read())
+                if kind == "bad_json":
+                    await ws.send(pcm[: 10 * CHUNK_BYTES])
+                    await ws.send('{"type": "flush",')
+                elif kind == "oversize_frame":
+                    await ws.send(pcm[: 10 * CHUNK_BYTES])
+                    await ws.send(b"\x00" * (70 * 1024))
+                elif kind == "zero_length":
+                    for _ in range(500):  # 10 s of empty frames at the audio's pace
+                        await ws.send(b"")
+                        await asyncio.sleep(CHUNK_MS / 1000)
+                    await ws.send(json.dumps({"type": "flush"}))
+                await asyncio.wait_for(reader, 60)
+            rec["close_code"] = ws.close_code
+            rec["close_reason"] = ws.close_reason
+    except ConnectionClosed as exc:
+        rec["close_code"] = exc.rcvd.code if exc.rcvd else None
+        rec["close_reason"] = exc.rcvd.reason if exc.rcvd else None
+    except Exception as exc:
+        rec["client_error"] = type(exc).__name__
+    rec["t_end"] = time.monotonic()
+    return rec
+
+
+async def _load(url: str, token: str | None, cases: list[Case], args: dict[str, Any], log: Log) -> None:
+    deadline = time.monotonic() + args["minutes"] * 60
+    pcms = [c.pcm() for c in cases]
+    rng = random.Random(11)
+
+    async def live_loop(k: int) -> None:
+        i = k * 3  # the loops start on different cases
+        await asyncio.sleep(k * 1.5)
+        while time.monotonic() < deadline:
+            case, pcm = cases[i % len(cases)], pcms[i % len(cases)]
+            t = time.monotonic()
+            log.write(_summary("live", case, await _live(url, token, case, pcm), t))
+            i += 1
+            await asyncio.sleep(0.5)
+
+    async def reconnect_loop(k: int) -> None:
+        i = 7 + k * 5
+        await asyncio.sleep(5 + k * 2.0)
+        while time.monotonic() < deadline:
+            case, pcm = cases[i % len(cases)], pcms[i % len(cases)]
+            t = time.monotonic()
+            drop = await _dropped(url, token, pcm, rng.uniform(0.3, 0.7))
+            log.write({"kind": "dropped", "t_start": t, "t_end": time.monotonic(), **drop, "events": []})
+            t = time.monotonic()
+            log.write(_summary("reconnected", case, await _live(url, token, case, pcm), t))
+            i += 1
+            await asyncio.sleep(2.0)
+
+    async def bad_loop() -> None:
+        i = 0
+        await asyncio.sleep(10)
+        while time.monotonic() < deadline:
+            kind = BAD_KINDS[i % len(BAD_KINDS)]
+            bad = asyncio.create_task(_bad(url, token, kind, pcms[i % len(pcms)]))
+            bad.add_done_callback(lambda f: log.write(f.result()))
+            i += 1
+            await asyncio.sleep(args["bad_every_s"])
+            await asyncio.wait({bad})  # at most one bad client at a time
+
+    async with asyncio.TaskGroup() as tg:
+        for k in range(args["sessions"]):
+            tg.create_task(live_loop(k))
+        for k in range(args["reconnects"]):
+            tg.create_task(reconnect_loop(k))
+        if args["bad_every_s"] > 0:
+            tg.create_task(bad_loop())
+
+
+def _client_main(url: str, token: str | None, args: dict[str, Any], log: str) -> None:
+    cases = [corpus.build(s) for s in corpus.main_specs(2)]  # from the corpus cache
+    asyncio.run(_load(url, token, cases, args, Log(Path(log))))
+
+
+# ----- sampling the stack -----
+
+
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def sample_processes(procs: dict[str, psutil.Process]) -> dict[str, dict[str, float]]:
+    """RSS (MB), open fds and threads of each stack process, its children included."""
+    out: dict[str, dict[str, float]] = {}
+    for name, proc in procs.items():
+        rss = fds = threads = 0
+        cpu = 0.0
+        for p in _tree(proc):
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    fds += p.num_fds()
+                    threads += p.num_threads()
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        out[name] = {"rss_mb": rss / 2**20, "fds": fds, "threads": threads, "cpu_s": cpu}
+    return out
+
+
+def scrape(base: str) -> dict[str, Any]:
+    """The gauges and the SLO histograms' cumulative buckets (all pools summed) from /metrics."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    gauges: dict[str, float] = {}
+    hist: dict[str, dict[str, float]] = {k: {} for k in HISTOGRAMS}
+    errors: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in (
+                "orchestrator_active_sessions",
+                "orchestrator_send_queue_events",
+                "orchestrator_send_queue_events_max",
+                "orchestrator_send_buffer_bytes",
+                "orchestrator_event_loop_tasks",
+                "transcribe_jobs_backlog",
+                "orchestrator_archive_spool_recordings",
+            ):
+                gauges[s.name] = s.value
+            elif s.name == "orchestrator_errors_total" and s.value:
+                errors[s.labels["code"]] = s.value
+            for key, name in HISTOGRAMS.items():
+                if s.name == name + "_bucket":
+                    le = s.labels["le"]
+                    hist[key][le] = hist[key].get(le, 0.0) + s.value
+    return {"gauges": gauges, "hist": hist, "errors": errors}
+
+
+# What each service holds open (docs/metrics.md): a stream the gateway forgot to close stays here.
+STREAM_GAUGES = (
+    "vad_active_streams",
+    "vad_active_flows",
+    "lid_active_sessions",
+    "asr_inflight_sessions",
+    "compress_pending_archives",
+)
+
+
+def scrape_streams(stack: Stack) -> dict[str, float]:
+    """The open-stream gauges of every service, `<process>:<metric>` (labels summed)."""
+    out: dict[str, float] = {}
+    for name, svc in stack.running.items():
+        if name == "gateway":
+            continue
+        try:
+            with urllib.request.urlopen(svc.http_base + "/metrics", timeout=10) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name in STREAM_GAUGES:
+                    key = f"{name}:{s.name}"
+                    out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def quantile(q: float, buckets: dict[str, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative `buckets` {le: count} (linear within a bucket)."""
+    pts = sorted((math.inf if le == "+Inf" else float(le), c) for le, c in buckets.items())
+    if not pts or pts[-1][1] <= 0:
+        return None
+    rank = q * pts[-1][1]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in pts:
+        if c >= rank:
+            if math.isinf(le):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0.0)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {le: b[le] - a.get(le, 0.0) for le in b}
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _median(vals: Sequence[float | None]) -> float | None:
+    v = [x for x in vals if x is not None]
+    return float(statistics.median(v)) if v else None
+
+
+def client_window(recs: list[dict[str, Any]], t_from: float, t_to: float) -> dict[str, Any]:
+    """The client's figures for the clients that ended in [t_from, t_to)."""
+    inside = [r for r in recs if t_from <= r["t_end"] < t_to]
+    full = [r for r in inside if r["kind"] in ("live", "reconnected")]
+    codes: Counter[str] = Counter()
+    for r in inside:
+        codes.update(r.get("error_codes", []))
+        if "client_error" in r and r["kind"] in ("live", "reconnected"):
+            codes["client:" + r["client_error"]] += 1
+    return {
+        "sessions": len(full),
+        "completed": sum(bool(r.get("completed")) for r in full),
+        "dropped": sum(r["kind"] == "dropped" for r in inside),
+        "bad": sum(r["kind"] in BAD_KINDS for r in inside),
+        "first_partial_ms_p50": _median([r.get("first_partial_ms") for r in full]),
+        "final_lag_ms_p50": _median([r.get("final_lag_ms") for r in full]),
+        "errors": dict(codes),
+    }
+
+
+# ----- verdict -----
+
+
+def slope_per_hour(ts: Sequence[float], ys: Sequence[float]) -> float:
+    return slope_and_error(ts, ys)[0]
+
+
+def slope_and_error(ts: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """The least-squares slope of `ys` per hour of `ts` (seconds) and its standard error."""
+    if len(ts) < 3:
+        return 0.0, 0.0
+    x, y = np.asarray(ts) / 3600.0, np.asarray(ys, dtype=float)
+    slope, icpt = np.polyfit(x, y, 1)
+    resid = y - (slope * x + icpt)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    se = math.sqrt(float(np.sum(resid**2)) / (len(x) - 2) / sxx) if sxx > 0 else 0.0
+    return float(slope), se
+
+
+def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: float) -> dict[str, Any]:
+    """The flatness rules of the module docstring, each with its figures."""
+    idle_before, idle_after = samples[0], samples[-1]
+    loaded = [s for s in samples if not s.get("idle")]
+    t_end = loaded[-1]["t"]
+    last23 = [s for s in loaded if s["t"] >= t_end / 3]
+    first3 = [s for s in loaded if s["t"] <= t_end / 3]
+    last3 = [s for s in loaded if s["t"] >= 2 * t_end / 3]
+    checks: list[dict[str, Any]] = []
+
+    # What the stack holds once every client has gone, against before the first one came: a leaked
+    # task stays behind. Threads and descriptors may stay from the first minutes' peak (pools that grow
+    # on demand), not above it.
+    def idle_check(label: str, get: Any, allowance: float) -> None:
+        a, b = get(idle_before), get(idle_after)
+        checks.append(
+            {"check": f"idle {label}", "value": [a, b], "unit": "before/after the load", "ok": b <= allowance}
+        )
+
+    tasks = lambda s: s["gauges"].get("orchestrator_event_loop_tasks", 0)  # noqa: E731
+    idle_check("tasks gateway", tasks, tasks(idle_before) + 2)
+    for key in idle_after.get("streams", {}):
+        held = lambda s, k=key: s.get("streams", {}).get(k, 0.0)  # noqa: E731
+        idle_check(key, held, held(idle_before))
+    for name in samples[0]["procs"]:
+        for key in ("fds", "threads"):
+            get = lambda s, n=name, k=key: s["procs"][n][k]  # noqa: E731
+            idle_check(f"{key} {name}", get, max([get(idle_before), *(get(s) for s in first3)]) + 2)
+    for name in samples[0]["procs"]:
+        ts = [s["t"] for s in last23]
+        slope, se = slope_and_error(ts, [s["procs"][name]["rss_mb"] for s in last23])
+        checks.append(
+            {
+                "check": f"rss {name}",
+                "value": [round(slope, 2), round(se, 2)],
+                "unit": "MB/h, slope and its standard error",
+                "ok": slope < rss_slope_mb_h,
+            }
+        )
+
+    def not_growing(label: str, first: list[float], last: list[float]) -> None:
+        a, b = statistics.median(first), statistics.median(last)
+        checks.append(
+            {"check": label, "value": [a, b], "unit": "median first/last third", "ok": b <= a + max(3, 0.1 * a)}
+        )
+
+    if first3 and last3:
+        for name in samples[0]["procs"]:
+            for key in ("fds", "threads"):
+                not_growing(
+                    f"{key} {name}", [s["procs"][name][key] for s in first3], [s["procs"][name][key] for s in last3]
+                )
+        # tasks per open session: the count at one instant follows how many sessions are open then
+        not_growing(
+            "tasks/session gateway",
+            [
+                s["gauges"].get("orchestrator_event_loop_tasks", 0)
+                / max(1, s["gauges"].get("orchestrator_active_sessions", 0))
+                for s in first3
+            ],
+            [
+                s["gauges"].get("orchestrator_event_loop_tasks", 0)
+                / max(1, s["gauges"].get("orchestrator_active_sessions", 0))
+                for s in last3
+            ],
+        )
+        for key in HISTOGRAMS:
+            # the third's buckets: cumulative at its last sample minus at the sample before it began
+            i0, i1 = samples.index(first3[0]), samples.index(first3[-1])
+            j0, j1 = samples.index(last3[0]), samples.index(last3[-1])
+            p_first = quantile(0.95, delta(samples[max(0, i0 - 1)]["hist"][key], samples[i1]["hist"][key]))
+            p_last = quantile(0.95, delta(samples[max(0, j0 - 1)]["hist"][key], samples[j1]["hist"][key]))
+            ok = (
+                p_first is not None
+                and p_last is not None
+                and (p_last <= p_first * (1 + latency_tol) or p_last <= p_first + 100)
+            )
+            load = [statistics.median(x["load"][0] for x in first3), statistics.median(x["load"][0] for x in last3)]
+            checks.append(
+                {
+                    "check": f"p95 {key}",
+                    "value": [p_first, p_last],
+                    "unit": f"ms first/last third (load {load})",
+                    "ok": ok,
+                }
+            )
+    return {
+        "flat": all(c["ok"] for c in checks),
+        "rules": {
+            "rss_slope_mb_per_h_below": rss_slope_mb_h,
+            "rss_window": "last 2/3 of the run, least squares",
+            "fds_threads_tasks": "median of the last third <= median of the first third + max(3, 10 %); "
+            "idle after the load <= idle before + 2 (tasks), <= the first third's peak + 2 (fds, threads), "
+            "<= idle before (the services' open streams)",
+            "latency": f"P95 of the last third <= first third's * {1 + latency_tol:g} (or + 100 ms)",
+        },
+        "checks": checks,
+    }
+
+
+# ----- main -----
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="soak the default stack (issue 11)")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--sessions", type=int, default=4, help="live real-time session loops")
+    p.add_argument("--reconnects", type=int, default=1, help="loops of a dropped session and its restart")
+    p.add_argument("--bad-every-s", type=float, default=20.0, help="one bad client this often (0: none)")
+    p.add_argument("--sample-s", type=float, default=60.0)
+    p.add_argument("--rss-slope-mb-h", type=float, default=10.0)
+    p.add_argument("--latency-tol", type=float, default=0.25)
+    p.add_argument("--json", type=Path, default=Path("var/soak.json"))
+    p.add_argument("--plot", type=Path, default=None, help="write the plot here (tests/perf/plot_soak.py)")
+    p.add_argument("--rejudge", action="store_true", help="no run: apply the verdict's rules to --json again")
+    args = p.parse_args(argv)
+    if args.rejudge:
+        return _rejudge(args.json, args.plot, args.rss_slope_mb_h, args.latency_tol)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    cases = [corpus.build(s) for s in corpus.main_specs(2)]
+    print(
+        f"# soak {time.strftime('%Y-%m-%d %H:%M')} {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.2f}; "
+        f"{args.minutes:g} min, {args.sessions} live loops, {args.reconnects} reconnect loops, a bad client "
+        f"every {args.bad_every_s:g} s; {len(cases)} corpus cases; stack {','.join(DEFAULT_SERVICES)}",
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    log = work / "clients.jsonl"
+    samples: list[dict[str, Any]] = []
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cores": os.cpu_count(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "command": "python -m tests.perf.soak " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "samples": samples,
+    }
+    with Stack(DEFAULT_SERVICES, env={"LOG_LEVEL": "ERROR"}, workdir=work) as stack:
+        procs = {name: psutil.Process(svc.proc.pid) for name, svc in stack.running.items()}
+        ctx = mp.get_context("spawn")
+        # The token outlives the run: the development token's default hour ended the first 70-minute run's load at 60.
+        client = ctx.Process(
+            target=_client_main,
+            args=(
+                stack.url,
+                stack.token(ttl_s=args.minutes * 60 + 3600),
+                vars(args) | {"json": None, "plot": None},
+                str(log),
+            ),
+        )
+        t0 = time.monotonic()
+
+        def take() -> dict[str, Any]:
+            now = time.monotonic()
+            m = scrape(stack.http_base)
+            s = {
+                "t": now - t0,
+                "load": list(os.getloadavg()),
+                "procs": sample_processes(procs),
+                "gauges": m["gauges"],
+                "hist": m["hist"],
+                "gateway_errors": m["errors"],
+                "streams": scrape_streams(stack),
+                "client_process": sample_processes({"client": client_proc})["client"] if client_proc else None,
+            }
+            prev = samples[-1] if samples else None
+            recs = read_log(log)
+            s["client"] = client_window(recs, t0 + (prev["t"] if prev else -1e9), now)
+            for key in HISTOGRAMS:
+                d = delta(prev["hist"][key], s["hist"][key]) if prev else s["hist"][key]
+                s[key + "_p50"] = quantile(0.5, d)
+                s[key + "_p95"] = quantile(0.95, d)
+            samples.append(s)
+            return s
+
+        client_proc: psutil.Process | None = None
+        take()["idle"] = True
+        client.start()
+        client_proc = psutil.Process(client.pid)
+        try:
+            next_at = t0 + args.sample_s
+            while client.is_alive():
+                client.join(max(0.0, next_at - time.monotonic()))
+                if time.monotonic() >= next_at:
+                    s = take()
+                    next_at += args.sample_s
+                    _print_sample(s)
+                if time.monotonic() - t0 > args.minutes * 60 + 300:
+                    print("# the client did not finish; stopping it", flush=True)
+                    client.kill()
+            # Let the last sessions close and the stack go quiet, then the idle sample that is compared
+            # with the one taken before any load.
+            quiet_by = time.monotonic() + 120
+            while time.monotonic() < quiet_by and scrape(stack.http_base)["gauges"].get("orchestrator_active_sessions"):
+                time.sleep(1.0)
+            time.sleep(10.0)
+            take()["idle"] = True
+            _print_sample(samples[-1])
+        finally:
+            if client.is_alive():
+                client.kill()
+            client.join()
+        result["restarts"] = dict(stack.restarts)
+        result["exits"] = list(stack.exits)
+
+    recs = read_log(log)
+    result["clients"] = _client_totals(recs)
+    result["verdict"] = verdict(samples, args.rss_slope_mb_h, args.latency_tol)
+    loads = [s["load"][0] for s in samples]
+    result["load_avg_1m"] = {"min": min(loads), "median": statistics.median(loads), "max": max(loads)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    _print_result(result)
+    print(f"# samples: {args.json}", flush=True)
+    if args.plot is not None:
+        from tests.perf.plot_soak import plot
+
+        plot(result, args.plot)
+        print(f"# plot: {args.plot}")
+    return 0
+
+
+def _rejudge(path: Path, plot_to: Path | None, rss_slope_mb_h: float, latency_tol: float) -> int:
+    result = json.loads(path.read_text())
+    result["verdict"] = verdict(result["samples"], rss_slope_mb_h, latency_tol)
+    path.write_text(json.dumps(result, indent=1))
+    _print_result(result)
+    if plot_to is not None:
+        from tests.perf.plot_soak import plot
+
+        plot(result, plot_to)
+    return 0
+
+
+def _client_totals(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    full = [r for r in recs if r["kind"] in ("live", "reconnected")]
+    bad: dict[str, Counter[str]] = {}
+    for r in recs:
+        if r["kind"] in BAD_KINDS:
+            outcome = ",".join(r["error_codes"]) or "no error event"
+            outcome += f" end={r['end_reason']}" if r.get("end_reason") else ""
+            outcome += (
+                f" close={r.get('close_code')}"
+                + (f" ({r['close_reason']})" if r.get("close_reason") else "")
+                + (f" {r['client_error']}" if "client_error" in r else "")
+            )
+            bad.setdefault(r["kind"], Counter())[outcome] += 1
+    codes: Counter[str] = Counter()
+    for r in full:
+        codes.update(r.get("error_codes", []))
+    return {
+        "sessions": len(full),
+        "completed": sum(bool(r.get("completed")) for r in full),
+        "degraded": sum(bool(r.get("degraded")) for r in full),
+        "no_partial": sum(r.get("first_partial_ms") is None for r in full),
+        "client_errors": dict(Counter(r["client_error"] for r in full if "client_error" in r)),
+        "dropped": sum(r["kind"] == "dropped" for r in recs),
+        "session_error_codes": dict(codes),
+        "bad_clients": {k: dict(v) for k, v in bad.items()},
+    }
+
+
+def _fmt(v: float | None, spec: str = ".0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _print_sample(s: dict[str, Any]) -> None:
+    rss = " ".join(f"{n}={p['rss_mb']:.0f}" for n, p in s["procs"].items())
+    fds = " ".join(f"{n}={p['fds']:.0f}" for n, p in s["procs"].items())
+    c = s["client"]
+    g = s["gauges"]
+    print(
+        f"t={s['t'] / 60:5.1f}min load={s['load'][0]:.1f} | RSS MB {rss} | fds {fds} | "
+        f"tasks={_fmt(g.get('orchestrator_event_loop_tasks'))} open={_fmt(g.get('orchestrator_active_sessions'))} "
+        f"sendq={_fmt(g.get('orchestrator_send_queue_events'))} | gw first partial p50/p95 "
+        f"{_fmt(s['first_partial_p50'])}/{_fmt(s['first_partial_p95'])} final lag "
+        f"{_fmt(s['final_lag_p50'])}/{_fmt(s['final_lag_p95'])} ms | client {c['completed']}/{c['sessions']} "
+        f"ended, fp50 {_fmt(c['first_partial_ms_p50'])} lag50 {_fmt(c['final_lag_ms_p50'])} ms, "
+        f"{c['dropped']} dropped, {c['bad']} bad, errors {c['errors'] or '{}'}",
+        flush=True,
+    )
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    v = result["verdict"]
+    print(f"\n# clients: {json.dumps(result['clients'])}")
+    print(f"# stack restarts: {result['restarts']} exits: {result['exits']}")
+    la = result["load_avg_1m"]
+    print(f"# load average (1 min) during the run: min {la['min']:.1f} median {la['median']:.1f} max {la['max']:.1f}")
+    for c in v["checks"]:
+        print(f"  {'ok  ' if c['ok'] else 'GROWS'} {c['check']:24s} {c['value']} {c['unit']}")
+    print(f"# verdict: {'FLAT' if v['flat'] else 'NOT FLAT'} ({json.dumps(v['rules'])})", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The soak's arithmetic: quantiles from histogram bucket deltas, the flatness verdict, and the plot of
+the JSON as tests/perf/soak.py writes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.perf.plot_soak import plot, table
+from tests.perf.soak import delta, quantile, slope_and_error, slope_per_hour, verdict
+
+pytestmark = pytest.mark.unit
+
+
+def test_quantile_interpolates_within_a_bucket_like_histogram_quantile() -> None:
+    buckets = {"100.0": 10.0, "200.0": 30.0, "+Inf": 40.0}
+    assert quantile(0.25, buckets) == pytest.approx(100.0)  # rank 10: the top of the first bucket
+    assert quantile(0.5, buckets) == pytest.approx(150.0)  # rank 20: halfway through (100, 200]
+    assert quantile(0.95, buckets) == pytest.approx(200.0)  # in +Inf: the highest finite bound
+    assert quantile(0.5, {"100.0": 0.0, "+Inf": 0.0}) is None
+
+
+def test_a_minute_is_the_difference_of_two_cumulative_scrapes() -> None:
+    before = {"100.0": 10.0, "200.0": 30.0, "+Inf": 40.0}
+    after = {"100.0": 10.0, "200.0": 50.0, "+Inf": 60.0}
+    minute = delta(before, after)
+    assert minute == {"100.0": 0.0, "200.0": 20.0, "+Inf": 20.0}
+    assert quantile(0.5, minute) == pytest.approx(150.0)
+
+
+def test_slope_is_per_hour() -> None:
+    ts = [0.0, 60.0, 120.0, 180.0]
+    assert slope_per_hour(ts, [100.0, 101.0, 102.0, 103.0]) == pytest.approx(60.0)
+    assert slope_and_error(ts, [100.0, 101.0, 102.0, 103.0])[1] == pytest.approx(0.0, abs=1e-9)
+    assert slope_and_error(ts, [100.0, 103.0, 100.0, 103.0])[1] > 0  # noise widens it
+
+
+def sample(
+    t: float, rss: float, tasks: float, lag_count: float, *, slow: bool = False, idle: bool = False
+) -> dict[str, Any]:
+    # cumulative buckets: `lag_count` finals so far, under 500 ms unless `slow`
+    under = 0.0 if slow else lag_count
+    hist = {"500.0": under, "5000.0": lag_count, "+Inf": lag_count}
+    return {
+        "t": t,
+        "idle": idle,
+        "load": [1.0, 1.0, 1.0],
+        "procs": {"gateway": {"rss_mb": rss, "fds": 30, "threads": 16, "cpu_s": 0.0}},
+        "gauges": {"orchestrator_event_loop_tasks": tasks, "orchestrator_active_sessions": 0 if idle else 4},
+        "hist": {"first_partial": hist, "final_lag": hist},
+    }
+
+
+def run(rss_per_min: float, *, tasks_after: float = 6.0, slow_end: bool = False) -> list[dict[str, Any]]:
+    out = [sample(0.0, 100.0, 6.0, 0.0, idle=True)]
+    total = 0.0
+    for k in range(1, 31):
+        prev = out[-1]["hist"]["final_lag"]
+        total += 10.0
+        s = sample(60.0 * k, 100.0 + rss_per_min * k, 60.0, total)
+        if slow_end and k > 20:  # the last third's finals all land above 500 ms
+            s["hist"]["final_lag"] = {"500.0": prev["500.0"], "5000.0": total, "+Inf": total}
+        out.append(s)
+    out.append(sample(60.0 * 31, 100.0 + rss_per_min * 30, tasks_after, total, idle=True))
+    return out
+
+
+def failed(samples: list[dict[str, Any]]) -> set[str]:
+    return {c["check"] for c in verdict(samples, rss_slope_mb_h=10.0, latency_tol=0.25)["checks"] if not c["ok"]}
+
+
+def test_a_steady_stack_is_flat() -> None:
+    v = verdict(run(0.0), rss_slope_mb_h=10.0, latency_tol=0.25)
+    assert v["flat"] and failed(run(0.0)) == set()
+
+
+def test_memory_growth_tasks_left_behind_and_slower_finals_each_fail_their_check() -> None:
+    assert failed(run(0.5)) == {"rss gateway"}  # 30 MB/h
+    assert failed(run(0.0, tasks_after=20.0)) == {"idle tasks gateway"}
+    assert failed(run(0.0, slow_end=True)) == {"p95 final_lag"}
+    stuck = run(0.0)
+    stuck[0]["streams"] = {"asr.en:asr_inflight_sessions": 0.0}
+    stuck[-1]["streams"] = {"asr.en:asr_inflight_sessions": 1.0}  # a stream no session holds any more
+    assert failed(stuck) == {"idle asr.en:asr_inflight_sessions"}
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    samples = run(0.1)
+    for s in samples:
+        s |= {"client": {"first_partial_ms_p50": 400.0, "final_lag_ms_p50": None}}
+        s |= {k: 300.0 for k in ("first_partial_p50", "first_partial_p95", "final_lag_p50", "final_lag_p95")}
+    result = {
+        "date": "2026-12-01T18:00:00",
+        "cores": 2,
+        "args": {"minutes": 30, "sessions": 4, "reconnects": 1, "bad_every_s": 20},
+        "load_avg_1m": {"median": 3.0},
+        "verdict": {"flat": True},
+        "samples": samples,
+    }
+    out = tmp_path / "img" / "soak.png"
+    plot(result, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = table(result, 10).splitlines()[2:]  # the idle samples and minutes 10, 20, 30
+    assert [r.split(" | ")[0] for r in rows] == ["| 0 (idle)", "| 10", "| 20", "| 30", "| 31 (idle)"]
