@@ -5,7 +5,6 @@ key; the archive recovers what its own spool held; every record URL is reachable
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,10 +14,9 @@ from typing import Any
 import pytest
 
 from devtools.client import StreamResult, load_wav, stream_pcm
-from devtools.devauth import default_token
 from devtools.stack import Stack
 from tests.poll import seconds, wait_for
-from tests.records import decoded_s, fetch
+from tests.records import decoded_s, fetch, get_transcript
 
 pytestmark = pytest.mark.chaos
 FLOWS = ("archive-cut-a", "archive-cut-b")
@@ -37,17 +35,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield running
 
 
-def get_json(url: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {default_token()}"})
-    try:
-        with urllib.request.urlopen(request, timeout=seconds(5)) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def record_of(stack: Stack, flow_id: str) -> dict[str, Any]:
-    status, body = get_json(f"{stack.http_base}/v1/flows/{flow_id}/transcript")
+    status, body = get_transcript(stack.http_base, flow_id)
     assert status == 200, body
     return body
 

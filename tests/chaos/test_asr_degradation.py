@@ -5,10 +5,7 @@ capacity returns, even across a gateway restart."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +13,11 @@ from typing import Any
 import pytest
 
 from devtools.client import stream_pcm
-from devtools.devauth import default_token
 from devtools.launcher import RunningService, launch
 from devtools.stack import Stack
 from speechgw_client import load_audio
 from tests.poll import seconds, wait_for
+from tests.records import get_transcript
 from tests.wer import wer
 
 pytestmark = pytest.mark.chaos
@@ -38,18 +35,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     }
     with Stack(("vad", "asr", "compress"), env=env, workdir=tmp_path) as running:
         yield running
-
-
-def transcript(http_base: str, flow_id: str) -> tuple[int, dict[str, Any]]:
-    """The transcript as the tenant that streamed the flow sees it (the client's default token)."""
-    request = urllib.request.Request(
-        f"{http_base}/v1/flows/{flow_id}/transcript", headers={"Authorization": f"Bearer {default_token()}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=seconds(5)) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def restart_asr(stack: Stack) -> RunningService:
@@ -90,11 +75,11 @@ def test_asr_killed_mid_session_then_transcribed_later(stack: Stack, clips: Path
     result = asyncio.run(go())
     assert_record_only(result.events, "killed-mid")
     assert result.close_code == 1000
-    status, body = transcript(stack.http_base, "killed-mid")
+    status, body = get_transcript(stack.http_base, "killed-mid")
     assert status == 200 and body["status"] in ("pending", "running")
     restart_asr(stack)
-    wait_for(lambda: transcript(stack.http_base, "killed-mid")[1]["status"] == "done", 60, "deferred transcript")
-    body = transcript(stack.http_base, "killed-mid")[1]
+    wait_for(lambda: get_transcript(stack.http_base, "killed-mid")[1]["status"] == "done", 60, "deferred transcript")
+    body = get_transcript(stack.http_base, "killed-mid")[1]
     text = " ".join(f["text"] for f in body["finals"])
     assert wer([(clips / "en" / "quick_brown_fox.txt").read_text()], [text]) <= 0.12, text
     assert "-->" in body["srt"]
@@ -105,17 +90,17 @@ def test_pending_job_survives_a_gateway_restart(stack: Stack, clips: Path) -> No
     pcm = load_audio(clips / "en" / "hello_world.wav")
     result = asyncio.run(stream_pcm(stack.url, pcm, speed=0, start={"flowId": "restart-me"}))
     assert_record_only(result.events, "restart-me")
-    assert transcript(stack.http_base, "restart-me")[1]["status"] in ("pending", "running")
+    assert get_transcript(stack.http_base, "restart-me")[1]["status"] in ("pending", "running")
     # Stop the gateway with the job pending, bring the ASR back, start a new gateway on the same store.
     stack.running.pop("gateway").stop()
     restart_asr(stack)
     gw = launch("gateway", [sys.executable, "-m", "orchestrator"], env={**stack.gateway_env(), "GATEWAY_PORT": "0"})
     stack.running["gateway"] = gw
-    wait_for(lambda: transcript(gw.http_base, "restart-me")[1]["status"] == "done", 60, "job after restart")
-    body = transcript(gw.http_base, "restart-me")[1]
+    wait_for(lambda: get_transcript(gw.http_base, "restart-me")[1]["status"] == "done", 60, "job after restart")
+    body = get_transcript(gw.http_base, "restart-me")[1]
     assert wer([(clips / "en" / "hello_world.txt").read_text()], [" ".join(f["text"] for f in body["finals"])]) <= 0.5
 
 
 def test_unknown_and_malformed_flows(stack: Stack) -> None:
-    assert transcript(stack.http_base, "never-seen")[0] == 404
-    assert transcript(stack.http_base, "bad%20id")[0] == 400
+    assert get_transcript(stack.http_base, "never-seen")[0] == 404
+    assert get_transcript(stack.http_base, "bad%20id")[0] == 400

@@ -6,36 +6,21 @@ accepted (the stored object decoded against `end.audio_s`)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from devtools.client import StreamResult, stream_pcm
-from devtools.devauth import default_token
 from speechgw_client import load_audio
 from tests.archive_check import assert_archived_whole
 from tests.chaos.netfaults import proxied_stack
 from tests.poll import seconds, wait_for
+from tests.records import get_transcript
 from tests.wer import wer
 
 pytestmark = pytest.mark.chaos
 BASE_ENV = {"LOG_LEVEL": "WARNING", "STORAGE_BACKEND": "local"}
-
-
-def get_transcript(http_base: str, flow_id: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        f"{http_base}/v1/flows/{flow_id}/transcript", headers={"Authorization": f"Bearer {default_token()}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=seconds(5)) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_lid_hung_session_still_transcribed_on_the_default_route(tmp_path: Path, clips: Path) -> None:

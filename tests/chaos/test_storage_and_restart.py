@@ -7,41 +7,24 @@ receives and, where the archive is involved, that every second the gateway accep
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from devtools.client import StreamResult, stream_pcm
-from devtools.devauth import default_token
 from devtools.launcher import launch
 from devtools.stack import Stack
 from speechgw_client import load_audio
 from tests.archive_check import FRAME_S, assert_archived_whole, decoded_s, fetch
 from tests.poll import seconds, wait_for
+from tests.records import get_transcript
 from tests.wer import wer
 
 pytestmark = pytest.mark.chaos
 BATCH_MS = 200  # the archive stage's blocks: what the gateway holds in memory before its spool
 IN_FLIGHT_S = 0.1
-
-
-def transcript(http_base: str, flow_id: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        f"{http_base}/v1/flows/{flow_id}/transcript", headers={"Authorization": f"Bearer {default_token()}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=seconds(5)) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-    except OSError:
-        return 0, {}
 
 
 def test_object_storage_down_then_up(tmp_path: Path, clips: Path) -> None:
@@ -123,7 +106,7 @@ def test_gateway_sigkill_jobs_recovered_on_restart(tmp_path: Path, clips: Path) 
         pending = asyncio.run(stream_pcm(stack.url, hello, speed=0, start={"flowId": "sigkill-job"}))
         assert [e.get("mode") for e in pending.of_type("error")] == ["record_only"]
         assert_archived_whole(pending.events)
-        assert transcript(stack.http_base, "sigkill-job")[1]["status"] in ("pending", "running")
+        assert get_transcript(stack.http_base, "sigkill-job")[1]["status"] in ("pending", "running")
 
         gateway = stack.running["gateway"]
 
@@ -156,8 +139,9 @@ def test_gateway_sigkill_jobs_recovered_on_restart(tmp_path: Path, clips: Path) 
         )
         gw = launch("gateway", [sys.executable, "-m", "orchestrator"], env={**stack.gateway_env(), "GATEWAY_PORT": "0"})
         stack.running["gateway"] = gw
-        wait_for(lambda: transcript(gw.http_base, "sigkill-job")[1].get("status") == "done", 60, "job after SIGKILL")
-        body = transcript(gw.http_base, "sigkill-job")[1]
+        done = lambda: get_transcript(gw.http_base, "sigkill-job")[1].get("status") == "done"  # noqa: E731
+        wait_for(done, 60, "job after SIGKILL")
+        body = get_transcript(gw.http_base, "sigkill-job")[1]
         text = " ".join(f["text"] for f in body["finals"])
         assert wer([(clips / "en" / "hello_world.txt").read_text()], [text]) <= 0.5, text
 
