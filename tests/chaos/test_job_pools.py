@@ -13,8 +13,9 @@ import pytest
 
 from devtools.client import load_wav, stream_pcm
 from devtools.stack import Stack
-from tests.chaos.test_asr_degradation import assert_record_only, transcript
+from tests.chaos.test_asr_degradation import assert_record_only
 from tests.poll import wait_for
+from tests.records import get_transcript
 from tests.wer import wer
 
 pytestmark = pytest.mark.chaos
@@ -60,12 +61,12 @@ def test_jobs_of_a_dead_pool_complete_on_the_default_pool(stack: Stack, clips: P
     for name, result in zip(CLIPS, asyncio.run(sessions()), strict=True):
         assert_record_only(result.events, f"pool-{name}")  # type: ignore[attr-defined]
     wait_for(
-        lambda: all(transcript(stack.http_base, f"pool-{n}")[1]["status"] in ("done", "failed") for n in CLIPS),
+        lambda: all(get_transcript(stack.http_base, f"pool-{n}")[1]["status"] in ("done", "failed") for n in CLIPS),
         180,
         "every deferred job ended",
     )
     for name in CLIPS:
-        body = transcript(stack.http_base, f"pool-{name}")[1]
+        body = get_transcript(stack.http_base, f"pool-{name}")[1]
         assert body["status"] == "done" and body["attempts"] == 1, body
         text = " ".join(f["text"] for f in body["finals"])
         assert {f["lang"] for f in body["finals"]} == {"en"}

@@ -28,8 +28,8 @@ from devtools.launcher import RunningService, launch
 from devtools.nginx import NginxProxy
 from devtools.postgres import PostgresServer
 from devtools.stack import LOOPBACK_LIMITS
-from tests.chaos.test_asr_degradation import transcript
 from tests.poll import seconds, wait_for
+from tests.records import get_transcript
 
 pytestmark = pytest.mark.chaos
 CLIPS = ("hello_world", "quick_brown_fox", "counting")
@@ -189,10 +189,10 @@ def test_two_gateways_one_store_survive_a_killed_gateway(cluster: Cluster, clips
         if flow_id not in deferred:
             assert words(result.events), (flow_id, result.events)  # its words came live
             continue
-        bodies = [transcript(base, flow_id) for base in (replacement.http_base, b.http_base)]
+        bodies = [get_transcript(base, flow_id) for base in (replacement.http_base, b.http_base)]
         assert bodies[0] == bodies[1], flow_id  # one store: the same answer from either gateway
         status, body = bodies[0]
         assert status == 200 and body["status"] == "done", (flow_id, body)
         assert " ".join(f["text"] for f in body["finals"]).strip(), (flow_id, body)
-    taken = [transcript(b.http_base, f)[1] for f in held]
+    taken = [get_transcript(b.http_base, f)[1] for f in held]
     assert all(t["attempts"] == 2 for t in taken), taken  # A's cut attempt counted, B's finished it
