@@ -149,7 +149,7 @@ class AsrLinkConfig:
     # ASR_ADDR (comma-separated) is one pool.
     addr: str = setting("", env="ASR_ADDR")
     routing_file: str = setting("", env="ROUTING_FILE")
-    batch_ms: int = setting(20, env="ASR_LINK_BATCH_MS")
+    batch_ms: int = setting(100, env="ASR_LINK_BATCH_MS")
     open_timeout_s: float = setting(3.0, env="ASR_OPEN_TIMEOUT_SEC")
     # While LID listens, stream to the default route's pool and show its partials (docs/routing.md).
     provisional: bool = setting(True, env="ASR_PROVISIONAL")

@@ -47,7 +47,7 @@ async def asr_service(config: AsrConfig) -> AsyncIterator[Service]:
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per decode
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(None, build_engine, config)
-    scheduler = DecodeScheduler(config.decode_workers, config.batch_max)
+    scheduler = DecodeScheduler(config.decode_workers, config.batch_max, config.partial_duty)
     servicer = RecognizeServicer(engine, config, scheduler)
 
     async def warmup(runner: ServiceRunner) -> None:

@@ -38,6 +38,9 @@ class AsrConfig:
     # Most partials (of different sessions, one language and prompt) decoded as one batch when a
     # decode worker frees; 1 = one at a time (docs/services/asr.md, "Cross-session batching").
     batch_max: int = setting(4, env="ASR_BATCH_MAX")
+    # Share of a decode worker's time that partial updates may take (finals and an utterance's first
+    # partial are never held); 1 = no cap (services/asr/scheduler.py, docs/services/asr.md).
+    partial_duty: float = setting(0.5, env="ASR_PARTIAL_DUTY")
     beam_size: int = setting(1, env="ASR_BEAM_SIZE")
     # Largest Whisper encoder window for audio shorter than it (services/asr/window.py; 0 = faster-
     # whisper's own 30 s path). Finals on the windowed path too (30): with min_window_s their window
@@ -90,6 +93,8 @@ class AsrConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(AsrConfig, name)}={getattr(self, name)} must be >= 1")
+        if not 0.0 < self.partial_duty <= 1.0:
+            raise ConfigError(f"ASR_PARTIAL_DUTY={self.partial_duty} must be in (0, 1]")
         for name in ("partial_window_s", "final_window_s", "min_window_s"):
             if not 0.0 <= getattr(self, name) <= 30.0:
                 raise ConfigError(f"{env_name(AsrConfig, name)}={getattr(self, name)} must be 0 (off) or at most 30 s")

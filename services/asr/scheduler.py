@@ -70,11 +70,25 @@ class DecodeScheduler:
     A decode asked with `batch` joins a batch group (one engine, one language and prompt): when a
     worker goes to such a final (partial), up to `batch_max - 1` more waiting finals (partials) of
     its group, oldest (in key order) first, go with it, and their jobs run as one call on that
-    worker."""
+    worker.
 
-    def __init__(self, workers: int, batch_max: int = 1) -> None:
+    `update_duty` < 1 caps the share of a worker's time that partial updates (key (1, ...)) take:
+    after an update decode of d seconds the next update waits d * (1 / update_duty - 1), while
+    finals and first partials go at once. Updates are the work that grows with load; without the cap
+    each ASR process spends every free cycle on them and the finals, first partials and the other
+    processes on the same cores (VAD, gateway, another pool) wait (docs/performance.md)."""
+
+    def __init__(
+        self, workers: int, batch_max: int = 1, update_duty: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not 0.0 < update_duty <= 1.0:
+            raise ValueError(f"update_duty={update_duty} must be in (0, 1]")
         self.workers = workers
         self.batch_max = batch_max
+        self.update_duty = update_duty
+        self._clock = clock
+        self._updates_from = 0.0  # no partial update is granted before this clock time
+        self._wake: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="asr-decode")
         self._free = workers
         # (waiter, batch group or None), oldest first
@@ -100,7 +114,7 @@ class DecodeScheduler:
     @contextlib.asynccontextmanager
     async def slot(self, partial_key: tuple[int, float] | None = None) -> AsyncIterator[None]:
         """Hold one worker: a final when `partial_key` is None, else a partial ordered by the key."""
-        if self._free > 0 and self.depth == 0:
+        if self._free > 0 and self.depth == 0 and self._may_run(partial_key):
             self._free -= 1
         else:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -108,15 +122,50 @@ class DecodeScheduler:
                 self._finals.append((waiter, None))
             else:
                 heapq.heappush(self._partials, (partial_key, next(self._seq), waiter, None))
+            self._kick()
             try:
                 await waiter  # granted: the releasing holder passed its worker on
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._release()  # granted while being cancelled: pass it on
                 raise
+        t0 = self._clock()
         try:
             yield
         finally:
+            self._ran(partial_key, self._clock() - t0)
+            self._release()
+
+    @staticmethod
+    def _is_update(partial_key: tuple[int, float] | None) -> bool:
+        return partial_key is not None and partial_key[0] != 0
+
+    def _may_run(self, partial_key: tuple[int, float] | None) -> bool:
+        """Finals and first partials always; an update once the duty cap's rest is over."""
+        return not self._is_update(partial_key) or self._clock() >= self._updates_from
+
+    def _ran(self, partial_key: tuple[int, float] | None, seconds: float) -> None:
+        if self._is_update(partial_key) and self.update_duty < 1.0:
+            rest = seconds * (1.0 / self.update_duty - 1.0)
+            self._updates_from = max(self._updates_from, self._clock() + rest)
+
+    def _arm(self) -> None:
+        """When only updates wait, a worker is free and their rest is not over: wake at its end."""
+        if self._wake is not None or not self._partials or self._free == 0:
+            return
+        delay = self._updates_from - self._clock()
+        if delay > 0:
+            self._wake = asyncio.get_running_loop().call_later(delay, self._woken)
+
+    def _woken(self) -> None:
+        self._wake = None
+        self._kick()
+
+    def _kick(self) -> None:
+        """A worker is free while someone waits (updates resting): it goes to the best waiter that
+        may run now, or back, with the wake-up armed."""
+        if self._free > 0:
+            self._free -= 1
             self._release()
 
     def _release(self) -> None:
@@ -130,19 +179,23 @@ class DecodeScheduler:
                 self._grant(waiter, self._pop_finals(group, self.batch_max - 1))
             return
         while self._partials:
+            key = self._partials[0][0]
+            if not self._may_run(key):
+                break  # only updates wait (first partials sort first) and they rest: see _arm
             _, _, waiter, group = heapq.heappop(self._partials)
             if waiter.done():
                 continue
             if group is None:
                 waiter.set_result(None)
             else:
-                self._grant(waiter, self._pop_group(group, self.batch_max - 1))
+                self._grant(waiter, self._pop_group(group, self.batch_max - 1), self._is_update(key))
             return
         self._free += 1
+        self._arm()
 
-    def _grant(self, first: asyncio.Future[Any], others: list[asyncio.Future[Any]]) -> None:
+    def _grant(self, first: asyncio.Future[Any], others: list[asyncio.Future[Any]], update: bool = False) -> None:
         members = [first, *others]
-        batch: _Batch[Any, Any] = _Batch(self, len(members))
+        batch: _Batch[Any, Any] = _Batch(self, len(members), update)
         for member in members:
             member.set_result(batch)
 
@@ -169,7 +222,7 @@ class DecodeScheduler:
             entry = heapq.heappop(self._partials)
             if entry[2].done():
                 continue
-            if entry[3] == group:
+            if entry[3] == group and self._may_run(entry[0]):  # a resting update does not ride along
                 taken.append(entry[2])
             else:
                 kept.append(entry)
@@ -191,15 +244,16 @@ class DecodeScheduler:
         thread (members of a group pass the same `decode`). Returns this job's outcome, or None when
         withdrawn; raises the job's exception when it failed (see `run_batch`). Cancelled before
         `prepare`, the member withdraws."""
-        if self._free > 0 and self.depth == 0:
+        if self._free > 0 and self.depth == 0 and self._may_run(partial_key):
             self._free -= 1
-            batch: _Batch[Any, Any] = _Batch(self, 1)
+            batch: _Batch[Any, Any] = _Batch(self, 1, self._is_update(partial_key))
         else:
             waiter: asyncio.Future[_Batch[Any, Any]] = asyncio.get_running_loop().create_future()
             if partial_key is None:
                 self._finals.append((waiter, group))
             else:
                 heapq.heappush(self._partials, (partial_key, next(self._seq), waiter, group))
+            self._kick()
             try:
                 batch = await waiter
             except asyncio.CancelledError:
@@ -233,6 +287,8 @@ class DecodeScheduler:
         return True, await self.run(fn)
 
     def shutdown(self) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -240,8 +296,9 @@ class _Batch(Generic[J, R]):
     """The partials granted one worker together: runs once every member submitted or withdrew,
     and gives the worker back when the decode thread is done (even if members were cancelled)."""
 
-    def __init__(self, scheduler: DecodeScheduler, members: int) -> None:
+    def __init__(self, scheduler: DecodeScheduler, members: int, update: bool = False) -> None:
         self._scheduler = scheduler
+        self._update = update  # partial updates: their time counts against the duty cap
         self._pending = members
         self._jobs: list[J] = []
         self._futures: list[asyncio.Future[BatchOutcome[R]]] = []
@@ -281,12 +338,13 @@ class _Batch(Generic[J, R]):
         running.add_done_callback(self._deliver)
 
     def _deliver(self, running: asyncio.Future[tuple[list[R | Exception], float]]) -> None:
-        self._scheduler._release()
         if running.cancelled() or running.exception() is not None:  # executor shut down
             outcomes: list[R | Exception] = [RuntimeError("decode worker stopped")] * len(self._jobs)
             seconds = 0.0
         else:
             outcomes, seconds = running.result()
+        self._scheduler._ran((1, 0.0) if self._update else None, seconds)
+        self._scheduler._release()
         for future, outcome in zip(self._futures, outcomes, strict=True):
             if future.done():  # its member was cancelled meanwhile
                 continue

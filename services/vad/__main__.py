@@ -15,7 +15,7 @@ from common.server import ServiceRunner
 from common.service import Service, StartupError, grpc_main
 from proto import vad_pb2_grpc
 from services.vad.config import VadConfig
-from services.vad.detector import exercise, make_detector, probe_in_child
+from services.vad.detector import DetectorPool, exercise, make_detector, probe_in_child
 from services.vad.servicer import VadServicer
 
 log = logging.getLogger("services.vad")
@@ -31,13 +31,21 @@ async def vad_service(config: VadConfig) -> AsyncIterator[Service]:
         raise StartupError(f"VAD model unusable ({model}): {probe.detail}", "model_probe_failed")
     log.info("model probe ok", extra={"stage": "vad", "model": model})
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="vad")
+    detectors = DetectorPool(make_detector, config.pool_size)
 
     def add(server: grpc.aio.Server) -> None:
-        vad_pb2_grpc.add_VadServicer_to_server(VadServicer(config, executor, make_detector), server)
+        vad_pb2_grpc.add_VadServicer_to_server(VadServicer(config, executor, detectors), server)
 
     async def warmup(runner: ServiceRunner) -> None:
         # A real detector runs a second of audio before SERVING, off the loop (STYLE §7).
-        await loop.run_in_executor(executor, lambda: exercise(make_detector(config), config))
+        # A real detector runs a second of audio before SERVING, off the loop (STYLE §7), and is
+        # the pool's first.
+        def warm() -> None:
+            detector = detectors.take(config)
+            exercise(detector, config)
+            detectors.give(config, detector)
+
+        await loop.run_in_executor(executor, warm)
 
     try:
         yield Service(add, warmup)

@@ -30,6 +30,8 @@ class VadConfig:
     # distinct live flow_ids on one call; more get RESOURCE_EXHAUSTED
     max_flows_per_stream: int = setting(16, env="VAD_MAX_FLOWS_PER_STREAM")
     workers: int = setting(2, env="VAD_WORKERS")  # executor threads running inference
+    # idle detectors kept for the next flows (~10 MB each); 0 builds one per flow (~60 ms CPU)
+    pool_size: int = setting(32, env="VAD_POOL_SIZE")
     model_path: str = setting("", env="VAD_MODEL_PATH")  # empty: silero_vad.onnx from the silero-vad wheel (SPEC §9)
     server: ServerConfig = nested(ServerConfig, prefix="VAD_")
     tls: TlsConfig = nested(TlsConfig)  # GRPC_TLS_*, TLS_CA_FILE: mTLS identity (common/tls.py)
@@ -43,6 +45,8 @@ class VadConfig:
         for name in ("chunk_ms", "num_threads", "max_streams", "max_flows_per_stream", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"VAD_{name.upper()} must be >= 1")
+        if self.pool_size < 0:
+            raise ConfigError("VAD_POOL_SIZE must be >= 0")
         if self.max_speech_s <= 0:
             raise ConfigError("VAD_MAX_SPEECH_S must be > 0")
 

@@ -64,6 +64,7 @@ class FlowTracker:
     def __init__(self, flow_id: str, first_pts: int, config: VadConfig, detector: SpeechDetector) -> None:
         self.flow_id = flow_id
         self.first_pts = first_pts
+        self.detector = detector
         self._det = detector
         self._window = config.window_samples
         self._pad_start = config.pad_start_ms * SAMPLE_RATE // 1000
@@ -171,9 +172,15 @@ class FlowTracker:
 class VadSession:
     """All flows of one Stream call. Feed frames in order; read the boundary frames to send."""
 
-    def __init__(self, config: VadConfig, make_detector: Callable[[], SpeechDetector]) -> None:
+    def __init__(
+        self,
+        config: VadConfig,
+        make_detector: Callable[[], SpeechDetector],
+        release: Callable[[SpeechDetector], None] | None = None,
+    ) -> None:
         self._config = config
         self._make_detector = make_detector
+        self._release = release  # called with a finished flow's detector (DetectorPool.give)
         self.flows: dict[str, FlowTracker] = {}
 
     def process(self, frame: common_pb2.AudioFrame) -> list[common_pb2.AudioFrame]:
@@ -189,6 +196,7 @@ class VadSession:
         if frame.last:
             out.extend(tracker.finish(frame.seq))
             del self.flows[frame.flow_id]
+            self._give_back(tracker)
         return out
 
     def finish_all(self) -> list[common_pb2.AudioFrame]:
@@ -196,5 +204,10 @@ class VadSession:
         out: list[common_pb2.AudioFrame] = []
         for tracker in self.flows.values():
             out.extend(tracker.finish())
+            self._give_back(tracker)
         self.flows.clear()
         return out
+
+    def _give_back(self, tracker: FlowTracker) -> None:
+        if self._release is not None:
+            self._release(tracker.detector)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +63,40 @@ def make_detector(config: VadConfig) -> SpeechDetector:
         vc, buffer_size_in_seconds=config.max_speech_s + _BUFFER_MARGIN_S
     )
     return det
+
+
+class DetectorPool:
+    """Detectors kept for the next flow. Building one costs ~60 ms of CPU and ~10 MB (its own
+    onnxruntime session): at 16 live sessions of a few seconds each that was 40 % of the service's
+    CPU, on the thread that the other flows' audio waits for (docs/services/vad.md). A detector given
+    back is reset (model state, buffer, segments) and serves any later flow of the same config.
+    At most `limit` idle detectors are kept; `take` and `give` are called from executor threads."""
+
+    def __init__(self, make: Callable[[VadConfig], SpeechDetector], limit: int) -> None:
+        self._make = make
+        self._limit = limit
+        self._idle: dict[VadConfig, list[SpeechDetector]] = {}
+        self._lock = threading.Lock()
+        self.built = 0  # detectors made, for tests and the service's log
+
+    def take(self, config: VadConfig) -> SpeechDetector:
+        with self._lock:
+            idle = self._idle.get(config)
+            if idle:
+                return idle.pop()
+            self.built += 1
+        return self._make(config)
+
+    def give(self, config: VadConfig, detector: SpeechDetector) -> None:
+        """Return a detector no thread uses any more."""
+        detector.reset()
+        with self._lock:
+            if self.idle < self._limit:
+                self._idle.setdefault(config, []).append(detector)
+
+    @property
+    def idle(self) -> int:
+        return sum(len(v) for v in self._idle.values())
 
 
 def exercise(detector: SpeechDetector, config: VadConfig, seconds: float = 1.0) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from functools import partial
 
@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from proto import common_pb2, vad_pb2_grpc
 from services.vad.config import VadConfig
 from services.vad.core import SPEECH_END, SPEECH_START, InvalidFrame, TooManyFlows, VadSession, call_config
-from services.vad.detector import SpeechDetector
+from services.vad.detector import DetectorPool
 
 log = logging.getLogger("services.vad")
 
@@ -38,12 +38,10 @@ for _code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "INTERNAL"):
 
 
 class VadServicer(vad_pb2_grpc.VadServicer):
-    def __init__(
-        self, config: VadConfig, executor: Executor, make_detector: Callable[[VadConfig], SpeechDetector]
-    ) -> None:
+    def __init__(self, config: VadConfig, executor: Executor, detectors: DetectorPool) -> None:
         self._config = config
         self._executor = executor
-        self._make_detector = make_detector
+        self._detectors = detectors
         self._streams = 0
 
     async def Stream(
@@ -62,7 +60,10 @@ class VadServicer(vad_pb2_grpc.VadServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self._streams += 1
         ACTIVE_STREAMS.inc()
-        session = VadSession(config, partial(self._make_detector, config))
+        # A flow that ends (last, half-close) gives its detector back from the executor thread that
+        # used it last; a call cut short drops its detectors, which a cancelled executor job may
+        # still be using.
+        session = VadSession(config, partial(self._detectors.take, config), partial(self._detectors.give, config))
         loop = asyncio.get_running_loop()
         flows = 0
         try:

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.devauth import default_token
 from devtools.stack import DEFAULT_SERVICES, Stack
@@ -136,6 +137,32 @@ class ProcessWatch:
     def __init__(self, stack: Stack) -> None:
         self.procs = {name: psutil.Process(svc.proc.pid) for name, svc in stack.running.items()}
         self.samples: list[tuple[float, dict[str, tuple[float, int]]]] = []
+        self.asr_metrics = {
+            name: f"http://{svc.host}:{svc.http_port}/metrics"
+            for name, svc in stack.running.items()
+            if name.startswith("asr")
+        }
+
+    def asr_work(self) -> dict[str, dict[str, float]]:
+        """Each ASR pool's counters: decode seconds by kind, events sent by type, partials skipped."""
+        out: dict[str, dict[str, float]] = {}
+        for name, url in self.asr_metrics.items():
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+            figures: dict[str, float] = {}
+            for fam in text_string_to_metric_families(text):
+                for sample in fam.samples:
+                    if sample.name == "asr_decode_seconds_total":
+                        key = f"decode_s_{sample.labels['kind']}"
+                    elif sample.name == "asr_events_total":
+                        key = f"sent_{sample.labels['type']}"
+                    elif sample.name in ("asr_partials_skipped_total", "asr_finals_reused_total"):
+                        key = sample.name.removeprefix("asr_").removesuffix("_total")
+                    else:
+                        continue
+                    figures[key] = figures.get(key, 0.0) + sample.value
+            out[name] = figures
+        return out
 
     def sample(self) -> dict[str, tuple[float, int]]:
         now: dict[str, tuple[float, int]] = {}
@@ -292,14 +319,19 @@ def run_level(url: str, watch: ProcessWatch, cases: list[Case], n: int, mode: st
     jobs = [Job(c.name, str(c.path), hints_for(c, mode), ramp_s * i / n) for i, c in enumerate(chosen)]
     load0 = os.getloadavg()[0]
     before = watch.sample()
+    work0 = watch.asr_work()
     first = len(watch.samples) - 1
     records = run_sessions(url, jobs, watch, timeout_s=max(c.duration_s for c in chosen) + ramp_s + 120)
     after = watch.samples[-1][1]
+    work1 = watch.asr_work()
     cpu = {k: after[k][0] - before[k][0] for k in before}
     rss = {k: max(s[k][1] for _, s in watch.samples[first:]) for k in before}
     sessions = [analyse(c, r) for c, r in zip(chosen, records, strict=True)]
     out = summarise(sessions, cpu, rss, sum(c.duration_s for c in chosen))
     out.update(n=n, mode=mode, load_avg_1m=(load0 + os.getloadavg()[0]) / 2, per_session=sessions)
+    out["asr_work"] = {
+        pool: {k: v - work0[pool].get(k, 0.0) for k, v in figures.items()} for pool, figures in work1.items()
+    }
     return out
 
 
@@ -429,6 +461,18 @@ def print_levels(rows: list[dict[str, Any]], names: list[str]) -> None:
         cpu = " | ".join(_f(r["cpu_s_per_session_s"][k], ".4f") for k in names)
         rss = " | ".join(_f(r["peak_rss_mb"][k]) for k in names)
         print(f"| {r.get('case', r['n'])} | {r['mode']} | {cpu} | {r['cpu_s_per_session_s_total']:.4f} | {rss} |")
+    print(
+        "\n| N or case | mode | ASR pool | decode s: partial / final | partials sent | partials skipped "
+        "| finals sent / reused |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        for pool, w in sorted(r.get("asr_work", {}).items()):
+            print(
+                f"| {r.get('case', r['n'])} | {r['mode']} | {pool} | {w.get('decode_s_partial', 0):.1f} / "
+                f"{w.get('decode_s_final', 0):.1f} | {w.get('sent_partial', 0):.0f} "
+                f"| {w.get('partials_skipped', 0):.0f} | {w.get('sent_final', 0):.0f} / {w.get('finals_reused', 0):.0f} |"
+            )
 
 
 def print_long(row: dict[str, Any], names: list[str]) -> None:

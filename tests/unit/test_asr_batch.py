@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
@@ -350,3 +351,38 @@ async def test_a_final_that_fails_alone_costs_only_its_utterance() -> None:
     assert [(e.type, e.code) for e in events[2000]] == [("error", "decode_failed"), ("end", "")]
     for level in (1000, 3000):
         assert [(e.type, e.text) for e in events[level]] == [("final", f"level {level}, 200 ms"), ("end", "")]
+
+
+class Timed:
+    """A batched decode that takes `seconds` of wall time and records when each call ran."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.runs: list[tuple[list[str], float, float]] = []
+
+    def __call__(self, jobs: Sequence[str]) -> list[str]:
+        t0 = time.monotonic()
+        time.sleep(self.seconds)
+        self.runs.append((list(jobs), t0, time.monotonic()))
+        return [f"text of {job}" for job in jobs]
+
+
+async def test_the_duty_cap_rests_updates_but_never_finals_or_first_partials() -> None:
+    scheduler, decode = DecodeScheduler(1, batch_max=4, update_duty=0.2), Timed(0.1)
+    first = await scheduler.batch("en", lambda: "u1", decode, partial_key=(1, 0.0))
+    assert first is not None
+    update = asyncio.create_task(scheduler.batch("en", lambda: "u2", decode, partial_key=(1, 1.0)))
+    await until(lambda: scheduler.depth == 1, what="the second update queued")
+    assert not scheduler.idle and decode.runs[-1][0] == ["u1"]  # the worker is free, the update rests
+    opening = asyncio.create_task(scheduler.batch("en", lambda: "p1", decode, partial_key=(0, 2.0)))
+    final = asyncio.create_task(scheduler.batch("en", lambda: "f1", decode))
+    await asyncio.wait_for(asyncio.gather(opening, final, update), seconds(5))
+    assert [jobs for jobs, _, _ in decode.runs] == [["u1"], ["p1"], ["f1"], ["u2"]]
+    u1_end, u2_start = decode.runs[0][2], decode.runs[3][1]
+    assert u2_start - u1_end >= 0.4 * 0.9  # rest = 0.1 s x (1 / 0.2 - 1)
+    assert scheduler.idle
+
+
+def test_update_duty_is_validated() -> None:
+    with pytest.raises(ValueError, match="update_duty"):
+        DecodeScheduler(1, update_duty=0.0)

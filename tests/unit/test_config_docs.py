@@ -98,4 +98,4 @@ def test_the_loaders_read_the_known_set() -> None:
     # OTEL_* variables of the traces (common/tracing.py); ASR_WORD_TIMESTAMPS; RESUME_WINDOW_S and
     # RESUME_BUFFER_EVENTS; the shared job store's URL, lease and poll (JOBS_STORE_URL, JOBS_LEASE_SEC,
     # JOBS_POLL_SEC).
-    assert len(loader_vars()) == 217
+    assert len(loader_vars()) == 219

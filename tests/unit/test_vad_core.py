@@ -15,7 +15,7 @@ from common.envconf import ConfigError, load_env
 from proto import common_pb2
 from services.vad.config import VadConfig
 from services.vad.core import MIN_SILENCE_KEY, InvalidFrame, TooManyFlows, VadSession, call_config
-from services.vad.detector import make_detector
+from services.vad.detector import DetectorPool, make_detector
 
 pytestmark = pytest.mark.unit
 
@@ -134,6 +134,32 @@ def test_boundary_seq_is_the_input_message_seq(two_utterances: np.ndarray) -> No
     for m in msgs:
         for f in sess.process(m):
             assert f.seq == m.seq
+
+
+def test_a_pooled_detector_serves_the_next_flows_as_a_new_one(two_utterances: np.ndarray) -> None:
+    """A detector given back mid-speech (half-close) and after a whole flow is reset: the flows it
+    serves next get exactly the boundaries of a fresh detector."""
+    audio = pcm16(two_utterances)
+    reference = bounds(run(session(), frames("a", audio, [1600])))
+    pool = DetectorPool(make_detector, limit=1)
+    sess = VadSession(CONFIG, lambda: pool.take(CONFIG), lambda d: pool.give(CONFIG, d))
+    run(sess, frames("cut", audio[: len(audio) // 3], [1600], last=False))
+    sess.finish_all()  # given back with speech open
+    for flow in ("b", "c"):
+        assert bounds(run(sess, frames(flow, audio, [1600]))) == reference
+    assert pool.built == 1 and pool.idle == 1
+
+
+def test_the_pool_keeps_at_most_its_limit_and_one_per_config() -> None:
+    pool = DetectorPool(make_detector, limit=1)
+    other = replace(CONFIG, min_silence_ms=800)
+    a, b = pool.take(CONFIG), pool.take(CONFIG)
+    pool.give(CONFIG, a)
+    pool.give(CONFIG, b)  # over the limit: dropped
+    assert pool.idle == 1 and pool.take(CONFIG) is a
+    pool.give(CONFIG, a)
+    assert pool.take(other) is not a  # another config's settings are in its model: a new one
+    assert pool.built == 3
 
 
 @pytest.mark.parametrize("level", [0.0, 10 ** (-50 / 20)])
