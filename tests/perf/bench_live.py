@@ -471,7 +471,8 @@ def print_levels(rows: list[dict[str, Any]], names: list[str]) -> None:
             print(
                 f"| {r.get('case', r['n'])} | {r['mode']} | {pool} | {w.get('decode_s_partial', 0):.1f} / "
                 f"{w.get('decode_s_final', 0):.1f} | {w.get('sent_partial', 0):.0f} "
-                f"| {w.get('partials_skipped', 0):.0f} | {w.get('sent_final', 0):.0f} / {w.get('finals_reused', 0):.0f} |"
+                f"| {w.get('partials_skipped', 0):.0f} "
+                f"| {w.get('sent_final', 0):.0f} / {w.get('finals_reused', 0):.0f} |"
             )
 
 
