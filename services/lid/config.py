@@ -44,7 +44,7 @@ class LidConfig:
     # candidate languages; empty = all Whisper languages
     langs: tuple[str, ...] = setting((), env="LID_LANGS", parse=lambda raw: parse_list(raw.lower()))
     # encoder input: audio zero-padded to this (30 = faster-whisper's default)
-    window_s: float = setting(10.0, env="LID_WINDOW_S")
+    window_s: float = setting(8.0, env="LID_WINDOW_S")
     cpu_threads: int = setting(1, env="LID_CPU_THREADS")  # CTranslate2 intra-op threads per inference
     workers: int = setting(1, env="LID_WORKERS")  # parallel inferences (CTranslate2 num_workers = executor threads)
     max_sessions: int = setting(32, env="LID_MAX_SESSIONS")  # concurrent Detect calls; more get RESOURCE_EXHAUSTED

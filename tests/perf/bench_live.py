@@ -140,11 +140,12 @@ class ProcessWatch:
         self.asr_metrics = {
             name: f"http://{svc.host}:{svc.http_port}/metrics"
             for name, svc in stack.running.items()
-            if name.startswith("asr")
+            if name.startswith("asr") or name == "lid"
         }
 
     def asr_work(self) -> dict[str, dict[str, float]]:
-        """Each ASR pool's counters: decode seconds by kind, events sent by type, partials skipped."""
+        """Each ASR pool's counters: decode seconds by kind, events sent by type, partials skipped; LID's
+        detections and their seconds."""
         out: dict[str, dict[str, float]] = {}
         for name, url in self.asr_metrics.items():
             with urllib.request.urlopen(url, timeout=5) as resp:
@@ -158,6 +159,10 @@ class ProcessWatch:
                         key = f"sent_{sample.labels['type']}"
                     elif sample.name in ("asr_partials_skipped_total", "asr_finals_reused_total"):
                         key = sample.name.removeprefix("asr_").removesuffix("_total")
+                    elif sample.name == "lid_inference_ms_count":
+                        key = "detections"
+                    elif sample.name == "lid_inference_ms_sum":
+                        key, sample = "decode_s_lid", sample._replace(value=sample.value / 1000)
                     else:
                         continue
                     figures[key] = figures.get(key, 0.0) + sample.value
@@ -467,7 +472,15 @@ def print_levels(rows: list[dict[str, Any]], names: list[str]) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        lid = r.get("asr_work", {}).get("lid", {})
+        if lid.get("detections"):
+            print(
+                f"| {r.get('case', r['n'])} | {r['mode']} | lid | {lid.get('decode_s_lid', 0):.1f} s in "
+                f"{lid['detections']:.0f} detections | | | |"
+            )
         for pool, w in sorted(r.get("asr_work", {}).items()):
+            if pool == "lid":
+                continue
             print(
                 f"| {r.get('case', r['n'])} | {r['mode']} | {pool} | {w.get('decode_s_partial', 0):.1f} / "
                 f"{w.get('decode_s_final', 0):.1f} | {w.get('sent_partial', 0):.0f} "
