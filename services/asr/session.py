@@ -131,6 +131,7 @@ class AsrSession:
         self._last_partial_at = -1e9
         self._last_partial_key: tuple[int, int] = (-1, -1)
         self._last_partial: tuple[int, str] = (-1, "")  # (utterance, text): repeats are not sent
+        self._first_asked: tuple[int, float] = (-1, 0.0)  # (utterance, when it first asked for a partial)
         # (utterance, end of the audio decoded in ns, result) of the last partial decode: a final whose
         # speech ended within that audio reuses it (text, words, confidence) instead of decoding again.
         self._last_decode: tuple[int, int, Result] = (-1, 0, Result("", ""))
@@ -320,9 +321,12 @@ class AsrSession:
             return due_in
         # Until an utterance has its first partial, its decodes go before any update (a session
         # decodes at most once per interval, so this cannot starve the others); within each, who
-        # asked first goes first.
+        # asked first goes first. A first partial that is tried again (its decode found no text yet)
+        # keeps the place of its first try: the utterance waiting longest for its first text goes first.
         first = self._last_partial[0] != open_utt.index
-        key = (0 if first else 1, now)
+        if self._first_asked[0] != open_utt.index:
+            self._first_asked = (open_utt.index, now)
+        key = (0, self._first_asked[1]) if first else (1, now)
         task = asyncio.create_task(self._partial(emit, key, interval_s))
         ready = asyncio.create_task(self._final_ready.wait())
         try:

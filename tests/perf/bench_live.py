@@ -159,6 +159,10 @@ class ProcessWatch:
                         key = f"sent_{sample.labels['type']}"
                     elif sample.name in ("asr_partials_skipped_total", "asr_finals_reused_total"):
                         key = sample.name.removeprefix("asr_").removesuffix("_total")
+                    elif sample.name == "asr_rtf_count":
+                        key = f"decodes_{sample.labels['kind']}"
+                    elif sample.name == "asr_guard_refused_total":
+                        key = f"refused_{sample.labels['kind']}_{sample.labels['guard']}"
                     elif sample.name == "lid_inference_ms_count":
                         key = "detections"
                     elif sample.name == "lid_inference_ms_sum":

@@ -8,7 +8,9 @@ own process). One client process (spawned, so its CPU does not count against the
   0-3 s lead-ins of silence or noise and a pause, English and es/de/fr) at real time through the client
   library (`speechgw_client`), sends `flush`, reads to `end`, and starts the next case;
 - `--reconnects` reconnect loops: a session whose TCP connection is cut (transport aborted, no close
-  frame) at 30-70 % of its audio, then the same case again on a new connection from the start;
+  frame) at 30-70 % of its audio, then, 0.5 s later, resumed on a new connection (same flowId,
+  `resume` with the last `seq` read; docs/protocol.md#resume): the rest of the audio from the ack's
+  `resume_from_bytes`, read to `end`; logged as `resumed` with whether it resumed and `seq` ran on;
 - one bad client every `--bad-every-s` seconds, in turn: malformed JSON after `start`, an oversize
   binary frame, a bad token, a client that streams without ever reading its socket (and holds the
   connection 15 s after `flush`), a client that sends only zero-length binary frames for 10 s.
@@ -127,18 +129,25 @@ async def _live(url: str, token: str | None, case: Case, pcm: bytes) -> dict[str
     return rec
 
 
-async def _dropped(url: str, token: str | None, pcm: bytes, cut_at: float) -> dict[str, Any]:
-    """Stream at real time, then abort the TCP connection (no close frame) at `cut_at` of the audio."""
+async def _dropped(url: str, token: str | None, pcm: bytes, cut_at: float, flow_id: str) -> dict[str, Any]:
+    """Stream at real time, reading the events, then abort the TCP connection (no close frame) at
+    `cut_at` of the audio. Records what a resume needs: the last `seq` read and the audio sent."""
     from websockets.asyncio.client import connect
 
     from speechgw_client import connect_kwargs
 
-    rec: dict[str, Any] = {"events": [], "cut_at_s": 0.0}
+    rec: dict[str, Any] = {"events": [], "cut_at_s": 0.0, "last_seq": 0, "flow_id": flow_id}
     n = int(len(pcm) // CHUNK_BYTES * cut_at)
     try:
         async with connect(url, compression=None, open_timeout=30, **connect_kwargs(token)) as ws:
-            await ws.send(json.dumps(START))
-            t0 = time.monotonic()
+
+            async def read() -> None:
+                async for raw in ws:
+                    rec["last_seq"] = max(rec["last_seq"], json.loads(raw).get("seq") or 0)
+
+            reader = asyncio.create_task(read())
+            await ws.send(json.dumps({**START, "flowId": flow_id}))
+            rec["t0"] = t0 = time.monotonic()
             for i in range(n):
                 delay = t0 + i * CHUNK_MS / 1000 - time.monotonic()
                 if delay > 0:
@@ -146,8 +155,49 @@ async def _dropped(url: str, token: str | None, pcm: bytes, cut_at: float) -> di
                 await ws.send(pcm[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES])
             rec["cut_at_s"] = n * CHUNK_MS / 1000
             ws.transport.abort()
+            reader.cancel()
     except Exception as exc:  # the abort itself surfaces as a closed connection
         rec["client_error"] = type(exc).__name__
+    return rec
+
+
+async def _resumed(url: str, token: str | None, pcm: bytes, drop: dict[str, Any]) -> dict[str, Any]:
+    """Resume the dropped session (docs/protocol.md#resume): same flowId, `resume` with the last `seq`
+    read and the audio sent; the rest of the audio from the ack's `resume_from_bytes`, on the first
+    connection's clock; read to `end`. Records whether it resumed and whether `seq` ran without gaps
+    over both connections."""
+    from speechgw_client import Ack, ConnectError, SessionClosed, connect, send_paced
+
+    rec: dict[str, Any] = {"events": [], "resumed": False, "late_max_s": 0.0}
+    request = {"last_seq": drop["last_seq"], "audio_s": drop["cut_at_s"]}
+    start = {**START, "flowId": drop["flow_id"], "resume": request}
+    try:
+        async with connect(url, token=token, start=start, open_timeout_s=30) as s:
+            offset: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+            async def collect() -> None:
+                async for ev in s.events():
+                    rec["events"].append((ev.received_at or time.monotonic(), ev.raw))
+                    if isinstance(ev, Ack) and ev.resume is not None and not offset.done():
+                        offset.set_result(ev.resume.resume_from_bytes)
+                if not offset.done():
+                    offset.set_result(-1)  # closed without resuming: the error event says why
+
+            reader = asyncio.create_task(collect())
+            try:
+                start_at = await asyncio.wait_for(offset, 30)
+                if start_at >= 0:
+                    rec["resumed"] = True
+                    await send_paced(s, pcm, chunk_ms=CHUNK_MS, offset=start_at, t0=drop.get("t0"))
+                    rec["t_audio_end"] = time.monotonic()
+                    await s.flush()
+            except SessionClosed:
+                pass
+            await asyncio.wait_for(reader, 120)
+    except (ConnectError, SessionClosed, TimeoutError, OSError) as exc:
+        rec["client_error"] = type(exc).__name__
+    seqs = [e["seq"] for _, e in rec["events"] if e.get("seq")]
+    rec["seq_ok"] = seqs == list(range(drop["last_seq"] + 1, drop["last_seq"] + 1 + len(seqs)))
     return rec
 
 
@@ -231,10 +281,13 @@ async def _load(url: str, token: str | None, cases: list[Case], args: dict[str, 
         while time.monotonic() < deadline:
             case, pcm = cases[i % len(cases)], pcms[i % len(cases)]
             t = time.monotonic()
-            drop = await _dropped(url, token, pcm, rng.uniform(0.3, 0.7))
+            drop = await _dropped(url, token, pcm, rng.uniform(0.3, 0.7), f"soak-{k}-{i}")
             log.write({"kind": "dropped", "t_start": t, "t_end": time.monotonic(), **drop, "events": []})
+            await asyncio.sleep(0.5)  # the outage
             t = time.monotonic()
-            log.write(_summary("reconnected", case, await _live(url, token, case, pcm), t))
+            resumed = await _resumed(url, token, pcm, drop)
+            summary = _summary("resumed", case, resumed, t)
+            log.write(summary | {"resumed": resumed["resumed"], "seq_ok": resumed["seq_ok"]})
             i += 1
             await asyncio.sleep(2.0)
 
@@ -384,11 +437,11 @@ def _median(vals: Sequence[float | None]) -> float | None:
 def client_window(recs: list[dict[str, Any]], t_from: float, t_to: float) -> dict[str, Any]:
     """The client's figures for the clients that ended in [t_from, t_to)."""
     inside = [r for r in recs if t_from <= r["t_end"] < t_to]
-    full = [r for r in inside if r["kind"] in ("live", "reconnected")]
+    full = [r for r in inside if r["kind"] == "live"]
     codes: Counter[str] = Counter()
     for r in inside:
         codes.update(r.get("error_codes", []))
-        if "client_error" in r and r["kind"] in ("live", "reconnected"):
+        if "client_error" in r and r["kind"] in ("live", "resumed"):
             codes["client:" + r["client_error"]] += 1
     return {
         "sessions": len(full),
@@ -527,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="soak the default stack (issue 11)")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--sessions", type=int, default=4, help="live real-time session loops")
-    p.add_argument("--reconnects", type=int, default=1, help="loops of a dropped session and its restart")
+    p.add_argument("--reconnects", type=int, default=1, help="loops of a dropped session and its resume")
     p.add_argument("--bad-every-s", type=float, default=20.0, help="one bad client this often (0: none)")
     p.add_argument("--sample-s", type=float, default=60.0)
     p.add_argument("--rss-slope-mb-h", type=float, default=10.0)
@@ -655,7 +708,7 @@ def _rejudge(path: Path, plot_to: Path | None, rss_slope_mb_h: float, latency_to
 
 
 def _client_totals(recs: list[dict[str, Any]]) -> dict[str, Any]:
-    full = [r for r in recs if r["kind"] in ("live", "reconnected")]
+    full = [r for r in recs if r["kind"] == "live"]
     bad: dict[str, Counter[str]] = {}
     for r in recs:
         if r["kind"] in BAD_KINDS:
@@ -677,6 +730,13 @@ def _client_totals(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "no_partial": sum(r.get("first_partial_ms") is None for r in full),
         "client_errors": dict(Counter(r["client_error"] for r in full if "client_error" in r)),
         "dropped": sum(r["kind"] == "dropped" for r in recs),
+        "resumes": {
+            "tried": sum(r["kind"] == "resumed" for r in recs),
+            "resumed": sum(bool(r.get("resumed")) for r in recs if r["kind"] == "resumed"),
+            "seq_without_gaps": sum(bool(r.get("seq_ok")) for r in recs if r["kind"] == "resumed"),
+            "ended": sum(bool(r.get("completed")) for r in recs if r["kind"] == "resumed"),
+            "error_codes": dict(Counter(c for r in recs if r["kind"] == "resumed" for c in r.get("error_codes", []))),
+        },
         "session_error_codes": dict(codes),
         "bad_clients": {k: dict(v) for k, v in bad.items()},
     }

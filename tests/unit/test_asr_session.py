@@ -292,6 +292,46 @@ async def test_first_partials_go_before_updates_and_finals_before_both() -> None
     assert scheduler.depth == 0 and scheduler.idle
 
 
+class KeyRecorder(DecodeScheduler):
+    """A scheduler that records the key of every partial asked."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.keys: list[tuple[int, float]] = []
+
+    def slot(self, partial_key: tuple[int, float] | None = None):  # type: ignore[no-untyped-def]
+        if partial_key is not None:
+            self.keys.append(partial_key)
+        return super().slot(partial_key)
+
+
+class SilentAtFirst(FakeEngine):
+    """No text for the first `empty` partial decodes (too little speech yet), then the fake's text."""
+
+    def __init__(self, empty: int) -> None:
+        super().__init__()
+        self.empty = empty
+
+    def transcribe(self, pcm: np.ndarray, lang: str = "", hotwords: tuple[str, ...] = ()) -> Result:
+        if self.partial_calls <= self.empty and self.partial_calls:
+            return Result("", lang or "en")
+        return super().transcribe(pcm, lang, hotwords)
+
+
+async def test_a_first_partial_tried_again_keeps_its_place_in_line() -> None:
+    """Decodes that found no text yet ask again with the time of the utterance's first ask, so the
+    utterance waiting longest for its first text goes first; updates ask with the time they ask."""
+    scheduler = KeyRecorder()
+    frames = [endpoint(True, 0)] + [pcm_frame(i) for i in range(120)] + [endpoint(False, 2400)]
+    events = await run_session(paced(frames, 0.005), SilentAtFirst(empty=2), interval_ms=60, scheduler=scheduler)
+    assert any(e.type == "partial" for _, e in events)
+    firsts = [k for k in scheduler.keys if k[0] == 0]
+    updates = [k for k in scheduler.keys if k[0] == 1]
+    assert len(firsts) == 3 and len({t for _, t in firsts}) == 1  # two empty tries, then the text
+    assert updates and all(u[1] > firsts[0][1] for u in updates)
+    assert [t for _, t in updates] == sorted(t for _, t in updates)
+
+
 def finalize(ms: int) -> asr_pb2.ClientFrame:
     return asr_pb2.ClientFrame(endpoint=asr_pb2.Endpoint(kind=asr_pb2.Endpoint.FINALIZE, pts=ms * MS))
 
