@@ -6,6 +6,8 @@
 
 Partials update in place on the last line; each final replaces them on a line of its own. Ctrl-C
 stops the capture, flushes, waits for the last finals and `end`, and exits (a second Ctrl-C at once).
+A connection that drops is resumed (docs/protocol.md#resume): the capture goes on meanwhile, what it
+records during the outage is sent after the resume, and a note on stderr tells of it.
 Exit status: 0 when the session ended with `end` and no fatal error, 1 otherwise, 2 without a
 device, 130 after a second Ctrl-C.
 """
@@ -28,16 +30,19 @@ from devtools.client import DEFAULT_URL, DEV_CA, TOKEN_VIA
 from devtools.devauth import default_token
 from speechgw_client import (
     SAMPLE_RATE,
+    Ack,
     AsrFinal,
     AsrPartial,
+    ConnectError,
     End,
     Error,
     Event,
     Lid,
-    SessionClosed,
-    connect,
+    ResumePolicy,
     load_audio,
+    stream_live,
 )
+from speechgw_client.stream import ABNORMAL_CLOSURE, DEFAULT_RESUME
 
 __all__ = ["AudioSource", "DeviceSource", "JsonView", "LiveView", "WavSource", "main", "stream_source"]
 
@@ -118,15 +123,22 @@ class DeviceSource:
 class View(Protocol):
     def show(self, event: Event) -> None: ...
 
+    def note(self, text: str) -> None:
+        """A line for the user that is not an event (a resume), on standard error."""
+
 
 class JsonView:
-    """One JSON line per event (`--json`), for programs."""
+    """One JSON line per event (`--json`), for programs; notes go to `err`."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, err: TextIO | None = None) -> None:
         self.out = out
+        self.err = err or sys.stderr
 
     def show(self, event: Event) -> None:
         print(json.dumps(event.raw, ensure_ascii=False), file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
 
 
 class LiveView:
@@ -151,12 +163,12 @@ class LiveView:
             if event.text.strip():
                 self.out.write(f"[{event.ts[0]:7.2f}] {event.text.strip()}\n")
         elif isinstance(event, Lid):
-            self._note(f"language: {event.lang} ({event.score:.2f}, {event.source or 'lid'})")
+            self.note(f"language: {event.lang} ({event.score:.2f}, {event.source or 'lid'})")
         elif isinstance(event, Error):
-            self._note(f"error {event.code}: {event.message}")
+            self.note(f"error {event.code}: {event.message}")
         elif isinstance(event, End):
             self._clear()
-            self._note(f"end ({event.reason}): {event.audio_s:.1f} s of audio")
+            self.note(f"end ({event.reason}): {event.audio_s:.1f} s of audio")
         self.out.flush()
 
     def _clear(self) -> None:
@@ -164,7 +176,7 @@ class LiveView:
             self.out.write(CLEAR_LINE)
             self._partial_shown = False
 
-    def _note(self, text: str) -> None:
+    def note(self, text: str) -> None:
         self._clear()
         self.out.flush()
         print(text, file=self.err, flush=True)
@@ -180,40 +192,58 @@ async def stream_source(
     token_via: str = "header",
     ca_file: Path | None = None,
     stopping: asyncio.Event | None = None,
+    resume: ResumePolicy | None = DEFAULT_RESUME,
 ) -> bool:
     """Stream `source` until it ends or `stopping` is set, then flush and show every event up to `end`.
-    True when the session ended with `end` and no fatal error."""
+    A dropped connection is resumed as `resume` says (None: not), with a note to the view. True when
+    the session ended with `end` and no fatal error; TimeoutError when `end` does not come within
+    END_WAIT_S of the end of the audio."""
     stopping = stopping or asyncio.Event()
     outcome = {"end": False, "fatal": False}
-    async with connect(url, token=token, token_via=token_via, start=start, ca_file=ca_file) as session:
+    loop = asyncio.get_running_loop()
 
-        async def show_events() -> None:
-            async for event in session.events():
-                view.show(event)
-                outcome["end"] |= isinstance(event, End)
-                outcome["fatal"] |= isinstance(event, Error) and event.fatal
+    def on_event(event: Event) -> None:
+        view.show(event)
+        outcome["end"] |= isinstance(event, End)
+        outcome["fatal"] |= isinstance(event, Error) and event.fatal
 
-        async def send_audio() -> None:
+    def on_resume(ack: Ack) -> None:
+        assert ack.resume is not None
+        view.note(f"connection lost; resumed flow {ack.flow_id}: audio from {ack.resume.resume_from_s:.2f} s")
+
+    async def stop_on_request() -> None:
+        await stopping.wait()
+        source.stop()
+
+    async with asyncio.timeout(None) as deadline:
+
+        async def recorded() -> AsyncGenerator[bytes, None]:
             try:
-                # aclosing: the device is released as soon as sending stops, whatever stopped it
+                # aclosing: the device is released as soon as the capture stops, whatever stopped it
                 async with contextlib.aclosing(source.blocks()) as blocks:
                     async for block in blocks:
-                        await session.send(block)
-                await session.flush()
-            except SessionClosed:
-                pass  # the gateway ended the session: its events say why
+                        yield block
+            finally:
+                deadline.reschedule(loop.time() + END_WAIT_S)  # for the last finals and `end`
 
-        async def stop_on_request() -> None:
-            await stopping.wait()
-            source.stop()
-
-        async with asyncio.TaskGroup() as tg:
-            reader = tg.create_task(show_events())
-            sender = tg.create_task(send_audio())
-            stopper = tg.create_task(stop_on_request())
-            await sender
+        stopper = asyncio.create_task(stop_on_request())
+        try:
+            async with contextlib.aclosing(recorded()) as blocks:
+                result = await stream_live(
+                    url,
+                    blocks,
+                    start=start,
+                    on_event=on_event,
+                    on_resume=on_resume,
+                    token=token,
+                    token_via=token_via,
+                    ca_file=ca_file,
+                    resume=resume,
+                )
+        finally:
             stopper.cancel()
-            await asyncio.wait_for(asyncio.shield(reader), END_WAIT_S)
+    if not outcome["end"] and result.close_code == ABNORMAL_CLOSURE:
+        view.note("connection lost" + (": could not resume" if resume is not None else ""))
     return outcome["end"] and not outcome["fatal"]
 
 
@@ -268,7 +298,11 @@ async def amain(args: argparse.Namespace, source: AudioSource, view: View) -> in
             token_via=args.token_via,
             ca_file=args.ca or (DEV_CA if DEV_CA.is_file() else None),
             stopping=stopping,
+            resume=ResumePolicy(attempts=args.resume_attempts) if args.resume_attempts > 0 else None,
         )
+    except ConnectError as e:
+        print(f"cannot connect: {e}", file=sys.stderr)
+        ok = False
     except TimeoutError:
         print(f"no `end` within {END_WAIT_S:.0f} s of the end of audio", file=sys.stderr)
         ok = False
@@ -297,6 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--in-place", action=argparse.BooleanOptionalAction, default=None, help="partials in place (default: on a tty)"
     )
     p.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
+    p.add_argument(
+        "--resume-attempts",
+        type=int,
+        default=ResumePolicy.attempts,
+        metavar="N",
+        help="after a dropped connection, reconnect and resume the session up to N times, with backoff (0: never)",
+    )
     args = p.parse_args(argv)
     if args.list_devices:
         return list_devices()

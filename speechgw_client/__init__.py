@@ -40,7 +40,7 @@ from speechgw_client.session import (
     connect_kwargs,
     start_message,
 )
-from speechgw_client.stream import ResumePolicy, StreamResult, send_paced, stream_pcm
+from speechgw_client.stream import ResumePolicy, StreamResult, send_paced, stream_live, stream_pcm
 
 __all__ = [
     "BYTES_PER_S",
@@ -74,5 +74,6 @@ __all__ = [
     "parse_event",
     "send_paced",
     "start_message",
+    "stream_live",
     "stream_pcm",
 ]

@@ -47,11 +47,14 @@ def test_without_a_terminal_only_finals_are_printed() -> None:
     assert err.getvalue() == "error asr_unavailable: busy\n"
 
 
-def test_json_view_prints_each_message_as_received() -> None:
-    out = io.StringIO()
-    JsonView(out).show(event("vad", event="speech_start", ts=0.5, extra=1))
+def test_json_view_prints_each_message_as_received_and_notes_apart() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    view = JsonView(out, err)
+    view.show(event("vad", event="speech_start", ts=0.5, extra=1))
+    view.note("connection lost; resumed flow f: audio from 1.00 s")
     expected = '{"type": "vad", "flowId": "f", "seq": 1, "event": "speech_start", "ts": 0.5, "extra": 1}\n'
     assert out.getvalue() == expected
+    assert err.getvalue() == "connection lost; resumed flow f: audio from 1.00 s\n"
 
 
 def test_the_file_source_yields_the_whole_file_in_blocks_and_stops_when_told(clips: Path) -> None:
