@@ -22,7 +22,8 @@ class StageFeed:
     Blocks are gathered until `batch_bytes` and only then queued, so a stage's task wakes once per
     message it sends, not once per client chunk (the capacity benchmark shows why). The backlog
     is reported to `on_backlog` whenever it changes; the session decides what a large one means
-    (backpressure on the client, then failing the stage: SPEC §4).
+    (backpressure on the client, then failing the stage: SPEC §4). A `tap` sees every block as it is
+    put, before any batching (the archive spool keeps the audio the moment the session accepts it).
     """
 
     def __init__(self, batch_bytes: int, on_backlog: Callable[[int], None] | None = None) -> None:
@@ -36,10 +37,27 @@ class StageFeed:
         self.bytes_total = 0  # every byte put, for the stage's log line
         self.last_seq = -1  # the last frame's seq put (-1: none yet)
         self.closed = False
+        self._tap: Callable[[bytes], None] | None = None
+
+    def tap(self, fn: Callable[[bytes], None]) -> None:
+        """Hand `fn` each block's PCM as it is put. Call it before reading the feed: the audio put
+        before the tap is handed over at once (the stage's task may start after the first blocks)."""
+        queued = []
+        while not self._queue.empty():
+            queued.append(self._queue.get_nowait())
+        for item in queued:
+            self._queue.put_nowait(item)
+            if item is not None:
+                fn(item.pcm)
+        if self._buf:
+            fn(bytes(self._buf))
+        self._tap = fn
 
     def put(self, block: AudioBlock) -> None:
         if self.closed:
             return
+        if self._tap is not None:
+            self._tap(block.pcm)
         if not self._buf:
             self._seq, self._pts = block.seq, block.pts_ns
         self._buf += block.pcm

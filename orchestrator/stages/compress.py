@@ -1,11 +1,13 @@
 """Archive adapter: the session's PCM to `compress.v1.Compress/Archive`, `record_url` back (SPEC §4).
 
-With the gateway's archive spool on (`ARCHIVE_SPOOL_MAX_BYTES` > 0) every block sent is also kept on
-the gateway's disk until the archive answers. If the call fails, the session hears a non-fatal
-`archive_unavailable` with `mode: "spooled"`, the rest of its audio still goes to the spool, and at
-the end of audio the whole recording is uploaded again under the same flowId (the same key) for up to
-`ARCHIVE_RETRY_WINDOW_SEC`; after that the background uploader (orchestrator/recordings/) keeps trying
-and `GET /v1/flows/{flowId}/transcript` shows the record pending until it is stored (docs/storage.md).
+With the gateway's archive spool on (`ARCHIVE_SPOOL_MAX_BYTES` > 0) every block the session accepts is
+also written to the gateway's disk as it arrives (the stage's feed taps it, before the blocks are
+gathered into `COMPRESS_BATCH_MS` messages) and kept there until the archive answers. If the call
+fails, the session hears a non-fatal `archive_unavailable` with `mode: "spooled"`, the rest of its
+audio still goes to the spool, and at the end of audio the whole recording is uploaded again under the
+same flowId (the same key) for up to `ARCHIVE_RETRY_WINDOW_SEC`; after that the background uploader
+(orchestrator/recordings/) keeps trying and `GET /v1/flows/{flowId}/transcript` shows the record
+pending until it is stored (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -49,15 +51,17 @@ class CompressStage:
         self._spool = spool
 
     async def run(self, ctx: StageContext) -> None:
+        writer = self._spool.spool.writer(ctx.flow_id, ctx.tenant) if self._spool is not None else None
+        if writer is not None:
+            ctx.feed.tap(writer.take)  # before the first read: every accepted block, as it comes
         audio = frames(ctx)
-        first = await anext(audio)
-        if first.last and not first.pcm:
-            return  # the session accepted no audio: there is nothing to archive
-        writer = await self._spool.spool.open(ctx.flow_id, ctx.tenant) if self._spool is not None else None
         try:
+            first = await anext(audio)
+            if first.last and not first.pcm:
+                return  # the session accepted no audio: there is nothing to archive
             await self._archive(ctx, first, audio, writer)
         except BaseException:
-            if writer is not None and writer.kept:
+            if writer is not None and writer.kept and writer.bytes:
                 # Cancelled (the session gave up on the stage) or a bug: keep what was spooled so far;
                 # the background uploader stores it (shielded: a cancelled task still finishes this).
                 await asyncio.shield(self._hand_over(ctx, writer))
@@ -77,8 +81,6 @@ class CompressStage:
         failure: BaseException | None = None
         frame: common_pb2.AudioFrame | None = first
         while frame is not None:
-            if writer is not None:
-                await writer.append(frame.pcm)
             if frame.last:
                 ended_at = time.monotonic()
             if failure is None:
@@ -121,15 +123,17 @@ class CompressStage:
         None once handed over to the background uploader (or if the spool could not keep it)."""
         link = self._spool
         assert link is not None
-        if not writer.kept:
+        await writer.flush()  # every accepted block in the file
+        rec = writer.rec
+        if not writer.kept or rec is None:
             raise RuntimeError("the archive failed and the spool could not keep the session's audio")
-        link.uploader.claimed.add(writer.rec.pcm)  # before it is sealed: the background loop leaves it alone
+        link.uploader.claimed.add(rec.pcm)  # before it is sealed: the background loop leaves it alone
         try:
             await writer.seal()
             deadline = time.monotonic() + link.retry_window_s
             failures = 0
             while True:
-                outcome, result = await link.uploader.attempt(writer.rec)
+                outcome, result = await link.uploader.attempt(rec)
                 if outcome != "failed":
                     writer.kept = False  # stored, or refused as invalid: either way no longer spooled
                 if result is not None:
@@ -142,7 +146,7 @@ class CompressStage:
                     break
                 await asyncio.sleep(delay)
         finally:
-            link.uploader.claimed.discard(writer.rec.pcm)
+            link.uploader.claimed.discard(rec.pcm)
         await self._hand_over(ctx, writer)
         return None
 
@@ -152,6 +156,8 @@ class CompressStage:
         assert link is not None
         with contextlib.suppress(OSError):
             await writer.seal()
+        if not writer.kept:
+            return  # a write failed meanwhile: the recording was dropped, there is nothing to hand over
         writer.kept = False
         await link.records.record_pending(ctx.flow_id, ctx.tenant)
         link.uploader.wake()

@@ -15,6 +15,7 @@ from devtools.client import StreamResult, stream_pcm
 from speechgw_client import load_audio
 from tests.archive_check import assert_archived_whole
 from tests.chaos.netfaults import proxied_stack
+from tests.chaos.sessions import ingress_bytes, stream_until, until_accepted
 from tests.poll import seconds, wait_for
 from tests.records import get_transcript
 from tests.wer import wer
@@ -63,18 +64,8 @@ def test_asr_member_gone_mid_utterance(tmp_path: Path, clips: Path) -> None:
         members = [ps.proxies["asr.0"], ps.proxies["asr.1"]]
 
         async def cut_mid_utterance() -> tuple[StreamResult, int]:
-            partial = asyncio.Event()
             start = {"flowId": "member-gone", "return": ["asr", "record_url"]}
-            task = asyncio.create_task(
-                stream_pcm(
-                    ps.stack.url,
-                    pcm,
-                    speed=1.0,
-                    start=start,
-                    on_event=lambda e: partial.set() if e.type == "asr_partial" else None,
-                )
-            )
-            await asyncio.wait_for(partial.wait(), seconds(20))  # the member is transcribing
+            task = await stream_until(ps.stack.url, pcm, start, "asr_partial", 20)  # the member is transcribing
             before = [m.proxy.upstream_bytes for m in members]
             await asyncio.sleep(0.3)
             grown = [m.proxy.upstream_bytes - b for m, b in zip(members, before, strict=True)]
@@ -157,19 +148,10 @@ def test_archive_link_half_open_session_still_ends(tmp_path: Path, clips: Path) 
     with proxied_stack(tmp_path, ("vad",), ("compress",), env) as ps:
 
         async def answers_lost_mid_session() -> StreamResult:
-            acked = asyncio.Event()
+            baseline = await asyncio.to_thread(ingress_bytes, ps.stack.http_base)
             start = {"flowId": "half-open", "return": ["record_url", "vad"]}
-            task = asyncio.create_task(
-                stream_pcm(
-                    ps.stack.url,
-                    pcm,
-                    speed=1.0,
-                    start=start,
-                    on_event=lambda e: acked.set() if e.type == "ack" else None,
-                )
-            )
-            await asyncio.wait_for(acked.wait(), seconds(10))
-            await asyncio.sleep(0.5)
+            task = await stream_until(ps.stack.url, pcm, start, "ack")
+            await until_accepted(ps.stack.http_base, baseline, 0.5)  # the archive has some of it
             ps.proxies["compress"].set(pause_down=True)
             return await asyncio.wait_for(task, seconds(30))
 

@@ -149,7 +149,9 @@ async def test_a_full_spool_keeps_nothing_and_the_failure_shows(rig: Rig) -> Non
 async def test_a_gateway_killed_mid_session_leaves_its_audio_for_the_next_one(rig: Rig, tmp_path: Path) -> None:
     files = RecordingFiles(tmp_path / "spool")
     rec = await rig.spool.run(files.create, "crashed", "")
-    await rig.spool.run(files.append, rec, pcm_of(1))  # the process dies here: never sealed
+    f = await rig.spool.run(files.open, rec)
+    await rig.spool.run(files.append, f, pcm_of(1))  # the process dies here: never sealed
+    f.close()
     again = ArchiveSpool(files, SpoolBudget(10 * SECOND), rig.spool.executor)
     assert [r.flow_id for r in await again.prepare()] == ["crashed"]
     assert again.budget.used == SECOND and again.recordings == 1
@@ -164,3 +166,39 @@ async def test_a_re_upload_refused_as_invalid_is_dropped_not_retried_forever(rig
     with pytest.raises(RuntimeError, match="refused the spooled session"):
         await run_stage(rig.stage(window_s=5.0), "refused", pcm_of(2))
     assert rig.spool.recordings == 0 and rig.spool.budget.used == 0 and rig.records.records == {}
+
+
+async def test_every_accepted_block_is_in_the_file_before_the_batch_is_full(rig: Rig) -> None:
+    """A gateway killed mid-session loses no accepted block to the archive stage's batching: each block
+    the feed is given is written to the open file (no seal, no fsync) without waiting for a message."""
+    feed = StageFeed(SECOND)  # one-second messages to the archive; 20 ms blocks from the session
+    stage = rig.stage()
+    start = StartRequest(flow_id="live", returns=frozenset({"record_url"}))
+    task = asyncio.create_task(stage.run(StageContext("live", start, feed, lambda _e: None)))
+    pcm = pcm_of(1)[: 640 * 10]
+    for i in range(10):
+        feed.put(AudioBlock(i, i * 20_000_000, pcm[i * 640 : (i + 1) * 640]))
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in (rig.spool.files.root).glob("*/*.pcm"))
+
+    await until(lambda: on_disk() == pcm, what="the blocks in the spool file")
+    assert rig.spool.budget.used == len(pcm) and rig.spool.recordings == 1
+    assert rig.fake.archived == []  # the archive has had no message yet
+    feed.close()
+    await task
+    assert rig.fake.archived == [("live", b"", pcm)] and rig.spool.recordings == 0 and not on_disk()
+
+
+async def test_a_failed_write_drops_the_recording(rig: Rig, tmp_path: Path) -> None:
+    (tmp_path / "file-not-folder").write_bytes(b"")  # the spool cannot create its folders
+    refused: list[int] = []
+    files = RecordingFiles(tmp_path / "file-not-folder")
+    broken = ArchiveSpool(files, SpoolBudget(10 * SECOND), rig.spool.executor, on_refused=lambda: refused.append(1))
+    writer = broken.writer("nowhere", "")
+    assert writer is not None
+    writer.take(b"\x00" * 640)
+    await writer.flush()
+    assert not writer.kept and refused == [1] and broken.budget.used == 0 and broken.recordings == 0
+    writer.take(b"\x00" * 640)  # nothing more is taken
+    assert broken.budget.used == 0

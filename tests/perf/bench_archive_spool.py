@@ -1,7 +1,7 @@
 """`python -m tests.perf.bench_archive_spool`: what the gateway's archive spool costs per session: every
-second of audio the archive stage sends is also appended to the spool file (orchestrator/recordings/),
-through the spool's executor. Prints the process CPU time (event loop and threads) per audio second
-for N concurrent sessions, and what that is per real-time session.
+block of audio the session accepts (20 ms here) is also appended to the spool file
+(orchestrator/recordings/), through the spool's executor. Prints the process CPU time (event loop and
+threads) per audio second for N concurrent sessions, and what that is per real-time session.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from orchestrator.recordings.policy import SpoolBudget
 from orchestrator.recordings.spool import ArchiveSpool, RecordingFiles
 
 SECOND = 32000
+BLOCK = 640  # 20 ms, a client frame
 
 
 async def run(sessions: int, seconds: int, root: Path) -> float:
@@ -25,15 +26,19 @@ async def run(sessions: int, seconds: int, root: Path) -> float:
     with ThreadPoolExecutor(2) as pool:
         spool = ArchiveSpool(RecordingFiles(root), SpoolBudget(1 << 40), pool)
         await spool.prepare()
-        writers = [await spool.open(f"bench-{i}", "") for i in range(sessions)]
-        block = os.urandom(SECOND)
+        writers = [w for w in (spool.writer(f"bench-{i}", "") for i in range(sessions)) if w is not None]
+        block = os.urandom(BLOCK)
         cpu0 = time.process_time()
-        for _ in range(seconds):  # one block per session per audio second, all sessions at once
-            await asyncio.gather(*(w.append(block) for w in writers if w is not None))
+        for _ in range(seconds * SECOND // BLOCK):  # one block per session every 20 ms, in real time
+            tick = time.monotonic()
+            for w in writers:
+                w.take(block)
+            await asyncio.sleep(max(0.0, tick + 0.02 - time.monotonic()))
+        for w in writers:
+            await w.flush()
         cpu = time.process_time() - cpu0
         for w in writers:
-            if w is not None:
-                await w.discard()
+            await w.discard()
         return cpu
 
 

@@ -35,7 +35,8 @@ def test_files_seal_what_a_killed_gateway_left_and_list_oldest_first(tmp_path: P
     files = RecordingFiles(tmp_path)
     files.prepare()
     first = files.create("f1", "tenant-a")
-    files.append(first, b"\x01\x00" * 10)
+    with files.open(first) as f:
+        files.append(f, b"\x01\x00" * 10)
     second = files.create("f1", "tenant-a")  # a later session of the same flow
     files.seal(second)
     assert files.sealed() == [second]  # the first one is still being written

@@ -72,3 +72,19 @@ def test_denoise_failure_after_end_of_audio_closes_clean_feeds() -> None:
     paths.end_of_audio()
     paths.remove("denoise")
     assert drain(clean) == b"\x01" * FRAME
+
+
+def test_a_tap_sees_every_block_as_it_is_put_even_those_before_it() -> None:
+    """The archive spool's view of a feed: each block at once, not the feed's gathered messages; the
+    stage may tap after the first blocks came (queued or still being gathered), and gets them too."""
+    feed = StageFeed(FRAME * 3)
+    for i in range(4):  # one message of three blocks queued, one block being gathered
+        feed.put(block(i, fill=i + 1))
+    tapped: list[bytes] = []
+    feed.tap(tapped.append)
+    assert tapped == [bytes([1]) * FRAME + bytes([2]) * FRAME + bytes([3]) * FRAME, bytes([4]) * FRAME]
+    feed.put(block(4, fill=5))
+    assert tapped[-1] == bytes([5]) * FRAME  # before the feed has a message to queue
+    feed.close()
+    feed.put(block(5, fill=6))  # nothing after the end
+    assert b"".join(tapped) == drain(feed) == b"".join(bytes([n]) * FRAME for n in range(1, 6))
