@@ -1,10 +1,18 @@
 // The live transcript page (docs/web.md): the microphone through an AudioWorklet (16 kHz PCM16 in 100 ms
 // binary frames) to the gateway's /ws/stream on the page's own origin, and its events shown as they come.
 // No framework and no build step; every text from the server goes into the page as text, never as HTML.
+// A connection lost mid-session is resumed (docs/web.md#a-dropped-connection, docs/protocol.md#resume).
 
 const TARGET_RATE = 16000; // what the gateway takes (docs/protocol.md)
 const CHUNK_MS = 100; // one binary frame: 3200 bytes
 const MAX_QUEUED_CHUNKS = 50; // audio held until the `ack` (5 s); past it the oldest goes
+const BYTES_PER_S = TARGET_RATE * 2;
+// Audio kept for a resume, sent or captured while the connection is down: the gateway's RESUME_WINDOW_S
+// (30 s) and a margin. Past it a resume would be refused anyway.
+const KEEP_BYTES = 35 * BYTES_PER_S;
+const RESUME_QUEUED_CHUNKS = KEEP_BYTES / (BYTES_PER_S * (CHUNK_MS / 1000));
+const RESUME_DELAYS_S = [0.5, 1, 2, 4, 8]; // one reconnection after each; a resumed session counts anew
+const CONNECT_TIMEOUT_MS = 10000; // a connection not open by then is given up (a black-holed network)
 const SUBPROTOCOL = "speechgw.v1";
 // A token fits in a Sec-WebSocket-Protocol entry only with these characters (RFC 7230 tchar); a JWT does.
 const TOKEN_CHARS = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
@@ -91,10 +99,15 @@ function showRecord(event) {
 function onEvent(s, event) {
   switch (event.type) {
     case "ack":
+      if (event.resume) {
+        resumed(s, event.resume);
+        break;
+      }
       s.acknowledged = true;
+      s.live = true;
       setStatus(`Listening (flow ${event.flowId}). Speak, then press Stop.`);
-      for (const chunk of s.queue.splice(0)) s.ws.send(chunk);
-      if (s.flushOnAck) sendFlush(s);
+      for (const chunk of s.queue.splice(0)) sendAudio(s, chunk);
+      if (s.flushed) sendFlush(s);
       break;
     case "lid":
       setStatus(`Listening; language ${event.lang} (${event.source === "hint" ? "chosen" : "detected"}).`);
@@ -153,7 +166,10 @@ async function start() {
   setRunning(true);
   setStatus("Opening the microphone…");
   const s = { ws: null, ctx: null, mic: null, node: null, queue: [], opened: false, acknowledged: false };
-  Object.assign(s, { ended: null, stopped: false, flushOnAck: false });
+  Object.assign(s, { ended: null, stopped: false, flushed: false, live: false, audioEnded: false });
+  // For a resume: the flow's name, the newest event seen, the audio sent with its offsets in the stream.
+  Object.assign(s, { token: ui.token.value.trim(), flowId: crypto.randomUUID(), lastSeq: 0 });
+  Object.assign(s, { sent: [], sentBytes: 0, attempt: 0, timer: null });
   session = s;
   try {
     s.mic = await openMicrophone();
@@ -181,46 +197,70 @@ async function start() {
   connect(s);
 }
 
-function connect(s) {
-  const token = ui.token.value.trim();
+// `resume`: the session lost its connection and this one resumes it (same flowId, same token).
+function connect(s, resume = false) {
   const protocols = [SUBPROTOCOL];
   const startMessage = {
     type: "start",
+    flowId: s.flowId,
     audio: { codec: "pcm_s16le", sr: TARGET_RATE, channels: 1, chunk_ms: CHUNK_MS },
     return: ["lid", "asr", "record_url"],
     hints: { user_lang_pref: ui.lang.value },
   };
+  if (resume) startMessage.resume = { last_seq: s.lastSeq, audio_s: s.sentBytes / BYTES_PER_S };
   // Browsers cannot set headers: the token goes as a `bearer.<token>` subprotocol (docs/protocol.md), or in
   // `start.auth.token` when it has characters a subprotocol cannot carry.
-  if (token && TOKEN_CHARS.test(token)) protocols.push(`bearer.${token}`);
-  else if (token) startMessage.auth = { token };
-  setStatus("Connecting…");
+  if (s.token && TOKEN_CHARS.test(s.token)) protocols.push(`bearer.${s.token}`);
+  else if (s.token) startMessage.auth = { token: s.token };
+  if (!resume) setStatus("Connecting…");
   const url = socketUrl();
-  s.ws = new WebSocket(url, protocols);
-  s.ws.binaryType = "arraybuffer";
-  s.ws.onopen = () => {
+  const ws = new WebSocket(url, protocols);
+  s.ws = ws;
+  s.live = false;
+  ws.binaryType = "arraybuffer";
+  const timeout = setTimeout(() => ws.readyState === WebSocket.CONNECTING && ws.close(), CONNECT_TIMEOUT_MS);
+  ws.onopen = () => {
+    clearTimeout(timeout);
     s.opened = true;
-    s.ws.send(JSON.stringify(startMessage));
+    ws.send(JSON.stringify(startMessage));
   };
-  s.ws.onmessage = (e) => {
-    if (typeof e.data !== "string") return;
+  ws.onmessage = (e) => {
+    if (typeof e.data !== "string" || s.ws !== ws) return;
     let event;
     try {
       event = JSON.parse(e.data);
     } catch {
       return;
     }
+    if (typeof event.seq === "number") {
+      if (event.seq <= s.lastSeq) return; // seen before the connection dropped: each event is shown once
+      s.lastSeq = event.seq;
+    }
     onEvent(s, event);
   };
-  s.ws.onclose = (e) => {
+  ws.onclose = (e) => {
+    clearTimeout(timeout);
+    if (session !== s) {
+      releaseAudio(s); // stopped before it opened, or a later session runs now
+      return;
+    }
+    if (s.ws !== ws) return;
+    // Lost, not ended: no `end`, not Stop, not a refusal (1008) nor an internal error (1011). Resumable once
+    // the gateway has acknowledged the session, a few times with backoff; the microphone goes on meanwhile.
+    const lost = !s.ended && !s.stopped && e.code !== 1008 && e.code !== 1011;
+    if (lost && s.acknowledged && s.attempt < RESUME_DELAYS_S.length) {
+      reconnect(s);
+      return;
+    }
     releaseAudio(s);
-    if (session !== s) return; // stopped before it opened, or a later session runs now
     if (!s.ended && !s.stopped && ui.error.hidden) {
       const why = e.reason ? `: ${e.reason}` : "";
       showError(
-        !s.opened
-          ? `Could not connect to ${url} (refused or unreachable).`
-          : `The connection closed before the session ended (code ${e.code}${why}).`,
+        s.attempt > 0
+          ? `The connection was lost and could not be resumed (${s.attempt} attempts; code ${e.code}${why}).`
+          : !s.opened
+            ? `Could not connect to ${url} (refused or unreachable).`
+            : `The connection closed before the session ended (code ${e.code}${why}).`,
       );
     }
     setStatus(s.ended ? `Ended (${s.ended}).` : "Stopped.");
@@ -228,16 +268,59 @@ function connect(s) {
   };
 }
 
+function reconnect(s) {
+  s.live = false;
+  const delay = RESUME_DELAYS_S[s.attempt];
+  s.attempt += 1;
+  setStatus(`Connection lost: reconnecting (attempt ${s.attempt} of ${RESUME_DELAYS_S.length})…`);
+  s.timer = setTimeout(() => session === s && connect(s, true), delay * 1000);
+}
+
+// The `ack` of a resume: the gateway has the audio up to `resume_from_bytes`; the rest goes again, then
+// what was captured while the connection was down, then the live audio.
+function resumed(s, answer) {
+  s.attempt = 0;
+  if (answer.audio_ended) {
+    // The session had ended its audio (a `flush` it received, an idle flush): its last events follow.
+    s.audioEnded = true;
+    s.queue = [];
+    setStatus("Reconnected: the last words are being transcribed…");
+    return;
+  }
+  const from = answer.resume_from_bytes;
+  for (const { at, pcm } of s.sent) {
+    if (at + pcm.byteLength > from) s.ws.send(at >= from ? pcm : pcm.slice(from - at));
+  }
+  s.live = true;
+  for (const chunk of s.queue.splice(0)) sendAudio(s, chunk);
+  if (s.flushed) sendFlush(s);
+  setStatus(
+    s.flushed
+      ? "Reconnected: the last words are being transcribed…"
+      : `Reconnected: listening again (flow ${s.flowId}). Speak, then press Stop.`,
+  );
+}
+
+function sendAudio(s, pcm) {
+  s.ws.send(pcm);
+  s.sent.push({ at: s.sentBytes, pcm });
+  s.sentBytes += pcm.byteLength;
+  while (s.sentBytes - s.sent[0].at > KEEP_BYTES) s.sent.shift();
+}
+
 function onAudio(s, message) {
   if (message.type === "audio") {
-    if (s.acknowledged && s.ws.readyState === WebSocket.OPEN) s.ws.send(message.pcm);
-    else if (!s.acknowledged) {
+    if (s.audioEnded) return; // the gateway takes no more audio
+    if (s.live && s.ws.readyState === WebSocket.OPEN) sendAudio(s, message.pcm);
+    else {
+      // Before the `ack`, or while the connection is down: held, up to 5 s before the first `ack`, up to
+      // the resume window after it.
       s.queue.push(message.pcm);
-      if (s.queue.length > MAX_QUEUED_CHUNKS) s.queue.shift();
+      if (s.queue.length > (s.acknowledged ? RESUME_QUEUED_CHUNKS : MAX_QUEUED_CHUNKS)) s.queue.shift();
     }
   } else if (message.type === "flushed") {
-    if (s.acknowledged) sendFlush(s);
-    else s.flushOnAck = true;
+    s.flushed = true; // the `flush` goes now, or after the audio held for the next `ack`
+    if (s.live && s.ws.readyState === WebSocket.OPEN) sendFlush(s);
     releaseAudio(s);
   }
 }
@@ -250,7 +333,8 @@ function stop() {
   const s = session;
   if (!s) return;
   ui.stop.disabled = true;
-  if (s.node && s.ws && s.ws.readyState === WebSocket.OPEN) {
+  // A session the gateway acknowledged ends with a `flush`, sent when its connection is back if it is down.
+  if (s.node && s.ws && (s.ws.readyState === WebSocket.OPEN || s.acknowledged)) {
     setStatus("Finishing: the last words are being transcribed…");
     s.node.port.postMessage({ type: "flush" }); // the worklet answers `flushed` after its last chunk
   } else {
@@ -270,6 +354,7 @@ function releaseAudio(s) {
 }
 
 function finish(s) {
+  clearTimeout(s.timer);
   if (session !== s) return; // a later session runs now
   session = null;
   setRunning(false);

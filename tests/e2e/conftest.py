@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from devtools.launcher import launch
 from devtools.stack import Stack
+from tests.poll import seconds
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +58,12 @@ def records_of(stack: Stack) -> Path:
     """The local archive directory of a stack started with a workdir."""
     assert stack.workdir is not None
     return stack.workdir / "records"
+
+
+def resumes(stack: Stack) -> float:
+    """The gateway's `orchestrator_resumes_total{outcome="resumed"}` (docs/protocol.md#resume)."""
+    with urllib.request.urlopen(stack.http_base + "/metrics", timeout=seconds(5)) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith('orchestrator_resumes_total{outcome="resumed"}'):
+                return float(line.split()[-1])
+    return 0.0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import soundfile as sf
 from devtools.stack import Stack
 from speechgw_client import load_audio
 from tests.archive_check import FRAME_S
-from tests.e2e.conftest import records_of
+from tests.e2e.conftest import records_of, resumes
 from tests.faultproxy import FaultProxy
 from tests.poll import seconds, until
 from tests.records import decoded_s
@@ -38,14 +37,6 @@ def resume_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"LOG_LEVEL": "WARNING", "ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "ASR_MAX_SESSIONS": "4"}
     with Stack(("vad", "asr", "compress"), env=env, workdir=tmp_path_factory.mktemp("records")) as stack:
         yield stack
-
-
-def resumes(stack: Stack) -> float:
-    with urllib.request.urlopen(stack.http_base + "/metrics", timeout=seconds(5)) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith('orchestrator_resumes_total{outcome="resumed"}'):
-                return float(line.split()[-1])
-    return 0.0
 
 
 def talk(clips: Path, tmp_path: Path) -> tuple[bytes, str, Path]:

@@ -1,6 +1,7 @@
 """The browser page at `GET /` against the whole stack (JWT on, as `make run`): headless chromium with a fake
 microphone playing an espeak-ng sentence, the token from the URL fragment, live partials then a final on
-the page, Stop, the record link; and a refused token shown on the page (docs/web.md)."""
+the page, Stop, the record link; a connection cut mid-sentence and resumed by the page; and a refused token
+shown on the page (docs/web.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from playwright.sync_api import Page
 from devtools.stack import Stack
 from tests.browser import chromium, console_problems
 from tests.corpus import EN_SENTENCES, SpeechSpec, Utterance, build
-from tests.poll import seconds
+from tests.e2e.conftest import resumes
+from tests.faultproxy import fault_proxy
+from tests.poll import seconds, wait_for
+from tests.records import decoded_s, fetch
 from tests.wer import wer
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +30,28 @@ WATCH_PARTIALS = """() => {
   new MutationObserver(() => { if (partial.textContent) window.partialTexts.push(partial.textContent); })
     .observe(partial, { childList: true, characterData: true, subtree: true });
 }"""
+WATCH_STATUS = """() => {
+  window.statusTexts = [];
+  const status = document.getElementById("status");
+  new MutationObserver(() => window.statusTexts.push(status.textContent))
+    .observe(status, { childList: true, characterData: true, subtree: true });
+}"""
+# The audio the page captured: every chunk the capture worklet posts to it, counted before the page sees it.
+COUNT_CAPTURED = """(() => {
+  window.capturedBytes = 0;
+  const onmessage = Object.getOwnPropertyDescriptor(MessagePort.prototype, "onmessage");
+  Object.defineProperty(MessagePort.prototype, "onmessage", {
+    configurable: true,
+    get() { return onmessage.get.call(this); },
+    set(handler) {
+      onmessage.set.call(this, (e) => {
+        if (e.data && e.data.type === "audio") window.capturedBytes += e.data.pcm.byteLength;
+        handler(e);
+      });
+    },
+  });
+})();"""
+STATUS_SEEN = "prefix => window.statusTexts.some(t => t.startsWith(prefix))"
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +101,62 @@ def test_the_page_transcribes_the_microphone(web_stack: Stack, tmp_path: Path) -
     assert partials, "the sentence lasts about 3 s: the page showed partials before its final"
     assert record is not None and record.startswith("http://127.0.0.1:") and "sig=" in record
     assert problems == []  # no script error, no Content-Security-Policy violation
+
+
+@pytest.mark.parametrize(
+    ("cut_at_s", "stop_while_down"),
+    [
+        (2.0, False),  # inside the sentence: it starts at 0.5 s and lasts about 3 s
+        (4.5, True),  # after it; the first reconnection refused, Stop pressed before the second
+    ],
+    ids=["mid-sentence", "stop-while-down"],
+)
+def test_the_page_resumes_after_a_dropped_connection(web_stack: Stack, cut_at_s: float, stop_while_down: bool) -> None:
+    """The page and its socket through a TCP relay (tests/faultproxy.py) that cuts the connection (an RST both
+    ways, no close frame): the page reconnects by itself, resumes the session, and shows one transcript; the
+    gateway records the audio once, none lost, none twice. Stop while the connection is down: the `flush`
+    goes once it is back."""
+    sentence = build(SpeechSpec("web-resume", (Utterance(SENTENCE, "en", "en-us"),), lead_in_s=0.5, tail_s=3.0))
+    token = web_stack.token("web-resume")
+    before = resumes(web_stack)
+    with fault_proxy(web_stack.http_base.removeprefix("http://")) as proxy, chromium(sentence.path) as browser:
+        page = browser.new_page()
+        problems = console_problems(page)
+        page.add_init_script(COUNT_CAPTURED)
+        page.goto(f"http://{proxy.addr}/#token={token}")  # the page opens its socket on its own origin: the relay
+        page.evaluate(WATCH_STATUS)
+        page.select_option("#lang", "en")
+        loaded = proxy.proxy.upstream_bytes
+        page.click("#start")
+        wait_for(lambda: proxy.proxy.upstream_bytes - loaded >= cut_at_s * 32000, 20, "the audio up to the cut")
+        if stop_while_down:
+            proxy.set(refuse=True)  # reconnections cut at once with an RST
+        assert proxy.reset() >= 1
+        if stop_while_down:
+            page.wait_for_function(STATUS_SEEN, arg="Connection lost: reconnecting (attempt 2 ", timeout=ms(10))
+            page.click("#stop")
+            proxy.clear()
+        page.wait_for_function(STATUS_SEEN, arg="Reconnected", timeout=ms(30), polling=50)
+        if not stop_while_down:
+            page.wait_for_selector("#finals .final", timeout=ms(30))
+            page.click("#stop")
+        page.wait_for_selector("#record-link", state="visible", timeout=ms(20))
+        page.wait_for_function(ENDED, timeout=ms(10))
+        statuses = page.evaluate("window.statusTexts")
+        captured_s = page.evaluate("window.capturedBytes") / 32000
+        finals = final_texts(page)
+        record = page.get_attribute("#record-link", "href")
+        assert page.is_hidden("#error"), page.text_content("#error")
+        assert record is not None
+        status, body = fetch(record)
+    assert proxy.proxy.connections >= 2 and proxy.proxy.resets >= 1 and (proxy.proxy.refused >= 1) == stop_while_down
+    assert any(t.startswith("Connection lost: reconnecting (attempt 1 of 5)") for t in statuses), statuses
+    assert wer([SENTENCE], [" ".join(finals)]) <= 0.25, finals
+    assert resumes(web_stack) == before + 1
+    # One timeline: the recording holds every byte the microphone gave the page, once.
+    assert status == 200 and decoded_s(body) == pytest.approx(captured_s, abs=0.05), (decoded_s(body), captured_s)
+    # Chromium logs each connection refused at the handshake as a console error; nothing else is one.
+    assert [p for p in problems if not (stop_while_down and "WebSocket connection to" in p)] == []
 
 
 @pytest.mark.parametrize(
