@@ -66,6 +66,19 @@ def assert_one_session(events: list[dict[str, Any]], reference: str) -> None:
     assert wer([reference], [text]) <= 0.15, text
 
 
+async def cut_then_finish(proxy: FaultProxy, proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
+    """Cut the client's TCP connection (an RST both ways) once the audio up to CUT_AT_S went through,
+    then wait for the client to finish on its own: its stdout and stderr."""
+    try:
+        await until(lambda: proxy.upstream_bytes >= CUT_AT_S * 32000, 30, "the audio up to the cut relayed")
+        proxy.reset()
+        return await asyncio.wait_for(proc.communicate(), seconds(90))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proxy.close()
+
+
 async def test_the_cli_resumes_across_a_cut_tcp_connection(resume_stack: Stack, clips: Path, tmp_path: Path) -> None:
     pcm, reference, wav = talk(clips, tmp_path)
     before = resumes(resume_stack)
@@ -88,14 +101,7 @@ async def test_the_cli_resumes_across_a_cut_tcp_connection(resume_stack: Stack, 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        await until(lambda: proxy.upstream_bytes >= CUT_AT_S * 32000, 30, "the audio up to the cut relayed")
-        proxy.reset()
-        stdout, stderr = await asyncio.wait_for(cli.communicate(), seconds(90))
-    finally:
-        if cli.returncode is None:
-            cli.kill()
-        await proxy.close()
+    stdout, stderr = await cut_then_finish(proxy, cli)
     assert cli.returncode == 0, stderr.decode()
     assert proxy.connections == 2 and "resumed flow e2e-resume" in stderr.decode()
     events = json.loads(out.read_text())
@@ -122,14 +128,7 @@ async def test_the_mic_resumes_across_a_cut_tcp_connection(resume_stack: Stack, 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        await until(lambda: proxy.upstream_bytes >= CUT_AT_S * 32000, 30, "the audio up to the cut relayed")
-        proxy.reset()
-        stdout, stderr = await asyncio.wait_for(mic.communicate(), seconds(90))
-    finally:
-        if mic.returncode is None:
-            mic.kill()
-        await proxy.close()
+    stdout, stderr = await cut_then_finish(proxy, mic)
     assert mic.returncode == 0, stderr.decode()
     events = [json.loads(line) for line in stdout.decode().splitlines()]
     assert_one_session(events, reference)
