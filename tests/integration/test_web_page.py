@@ -87,8 +87,8 @@ async def test_the_page_is_get_only(gateway: tuple[Gateway, FakeStage], method: 
 
 
 def tone_wav(path: Path) -> Path:
-    """2 s of the tone, then 1 s of silence (the fake microphone repeats its file's last block at the end)."""
-    t = np.arange(2 * SR) / SR
+    """4 s of the tone, then 1 s of silence (the fake microphone repeats its file's last block at the end)."""
+    t = np.arange(4 * SR) / SR
     tone = np.concatenate([0.3 * np.sin(2 * np.pi * TONE_HZ * t), np.zeros(SR)])
     pcm = (tone * 32767).astype("<i2")
     with wave.open(str(path), "wb") as w:
@@ -101,17 +101,23 @@ def tone_wav(path: Path) -> Path:
 
 def tone_frequency_and_snr(pcm: bytes) -> tuple[float, float]:
     """The strongest frequency of 1 s from the middle of the tone (Hann window, zero-padded to 0.1 Hz bins),
-    and the tone's SNR in dB: the least-squares sine at that frequency against what is left."""
+    and the tone's SNR in dB: the least-squares sine at that frequency against what is left, the best of
+    three 1 s windows across the tone. A loaded machine can make the browser miss an audio callback (a
+    glitch in one window); the page's resampling or an automatic gain would spoil all three."""
     x = np.frombuffer(pcm, "<i2").astype(np.float64) / 32768
     loud = np.flatnonzero(np.abs(x) > 0.1)
-    mid = (loud[0] + loud[-1]) // 2
-    seg = x[mid - SR // 2 : mid + SR // 2]
+    first, last = loud[0] + SR // 4, loud[-1] - SR // 4  # away from the tone's edges
+    windows = [x[start : start + SR] for start in np.linspace(first, last - SR, 3).astype(int)]
+    seg = windows[1]
     spectrum = np.abs(np.fft.rfft(seg * np.hanning(len(seg)), 10 * len(seg)))
     freq = float(np.argmax(spectrum)) * SR / (10 * len(seg))
-    t = np.arange(len(seg)) / SR
+    t = np.arange(SR) / SR
     basis = np.stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t), np.ones_like(t)], axis=1)
-    fit = basis @ np.linalg.lstsq(basis, seg, rcond=None)[0]
-    return freq, float(10 * np.log10(np.sum(fit**2) / np.sum((seg - fit) ** 2)))
+    snrs = []
+    for w in windows:
+        fit = basis @ np.linalg.lstsq(basis, w, rcond=None)[0]
+        snrs.append(float(10 * np.log10(np.sum(fit**2) / np.sum((w - fit) ** 2))))
+    return freq, max(snrs)
 
 
 async def test_the_page_sends_16_khz_pcm16_in_100_ms_frames(gateway: tuple[Gateway, FakeStage], tmp_path: Path) -> None:
