@@ -1,8 +1,6 @@
 """The gateway/orchestrator: one WebSocket in, gRPC stages behind, one event stream out (SPEC §1)."""
 
-import os
+from common import process
 
-# One BLAS thread per process, set before numpy loads OpenBLAS (`python -m services.<name>` runs this
-# first). OpenBLAS otherwise starts a thread per core and spins them after every small matrix product
-# (Whisper's mel filter bank): that was half of a lone session's ASR CPU (docs/performance.md).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Before numpy loads and before any thread starts (`python -m services.<name>` runs this first).
+process.tune()
