@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -107,13 +108,18 @@ class PostgresJobStore:
         timeout_s: float = 10.0,
     ) -> PostgresJobStore:
         """Connect (up to `timeout_s`) and create the tables if they are missing."""
+        # A statement (or its wait for a lock) the server does not finish in `timeout_s` fails (the job runner tries
+        # again) instead of holding a pooled connection and its caller for good; the URL's own
+        # `options` come after, so an operator's setting wins.
+        ms = int(timeout_s * 1000)
+        options = f"-c statement_timeout={ms} {conninfo_to_dict(url).get('options', '')}".strip()
         pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
             url,
             min_size=1,
             max_size=4,
             open=False,
             timeout=timeout_s,  # a call waits this long for a connection while the server is away
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "options": options},
             check=AsyncConnectionPool.check_connection,  # a connection the server dropped is replaced
             name="jobs",
         )

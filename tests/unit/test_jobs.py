@@ -742,3 +742,20 @@ async def test_a_runner_that_lost_its_lease_cancels_the_attempt(pg_url: str, clo
     assert job is not None and job.status == "running"  # a's stop did not give back b's job
     await a.close()
     await b.close()
+
+
+@shared_store
+async def test_a_query_the_server_holds_fails_after_the_stores_timeout(pg_url: str) -> None:
+    """A lock another client holds makes `get` fail in the store's `timeout_s`, not wait for good; the
+    URL's own options (here the test's schema) still apply."""
+    import psycopg
+
+    store = await PostgresJobStore.open(pg_url, timeout_s=0.5)
+    await store.enqueue("f1", "http://h/a")
+    async with await psycopg.AsyncConnection.connect(pg_url) as other:
+        await other.execute("LOCK TABLE speechgw_jobs IN ACCESS EXCLUSIVE MODE")  # held until `other` ends
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            await asyncio.wait_for(store.get("f1"), timeout=seconds(10))
+    job = await store.get("f1")
+    assert job is not None and job.record_url == "http://h/a"
+    await store.close()
