@@ -12,7 +12,9 @@ const BYTES_PER_S = TARGET_RATE * 2;
 const KEEP_BYTES = 35 * BYTES_PER_S;
 const RESUME_QUEUED_CHUNKS = KEEP_BYTES / (BYTES_PER_S * (CHUNK_MS / 1000));
 const RESUME_DELAYS_S = [0.5, 1, 2, 4, 8]; // one reconnection after each; a resumed session counts anew
-const CONNECT_TIMEOUT_MS = 10000; // a connection not open by then is given up (a black-holed network)
+// A connection whose `ack` has not come by then is given up, open or not (a black-holed network, a
+// half-open link, a gateway that does not answer), and counts as lost.
+const ACK_TIMEOUT_MS = 10000;
 const SUBPROTOCOL = "speechgw.v1";
 // A token fits in a Sec-WebSocket-Protocol entry only with these characters (RFC 7230 tchar); a JWT does.
 const TOKEN_CHARS = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
@@ -25,6 +27,8 @@ const HELP = {
   origin_not_allowed: "The gateway does not accept pages from this address (ALLOWED_ORIGINS).",
   too_many_sessions: "The gateway is full: try again in a moment.",
   server_draining: "The gateway is restarting: try again in a moment.",
+  resume_expired: "The connection was down too long: the session ended without it. Press Start for a new one.",
+  resume_unknown: "The gateway no longer knows this session (restarted, or another instance). Press Start for a new one.",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -218,9 +222,7 @@ function connect(s, resume = false) {
   s.ws = ws;
   s.live = false;
   ws.binaryType = "arraybuffer";
-  const timeout = setTimeout(() => ws.readyState === WebSocket.CONNECTING && ws.close(), CONNECT_TIMEOUT_MS);
   ws.onopen = () => {
-    clearTimeout(timeout);
     s.opened = true;
     ws.send(JSON.stringify(startMessage));
   };
@@ -236,36 +238,45 @@ function connect(s, resume = false) {
       if (event.seq <= s.lastSeq) return; // seen before the connection dropped: each event is shown once
       s.lastSeq = event.seq;
     }
+    if (event.type === "ack") clearTimeout(ws.ackTimer);
     onEvent(s, event);
   };
-  ws.onclose = (e) => {
-    clearTimeout(timeout);
-    if (session !== s) {
-      releaseAudio(s); // stopped before it opened, or a later session runs now
-      return;
-    }
-    if (s.ws !== ws) return;
-    // Lost, not ended: no `end`, not Stop, not a refusal (1008) nor an internal error (1011). Resumable once
-    // the gateway has acknowledged the session, a few times with backoff; the microphone goes on meanwhile.
-    const lost = !s.ended && !s.stopped && e.code !== 1008 && e.code !== 1011;
-    if (lost && s.acknowledged && s.attempt < RESUME_DELAYS_S.length) {
-      reconnect(s);
-      return;
-    }
-    releaseAudio(s);
-    if (!s.ended && !s.stopped && ui.error.hidden) {
-      const why = e.reason ? `: ${e.reason}` : "";
-      showError(
-        s.attempt > 0
-          ? `The connection was lost and could not be resumed (${s.attempt} attempts; code ${e.code}${why}).`
-          : !s.opened
-            ? `Could not connect to ${url} (refused or unreachable).`
-            : `The connection closed before the session ended (code ${e.code}${why}).`,
-      );
-    }
-    setStatus(s.ended ? `Ended (${s.ended}).` : "Stopped.");
-    finish(s);
-  };
+  ws.onclose = (e) => closed(s, ws, e.code, e.reason, url);
+  ws.ackTimer = setTimeout(() => {
+    // Closing an open socket waits for the gateway's close frame, which may never come: let it go now.
+    ws.onclose = ws.onmessage = null;
+    ws.close();
+    closed(s, ws, 1006, `no answer in ${ACK_TIMEOUT_MS / 1000} s`, url);
+  }, ACK_TIMEOUT_MS);
+}
+
+function closed(s, ws, code, reason, url) {
+  clearTimeout(ws.ackTimer);
+  if (session !== s) {
+    releaseAudio(s); // stopped before it opened, or a later session runs now
+    return;
+  }
+  if (s.ws !== ws) return;
+  // Lost, not ended: no `end`, not Stop, not a refusal (1008) nor an internal error (1011). Resumable once
+  // the gateway has acknowledged the session, a few times with backoff; the microphone goes on meanwhile.
+  const lost = !s.ended && !s.stopped && code !== 1008 && code !== 1011;
+  if (lost && s.acknowledged && s.attempt < RESUME_DELAYS_S.length) {
+    reconnect(s);
+    return;
+  }
+  releaseAudio(s);
+  if (!s.ended && !s.stopped && ui.error.hidden) {
+    const why = reason ? `: ${reason}` : "";
+    showError(
+      s.attempt > 0
+        ? `The connection was lost and could not be resumed (${s.attempt} attempts; code ${code}${why}).`
+        : !s.opened
+          ? `Could not connect to ${url} (refused or unreachable).`
+          : `The connection closed before the session ended (code ${code}${why}).`,
+    );
+  }
+  setStatus(s.ended ? `Ended (${s.ended}).` : "Stopped.");
+  finish(s);
 }
 
 function reconnect(s) {

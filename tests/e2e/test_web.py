@@ -1,7 +1,8 @@
 """The browser page at `GET /` against the whole stack (JWT on, as `make run`): headless chromium with a fake
 microphone playing an espeak-ng sentence, the token from the URL fragment, live partials then a final on
-the page, Stop, the record link; a connection cut mid-sentence and resumed by the page; and a refused token
-shown on the page (docs/web.md)."""
+the page, Stop, the record link; a connection cut mid-sentence and resumed by the page; outages it cannot
+resume from at once (a black hole, longer than the resume window, for good); and a refused token shown on
+the page (docs/web.md)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ STATUS_SEEN = "prefix => window.statusTexts.some(t => t.startsWith(prefix))"
 
 @pytest.fixture(scope="module")
 def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"LOG_LEVEL": "WARNING", "ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en"}
+    # A resume window a test can outlast: the page's second reconnection comes 11.5 s after a drop when the
+    # first was not answered (10 s), the fifth 15.5 s after it.
+    env = {"LOG_LEVEL": "WARNING", "ASR_ENGINE": "whisper", "ASR_MODEL": "tiny.en", "RESUME_WINDOW_S": "13"}
     with Stack(("vad", "asr", "compress"), env=env, workdir=tmp_path_factory.mktemp("records")) as stack:
         yield stack
 
@@ -157,6 +160,50 @@ def test_the_page_resumes_after_a_dropped_connection(web_stack: Stack, cut_at_s:
     assert status == 200 and decoded_s(body) == pytest.approx(captured_s, abs=0.05), (decoded_s(body), captured_s)
     # Chromium logs each connection refused at the handshake as a console error; nothing else is one.
     assert [p for p in problems if not (stop_while_down and "WebSocket connection to" in p)] == []
+
+
+@pytest.mark.parametrize(
+    "outage",
+    ["black-holed", "too-long", "never-back"],
+)
+def test_the_page_after_a_drop_it_cannot_resume_at_once(web_stack: Stack, outage: str) -> None:
+    """After the cut, reconnections meet a network that never answers (`black-holed`: the first attempt is
+    given up after 10 s, the second resumes), an outage longer than the gateway's resume window
+    (`too-long`: the fifth attempt reaches the gateway, which refuses with `resume_expired`), or no
+    gateway at all (`never-back`: five attempts, then the page says so). Either way the page ends the
+    session plainly and Start works again."""
+    sentence = build(SpeechSpec("web-outage", (Utterance(SENTENCE, "en", "en-us"),), lead_in_s=0.5, tail_s=3.0))
+    token = web_stack.token("web-outage")
+    with fault_proxy(web_stack.http_base.removeprefix("http://")) as proxy, chromium(sentence.path) as browser:
+        page = browser.new_page()
+        page.goto(f"http://{proxy.addr}/#token={token}")
+        page.evaluate(WATCH_STATUS)
+        page.select_option("#lang", "en")
+        page.click("#start")
+        page.wait_for_function(STATUS_SEEN, arg="Listening (flow ", timeout=ms(20))
+        proxy.set(**({"blackhole": True} if outage == "black-holed" else {"refuse": True}))
+        assert proxy.reset() >= 1
+        if outage == "black-holed":
+            page.wait_for_function(STATUS_SEEN, arg="Connection lost: reconnecting (attempt 2 ", timeout=ms(20))
+            proxy.clear()
+            page.wait_for_function(STATUS_SEEN, arg="Reconnected", timeout=ms(20), polling=50)
+            page.click("#stop")
+            page.wait_for_function(ENDED, timeout=ms(30))
+            assert page.is_hidden("#error"), page.text_content("#error")
+            assert page.is_visible("#record-link")
+            return
+        if outage == "too-long":
+            page.wait_for_function(STATUS_SEEN, arg="Connection lost: reconnecting (attempt 5 ", timeout=ms(20))
+            proxy.clear()
+        page.wait_for_selector("#error", state="visible", timeout=ms(30))
+        page.wait_for_function("() => !document.getElementById('start').disabled", timeout=ms(5))
+        error = page.text_content("#error") or ""
+        status = page.text_content("#status")
+    if outage == "too-long":
+        assert error.startswith("Error resume_expired: ") and "Press Start for a new one" in error, error
+    else:
+        assert error.startswith("The connection was lost and could not be resumed (5 attempts"), error
+    assert status == "Stopped."
 
 
 @pytest.mark.parametrize(
