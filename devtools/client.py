@@ -72,6 +72,21 @@ async def stream_pcm(
     )
 
 
+def add_resume_argument(p: argparse.ArgumentParser) -> None:
+    """`--resume-attempts N`, as both CLIs take it (`resume_policy` reads it)."""
+    p.add_argument(
+        "--resume-attempts",
+        type=int,
+        default=ResumePolicy.attempts,
+        metavar="N",
+        help="after a dropped connection, reconnect and resume the session up to N times, with backoff (0: never)",
+    )
+
+
+def resume_policy(args: argparse.Namespace) -> ResumePolicy | None:
+    return ResumePolicy(attempts=args.resume_attempts) if args.resume_attempts > 0 else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="speechgw-client", description=__doc__.split("\n")[1])
     p.add_argument("input", help="audio file (any format, rate, channels) or '-' for raw PCM16 LE 16 kHz mono on stdin")
@@ -107,13 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="send a finalize after every SECONDS of audio (0: never)",
     )
     p.add_argument("--hotwords", default="", help="comma-separated hints.hotwords (names, terms)")
-    p.add_argument(
-        "--resume-attempts",
-        type=int,
-        default=ResumePolicy.attempts,
-        metavar="N",
-        help="after a dropped connection, reconnect and resume the session up to N times, with backoff (0: never)",
-    )
+    add_resume_argument(p)
     p.add_argument("--srt", type=Path, default=None, help="write the finals as SRT")
     p.add_argument("--vtt", type=Path, default=None, help="write the finals as WebVTT")
     p.add_argument("--json", type=Path, default=None, help="write all events as a JSON array")
@@ -147,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             token_via=args.token_via,
             ca_file=ca,
             finalize_at_s=finalize_at,
-            resume=ResumePolicy(attempts=args.resume_attempts) if args.resume_attempts > 0 else None,
+            resume=resume_policy(args),
         )
     )
     for ack in result.resumes:

@@ -26,7 +26,7 @@ from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from devtools.client import DEFAULT_URL, DEV_CA, TOKEN_VIA
+from devtools.client import DEFAULT_URL, DEV_CA, TOKEN_VIA, add_resume_argument, resume_policy
 from devtools.devauth import default_token
 from speechgw_client import (
     SAMPLE_RATE,
@@ -298,7 +298,7 @@ async def amain(args: argparse.Namespace, source: AudioSource, view: View) -> in
             token_via=args.token_via,
             ca_file=args.ca or (DEV_CA if DEV_CA.is_file() else None),
             stopping=stopping,
-            resume=ResumePolicy(attempts=args.resume_attempts) if args.resume_attempts > 0 else None,
+            resume=resume_policy(args),
         )
     except ConnectError as e:
         print(f"cannot connect: {e}", file=sys.stderr)
@@ -331,13 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--in-place", action=argparse.BooleanOptionalAction, default=None, help="partials in place (default: on a tty)"
     )
     p.add_argument("--json", action="store_true", help="print every event as a JSON line instead")
-    p.add_argument(
-        "--resume-attempts",
-        type=int,
-        default=ResumePolicy.attempts,
-        metavar="N",
-        help="after a dropped connection, reconnect and resume the session up to N times, with backoff (0: never)",
-    )
+    add_resume_argument(p)
     args = p.parse_args(argv)
     if args.list_devices:
         return list_devices()
