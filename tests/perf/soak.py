@@ -104,28 +104,53 @@ def _summary(kind: str, case: Case, rec: dict[str, Any], t_start: float) -> dict
     return out
 
 
-async def _live(url: str, token: str | None, case: Case, pcm: bytes) -> dict[str, Any]:
-    """One session through the client library, paced at real time, read to the end."""
-    from speechgw_client import ConnectError, SessionClosed, connect, send_paced
+async def _session(url: str, token: str | None, pcm: bytes, drop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One session through the client library, paced at real time, read to the end. With `drop`
+    (`_dropped`'s record), the resume of that session (docs/protocol.md#resume): same flowId, `resume`
+    with the last `seq` read and the audio sent; the rest of the audio from the ack's
+    `resume_from_bytes`, on the first connection's clock. A resume also records whether it resumed and
+    whether `seq` ran without gaps over both connections."""
+    from speechgw_client import Ack, ConnectError, SessionClosed, connect, send_paced
 
     rec: dict[str, Any] = {"events": [], "late_max_s": 0.0}
+    start = START
+    if drop is not None:
+        request = {"last_seq": drop["last_seq"], "audio_s": drop["cut_at_s"]}
+        start = {**START, "flowId": drop["flow_id"], "resume": request}
+        rec["resumed"] = False
     try:
-        async with connect(url, token=token, start=START, open_timeout_s=30) as s:
+        async with connect(url, token=token, start=start, open_timeout_s=30) as s:
+            offset: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            if drop is None:
+                offset.set_result(0)
 
             async def collect() -> None:
                 async for ev in s.events():
                     rec["events"].append((ev.received_at or time.monotonic(), ev.raw))
+                    if isinstance(ev, Ack) and ev.resume is not None and not offset.done():
+                        offset.set_result(ev.resume.resume_from_bytes)
+                if not offset.done():
+                    offset.set_result(-1)  # closed without resuming: the error event says why
 
             reader = asyncio.create_task(collect())
             try:
-                rec["t0"] = await send_paced(s, pcm, chunk_ms=CHUNK_MS)
-                rec["t_audio_end"] = time.monotonic()
-                await s.flush()
+                start_at = await asyncio.wait_for(offset, 30)
+                if start_at >= 0:
+                    if drop is None:
+                        rec["t0"] = await send_paced(s, pcm, chunk_ms=CHUNK_MS)
+                    else:
+                        rec["resumed"] = True
+                        await send_paced(s, pcm, chunk_ms=CHUNK_MS, offset=start_at, t0=drop.get("t0"))
+                    rec["t_audio_end"] = time.monotonic()
+                    await s.flush()
             except SessionClosed:
                 pass
             await asyncio.wait_for(reader, 120)
     except (ConnectError, SessionClosed, TimeoutError, OSError) as exc:
         rec["client_error"] = type(exc).__name__
+    if drop is not None:
+        seqs = [e["seq"] for _, e in rec["events"] if e.get("seq")]
+        rec["seq_ok"] = seqs == list(range(drop["last_seq"] + 1, drop["last_seq"] + 1 + len(seqs)))
     return rec
 
 
@@ -158,46 +183,6 @@ async def _dropped(url: str, token: str | None, pcm: bytes, cut_at: float, flow_
             reader.cancel()
     except Exception as exc:  # the abort itself surfaces as a closed connection
         rec["client_error"] = type(exc).__name__
-    return rec
-
-
-async def _resumed(url: str, token: str | None, pcm: bytes, drop: dict[str, Any]) -> dict[str, Any]:
-    """Resume the dropped session (docs/protocol.md#resume): same flowId, `resume` with the last `seq`
-    read and the audio sent; the rest of the audio from the ack's `resume_from_bytes`, on the first
-    connection's clock; read to `end`. Records whether it resumed and whether `seq` ran without gaps
-    over both connections."""
-    from speechgw_client import Ack, ConnectError, SessionClosed, connect, send_paced
-
-    rec: dict[str, Any] = {"events": [], "resumed": False, "late_max_s": 0.0}
-    request = {"last_seq": drop["last_seq"], "audio_s": drop["cut_at_s"]}
-    start = {**START, "flowId": drop["flow_id"], "resume": request}
-    try:
-        async with connect(url, token=token, start=start, open_timeout_s=30) as s:
-            offset: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-            async def collect() -> None:
-                async for ev in s.events():
-                    rec["events"].append((ev.received_at or time.monotonic(), ev.raw))
-                    if isinstance(ev, Ack) and ev.resume is not None and not offset.done():
-                        offset.set_result(ev.resume.resume_from_bytes)
-                if not offset.done():
-                    offset.set_result(-1)  # closed without resuming: the error event says why
-
-            reader = asyncio.create_task(collect())
-            try:
-                start_at = await asyncio.wait_for(offset, 30)
-                if start_at >= 0:
-                    rec["resumed"] = True
-                    await send_paced(s, pcm, chunk_ms=CHUNK_MS, offset=start_at, t0=drop.get("t0"))
-                    rec["t_audio_end"] = time.monotonic()
-                    await s.flush()
-            except SessionClosed:
-                pass
-            await asyncio.wait_for(reader, 120)
-    except (ConnectError, SessionClosed, TimeoutError, OSError) as exc:
-        rec["client_error"] = type(exc).__name__
-    seqs = [e["seq"] for _, e in rec["events"] if e.get("seq")]
-    rec["seq_ok"] = seqs == list(range(drop["last_seq"] + 1, drop["last_seq"] + 1 + len(seqs)))
     return rec
 
 
@@ -271,7 +256,7 @@ async def _load(url: str, token: str | None, cases: list[Case], args: dict[str, 
         while time.monotonic() < deadline:
             case, pcm = cases[i % len(cases)], pcms[i % len(cases)]
             t = time.monotonic()
-            log.write(_summary("live", case, await _live(url, token, case, pcm), t))
+            log.write(_summary("live", case, await _session(url, token, pcm), t))
             i += 1
             await asyncio.sleep(0.5)
 
@@ -285,7 +270,7 @@ async def _load(url: str, token: str | None, cases: list[Case], args: dict[str, 
             log.write({"kind": "dropped", "t_start": t, "t_end": time.monotonic(), **drop, "events": []})
             await asyncio.sleep(0.5)  # the outage
             t = time.monotonic()
-            resumed = await _resumed(url, token, pcm, drop)
+            resumed = await _session(url, token, pcm, drop)
             summary = _summary("resumed", case, resumed, t)
             log.write(summary | {"resumed": resumed["resumed"], "seq_ok": resumed["seq_ok"]})
             i += 1
