@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+import sys
 
 _M_ARENA_MAX = -8  # glibc malloc.h
 ARENAS = 2
@@ -22,10 +22,9 @@ def tune() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if "MALLOC_ARENA_MAX" in os.environ:
         return
-    name = ctypes.util.find_library("c")
-    if not name:
+    if not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(name)
-    mallopt = getattr(libc, "mallopt", None)  # glibc only; musl and macOS have none
+    # The symbols the process already has, libc's among them: no library search (find_library runs ldconfig).
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc only; musl has none
     if mallopt is not None:
         mallopt(_M_ARENA_MAX, ARENAS)
