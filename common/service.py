@@ -9,7 +9,8 @@
 - 1: anything else, with its traceback (a bug).
 
 `grpc_main` adds what a gRPC service shares: a `ServiceRunner` (gRPC + grpc.health.v1 + `/healthz` +
-`/metrics`), warm-up before SERVING, and the drain: NOT_SERVING, stop accepting, drain, stop with grace.
+`/metrics`), warm-up before SERVING, free heap given back to the kernel every minute while serving
+(common/process.py), and the drain: NOT_SERVING, stop accepting, drain, stop with grace.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import NoReturn, Protocol, TypeVar
 
 from aiohttp import web
 
+from common import process
 from common.envconf import ConfigError, load_env, setting
 from common.logs import setup_logging
 from common.models import ModelMissing
@@ -115,6 +117,17 @@ async def _until_signalled(config: C, body: Body[C]) -> None:
     await body(config, stop)
 
 
+async def _every(period_s: float, fn: Callable[[], object], stop: asyncio.Event) -> None:
+    """Run `fn` in the default executor every `period_s` until `stop` is set."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), period_s)
+            return
+        except TimeoutError:
+            await loop.run_in_executor(None, fn)
+
+
 @dataclass
 class Service:
     """What one gRPC service puts on the runner."""
@@ -155,8 +168,11 @@ async def serve_grpc(
     service_cm: AbstractAsyncContextManager[Service],
     stop: asyncio.Event,
     tls: TlsConfig | None = None,
+    trim: Callable[[], object] = process.trim,
+    trim_every_s: float = process.TRIM_EVERY_S,
 ) -> None:
-    """Start, warm up, report SERVING, wait for `stop`, then drain with grace."""
+    """Start, warm up, report SERVING, call `trim` off the loop every `trim_every_s` until `stop`,
+    then drain with grace."""
     async with service_cm as service:
         runner = ServiceRunner(name, server, service.add_servicers, service.http_routes, tls)
         await runner.start()
@@ -165,7 +181,7 @@ async def serve_grpc(
                 await service.warmup(runner)
             await runner.ready()
             log.info("serving", extra={"stage": name, "event": "serving"})
-            await stop.wait()
+            await _every(trim_every_s, trim, stop)
             log.info("draining", extra={"stage": name, "event": "draining"})
         finally:
             await runner.stop()
