@@ -15,17 +15,22 @@ own process). One client process (spawned, so its CPU does not count against the
   binary frame, a bad token, a client that streams without ever reading its socket (and holds the
   connection 15 s after `flush`), a client that sends only zero-length binary frames for 10 s.
 
-Every `--sample-s` (60) the main process samples each stack process (psutil, children included): RSS,
-open fds, threads; from the gateway's /metrics: open sessions, send-queue depth, event-loop tasks and
-the per-minute P50/P95 of the SLO histograms (orchestrator_first_partial_latency_ms,
-orchestrator_final_lag_ms; from bucket deltas, all pools together); from each service's /metrics its
-open streams (VAD streams and flows, LID sessions, ASR sessions, archives waiting); from the client: the medians of
-first partial (from the first speech sample) and final lag (from the last audio chunk) of the sessions
-that ended in that minute, and the error codes seen. Plus the load average.
+Every `--sample-s` (60) the main process samples each stack process (psutil, children included): RSS now and
+its peak since the last sample (the kernel's VmHWM, reset after each read by writing 5 to
+/proc/PID/clear_refs; RSS now where that is refused), open fds, threads; from the gateway's /metrics: open
+sessions, send-queue depth, event-loop tasks and the per-minute P50/P95 of the SLO histograms
+(orchestrator_first_partial_latency_ms, orchestrator_final_lag_ms; from bucket deltas, all pools together);
+from each service's /metrics its open streams (VAD streams and flows, LID sessions, ASR sessions, archives
+waiting); from the client: the medians of first partial (from the first speech sample) and final lag (from
+the last audio chunk) of the sessions that ended in that minute, and the error codes seen. Plus the load
+average.
 
 Verdict ("flat"), printed and stored in the JSON:
-- RSS: the least-squares slope of each process's RSS over the last 2/3 of the run is below
-  `--rss-slope-mb-h` (10) MB/hour;
+- RSS: the least-squares slope of each process's per-interval peak RSS over the last 2/3 of the run is
+  below `--rss-slope-mb-h` (10) MB/hour. The peak, not one reading: a service gives its free heap back
+  once a minute (common/process.py), so a reading once a minute lands at a phase of that cycle that
+  drifts, and its trend is the drift's; the peak of each interval is what the process held at its
+  fullest, and what grows when memory leaks or fragments;
 - fds, threads (per process) and gateway tasks per open session: the median of the last third is at
   most max(3, 10 %) above the median of the first third;
 - idle after the load (every client gone, 10 s later) against idle before it: gateway tasks at most 2
@@ -65,6 +70,7 @@ from devtools.stack import DEFAULT_SERVICES, Stack
 from tests import corpus
 from tests.corpus import Case
 from tests.perf.bench_live import analyse
+from tests.perf.plot_soak import rss_peak_mb
 
 CHUNK_MS = 20
 SR = 16000
@@ -311,23 +317,37 @@ def _tree(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+def peak_rss(proc: psutil.Process) -> int:
+    """The process's peak RSS (bytes) since the last call, which starts the next interval (Linux:
+    VmHWM, reset through clear_refs); its RSS now where that is not possible."""
+    status = Path(f"/proc/{proc.pid}/status")
+    try:
+        hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
+    except (OSError, StopIteration):
+        return int(proc.memory_info().rss)
+    return int(hwm.split()[1]) * 1024
+
+
 def sample_processes(procs: dict[str, psutil.Process]) -> dict[str, dict[str, float]]:
-    """RSS (MB), open fds and threads of each stack process, its children included."""
+    """RSS now and its peak since the last sample (MB), open fds and threads of each stack process,
+    its children included."""
     out: dict[str, dict[str, float]] = {}
     for name, proc in procs.items():
-        rss = fds = threads = 0
+        rss = peak = fds = threads = 0
         cpu = 0.0
         for p in _tree(proc):
             try:
                 with p.oneshot():
                     rss += p.memory_info().rss
+                    peak += peak_rss(p)
                     fds += p.num_fds()
                     threads += p.num_threads()
                     t = p.cpu_times()
                     cpu += t.user + t.system
             except psutil.NoSuchProcess:
                 continue
-        out[name] = {"rss_mb": rss / 2**20, "fds": fds, "threads": threads, "cpu_s": cpu}
+        out[name] = {"rss_mb": rss / 2**20, "rss_peak_mb": peak / 2**20, "fds": fds, "threads": threads, "cpu_s": cpu}
     return out
 
 
@@ -488,12 +508,12 @@ def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: f
             idle_check(f"{key} {name}", get, max([get(idle_before), *(get(s) for s in first3)]) + 2)
     for name in samples[0]["procs"]:
         ts = [s["t"] for s in last23]
-        slope, se = slope_and_error(ts, [s["procs"][name]["rss_mb"] for s in last23])
+        slope, se = slope_and_error(ts, [rss_peak_mb(s["procs"][name]) for s in last23])
         checks.append(
             {
                 "check": f"rss {name}",
                 "value": [round(slope, 2), round(se, 2)],
-                "unit": "MB/h, slope and its standard error",
+                "unit": "MB/h, slope of the per-interval peak and its standard error",
                 "ok": slope < rss_slope_mb_h,
             }
         )
@@ -732,12 +752,12 @@ def _fmt(v: float | None, spec: str = ".0f") -> str:
 
 
 def _print_sample(s: dict[str, Any]) -> None:
-    rss = " ".join(f"{n}={p['rss_mb']:.0f}" for n, p in s["procs"].items())
+    rss = " ".join(f"{n}={p['rss_mb']:.0f}/{rss_peak_mb(p):.0f}" for n, p in s["procs"].items())
     fds = " ".join(f"{n}={p['fds']:.0f}" for n, p in s["procs"].items())
     c = s["client"]
     g = s["gauges"]
     print(
-        f"t={s['t'] / 60:5.1f}min load={s['load'][0]:.1f} | RSS MB {rss} | fds {fds} | "
+        f"t={s['t'] / 60:5.1f}min load={s['load'][0]:.1f} | RSS now/peak MB {rss} | fds {fds} | "
         f"tasks={_fmt(g.get('orchestrator_event_loop_tasks'))} open={_fmt(g.get('orchestrator_active_sessions'))} "
         f"sendq={_fmt(g.get('orchestrator_send_queue_events'))} | gw first partial p50/p95 "
         f"{_fmt(s['first_partial_p50'])}/{_fmt(s['first_partial_p95'])} final lag "

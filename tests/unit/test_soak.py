@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.perf.plot_soak import plot, table
-from tests.perf.soak import delta, quantile, slope_and_error, slope_per_hour, verdict
+from tests.perf.soak import delta, peak_rss, quantile, slope_and_error, slope_per_hour, verdict
 
 pytestmark = pytest.mark.unit
 
@@ -84,6 +85,31 @@ def test_memory_growth_tasks_left_behind_and_slower_finals_each_fail_their_check
     stuck[0]["streams"] = {"asr.en:asr_inflight_sessions": 0.0}
     stuck[-1]["streams"] = {"asr.en:asr_inflight_sessions": 1.0}  # a stream no session holds any more
     assert failed(stuck) == {"idle asr.en:asr_inflight_sessions"}
+
+
+def test_the_rss_rule_reads_each_intervals_peak_not_the_reading_at_the_sample() -> None:
+    # RSS read at the sample stays put while the peak between samples climbs 30 MB/h: it grows.
+    climbing = run(0.0)
+    for k, s in enumerate(climbing):
+        s["procs"]["gateway"]["rss_peak_mb"] = 150.0 + 0.5 * k
+    assert failed(climbing) == {"rss gateway"}
+    # A reading that swings with when the heap was last given back, under a steady peak: flat.
+    swinging = run(0.0)
+    for k, s in enumerate(swinging):
+        s["procs"]["gateway"] |= {"rss_mb": 100.0 + (50.0 if k > 15 else 0.0), "rss_peak_mb": 150.0}
+    assert failed(swinging) == set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's VmHWM")
+def test_peak_rss_is_the_peak_since_the_last_call() -> None:
+    me = psutil.Process()
+    peak_rss(me)
+    block = bytearray(64 * 2**20)  # one mmap: freed to the kernel at once when dropped
+    block[::4096] = b"x" * (len(block) // 4096)
+    del block
+    held = peak_rss(me)
+    assert held - me.memory_info().rss > 48 * 2**20  # the 64 MB, gone now, in this interval's peak
+    assert peak_rss(me) - me.memory_info().rss < 8 * 2**20  # the next interval starts without it
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
