@@ -116,12 +116,13 @@ def table(result: dict[str, Any], every_min: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", type=Path)
-    p.add_argument("--out", type=Path, default=Path("docs/img/soak.png"))
+    p.add_argument("--out", type=Path, help="the PNG (default: beside the JSON, e.g. var/soak.png)")
     p.add_argument("--table", type=float, default=0.0, help="print a row every this many minutes")
     args = p.parse_args(argv)
     result = json.loads(args.json.read_text())
-    plot(result, args.out)
-    print(args.out)
+    out = args.out or args.json.with_suffix(".png")
+    plot(result, out)
+    print(out)
     if args.table > 0:
         print(table(result, args.table))
     return 0

@@ -3,13 +3,14 @@ the JSON as tests/perf/soak.py writes it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.perf.plot_soak import plot, table
+from tests.perf.plot_soak import main, plot, table
 from tests.perf.soak import delta, peak_rss, quantile, slope_and_error, slope_per_hour, verdict
 
 pytestmark = pytest.mark.unit
@@ -128,5 +129,9 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "img" / "soak.png"
     plot(result, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # From the command line without --out: beside the JSON, never over the published plot.
+    (tmp_path / "run.json").write_text(json.dumps(result))
+    assert main([str(tmp_path / "run.json")]) == 0
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = table(result, 10).splitlines()[2:]  # the idle samples and minutes 10, 20, 30
     assert [r.split(" | ")[0] for r in rows] == ["| 0 (idle)", "| 10", "| 20", "| 30", "| 31 (idle)"]
