@@ -33,9 +33,9 @@ Verdict ("flat"), printed and stored in the JSON:
   fullest, and what grows when memory leaks or fragments;
 - fds, threads (per process) and gateway tasks per open session: the median of the last third is at
   most max(3, 10 %) above the median of the first third;
-- idle after the load (every client gone, 10 s later) against idle before it: gateway tasks at most 2
-  more; fds and threads at most 2 above the first third's peak (pools that grow on demand stay grown);
-  the services' open streams no more than before;
+- idle after the load (every client gone, then past one heap give-back) against idle before it:
+  gateway tasks at most 2 more; fds and threads at most 2 above the first third's peak (pools that
+  grow on demand stay grown); the services' open streams no more than before;
 - latency: the gateway's P95 first partial and final lag over the last third are within
   `--latency-tol` (25 %) of the first third's (or within one bucket, 100 ms, of it).
 
@@ -66,6 +66,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.process import TRIM_EVERY_S
 from devtools.stack import DEFAULT_SERVICES, Stack
 from tests import corpus
 from tests.corpus import Case
@@ -669,11 +670,12 @@ def main(argv: list[str] | None = None) -> int:
                     print("# the client did not finish; stopping it", flush=True)
                     client.kill()
             # Let the last sessions close and the stack go quiet, then the idle sample that is compared
-            # with the one taken before any load.
+            # with the one taken before any load: after every service has given its free heap back
+            # once, so that its RSS reading is the floor, not a phase of the give-back cycle.
             quiet_by = time.monotonic() + 120
             while time.monotonic() < quiet_by and scrape(stack.http_base)["gauges"].get("orchestrator_active_sessions"):
                 time.sleep(1.0)
-            time.sleep(10.0)
+            time.sleep(TRIM_EVERY_S + 5.0)
             take()["idle"] = True
             _print_sample(samples[-1])
         finally:
