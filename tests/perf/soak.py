@@ -37,7 +37,10 @@ Verdict ("flat"), printed and stored in the JSON:
   gateway tasks at most 2 more; fds and threads at most 2 above the first third's peak (pools that
   grow on demand stay grown); the services' open streams no more than before;
 - latency: the gateway's P95 first partial and final lag over the last third are within
-  `--latency-tol` (25 %) of the first third's (or within one bucket, 100 ms, of it).
+  `--latency-tol` (25 %) of the first third's (or within one bucket, 100 ms, of it); so is the P95 of
+  the client's own first partial of each live session (no buckets), which the JSON also breaks down by
+  third and language with the count of sessions past `SLOW_FIRST_PARTIAL_MS` (which sessions make the
+  tail). The client's per-session records are kept beside the JSON (`*.clients.jsonl`).
 
     python -m tests.perf.soak --minutes 10 [--sessions 4] [--json var/soak.json] [--plot docs/img/soak.png]
 """
@@ -51,6 +54,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import statistics
 import sys
@@ -70,7 +74,7 @@ from common.process import TRIM_EVERY_S
 from devtools.stack import DEFAULT_SERVICES, Stack
 from tests import corpus
 from tests.corpus import Case
-from tests.perf.bench_live import analyse
+from tests.perf.bench_live import analyse, pct
 from tests.perf.plot_soak import rss_peak_mb
 
 CHUNK_MS = 20
@@ -78,6 +82,8 @@ SR = 16000
 CHUNK_BYTES = SR * CHUNK_MS // 1000 * 2
 HISTOGRAMS = {"first_partial": "orchestrator_first_partial_latency_ms", "final_lag": "orchestrator_final_lag_ms"}
 BAD_KINDS = ("bad_json", "oversize_frame", "bad_token", "no_read", "zero_length")
+# LID's first_n_s (3 s): a first partial later than this came after LID's last word, not its first
+SLOW_FIRST_PARTIAL_MS = 3000.0
 START = {
     "type": "start",
     "audio": {"codec": "pcm_s16le", "sr": SR, "channels": 1, "chunk_ms": CHUNK_MS},
@@ -100,12 +106,16 @@ class Log:
         self.fh.flush()
 
 
-def _summary(kind: str, case: Case, rec: dict[str, Any], t_start: float) -> dict[str, Any]:
+def session_summary(kind: str, case: Case, rec: dict[str, Any], t_start: float) -> dict[str, Any]:
     out = analyse(case, rec)
     out.pop("hyp", None)
     out.pop("ref", None)
     out |= {"kind": kind, "t_start": t_start, "t_end": time.monotonic()}
     out["error_codes"] = [e.get("code", "?") for _, e in rec["events"] if e.get("type") == "error"]
+    lid = [(t, e) for t, e in rec["events"] if e.get("type") == "lid"]
+    if lid and "t0" in rec:  # when the language came, from the first speech sample (a slow first partial waits for it)
+        t, e = lid[0]
+        out |= {"lid_ms": (t - rec["t0"] - case.speech_start_s) * 1000, "lid": [e.get("lang"), e.get("score")]}
     if "client_error" in rec:
         out["client_error"] = rec["client_error"]
     return out
@@ -263,7 +273,7 @@ async def _load(url: str, token: str | None, cases: list[Case], args: dict[str, 
         while time.monotonic() < deadline:
             case, pcm = cases[i % len(cases)], pcms[i % len(cases)]
             t = time.monotonic()
-            log.write(_summary("live", case, await _session(url, token, pcm), t))
+            log.write(session_summary("live", case, await _session(url, token, pcm), t))
             i += 1
             await asyncio.sleep(0.5)
 
@@ -278,7 +288,7 @@ async def _load(url: str, token: str | None, cases: list[Case], args: dict[str, 
             await asyncio.sleep(0.5)  # the outage
             t = time.monotonic()
             resumed = await _session(url, token, pcm, drop)
-            summary = _summary("resumed", case, resumed, t)
+            summary = session_summary("resumed", case, resumed, t)
             log.write(summary | {"resumed": resumed["resumed"], "seq_ok": resumed["seq_ok"]})
             i += 1
             await asyncio.sleep(2.0)
@@ -460,6 +470,35 @@ def client_window(recs: list[dict[str, Any]], t_from: float, t_to: float) -> dic
     }
 
 
+def client_latency(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The client's first partial (from the case's first speech sample) of the live sessions that ended
+    in each third of the load, all together and by language: P50, P95, the sessions past
+    `SLOW_FIRST_PARTIAL_MS` and when their `lid` came (median, from the first speech sample)."""
+    live = [r for r in recs if r["kind"] == "live" and r.get("first_partial_ms") is not None]
+    if not live:
+        return []
+    t0, t1 = min(r["t_start"] for r in recs), max(r["t_end"] for r in recs)
+
+    def figures(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        ms = [r["first_partial_ms"] for r in rs]
+        slow = [r for r in rs if r["first_partial_ms"] > SLOW_FIRST_PARTIAL_MS]
+        return {
+            "sessions": len(ms),
+            "p50": pct(ms, 50),
+            "p95": pct(ms, 95),
+            "slow": len(slow),
+            "slow_lid_ms_p50": pct([r.get("lid_ms") for r in slow], 50),  # when their language came
+        }
+
+    thirds = []
+    for k in range(3):
+        lo, hi = t0 + k * (t1 - t0) / 3, t0 + (k + 1) * (t1 - t0) / 3
+        inside = [r for r in live if lo <= r["t_end"] < hi or (k == 2 and r["t_end"] == t1)]
+        langs = sorted({r["lang"] for r in inside})
+        thirds.append(figures(inside) | {"by_lang": {g: figures([r for r in inside if r["lang"] == g]) for g in langs}})
+    return thirds
+
+
 # ----- verdict -----
 
 
@@ -479,8 +518,22 @@ def slope_and_error(ts: Sequence[float], ys: Sequence[float]) -> tuple[float, fl
     return float(slope), se
 
 
-def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: float) -> dict[str, Any]:
-    """The flatness rules of the module docstring, each with its figures."""
+def verdict(
+    samples: list[dict[str, Any]],
+    rss_slope_mb_h: float,
+    latency_tol: float,
+    client_thirds: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The flatness rules of the module docstring, each with its figures (`client_thirds`:
+    `client_latency`'s, when the client's records are at hand)."""
+
+    def within(p_first: float | None, p_last: float | None) -> bool:
+        return (
+            p_first is not None
+            and p_last is not None
+            and (p_last <= p_first * (1 + latency_tol) or p_last <= p_first + 100)
+        )
+
     idle_before, idle_after = samples[0], samples[-1]
     loaded = [s for s in samples if not s.get("idle")]
     t_end = loaded[-1]["t"]
@@ -551,20 +604,26 @@ def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: f
             j0, j1 = samples.index(last3[0]), samples.index(last3[-1])
             p_first = quantile(0.95, delta(samples[max(0, i0 - 1)]["hist"][key], samples[i1]["hist"][key]))
             p_last = quantile(0.95, delta(samples[max(0, j0 - 1)]["hist"][key], samples[j1]["hist"][key]))
-            ok = (
-                p_first is not None
-                and p_last is not None
-                and (p_last <= p_first * (1 + latency_tol) or p_last <= p_first + 100)
-            )
             load = [statistics.median(x["load"][0] for x in first3), statistics.median(x["load"][0] for x in last3)]
             checks.append(
                 {
                     "check": f"p95 {key}",
                     "value": [p_first, p_last],
                     "unit": f"ms first/last third (load {load})",
-                    "ok": ok,
+                    "ok": within(p_first, p_last),
                 }
             )
+    if client_thirds:
+        a, b = client_thirds[0]["p95"], client_thirds[-1]["p95"]
+        slow = [t["slow"] for t in client_thirds]
+        checks.append(
+            {
+                "check": "p95 client first partial",
+                "value": [a, b],
+                "unit": f"ms first/last third, per session (past {SLOW_FIRST_PARTIAL_MS:g} ms by third: {slow})",
+                "ok": within(a, b),
+            }
+        )
     return {
         "flat": all(c["ok"] for c in checks),
         "rules": {
@@ -573,7 +632,8 @@ def verdict(samples: list[dict[str, Any]], rss_slope_mb_h: float, latency_tol: f
             "fds_threads_tasks": "median of the last third <= median of the first third + max(3, 10 %); "
             "idle after the load <= idle before + 2 (tasks), <= the first third's peak + 2 (fds, threads), "
             "<= idle before (the services' open streams)",
-            "latency": f"P95 of the last third <= first third's * {1 + latency_tol:g} (or + 100 ms)",
+            "latency": f"P95 of the last third <= first third's * {1 + latency_tol:g} (or + 100 ms): the "
+            "gateway's histograms and the client's per-session first partial",
         },
         "checks": checks,
     }
@@ -687,11 +747,13 @@ def main(argv: list[str] | None = None) -> int:
 
     recs = read_log(log)
     result["clients"] = _client_totals(recs)
-    result["verdict"] = verdict(samples, args.rss_slope_mb_h, args.latency_tol)
+    result["client_latency"] = client_latency(recs)
+    result["verdict"] = verdict(samples, args.rss_slope_mb_h, args.latency_tol, result["client_latency"])
     loads = [s["load"][0] for s in samples]
     result["load_avg_1m"] = {"min": min(loads), "median": statistics.median(loads), "max": max(loads)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
+    shutil.copyfile(log, clients_path(args.json))
     _print_result(result)
     print(f"# samples: {args.json}", flush=True)
     if args.plot is not None:
@@ -702,9 +764,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def clients_path(json_path: Path) -> Path:
+    """Where the run's per-client records are kept: beside its JSON."""
+    return json_path.with_suffix(".clients.jsonl")
+
+
 def _rejudge(path: Path, plot_to: Path | None, rss_slope_mb_h: float, latency_tol: float) -> int:
     result = json.loads(path.read_text())
-    result["verdict"] = verdict(result["samples"], rss_slope_mb_h, latency_tol)
+    if clients_path(path).exists():
+        result["client_latency"] = client_latency(read_log(clients_path(path)))
+    result["verdict"] = verdict(result["samples"], rss_slope_mb_h, latency_tol, result.get("client_latency"))
     path.write_text(json.dumps(result, indent=1))
     _print_result(result)
     if plot_to is not None:
@@ -776,6 +845,13 @@ def _print_result(result: dict[str, Any]) -> None:
     print(f"# stack restarts: {result['restarts']} exits: {result['exits']}")
     la = result["load_avg_1m"]
     print(f"# load average (1 min) during the run: min {la['min']:.1f} median {la['median']:.1f} max {la['max']:.1f}")
+    for k, t in enumerate(result.get("client_latency", [])):
+        langs = " ".join(f"{g} {_fmt(f['p95'])} ({f['slow']}/{f['sessions']})" for g, f in t["by_lang"].items())
+        print(
+            f"# client first partial, third {k + 1}: P50/P95 {_fmt(t['p50'])}/{_fmt(t['p95'])} ms, "
+            f"{t['slow']}/{t['sessions']} past {SLOW_FIRST_PARTIAL_MS:g} ms (their lid at "
+            f"{_fmt(t['slow_lid_ms_p50'])} ms); P95 (past/sessions) by language: {langs}"
+        )
     for c in v["checks"]:
         print(f"  {'ok  ' if c['ok'] else 'GROWS'} {c['check']:24s} {c['value']} {c['unit']}")
     print(f"# verdict: {'FLAT' if v['flat'] else 'NOT FLAT'} ({json.dumps(v['rules'])})", flush=True)

@@ -10,8 +10,18 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.corpus import Case, Segment
 from tests.perf.plot_soak import main, plot, table
-from tests.perf.soak import delta, peak_rss, quantile, slope_and_error, slope_per_hour, verdict
+from tests.perf.soak import (
+    client_latency,
+    delta,
+    peak_rss,
+    quantile,
+    session_summary,
+    slope_and_error,
+    slope_per_hour,
+    verdict,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -99,6 +109,41 @@ def test_the_rss_rule_reads_each_intervals_peak_not_the_reading_at_the_sample() 
     for k, s in enumerate(swinging):
         s["procs"]["gateway"] |= {"rss_mb": 100.0 + (50.0 if k > 15 else 0.0), "rss_peak_mb": 150.0}
     assert failed(swinging) == set()
+
+
+def live(t_end: float, lang: str, first_partial_ms: float | None) -> dict[str, Any]:
+    return {"kind": "live", "lang": lang, "t_start": t_end - 10.0, "t_end": t_end, "first_partial_ms": first_partial_ms}
+
+
+def test_the_clients_first_partials_by_third_and_language_name_the_sessions_that_make_the_tail() -> None:
+    recs = [live(10.0 + k, "en", 700.0) for k in range(90)]  # thirds of t 0-99: [0, 33), [33, 66), [66, 99]
+    recs += [live(80.0 + k, "es", 6000.0) for k in range(10)]  # ten slow es sessions at the end
+    recs += [live(50.0, "en", None), {"kind": "dropped", "t_start": 0.0, "t_end": 1.0}]  # neither counts
+    first, _, last = client_latency(recs)
+    assert (first["sessions"], first["slow"], first["p95"]) == (23, 0, pytest.approx(700.0))
+    assert (last["sessions"], last["slow"], last["by_lang"]["es"]["slow"]) == (44, 10, 10)
+    assert last["by_lang"]["en"]["p95"] == pytest.approx(700.0) and last["p95"] == pytest.approx(6000.0)
+    steady = run(0.0)
+    assert failed(steady) == set()
+    slower = verdict(steady, rss_slope_mb_h=10.0, latency_tol=0.25, client_thirds=[first, _, last])
+    assert [c["check"] for c in slower["checks"] if not c["ok"]] == ["p95 client first partial"]
+    same = verdict(steady, rss_slope_mb_h=10.0, latency_tol=0.25, client_thirds=[first, _, first])
+    assert same["flat"]
+    assert client_latency([{"kind": "dropped", "t_start": 0.0, "t_end": 1.0}]) == []
+
+
+def test_a_sessions_summary_says_when_its_language_came_after_the_first_speech_sample() -> None:
+    case = Case("es-lead", Path("es.wav"), "es", 6.0, (Segment(1.5, 4.0, "hola", "es"),))
+    events = [
+        (100.1, {"type": "ack"}),
+        (104.5, {"type": "lid", "lang": "es", "score": 0.74, "source": "lid"}),
+        (106.0, {"type": "asr_partial", "text": "hola", "ts": [1.5, 2.0]}),
+        (107.0, {"type": "end"}),
+    ]
+    out = session_summary("live", case, {"events": events, "late_max_s": 0.0, "t0": 100.0}, 99.0)
+    assert out["lid_ms"] == pytest.approx(3000.0) and out["lid"] == ["es", 0.74]
+    assert out["first_partial_ms"] == pytest.approx(4500.0)
+    assert "lid_ms" not in session_summary("live", case, {"events": events[:1], "late_max_s": 0.0, "t0": 100.0}, 99.0)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's VmHWM")
