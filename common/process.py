@@ -9,7 +9,9 @@
 - Free heap given back (`trim`, every `TRIM_EVERY_S` in each gRPC service, common/service.py): glibc
   returns only the top of a heap to the kernel when memory is freed; the free pages in between stay
   in RSS. The ASR pools' batched decodes leave such holes, and over 2 h asr.multi's RSS grew 11.5 MB/h
-  of memory `malloc_trim` gave back at once (docs/performance.md#soak).
+  of memory `malloc_trim` gave back at once (docs/performance.md#soak). What the process still holds
+  right after (`rss_bytes`) is its floor: common/service.py publishes it, since RSS read at any other
+  moment swings with the work in flight (a tiny.en encoder call alone takes 54 MB per stream it batches).
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ def trim() -> bool:
     True when memory was given back; False when there was none or this is not glibc."""
     malloc_trim = _libc("malloc_trim")
     return malloc_trim is not None and bool(malloc_trim(0))
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux: /proc/self/statm); 0 where that is not readable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _libc(symbol: str) -> Any:

@@ -285,6 +285,17 @@ def alerts() -> list[Alert]:
             "archive-spool-growing",
         ),
         Alert(
+            "SpeechgwServiceMemoryGrowing",
+            "process_resident_memory_after_trim_bytes > 0"
+            " and deriv(process_resident_memory_after_trim_bytes[2h]) > 10000000 / 3600",
+            "process_resident_memory_after_trim_bytes",
+            "1h",
+            "ticket",
+            "{{ $labels.job }} at {{ $labels.instance }} keeps more memory after each heap give-back: "
+            "over 10 MB/h for an hour",
+            "service-memory-growing",
+        ),
+        Alert(
             "SpeechgwTargetDown",
             f'up{{job=~"{"|".join(JOBS)}"}} == 0',
             f'up{{job=~"{"|".join(JOBS)}"}}',

@@ -2,10 +2,11 @@
 
     python -m tests.perf.plot_soak var/soak.json [--out docs/img/soak.png] [--table 10]
 
-Reads the `--json` file tests/perf/soak.py writes and draws four panels against minutes: RSS of each process
-(its peak in each sample interval), open fds of each process, the gateway's event-loop tasks and open
-sessions, and the per-minute P50/P95 of the gateway's SLO histograms with the client's medians; the verdict
-goes in the title. `--table N` also prints a Markdown table of every N-th minute (docs/performance.md#soak).
+Reads the `--json` file tests/perf/soak.py writes and draws four panels against minutes: RSS of each
+process (its peak in each sample interval, and a service's floor after its minute give-back, dashed), open
+fds of each process, the gateway's event-loop tasks and open sessions, and the per-minute P50/P95 of the
+gateway's SLO histograms with the client's medians; the verdict goes in the title. `--table N` also prints
+a Markdown table of every N-th minute (docs/performance.md#soak).
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ def plot(result: dict[str, Any], out: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex=True)
     rss, fds, tasks, lat = axes.flat
     for name in names:
-        rss.plot(t, [rss_peak_mb(s["procs"][name]) for s in samples], marker=".", label=name)
+        (line,) = rss.plot(t, [rss_peak_mb(s["procs"][name]) for s in samples], marker=".", label=name)
+        floors = [s.get("floors", {}).get(name, float("nan")) for s in samples]
+        if any(f == f for f in floors):  # the service's RSS after its give-back, in the peak's colour
+            rss.plot(t, floors, linestyle="--", color=line.get_color(), label=f"{name} floor")
         fds.plot(t, [s["procs"][name]["fds"] for s in samples], marker=".", label=name)
-    rss.set_ylabel("peak RSS per sample interval (MB, children included)")
+    rss.set_ylabel("RSS MB: peak per interval; dashed: after the give-back")
     rss.legend(fontsize=7, ncol=2)
     fds.set_ylabel("open fds")
     fds.legend(fontsize=7, ncol=2)
@@ -93,7 +97,9 @@ def table(result: dict[str, Any], every_min: float) -> str:
     threads, the minute's gateway P50/P95 and client medians, the load average."""
     samples = result["samples"]
     names = list(samples[0]["procs"])
-    head = ["min", *[f"peak RSS {n} MB" for n in names], "gw fds", "gw tasks", "gw threads"]
+    floors = any(s.get("floors") for s in samples)
+    rss = "peak / floor RSS" if floors else "peak RSS"
+    head = ["min", *[f"{rss} {n} MB" for n in names], "gw fds", "gw tasks", "gw threads"]
     head += ["first partial P50/P95 ms", "final lag P50/P95 ms", "client first partial / final lag ms", "load 1m"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     next_t = 0.0
@@ -103,7 +109,11 @@ def table(result: dict[str, Any], every_min: float) -> str:
         next_t = s["t"] + every_min * 60
         c = s.get("client", {})
         cells = [f"{s['t'] / 60:.0f}" + (" (idle)" if s.get("idle") else "")]
-        cells += [f"{rss_peak_mb(s['procs'][n]):.0f}" for n in names]
+        floor = s.get("floors", {})
+        cells += [
+            f"{rss_peak_mb(s['procs'][n]):.0f}" + (f" / {_f(floor.get(n))}" if floors and n != "gateway" else "")
+            for n in names
+        ]
         g = s["procs"]["gateway"]
         cells += [f"{g['fds']:.0f}", _f(s["gauges"].get("orchestrator_event_loop_tasks")), f"{g['threads']:.0f}"]
         cells += [f"{_f(s.get('first_partial_p50'))} / {_f(s.get('first_partial_p95'))}"]

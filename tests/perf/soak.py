@@ -15,22 +15,26 @@ own process). One client process (spawned, so its CPU does not count against the
   binary frame, a bad token, a client that streams without ever reading its socket (and holds the
   connection 15 s after `flush`), a client that sends only zero-length binary frames for 10 s.
 
-Every `--sample-s` (60) the main process samples each stack process (psutil, children included): RSS now and
-its peak since the last sample (the kernel's VmHWM, reset after each read by writing 5 to
+Every `--sample-s` (60) the main process samples each stack process (psutil, children included): RSS now
+and its peak since the last sample (the kernel's VmHWM, reset after each read by writing 5 to
 /proc/PID/clear_refs; RSS now where that is refused), open fds, threads; from the gateway's /metrics: open
 sessions, send-queue depth, event-loop tasks and the per-minute P50/P95 of the SLO histograms
-(orchestrator_first_partial_latency_ms, orchestrator_final_lag_ms; from bucket deltas, all pools together);
-from each service's /metrics its open streams (VAD streams and flows, LID sessions, ASR sessions, archives
-waiting); from the client: the medians of first partial (from the first speech sample) and final lag (from
-the last audio chunk) of the sessions that ended in that minute, and the error codes seen. Plus the load
-average.
+(orchestrator_first_partial_latency_ms, orchestrator_final_lag_ms; from bucket deltas, all pools
+together); from each service's /metrics its open streams (VAD streams and flows, LID sessions, ASR
+sessions, archives waiting) and its RSS after its last give-back of free heap (the floor); from the
+client: the medians of first partial (from the first speech sample) and final lag (from the last audio
+chunk) of the sessions that ended in that minute, and the error codes seen. Plus the load average.
 
 Verdict ("flat"), printed and stored in the JSON:
-- RSS: the least-squares slope of each process's per-interval peak RSS over the last 2/3 of the run is
-  below `--rss-slope-mb-h` (10) MB/hour. The peak, not one reading: a service gives its free heap back
-  once a minute (common/process.py), so a reading once a minute lands at a phase of that cycle that
-  drifts, and its trend is the drift's; the peak of each interval is what the process held at its
-  fullest, and what grows when memory leaks or fragments;
+- RSS: the least-squares slope over the last 2/3 of the run is below `--rss-slope-mb-h` (10) MB/hour,
+  of each service's floor: the RSS it publishes right after its minute give-back of free heap
+  (`process_resident_memory_after_trim_bytes`, common/service.py), which a leak or a fragmented heap
+  raises. A reading at any other moment swings with the work in flight: once a minute it lands at a
+  phase of the give-back cycle that drifts, and each interval's peak is the floor plus the largest
+  batch the process had in flight (an ASR encoder call takes 54 MB per stream on tiny.en), which
+  follows the load. The peaks' slopes are printed and stored beside the checks; a process without a
+  floor (the gateway, which does not give heap back; runs recorded before the floor) is judged on
+  its per-interval peak;
 - fds, threads (per process) and gateway tasks per open session: the median of the last third is at
   most max(3, 10 %) above the median of the first third;
 - idle after the load (every client gone, then past one heap give-back) against idle before it:
@@ -400,9 +404,16 @@ STREAM_GAUGES = (
 )
 
 
-def scrape_streams(stack: Stack) -> dict[str, float]:
-    """The open-stream gauges of every service, `<process>:<metric>` (labels summed)."""
-    out: dict[str, float] = {}
+# RSS right after the service's last minute give-back of free heap (docs/metrics.md): its floor
+FLOOR_GAUGE = "process_resident_memory_after_trim_bytes"
+
+
+def scrape_services(stack: Stack) -> tuple[dict[str, float], dict[str, float]]:
+    """From every service's /metrics: the open-stream gauges, `<process>:<metric>` (labels summed),
+    and the RSS floor in MB by process (absent before the first give-back, or from a service that
+    does not publish it)."""
+    streams: dict[str, float] = {}
+    floors: dict[str, float] = {}
     for name, svc in stack.running.items():
         if name == "gateway":
             continue
@@ -415,8 +426,10 @@ def scrape_streams(stack: Stack) -> dict[str, float]:
             for s in fam.samples:
                 if s.name in STREAM_GAUGES:
                     key = f"{name}:{s.name}"
-                    out[key] = out.get(key, 0.0) + s.value
-    return out
+                    streams[key] = streams.get(key, 0.0) + s.value
+                elif s.name == FLOOR_GAUGE and s.value > 0:
+                    floors[name] = s.value / 2**20
+    return streams, floors
 
 
 def quantile(q: float, buckets: dict[str, float]) -> float | None:
@@ -560,16 +573,22 @@ def verdict(
         for key in ("fds", "threads"):
             get = lambda s, n=name, k=key: s["procs"][n][k]  # noqa: E731
             idle_check(f"{key} {name}", get, max([get(idle_before), *(get(s) for s in first3)]) + 2)
+    # RSS: a service's floor (after its minute give-back) where it publishes one, else the peak. The
+    # peak of an ASR pool is its floor plus the minute's largest batch in flight (tens of MB per
+    # stream), so it follows the load; the peaks' slopes are kept beside the checks.
+    peak_slopes: dict[str, list[float]] = {}
+    ts = [s["t"] for s in last23]
     for name in samples[0]["procs"]:
-        ts = [s["t"] for s in last23]
         slope, se = slope_and_error(ts, [rss_peak_mb(s["procs"][name]) for s in last23])
+        peak_slopes[name] = [round(slope, 2), round(se, 2)]
+        floors = [(s["t"], s["floors"][name]) for s in last23 if name in s.get("floors", {})]
+        if len(floors) >= max(3, len(last23) // 2):
+            slope, se = slope_and_error([t for t, _ in floors], [f for _, f in floors])
+            label, unit = f"rss floor {name}", "MB/h, slope of the RSS after each give-back and its standard error"
+        else:
+            label, unit = f"rss {name}", "MB/h, slope of the per-interval peak and its standard error"
         checks.append(
-            {
-                "check": f"rss {name}",
-                "value": [round(slope, 2), round(se, 2)],
-                "unit": "MB/h, slope of the per-interval peak and its standard error",
-                "ok": slope < rss_slope_mb_h,
-            }
+            {"check": label, "value": [round(slope, 2), round(se, 2)], "unit": unit, "ok": slope < rss_slope_mb_h}
         )
 
     def not_growing(label: str, first: list[float], last: list[float]) -> None:
@@ -628,7 +647,8 @@ def verdict(
         "flat": all(c["ok"] for c in checks),
         "rules": {
             "rss_slope_mb_per_h_below": rss_slope_mb_h,
-            "rss_window": "last 2/3 of the run, least squares",
+            "rss_window": "last 2/3 of the run, least squares; a service's floor (RSS after its minute give-back) "
+            "where it publishes one, else the per-interval peak",
             "fds_threads_tasks": "median of the last third <= median of the first third + max(3, 10 %); "
             "idle after the load <= idle before + 2 (tasks), <= the first third's peak + 2 (fds, threads), "
             "<= idle before (the services' open streams)",
@@ -636,6 +656,7 @@ def verdict(
             "gateway's histograms and the client's per-session first partial",
         },
         "checks": checks,
+        "peak_rss_slopes_mb_h": peak_slopes,
     }
 
 
@@ -701,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gauges": m["gauges"],
                 "hist": m["hist"],
                 "gateway_errors": m["errors"],
-                "streams": scrape_streams(stack),
+                **dict(zip(("streams", "floors"), scrape_services(stack), strict=True)),
                 "client_process": sample_processes({"client": client_proc})["client"] if client_proc else None,
             }
             prev = samples[-1] if samples else None
@@ -854,6 +875,8 @@ def _print_result(result: dict[str, Any]) -> None:
         )
     for c in v["checks"]:
         print(f"  {'ok  ' if c['ok'] else 'GROWS'} {c['check']:24s} {c['value']} {c['unit']}")
+    if "peak_rss_slopes_mb_h" in v:
+        print(f"# peak RSS slopes, MB/h (judged only where a process has no floor): {v['peak_rss_slopes_mb_h']}")
     print(f"# verdict: {'FLAT' if v['flat'] else 'NOT FLAT'} ({json.dumps(v['rules'])})", flush=True)
 
 

@@ -95,3 +95,17 @@ def test_trim_gives_the_pages_of_freed_blocks_back() -> None:
     assert float(kept_free) < 4  # free() alone leaves the 32 MB of holes in RSS
     assert float(given_back) > 24
     assert gave == b"True"
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="Linux's /proc")
+def test_rss_bytes_is_the_resident_memory_the_kernel_reports() -> None:
+    import psutil
+
+    from common.process import rss_bytes
+
+    before = rss_bytes()
+    block = bytearray(32 * 2**20)
+    block[::4096] = b"x" * (len(block) // 4096)  # touched: resident
+    assert abs(rss_bytes() - psutil.Process().memory_info().rss) < 4 * 2**20
+    assert rss_bytes() - before > 28 * 2**20
+    del block

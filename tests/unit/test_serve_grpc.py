@@ -1,4 +1,5 @@
-"""common.service.serve_grpc: while serving, a service gives its free heap back on a timer, off the loop."""
+"""common.service.serve_grpc: while serving, a service gives its free heap back on a timer, off the loop,
+and publishes the RSS it holds after each give-back."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
+
+from prometheus_client import REGISTRY
 
 from common.server import ServerConfig
 from common.service import Service, serve_grpc
@@ -32,5 +35,7 @@ async def test_a_serving_service_trims_on_its_timer_off_the_loop_and_stops_with_
     )
     await until(lambda: len(calls) >= 3, what="three trims")
     assert threading.get_ident() not in calls
+    floor = REGISTRY.get_sample_value("process_resident_memory_after_trim_bytes")
+    assert floor is not None and floor > 10 * 2**20  # this interpreter's RSS, read after the give-back
     stop.set()
     await asyncio.wait_for(serving, 10)  # the timer ends with the service

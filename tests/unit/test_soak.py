@@ -111,6 +111,29 @@ def test_the_rss_rule_reads_each_intervals_peak_not_the_reading_at_the_sample() 
     assert failed(swinging) == set()
 
 
+def test_a_service_is_judged_on_its_floor_after_the_give_back_not_on_the_peaks_of_its_batches() -> None:
+    # Peaks climbing 30 MB/h (bigger batches in flight) over a flat floor: flat.
+    batches = run(0.0)
+    for k, s in enumerate(batches):
+        s["procs"]["gateway"]["rss_peak_mb"] = 150.0 + 0.5 * k
+        s["floors"] = {"gateway": 100.0}
+    v = verdict(batches, rss_slope_mb_h=10.0, latency_tol=0.25)
+    assert failed(batches) == set() and "rss floor gateway" in {c["check"] for c in v["checks"]}
+    assert v["peak_rss_slopes_mb_h"]["gateway"][0] == pytest.approx(30.0)
+    # The floor itself climbing 30 MB/h (memory kept after the give-back): grows.
+    kept = run(0.0)
+    for k, s in enumerate(kept):
+        s["floors"] = {"gateway": 100.0 + 0.5 * k}
+    assert failed(kept) == {"rss floor gateway"}
+    # A floor in too few samples (published from the last minutes on only): the peak decides.
+    late = run(0.0)
+    for k, s in enumerate(late):
+        s["procs"]["gateway"]["rss_peak_mb"] = 150.0 + 0.5 * k
+        if k > 28:
+            s["floors"] = {"gateway": 100.0}
+    assert failed(late) == {"rss gateway"}
+
+
 def live(t_end: float, lang: str, first_partial_ms: float | None) -> dict[str, Any]:
     return {"kind": "live", "lang": lang, "t_start": t_end - 10.0, "t_end": t_end, "first_partial_ms": first_partial_ms}
 
@@ -163,6 +186,8 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     for s in samples:
         s |= {"client": {"first_partial_ms_p50": 400.0, "final_lag_ms_p50": None}}
         s |= {k: 300.0 for k in ("first_partial_p50", "first_partial_p95", "final_lag_p50", "final_lag_p95")}
+        s["procs"]["vad"] = {"rss_mb": 80.0, "rss_peak_mb": 95.0, "fds": 20, "threads": 12, "cpu_s": 0.0}
+        s["floors"] = {} if s["t"] < 60 else {"vad": 82.0}  # a service's floor from its first give-back on
     result = {
         "date": "2026-12-01T18:00:00",
         "cores": 2,
@@ -180,3 +205,4 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = table(result, 10).splitlines()[2:]  # the idle samples and minutes 10, 20, 30
     assert [r.split(" | ")[0] for r in rows] == ["| 0 (idle)", "| 10", "| 20", "| 30", "| 31 (idle)"]
+    assert [r.split(" | ")[2] for r in rows] == ["95 / -", "95 / 82", "95 / 82", "95 / 82", "95 / 82"]  # vad
