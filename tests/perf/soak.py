@@ -845,11 +845,12 @@ def _fmt(v: float | None, spec: str = ".0f") -> str:
 
 def _print_sample(s: dict[str, Any]) -> None:
     rss = " ".join(f"{n}={p['rss_mb']:.0f}/{rss_peak_mb(p):.0f}" for n, p in s["procs"].items())
+    floors = " ".join(f"{n}={mb:.0f}" for n, mb in s.get("floors", {}).items()) or "-"
     fds = " ".join(f"{n}={p['fds']:.0f}" for n, p in s["procs"].items())
     c = s["client"]
     g = s["gauges"]
     print(
-        f"t={s['t'] / 60:5.1f}min load={s['load'][0]:.1f} | RSS now/peak MB {rss} | fds {fds} | "
+        f"t={s['t'] / 60:5.1f}min load={s['load'][0]:.1f} | RSS now/peak MB {rss} | floor MB {floors} | fds {fds} | "
         f"tasks={_fmt(g.get('orchestrator_event_loop_tasks'))} open={_fmt(g.get('orchestrator_active_sessions'))} "
         f"sendq={_fmt(g.get('orchestrator_send_queue_events'))} | gw first partial p50/p95 "
         f"{_fmt(s['first_partial_p50'])}/{_fmt(s['first_partial_p95'])} final lag "
