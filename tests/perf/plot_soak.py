@@ -97,9 +97,9 @@ def table(result: dict[str, Any], every_min: float) -> str:
     threads, the minute's gateway P50/P95 and client medians, the load average."""
     samples = result["samples"]
     names = list(samples[0]["procs"])
-    floors = any(s.get("floors") for s in samples)
-    rss = "peak / floor RSS" if floors else "peak RSS"
-    head = ["min", *[f"{rss} {n} MB" for n in names], "gw fds", "gw tasks", "gw threads"]
+    with_floor = {n for s in samples for n in s.get("floors", {})}  # the services that publish one
+    head = ["min", *[f"{'peak / floor' if n in with_floor else 'peak'} RSS {n} MB" for n in names]]
+    head += ["gw fds", "gw tasks", "gw threads"]
     head += ["first partial P50/P95 ms", "final lag P50/P95 ms", "client first partial / final lag ms", "load 1m"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     next_t = 0.0
@@ -111,8 +111,7 @@ def table(result: dict[str, Any], every_min: float) -> str:
         cells = [f"{s['t'] / 60:.0f}" + (" (idle)" if s.get("idle") else "")]
         floor = s.get("floors", {})
         cells += [
-            f"{rss_peak_mb(s['procs'][n]):.0f}" + (f" / {_f(floor.get(n))}" if floors and n != "gateway" else "")
-            for n in names
+            f"{rss_peak_mb(s['procs'][n]):.0f}" + (f" / {_f(floor.get(n))}" if n in with_floor else "") for n in names
         ]
         g = s["procs"]["gateway"]
         cells += [f"{g['fds']:.0f}", _f(s["gauges"].get("orchestrator_event_loop_tasks")), f"{g['threads']:.0f}"]

@@ -715,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         def take() -> dict[str, Any]:
             now = time.monotonic()
             m = scrape(stack.http_base)
+            streams, floors = scrape_services(stack)
             s = {
                 "t": now - t0,
                 "load": list(os.getloadavg()),
@@ -722,7 +723,8 @@ def main(argv: list[str] | None = None) -> int:
                 "gauges": m["gauges"],
                 "hist": m["hist"],
                 "gateway_errors": m["errors"],
-                **dict(zip(("streams", "floors"), scrape_services(stack), strict=True)),
+                "streams": streams,
+                "floors": floors,
                 "client_process": sample_processes({"client": client_proc})["client"] if client_proc else None,
             }
             prev = samples[-1] if samples else None
